@@ -1,0 +1,89 @@
+"""What the core asks its shell to do, and what it tells the shell happened.
+
+Effects are values returned from every core entry point; the shell performs them
+in order. Effects are nouns (``Send``), events are past tense (``MemberFailed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gossip.members import Member
+
+Address = tuple[str, int]
+"""(IP address as text, port). IPv6 addresses without brackets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one UDP datagram."""
+
+    to: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """Open a TCP connection to ``to``, write ``data``, read one stream message back.
+
+    The shell MUST report the outcome with ``Swim.handle_stream_reply(now, token,
+    reply)`` where ``reply`` is the raw reply bytes, or None on any failure
+    (connect refused, timeout after ``Config.tcp_timeout``, EOF before a complete
+    message). ``expect_reply`` False means write and close (a TCP user message);
+    the shell still reports success (b"") or failure (None).
+    """
+
+    to: Address
+    data: bytes
+    token: int
+    expect_reply: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdated:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSuspected:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFailed:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReaped:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class JoinFinished:
+    """Outcome of ``Swim.join``: how many seeds answered the join push/pull."""
+
+    contacted: int
+    failed: tuple[Address, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A noteworthy thing the shell should log (not on the hot path)."""
+
+    level: str
+    message: str
+
+
+MemberEvent = MemberJoined | MemberUpdated | MemberSuspected | MemberFailed | MemberLeft | MemberReaped
+Effect = Send | StreamRequest | MemberEvent | JoinFinished | Log
