@@ -1,18 +1,154 @@
-"""SWIM + Lifeguard membership state machine (sans-IO).  -- API STUB, being implemented --"""
+"""SWIM + Lifeguard membership state machine (sans-IO), wire compatible with memberlist.
+
+Owns: the member table of one node, probing, suspicion, dissemination, push/pull
+anti-entropy, join, leave and rejoin. Does no I/O: every entry point takes
+``now`` and returns effects (``Send``, ``StreamRequest``, member events) that the
+shell performs. Randomness comes only from the ``rng`` given at construction.
+
+Design notes
+- Timers are data in one heap: ``(at, seq, kind, arg)``. Nothing is cancelled;
+  each firing re-validates against current state (a stale timer is a no-op).
+- One probe is in flight at a time, as in memberlist's probeNode: direct ping,
+  after ``probe_timeout`` indirect pings (+ a TCP ping), at the end of the
+  (awareness-scaled) probe interval the verdict.
+- Precedence of news about a member is decided only by ``members.supersedes``.
+- Beyond memberlist 0.2.2: dead/left members are reaped after
+  ``reap_interval`` (memberlist#253); seeds and recently failed members are
+  re-joined every ``rejoin_interval`` so long partitions heal (memberlist#222);
+  a dead member may return from a new address (restarted node).
+
+Driver obligations (MUST): one caller at a time; ``now`` from one monotonic
+clock; perform the returned effects in order; call ``tick(now)`` whenever
+``now >= next_deadline()``; report every ``StreamRequest`` outcome through
+``handle_stream_reply``.
+
+References: SWIM (DSN 2002), Lifeguard (arXiv 1707.00788), memberlist state.go;
+shared/reference/memberlist.md §1.13–§1.14.
+"""
 
 from __future__ import annotations
 
+import heapq
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from crypto.keyring import Keyring
-from gossip.config import Config
-from gossip.delegate import Delegate
-from gossip.effects import Address, Effect
-from gossip.members import Member
+from gossip import serfcompat, wire
+from gossip.broadcasts import Broadcasts
+from gossip.config import (
+    Config,
+    expected_confirmations,
+    push_pull_scale,
+    retransmit_limit,
+    suspicion_bounds,
+)
+from gossip.delegate import Delegate, NullDelegate
+from gossip.effects import (
+    Address,
+    Effect,
+    JoinFinished,
+    Log,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberSuspected,
+    MemberUpdated,
+    Send,
+    StreamRequest,
+)
+from gossip.errors import DecodeError
+from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
+from gossip.messages import (
+    DEFAULT_VSN,
+    Ack,
+    Alive,
+    Dead,
+    Err,
+    IndirectPing,
+    Message,
+    Nack,
+    NodeState,
+    Ping,
+    PushNodeState,
+    PushPull,
+    Suspect,
+    UserMsg,
+)
+from gossip.suspicion import Suspicion
+
+# Timer kinds (heap entries are (at, seq, kind, arg)).
+_PROBE_TICK = 0
+_PROBE_TIMEOUT = 1
+_PROBE_END = 2
+_RELAY_TIMEOUT = 3
+_GOSSIP_TICK = 4
+_PUSH_PULL_TICK = 5
+_SUSPICION = 6
+_REAP_TICK = 7
+_REJOIN_TICK = 8
+
+_META_LIMIT = 512
+_ENCRYPT_OVERHEAD = 29
+_CRC_OVERHEAD = 5
+_USER_OVERHEAD = 1
+_SERF_LEAVE_KEY = "\x00serf-leave-intent"
+_MAX_RELAYS = 1024
+
+
+@dataclass(slots=True)
+class _Probe:
+    seq: int
+    target: str
+    incarnation: int
+    started: float
+    acked: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+    rtt: float | None = None
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Address
+    orig_seq: int
+    nack: bool
+
+
+@dataclass(slots=True)
+class _JoinBatch:
+    outstanding: int
+    contacted: int = 0
+    failed: list[Address] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Stream:
+    kind: str  # "join", "pushpull", "tcp_ping", "user"
+    to: Address
+    batch: _JoinBatch | None = None
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class SwimStats:
+    probes: int = 0
+    failed_probes: int = 0
+    indirect_probes: int = 0
+    suspicions: int = 0
+    refutes: int = 0
+    deaths: int = 0
+    push_pulls: int = 0
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    last_rtt: float | None = None
 
 
 class Swim:
+    """One node's view of the cluster. See the module docstring for the driver contract."""
+
     def __init__(
         self,
         config: Config,
@@ -25,41 +161,778 @@ class Swim:
         keyring: Keyring | None = None,
         incarnation: int = 0,
     ) -> None:
-        raise NotImplementedError
+        if not name:
+            raise ValueError("node name must not be empty")
+        ip_bytes(addr[0])  # validates the address (ValueError)
+        self.config = config
+        self.name = name
+        self.rng = rng
+        self.delegate: Delegate = delegate if delegate is not None else NullDelegate()
+        self.keyring = keyring
+        self.require_encryption = True
+        """With a keyring: refuse plaintext (False during an encryption roll-out window)."""
+        self.stats = SwimStats()
+        self.awareness = 0
+        self.leaving = False
+        self._members: dict[str, Member] = {}
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._broadcasts = Broadcasts()
+        self._suspicions: dict[str, Suspicion] = {}
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._timers: list[tuple[float, int, int, object]] = []
+        self._timer_seq = 0
+        self._seq_no = 0
+        self._token = 0
+        self._seeds: list[Address] = []
+        self._serf_ltime = 0
+        meta = self.delegate.node_meta(_META_LIMIT)
+        me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
+        self._members[name] = me
+        self._probe_order.append(name)
+        self._queue_alive(me)
+        # Every periodic task starts after a random stagger, as in memberlist.
+        self._schedule(now + self.rng.uniform(0, config.probe_interval), _PROBE_TICK, None)
+        self._schedule(now + self.rng.uniform(0, config.gossip_interval), _GOSSIP_TICK, None)
+        self._schedule(now + self.rng.uniform(0, config.push_pull_interval), _PUSH_PULL_TICK, None)
+        self._schedule(now + self._reap_period(), _REAP_TICK, None)
+        self._schedule(now + self.rng.uniform(0.5, 1.0) * config.rejoin_interval, _REJOIN_TICK, None)
 
-    def handle_packet(self, now: float, src: Address, data: bytes) -> list[Effect]:
-        raise NotImplementedError
-
-    def handle_stream(self, now: float, src: Address, data: bytes) -> tuple[bytes | None, list[Effect]]:
-        raise NotImplementedError
-
-    def handle_stream_reply(self, now: float, token: int, reply: bytes | None) -> list[Effect]:
-        raise NotImplementedError
-
-    def tick(self, now: float) -> list[Effect]:
-        raise NotImplementedError
-
-    def next_deadline(self) -> float:
-        raise NotImplementedError
-
-    def join(self, now: float, seeds: Sequence[Address]) -> list[Effect]:
-        raise NotImplementedError
-
-    def leave(self, now: float) -> list[Effect]:
-        raise NotImplementedError
-
-    def leave_done(self) -> bool:
-        raise NotImplementedError
-
-    def set_meta(self, now: float, meta: bytes) -> list[Effect]:
-        raise NotImplementedError
-
-    def members(self) -> list[Member]:
-        raise NotImplementedError
-
-    def member(self, name: str) -> Member | None:
-        raise NotImplementedError
+    # ------------------------------------------------------------------ queries
 
     @property
     def local(self) -> Member:
-        raise NotImplementedError
+        return self._members[self.name]
+
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    def member(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def num_members(self) -> int:
+        return len(self._members)
+
+    def next_deadline(self) -> float:
+        own = self._timers[0][0] if self._timers else math.inf
+        return min(own, self.delegate.next_deadline())
+
+    def leave_done(self) -> bool:
+        """True once our leave (serf intent + dead-about-self) has been fully gossiped."""
+        if not self.leaving:
+            return False
+        if not any(m.status in (Status.ALIVE, Status.SUSPECT) for m in self._others()):
+            return True
+        return not (
+            self._broadcasts.pending(self.name) or self._broadcasts.pending(_SERF_LEAVE_KEY)
+        )
+
+    def check_invariants(self) -> None:
+        """For tests and the simulator: internal consistency of the tables."""
+        assert self.name in self._members
+        assert set(self._probe_order) == set(self._members), "probe order out of sync"
+        for name, s in self._suspicions.items():
+            m = self._members.get(name)
+            assert m is not None and m.status == Status.SUSPECT and m.incarnation == s.incarnation
+
+    # ----------------------------------------------------------------- commands
+
+    def join(self, now: float, seeds: Sequence[Address]) -> list[Effect]:
+        """Push/pull (Join=true) with every seed; ``JoinFinished`` reports the outcome.
+
+        The seeds are remembered and re-joined periodically while we are alone.
+        """
+        for seed in seeds:
+            if seed not in self._seeds:
+                self._seeds.append(seed)
+        effects: list[Effect] = []
+        if not seeds:
+            effects.append(JoinFinished(0, ()))
+            return effects
+        batch = _JoinBatch(outstanding=len(seeds))
+        for seed in seeds:
+            effects.append(self._push_pull_request(seed, join=True, kind="join", batch=batch))
+        return effects
+
+    def leave(self, now: float) -> list[Effect]:
+        """Graceful leave: serf's leave intent, then memberlist's dead-about-self."""
+        effects: list[Effect] = []
+        if self.leaving:
+            return effects
+        self.leaving = True
+        me = self.local
+        self._serf_ltime = max(self._serf_ltime, me.incarnation) + 1
+        intent = serfcompat.encode_leave_intent(self._serf_ltime, self.name, False)
+        self._broadcasts.queue(_SERF_LEAVE_KEY, wire.encode(UserMsg(intent)))
+        left = me.evolve(status=Status.LEFT, changed_at=now)
+        self._set_member(left)
+        self._broadcasts.queue(
+            self.name, wire.encode(Dead(me.incarnation, self.name, self.name))
+        )
+        # Gossip the leave now rather than at the next tick.
+        effects.extend(self._gossip(now))
+        return effects
+
+    def set_meta(self, now: float, meta: bytes) -> list[Effect]:
+        """Announce new node meta (serf tags) with a higher incarnation."""
+        if len(meta) > _META_LIMIT:
+            raise ValueError(f"node meta is {len(meta)} bytes; the limit is {_META_LIMIT}")
+        me = self.local
+        updated = me.evolve(meta=meta, incarnation=me.incarnation + 1, changed_at=now)
+        self._set_member(updated)
+        self._queue_alive(updated)
+        return []
+
+    def bootstrap_members(self, now: float, members: Iterable[Member]) -> None:
+        """Install already-known members without events or gossip (simulator start-up).
+
+        The given values are shared, not copied: they are immutable.
+        """
+        for m in members:
+            if m.name == self.name or m.name in self._members:
+                continue
+            self._members[m.name] = m
+            self._probe_order.append(m.name)
+        self.rng.shuffle(self._probe_order)
+
+    # ------------------------------------------------------------ entry points
+
+    def handle_packet(self, now: float, src: Address, data: bytes) -> list[Effect]:
+        """One inbound UDP datagram. Raises DecodeError before touching any state."""
+        messages = wire.decode_packet(
+            data, self.keyring, require_encryption=self.require_encryption
+        )
+        effects: list[Effect] = []
+        for msg in messages:
+            self._dispatch(now, src, msg, effects)
+        return effects
+
+    def handle_stream(
+        self, now: float, src: Address, data: bytes
+    ) -> tuple[bytes | None, list[Effect]]:
+        """One complete inbound TCP stream message; returns (reply to write or None, effects)."""
+        msg = wire.decode_stream(data, self.keyring, require_encryption=self.require_encryption)
+        effects: list[Effect] = []
+        if isinstance(msg, PushPull):
+            reply = self._encode_stream(self._local_push_pull(join=msg.join))
+            self._merge_push_pull(now, msg, effects)
+            return reply, effects
+        if isinstance(msg, Ping):
+            if msg.node and msg.node != self.name:
+                return None, effects
+            return self._encode_stream(Ack(msg.seq_no, None)), effects
+        if isinstance(msg, UserMsg):
+            self._user_message(now, msg.payload, effects)
+            return None, effects
+        if isinstance(msg, Err):
+            effects.append(Log("warning", f"peer {src[0]}:{src[1]} reported: {msg.error}"))
+            return None, effects
+        raise DecodeError(f"unexpected stream message {type(msg).__name__}")
+
+    def handle_stream_reply(self, now: float, token: int, reply: bytes | None) -> list[Effect]:
+        """Outcome of a ``StreamRequest``: the reply bytes, or None if it failed."""
+        effects: list[Effect] = []
+        stream = self._streams.pop(token, None)
+        if stream is None:
+            return effects
+        msg: Message | None = None
+        error = "no reply"
+        if reply is not None and stream.kind != "user":
+            try:
+                msg = wire.decode_stream(
+                    reply, self.keyring, require_encryption=self.require_encryption
+                )
+            except DecodeError as exc:
+                error = str(exc)
+        if stream.kind in ("join", "pushpull"):
+            ok = isinstance(msg, PushPull)
+            if ok:
+                assert isinstance(msg, PushPull)
+                self._merge_push_pull(now, msg, effects)
+            elif isinstance(msg, Err):
+                error = msg.error
+            if stream.kind == "join" and stream.batch is not None:
+                batch = stream.batch
+                batch.outstanding -= 1
+                if ok:
+                    batch.contacted += 1
+                else:
+                    batch.failed.append(stream.to)
+                    effects.append(
+                        Log("warning", f"join {stream.to[0]}:{stream.to[1]} failed: {error}")
+                    )
+                if batch.outstanding == 0:
+                    effects.append(JoinFinished(batch.contacted, tuple(batch.failed)))
+        elif stream.kind == "tcp_ping":
+            probe = self._probe
+            if isinstance(msg, Ack) and probe is not None and probe.seq == stream.seq:
+                probe.acked = True
+        return effects
+
+    def tick(self, now: float) -> list[Effect]:
+        """Run every timer due at or before ``now``."""
+        effects: list[Effect] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, arg = heapq.heappop(timers)
+            if kind == _PROBE_TICK:
+                self._probe_tick(now, effects)
+            elif kind == _PROBE_TIMEOUT:
+                self._probe_timeout(now, arg, effects)
+            elif kind == _PROBE_END:
+                self._probe_end(now, arg, effects)
+            elif kind == _RELAY_TIMEOUT:
+                self._relay_timeout(now, arg, effects)
+            elif kind == _GOSSIP_TICK:
+                self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
+                effects.extend(self._gossip(now))
+            elif kind == _PUSH_PULL_TICK:
+                self._push_pull_tick(now, effects)
+            elif kind == _SUSPICION:
+                self._suspicion_fired(now, arg, effects)
+            elif kind == _REAP_TICK:
+                self._reap(now, effects)
+            elif kind == _REJOIN_TICK:
+                self._rejoin(now, effects)
+        if self.delegate.next_deadline() <= now:
+            effects.extend(self.delegate.tick(now))
+        return effects
+
+    # ------------------------------------------------------------ dispatching
+
+    def _dispatch(self, now: float, src: Address, msg: Message, effects: list[Effect]) -> None:
+        if isinstance(msg, Ping):
+            if msg.node and msg.node != self.name:
+                return
+            to = self._reply_address(src, msg.source_addr, msg.source_port)
+            if to is not None:
+                self._send(to, wire.encode(Ack(msg.seq_no, None)), effects)
+        elif isinstance(msg, Ack):
+            self._ack(now, msg.seq_no, effects)
+        elif isinstance(msg, Nack):
+            probe = self._probe
+            if probe is not None and probe.seq == msg.seq_no:
+                probe.nacks += 1
+        elif isinstance(msg, IndirectPing):
+            self._indirect_ping(now, src, msg, effects)
+        elif isinstance(msg, Alive):
+            self._alive(now, msg, effects)
+        elif isinstance(msg, Suspect):
+            self._suspect(now, msg.node, msg.incarnation, msg.from_, effects)
+        elif isinstance(msg, Dead):
+            self._dead(now, msg.node, msg.incarnation, msg.from_, effects)
+        elif isinstance(msg, UserMsg):
+            self._user_message(now, msg.payload, effects)
+        # PushPull/Err over UDP are not part of the protocol: ignored.
+
+    def _reply_address(
+        self, src: Address, source_addr: bytes | None, source_port: int | None
+    ) -> Address | None:
+        if source_addr and source_port:
+            try:
+                return (ip_text(source_addr), source_port)
+            except ValueError:
+                return None
+        return src
+
+    def _user_message(self, now: float, payload: bytes, effects: list[Effect]) -> None:
+        if not payload:
+            return
+        if payload[0] < 0x80:
+            self._serf_message(payload)
+            return
+        effects.extend(self.delegate.on_user_message(now, payload))
+
+    def _serf_message(self, payload: bytes) -> None:
+        """Witness serf's Lamport time so our leave intent is never stale to serf."""
+        try:
+            _, body = serfcompat.decode_serf_message(payload)
+        except DecodeError:
+            return
+        ltime = body.get("LTime")
+        if isinstance(ltime, int) and ltime > self._serf_ltime:
+            self._serf_ltime = ltime
+
+    # --------------------------------------------------------------- probing
+
+    def _probe_tick(self, now: float, effects: list[Effect]) -> None:
+        interval = self.config.probe_interval * (self.awareness + 1)
+        target = self._next_probe_target(now)
+        if target is not None:
+            self._start_probe(now, target, interval, effects)
+        self._schedule(now + interval, _PROBE_TICK, None)
+
+    def _next_probe_target(self, now: float) -> Member | None:
+        order = self._probe_order
+        for _ in range(len(order)):
+            if self._probe_index >= len(order):
+                self._reset_probe_order(now)
+                order = self._probe_order
+            name = order[self._probe_index]
+            self._probe_index += 1
+            m = self._members.get(name)
+            if m is None or name == self.name:
+                continue
+            if m.status in (Status.ALIVE, Status.SUSPECT):
+                return m
+        return None
+
+    def _reset_probe_order(self, now: float) -> None:
+        self.rng.shuffle(self._probe_order)
+        self._probe_index = 0
+
+    def _start_probe(self, now: float, target: Member, interval: float, effects: list[Effect]) -> None:
+        self.stats.probes += 1
+        seq = self._next_seq()
+        self._probe = _Probe(seq, target.name, target.incarnation, now)
+        ping = wire.encode(self._ping(seq, target.name))
+        parts = [ping]
+        if target.status == Status.SUSPECT and self.config.lifeguard:
+            # Buddy system: tell the suspect directly so it can refute at once.
+            parts.append(wire.encode(Suspect(target.incarnation, target.name, self.name)))
+        self._send_parts(target, parts, effects)
+        self._schedule(now + self.config.probe_timeout, _PROBE_TIMEOUT, seq)
+        self._schedule(now + interval, _PROBE_END, seq)
+
+    def _ping(self, seq: int, node: str) -> Ping:
+        me = self.local
+        return Ping(seq, node, ip_bytes(me.addr), me.port, self.name)
+
+    def _probe_timeout(self, now: float, seq: object, effects: list[Effect]) -> None:
+        probe = self._probe
+        if probe is None or probe.seq != seq or probe.acked:
+            return
+        target = self._members.get(probe.target)
+        if target is None:
+            return
+        self.stats.indirect_probes += 1
+        helpers = self._k_random(
+            self.config.indirect_checks,
+            lambda m: m.status == Status.ALIVE and m.name != probe.target,
+        )
+        me = self.local
+        for helper in helpers:
+            want_nack = self.config.lifeguard and helper.pmax >= 4
+            if want_nack:
+                probe.expected_nacks += 1
+            ind = IndirectPing(
+                probe.seq,
+                ip_bytes(target.addr),
+                target.port,
+                target.name,
+                want_nack,
+                ip_bytes(me.addr),
+                me.port,
+                self.name,
+            )
+            self._send(helper.address, wire.encode(ind), effects, helper)
+        if not self.config.disable_tcp_pings and target.pmax >= 3:
+            token = self._next_token()
+            self._streams[token] = _Stream("tcp_ping", target.address, seq=probe.seq)
+            data = self._encode_stream(self._ping(probe.seq, target.name))
+            effects.append(StreamRequest(target.address, data, token))
+
+    def _probe_end(self, now: float, seq: object, effects: list[Effect]) -> None:
+        probe = self._probe
+        if probe is None or probe.seq != seq:
+            return
+        self._probe = None
+        if probe.acked:
+            self._adjust_awareness(-1)
+            return
+        self.stats.failed_probes += 1
+        if probe.expected_nacks > 0:
+            self._adjust_awareness(probe.expected_nacks - probe.nacks)
+        else:
+            self._adjust_awareness(1)
+        target = self._members.get(probe.target)
+        if target is not None and target.status in (Status.ALIVE, Status.SUSPECT):
+            self._suspect(now, target.name, target.incarnation, self.name, effects)
+
+    def _ack(self, now: float, seq: int, effects: list[Effect]) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            if not probe.acked:
+                probe.acked = True
+                probe.rtt = now - probe.started
+                self.stats.last_rtt = probe.rtt
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send(relay.requester, wire.encode(Ack(relay.orig_seq, None)), effects)
+
+    def _indirect_ping(
+        self, now: float, src: Address, msg: IndirectPing, effects: list[Effect]
+    ) -> None:
+        requester = self._reply_address(src, msg.source_addr, msg.source_port)
+        try:
+            target = (ip_text(msg.target), msg.port)
+        except ValueError:
+            return
+        if requester is None or len(self._relays) >= _MAX_RELAYS:
+            return
+        seq = self._next_seq()
+        self._relays[seq] = _Relay(requester, msg.seq_no, msg.nack)
+        self._send(target, wire.encode(self._ping(seq, msg.node)), effects)
+        self._schedule(now + self.config.probe_timeout, _RELAY_TIMEOUT, seq)
+
+    def _relay_timeout(self, now: float, seq: object, effects: list[Effect]) -> None:
+        assert isinstance(seq, int)
+        relay = self._relays.pop(seq, None)
+        if relay is not None and relay.nack:
+            self._send(relay.requester, wire.encode(Nack(relay.orig_seq)), effects)
+
+    def _adjust_awareness(self, delta: int) -> None:
+        if not self.config.lifeguard:
+            return
+        top = self.config.awareness_max_multiplier - 1
+        self.awareness = min(top, max(0, self.awareness + delta))
+
+    # ---------------------------------------------------------- state changes
+
+    def _alive(self, now: float, msg: Alive, effects: list[Effect]) -> None:
+        vsn = msg.vsn
+        # memberlist ignores alives with impossible versions; an empty Vsn is tolerated.
+        if vsn and (len(vsn) != 6 or vsn[0] == 0 or vsn[1] == 0 or vsn[0] > vsn[1]):
+            return
+        try:
+            addr = ip_text(msg.addr)
+        except ValueError:
+            return
+        current = self._members.get(msg.node)
+        if msg.node == self.name:
+            self._alive_about_self(now, msg, effects)
+            return
+        if current is None:
+            member = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn, now)
+            self._add_member(member)
+            self._broadcasts.queue(msg.node, wire.encode(msg))
+            effects.append(MemberJoined(member))
+            effects.extend(self.delegate.on_member_change(now, None, member))
+            return
+        moved = (addr, msg.port) != current.address
+        if moved:
+            reclaimable = current.status in (Status.DEAD, Status.LEFT) and (
+                now - current.changed_at >= self.config.dead_node_reclaim_time
+            )
+            if not reclaimable:
+                effects.append(
+                    Log(
+                        "warning",
+                        f"conflicting address for {msg.node}: {current.addr}:{current.port} "
+                        f"is {current.status.label}, {addr}:{msg.port} claims the name",
+                    )
+                )
+                return
+        elif msg.incarnation <= current.incarnation:
+            return
+        self._suspicions.pop(msg.node, None)
+        updated = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn,
+                         now if current.status != Status.ALIVE else current.changed_at)
+        self._set_member(updated)
+        self._broadcasts.queue(msg.node, wire.encode(msg))
+        if current.status in (Status.DEAD, Status.LEFT):
+            effects.append(MemberJoined(updated))
+        elif current.meta != msg.meta or moved:
+            effects.append(MemberUpdated(updated))
+        effects.extend(self.delegate.on_member_change(now, current, updated))
+
+    def _alive_about_self(self, now: float, msg: Alive, effects: list[Effect]) -> None:
+        me = self.local
+        if self.leaving:
+            return
+        if msg.incarnation > me.incarnation or (
+            msg.incarnation == me.incarnation and (msg.meta != me.meta or msg.vsn != me.vsn)
+        ):
+            self._refute(now, msg.incarnation, effects)
+
+    def _suspect(self, now: float, name: str, incarnation: int, from_: str, effects: list[Effect]) -> None:
+        current = self._members.get(name)
+        if current is None or incarnation < current.incarnation:
+            return
+        suspicion = self._suspicions.get(name)
+        if suspicion is not None:
+            if suspicion.incarnation == incarnation and suspicion.confirm(from_):
+                self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
+                self._schedule(suspicion.deadline, _SUSPICION, name)
+            return
+        if current.status != Status.ALIVE:
+            return
+        if name == self.name:
+            if not self.leaving:
+                self._refute(now, incarnation, effects)
+            return
+        if not supersedes(Status.SUSPECT, incarnation, current):
+            return
+        self.stats.suspicions += 1
+        suspected = current.evolve(status=Status.SUSPECT, incarnation=incarnation, changed_at=now)
+        self._set_member(suspected)
+        self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
+        n = len(self._members)
+        low, high = suspicion_bounds(self.config, n)
+        k = expected_confirmations(self.config, n)
+        suspicion = Suspicion(incarnation, now, low, high if k > 0 else low, k, [from_])
+        self._suspicions[name] = suspicion
+        self._schedule(suspicion.deadline, _SUSPICION, name)
+        effects.append(MemberSuspected(suspected))
+        effects.extend(self.delegate.on_member_change(now, current, suspected))
+
+    def _suspicion_fired(self, now: float, name: object, effects: list[Effect]) -> None:
+        assert isinstance(name, str)
+        suspicion = self._suspicions.get(name)
+        if suspicion is None or suspicion.deadline > now:
+            return
+        current = self._members.get(name)
+        if current is None or current.status != Status.SUSPECT:
+            self._suspicions.pop(name, None)
+            return
+        self._dead(now, name, suspicion.incarnation, self.name, effects)
+
+    def _dead(self, now: float, name: str, incarnation: int, from_: str, effects: list[Effect]) -> None:
+        current = self._members.get(name)
+        if current is None or incarnation < current.incarnation:
+            return
+        if current.status in (Status.DEAD, Status.LEFT):
+            return
+        if name == self.name:
+            if not self.leaving:
+                self._refute(now, incarnation, effects)
+            return
+        self._suspicions.pop(name, None)
+        status = Status.LEFT if from_ == name else Status.DEAD
+        gone = current.evolve(status=status, incarnation=incarnation, changed_at=now)
+        self._set_member(gone)
+        self._broadcasts.queue(name, wire.encode(Dead(incarnation, name, from_)))
+        if status == Status.LEFT:
+            effects.append(MemberLeft(gone))
+        else:
+            self.stats.deaths += 1
+            effects.append(MemberFailed(gone))
+        effects.extend(self.delegate.on_member_change(now, current, gone))
+
+    def _refute(self, now: float, accused: int, effects: list[Effect]) -> None:
+        me = self.local
+        incarnation = max(me.incarnation + 1, accused + 1)
+        self.stats.refutes += 1
+        refuted = me.evolve(incarnation=incarnation, status=Status.ALIVE)
+        self._set_member(refuted)
+        self._queue_alive(refuted)
+        self._adjust_awareness(1)
+
+    def _queue_alive(self, me: Member) -> None:
+        alive = Alive(me.incarnation, me.name, ip_bytes(me.addr), me.port, me.meta, me.vsn)
+        self._broadcasts.queue(me.name, wire.encode(alive))
+
+    def _add_member(self, member: Member) -> None:
+        self._members[member.name] = member
+        # Insert at a random position so new members are probed in a random order.
+        pos = self.rng.randint(self._probe_index, len(self._probe_order))
+        self._probe_order.insert(pos, member.name)
+
+    def _set_member(self, member: Member) -> None:
+        self._members[member.name] = member
+
+    # ----------------------------------------------------------- dissemination
+
+    def _others(self) -> Iterable[Member]:
+        return (m for m in self._members.values() if m.name != self.name)
+
+    def _k_random(self, k: int, accept: object) -> list[Member]:
+        """Up to ``k`` distinct random members (not self) passing ``accept`` (memberlist's
+        kRandomNodes: bounded random tries, so it stays O(k) at 10,000 members)."""
+        assert callable(accept)
+        order = self._probe_order
+        n = len(order)
+        chosen: list[Member] = []
+        if n <= 1 or k <= 0:
+            return chosen
+        for _ in range(3 * n if n <= 64 else 6 * k + 20):
+            if len(chosen) >= k:
+                break
+            m = self._members[order[self.rng.randrange(n)]]
+            if m.name == self.name or m in chosen or not accept(m):
+                continue
+            chosen.append(m)
+        return chosen
+
+    def _gossip(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        dead_window = self.config.gossip_to_the_dead_time
+
+        def target(m: Member) -> bool:
+            if m.status in (Status.ALIVE, Status.SUSPECT):
+                return True
+            return m.status == Status.DEAD and now - m.changed_at < dead_window
+
+        if not self._broadcasts and not self._delegate_may_broadcast():
+            return effects
+        for peer in self._k_random(self.config.gossip_nodes, target):
+            parts = self._take_broadcasts(self._packet_budget(peer), 0)
+            if not parts:
+                break
+            self._emit(peer.address, parts, peer, effects)
+        return effects
+
+    def _delegate_may_broadcast(self) -> bool:
+        # Delegates that carry no application data (NullDelegate) never broadcast.
+        return not isinstance(self.delegate, NullDelegate)
+
+    def _packet_budget(self, peer: Member | None) -> int:
+        budget = self.config.udp_buffer_size - 2  # compound header
+        if self.keyring is not None and self.keyring.primary is not None:
+            budget -= _ENCRYPT_OVERHEAD
+        if peer is not None and peer.pmax >= 5:
+            budget -= _CRC_OVERHEAD
+        return budget
+
+    def _take_broadcasts(self, budget: int, used: int) -> list[bytes]:
+        limit = retransmit_limit(self.config, len(self._members))
+        parts = self._broadcasts.take(2, budget - used, limit)
+        used += sum(len(p) + 2 for p in parts)
+        for payload in self.delegate.take_broadcasts(2 + _USER_OVERHEAD, budget - used):
+            if payload:
+                parts.append(b"\x08" + payload)
+        return parts
+
+    def _send(self, to: Address, data: bytes, effects: list[Effect], peer: Member | None = None) -> None:
+        """Send one message, piggybacking pending broadcasts in the remaining space."""
+        if peer is None:
+            peer = self._member_at(to)
+        self._send_parts(peer, [data], effects, to)
+
+    def _send_parts(
+        self, peer: Member | None, parts: list[bytes], effects: list[Effect], to: Address | None = None
+    ) -> None:
+        budget = self._packet_budget(peer)
+        used = sum(len(p) + 2 for p in parts)
+        if used < budget and (self._broadcasts or self._delegate_may_broadcast()):
+            parts = parts + self._take_broadcasts(budget, used)
+        dest = to if to is not None else (peer.address if peer is not None else None)
+        if dest is None:
+            return
+        self._emit(dest, parts, peer, effects)
+
+    def _emit(self, to: Address, parts: list[bytes], peer: Member | None, effects: list[Effect]) -> None:
+        data = wire.encode_packet(
+            parts,
+            compress=self.config.enable_compression,
+            crc=peer is not None and peer.pmax >= 5,
+            keyring=self.keyring if self.keyring is not None and self.keyring.primary else None,
+        )
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(data)
+        effects.append(Send(to, data))
+
+    def _member_at(self, to: Address) -> Member | None:
+        # Replies go to addresses, not names; CRC needs to know the peer's PMax.
+        # A linear scan would be O(N); the common case is a probe target we know.
+        probe = self._probe
+        if probe is not None:
+            m = self._members.get(probe.target)
+            if m is not None and m.address == to:
+                return m
+        return None
+
+    # ------------------------------------------------------------- push/pull
+
+    def _push_pull_tick(self, now: float, effects: list[Effect]) -> None:
+        n = len(self._members)
+        self._schedule(now + push_pull_scale(self.config.push_pull_interval, n), _PUSH_PULL_TICK, None)
+        peers = self._k_random(1, lambda m: m.status == Status.ALIVE)
+        if peers:
+            self.stats.push_pulls += 1
+            effects.append(self._push_pull_request(peers[0].address, join=False, kind="pushpull"))
+
+    def _push_pull_request(
+        self, to: Address, *, join: bool, kind: str, batch: _JoinBatch | None = None
+    ) -> StreamRequest:
+        token = self._next_token()
+        self._streams[token] = _Stream(kind, to, batch=batch)
+        return StreamRequest(to, self._encode_stream(self._local_push_pull(join)), token)
+
+    def _local_push_pull(self, join: bool) -> PushPull:
+        nodes = tuple(
+            PushNodeState(
+                m.name, ip_bytes(m.addr), m.port, m.meta, m.incarnation, NodeState(int(m.status)), m.vsn
+            )
+            for m in self._members.values()
+        )
+        return PushPull(join, nodes, self.delegate.local_state(join))
+
+    def _encode_stream(self, msg: Message) -> bytes:
+        keyring = self.keyring if self.keyring is not None and self.keyring.primary else None
+        return wire.encode_stream(msg, compress=self.config.enable_compression, keyring=keyring)
+
+    def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
+        for ns in msg.nodes:
+            if ns.state == NodeState.ALIVE:
+                alive = Alive(ns.incarnation, ns.name, ns.addr, ns.port, ns.meta, ns.vsn)
+                self._alive(now, alive, effects)
+            elif ns.state == NodeState.LEFT:
+                self._dead(now, ns.name, ns.incarnation, ns.name, effects)
+            elif ns.name in self._members:
+                # Push/pull never kills directly: dead and suspect become our suspicion.
+                self._suspect(now, ns.name, ns.incarnation, self.name, effects)
+        if msg.user_state:
+            if msg.user_state[0] < 0x80:
+                self._serf_message(msg.user_state)
+            else:
+                effects.extend(self.delegate.merge_remote_state(now, msg.user_state, msg.join))
+
+    # ------------------------------------------------------- reaping, rejoining
+
+    def _reap_period(self) -> float:
+        return max(1.0, min(self.config.reap_interval / 4, 60.0))
+
+    def _reap(self, now: float, effects: list[Effect]) -> None:
+        self._schedule(now + self._reap_period(), _REAP_TICK, None)
+        expired = [
+            m
+            for m in self._members.values()
+            if m.status in (Status.DEAD, Status.LEFT)
+            and now - m.changed_at >= self.config.reap_interval
+        ]
+        if not expired:
+            return
+        for m in expired:
+            del self._members[m.name]
+            effects.append(MemberReaped(m))
+        gone = {m.name for m in expired}
+        current = self._probe_order[self._probe_index :]
+        self._probe_order = [n for n in self._probe_order if n not in gone]
+        self._probe_index = len(self._probe_order) - len([n for n in current if n not in gone])
+
+    def _rejoin(self, now: float, effects: list[Effect]) -> None:
+        """Heal partitions: re-join one recently failed member, and seeds when alone."""
+        self._schedule(now + self.config.rejoin_interval, _REJOIN_TICK, None)
+        if self.leaving:
+            return
+        window = self.config.rejoin_failed_for
+        failed = [
+            m
+            for m in self._members.values()
+            if m.status == Status.DEAD and now - m.changed_at < window
+        ]
+        if failed:
+            target = failed[self.rng.randrange(len(failed))]
+            effects.append(self._push_pull_request(target.address, join=True, kind="pushpull"))
+        alone = not any(m.status == Status.ALIVE for m in self._others())
+        if alone and self._seeds:
+            seed = self._seeds[self.rng.randrange(len(self._seeds))]
+            effects.append(self._push_pull_request(seed, join=True, kind="pushpull"))
+
+    # ------------------------------------------------------------------ misc
+
+    def _schedule(self, at: float, kind: int, arg: object) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (at, self._timer_seq, kind, arg))
+
+    def _next_seq(self) -> int:
+        self._seq_no = (self._seq_no + 1) & 0xFFFFFFFF
+        return self._seq_no
+
+    def _next_token(self) -> int:
+        self._token += 1
+        return self._token

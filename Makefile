@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` (run) and `make test` (the whole suite).
+# Both do their own set-up on a fresh machine: Debian packages, then .venv.
+
+PY := .venv/bin/python
+DEBS := serf iproute2 iputils-ping tcpdump
+PYTEST_ARGS ?=
+
+.PHONY: setup debs venv test test-fast lint demo clean-lab
+
+setup: debs venv
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,sim]'
+	@touch $@
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not netns and not interop" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m agent.lab demo
+
+clean-lab: venv
+	$(PY) -m agent.lab cleanup
