@@ -285,6 +285,29 @@ class Swim:
         self._queue_alive(updated)
         return []
 
+    def send_user(self, name: str, payload: bytes) -> list[Effect]:
+        """A best-effort UDP user message to member ``name`` (delegates use this for
+        scoped gossip). ``payload`` must start with a private type byte >= 0x80."""
+        effects: list[Effect] = []
+        peer = self._members.get(name)
+        if peer is None or not payload or payload[0] < 0x80:
+            return effects
+        self._send_parts(peer, [b"\x08" + payload], effects)
+        return effects
+
+    def stream_user(self, name: str, payload: bytes) -> list[Effect]:
+        """A reliable TCP user message to member ``name`` (bulk state); no reply expected."""
+        effects: list[Effect] = []
+        peer = self._members.get(name)
+        if peer is None or not payload or payload[0] < 0x80:
+            return effects
+        token = self._next_token()
+        self._streams[token] = _Stream("user", peer.address)
+        effects.append(
+            StreamRequest(peer.address, self._encode_stream(UserMsg(payload)), token, expect_reply=False)
+        )
+        return effects
+
     def bootstrap_members(self, now: float, members: Iterable[Member]) -> None:
         """Install already-known members without events or gossip (simulator start-up).
 
