@@ -1,0 +1,183 @@
+"""Go ``compress/lzw`` (LSB order, literal width 8) in pure Python.
+
+Owns: the byte-exact LZW codec memberlist uses inside ``compress`` messages
+(type 9, ``Algo: 0``). Does not: know about msgpack or message framing (see
+``wire.py``).
+
+Byte-exact with Go >= 1.17 (serf 0.9.4 was built with Go 1.19): the encoder emits a
+leading clear code, codes start 9 bits wide, grow to at most 12 bits, and the encoder
+emits a clear code and resets its table when the next code would be 4095.
+The decoder accepts streams with or without the leading clear code, requires the
+end-of-data code (like Go, which returns ErrUnexpectedEOF otherwise) and enforces an
+output size limit (memberlist 0.2.2 has none; newer memberlist caps it at 40 MiB).
+Reference: shared/reference/memberlist.md §1.8.
+"""
+
+from __future__ import annotations
+
+from gossip.errors import DecodeError
+
+_CLEAR = 256
+_EOF = 257
+_MAX_CODE = 4095  # 1<<12 - 1
+_MAX_WIDTH = 12
+
+DEFAULT_LIMIT = 40 * 1024 * 1024
+
+
+def compress(data: bytes) -> bytes:
+    """Compress like Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` + one ``Write`` + ``Close``."""
+    out = bytearray()
+    bits = 0  # pending output bits, LSB first
+    nbits = 0
+    width = 9
+    hi = _EOF  # last assigned code
+    overflow = 512
+    # (prefix code << 8 | next byte) -> code. An int key avoids building bytes objects
+    # per input byte; this is the hot loop for every compressed gossip packet.
+    table: dict[int, int] = {}
+
+    # Leading clear code (Go >= 1.17 emits it unconditionally).
+    bits |= _CLEAR << nbits
+    nbits += width
+    if not data:
+        # Go's Close on an empty stream: clear (already written) then EOF.
+        bits |= _EOF << nbits
+        nbits += width
+        while nbits > 0:
+            out.append(bits & 0xFF)
+            bits >>= 8
+            nbits -= 8
+        return bytes(out)
+
+    code = data[0]
+    get = table.get
+    for i in range(1, len(data)):
+        literal = data[i]
+        key = (code << 8) | literal
+        nxt = get(key)
+        if nxt is not None:
+            code = nxt
+            continue
+        # Emit the current code at the current width.
+        bits |= code << nbits
+        nbits += width
+        while nbits >= 8:
+            out.append(bits & 0xFF)
+            bits >>= 8
+            nbits -= 8
+        code = literal
+        # incHi: grow the width when the counter reaches 2**width; at 4095 send a
+        # clear code (at the current, 12-bit width) and reset the table.
+        hi += 1
+        if hi == overflow:
+            width += 1
+            overflow <<= 1
+        if hi == _MAX_CODE:
+            bits |= _CLEAR << nbits
+            nbits += width
+            while nbits >= 8:
+                out.append(bits & 0xFF)
+                bits >>= 8
+                nbits -= 8
+            width = 9
+            hi = _EOF
+            overflow = 512
+            table.clear()
+            continue
+        table[key] = hi
+
+    # Close: flush the saved code, bump hi (may widen or clear), then EOF.
+    bits |= code << nbits
+    nbits += width
+    hi += 1
+    if hi == overflow:
+        width += 1
+        overflow <<= 1
+    if hi == _MAX_CODE:
+        bits |= _CLEAR << nbits
+        nbits += width
+        width = 9
+    bits |= _EOF << nbits
+    nbits += width
+    while nbits > 0:
+        out.append(bits & 0xFF)
+        bits >>= 8
+        nbits -= 8
+    return bytes(out)
+
+
+def decompress(data: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
+    """Decompress a Go LSB/8 LZW stream; :class:`DecodeError` if corrupt or > ``limit``.
+
+    Trailing bytes after the end-of-data code are ignored (as Go's reader does).
+    """
+    # table[code] is the expansion of code; 256/257 are placeholders.
+    base: list[bytes] = [bytes((i,)) for i in range(256)]
+    base.append(b"")
+    base.append(b"")
+    table = list(base)
+    out: list[bytes] = []
+    total = 0
+    width = 9
+    mask = 511
+    hi = _EOF
+    overflow = 512
+    last = -1  # -1 = no previous code (after a clear, or table full)
+    bits = 0
+    nbits = 0
+    pos = 0
+    n = len(data)
+    while True:
+        while nbits < width:
+            if pos >= n:
+                raise DecodeError("lzw: unexpected end of data (no EOF code)")
+            bits |= data[pos] << nbits
+            pos += 1
+            nbits += 8
+        code = bits & mask
+        bits >>= width
+        nbits -= width
+
+        if code < _CLEAR:
+            entry = table[code]
+        elif code == _CLEAR:
+            width = 9
+            mask = 511
+            hi = _EOF
+            overflow = 512
+            last = -1
+            del table[258:]
+            continue
+        elif code == _EOF:
+            break
+        elif code <= hi:
+            if code == hi and last >= 0:
+                # KwKwK case: the code being defined right now.
+                prev = table[last]
+                entry = prev + prev[:1]
+            elif code < len(table):
+                entry = table[code]
+            else:
+                raise DecodeError("lzw: invalid code")
+        else:
+            raise DecodeError("lzw: invalid code")
+
+        total += len(entry)
+        if total > limit:
+            raise DecodeError(f"lzw: decompressed data exceeds {limit} bytes")
+        out.append(entry)
+        if last >= 0:
+            table.append(table[last] + entry[:1])
+        last = code
+        hi += 1
+        if hi >= overflow:
+            if width == _MAX_WIDTH:
+                # Table full: stop defining codes until the next clear (Go semantics).
+                last = -1
+                hi -= 1
+            else:
+                width += 1
+                mask = (1 << width) - 1
+                overflow <<= 1
+    return b"".join(out)

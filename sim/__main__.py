@@ -1,0 +1,217 @@
+"""Command line: ``python -m sim --nodes N --duration S --scenario SPEC --seed S --out DIR``.
+
+Owns: argument parsing, sweeps (``--sweep KEY=V1,V2``, repeatable: the product
+is run), replay (``--replay DIR/result.json`` re-runs a recorded spec and
+checks the trace hash) and the one-paragraph summary printed at the end.
+Errors in the arguments or the scenario are reported in one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sim import plots, scenarios
+from sim.output import write_json, write_run
+from sim.progress import Progress
+from sim.run import RunSpec, SpecError, execute
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sim", description=(
+        "Deterministic discrete-event simulation of N nodes running the real gossip core."))
+    p.add_argument("--nodes", "-n", type=int, default=100, help="number of nodes (default 100)")
+    p.add_argument("--duration", "-d", type=float, default=60.0, help="simulated seconds (default 60)")
+    p.add_argument("--scenario", "-s", default="crash-1pct",
+                   help="scenario spec: components and presets, comma separated (see --list-scenarios)")
+    p.add_argument("--seed", type=int, default=1, help="seed of every random choice (default 1)")
+    p.add_argument("--out", "-o", type=Path, help="output directory (result.json, CSV, PNG)")
+    p.add_argument("--profile", default="lan", choices=("lan", "wan", "local"), help="memberlist profile")
+    p.add_argument("--set", dest="overrides", action="append", type=_pair, default=[], metavar="FIELD=VALUE",
+                   help="override a gossip Config field, e.g. --set lifeguard=false (repeatable)")
+    p.add_argument("--sweep", action="append", type=_pair, default=[], metavar="KEY=V1,V2,...",
+                   help="run once per value; KEY is nodes, seed, duration or a Config field (repeatable: product)")
+    p.add_argument("--trace", type=Path, help="also write every traced event as JSON lines (small runs only)")
+    p.add_argument("--replay", type=Path, metavar="RESULT_JSON",
+                   help="re-run the spec recorded in a result.json and check that the trace hash matches")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="progress bar on stderr (default: when stderr is a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--list-scenarios", action="store_true", help="describe scenario components and presets")
+    return p
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    spec, perf, tr = result["spec"], result["perf"], result["traffic"]
+    det, fp = result["detection"], result["false_positives"]
+    parts = [
+        f"N={spec['nodes']} {spec['duration']:g}s '{spec['scenario']}' seed={spec['seed']}",
+        f"wall {perf['wall_s']:.1f}s ({perf['events']:,} events, {perf['events_per_wall_s'] or 0:,.0f}/s), "
+        f"peak RSS {perf['peak_rss_mib']:,.0f} MiB",
+        f"per node: {tr['udp_msgs_per_node_per_s'] or 0:.2f} datagrams/s, "
+        f"{tr['udp_bytes_per_node_per_s'] or 0:,.0f} B/s",
+    ]
+    if det["crashed"]:
+        lat = det["latency"]
+        parts.append(f"detection of {det['crashed']} crashes: first suspicion mean "
+                     f"{_f(det['first_suspicion']['mean'])} s, observers p50 {_f(lat['p50'])} s / "
+                     f"p99 {_f(lat['p99'])} s / max {_f(lat['max'])} s, undetected pairs "
+                     f"{det['undetected_pairs']}")
+    for d in result["dissemination"]:
+        parts.append(f"{d['label']}: 50% {_f(d['t50'])} s, 99% {_f(d['t99'])} s, 100% {_f(d['t100'])} s")
+    parts.append(f"false positives: {fp['suspicions']} suspicions, {fp['deaths']} deaths; "
+                 f"views converged at end: {result['convergence']['converged_at_end']}")
+    parts.append(f"trace {result['trace_hash']}")
+    return "\n  ".join(parts)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def run_one(spec: RunSpec, out: Path | None, args: argparse.Namespace, label: str = "") -> dict[str, Any]:
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = Progress(spec.duration, label=label, enabled=show)
+    trace_file = args.trace.open("w") if args.trace else None
+    try:
+        outcome = execute(spec, progress=progress, trace_out=trace_file)
+    finally:
+        if trace_file is not None:
+            trace_file.close()
+    result = outcome.result
+    if out is not None:
+        write_run(out, result, outcome.metrics, spec.duration)
+        if not args.no_plots:
+            made = plots.run_plots(out, result, outcome.metrics, spec.duration)
+            if not made and not plots.available():
+                print("note: matplotlib is missing, no PNG plots (pip install -e '.[sim]')", file=sys.stderr)
+    return result
+
+
+SUMMARY_KEYS = ("spec", "trace_hash", "perf", "traffic", "detection", "false_positives", "dissemination",
+                "convergence", "network", "analytic", "core")
+
+
+def _slim(result: dict[str, Any]) -> dict[str, Any]:
+    out = {k: result[k] for k in SUMMARY_KEYS if k in result}
+    out["detection"] = {k: v for k, v in result["detection"].items() if k != "per_subject"}
+    return out
+
+
+def run_sweep(base: RunSpec, args: argparse.Namespace) -> int:
+    axes: list[tuple[str, list[str]]] = [(k, [v for v in vs.split(",") if v]) for k, vs in args.sweep]
+    points: list[tuple[str, dict[str, Any]]] = []
+    rows = []
+    for combo in itertools.product(*(vals for _, vals in axes)):
+        spec = base
+        for (key, _), value in zip(axes, combo, strict=True):
+            spec = _with(spec, key, value)
+        name = "_".join(f"{k}={v}" for (k, _), v in zip(axes, combo, strict=True))
+        out = args.out / name if args.out else None
+        result = run_one(spec, out, args, label=f"{name} ")
+        print(summary_line(result))
+        points.append((combo[0], _slim(result)))
+        rows.append((dict(zip([k for k, _ in axes], combo, strict=True)), result))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "sweep.json", {"axes": [{"key": k, "values": v} for k, v in axes],
+                                              "points": [{"value": v, "result": r} for v, r in points]})
+        _sweep_csv(args.out / "sweep.csv", rows)
+        if not args.no_plots:
+            plots.sweep_plots(args.out, axes[0][0], points)
+    return 0
+
+
+def _with(spec: RunSpec, key: str, value: str) -> RunSpec:
+    try:
+        if key == "nodes":
+            return replace(spec, nodes=int(value))
+        if key == "seed":
+            return replace(spec, seed=int(value))
+        if key == "duration":
+            return replace(spec, duration=float(value))
+    except ValueError:
+        raise SpecError(f"--sweep {key}: {value!r} is not a number") from None
+    if key == "profile":
+        return replace(spec, profile=value)
+    others = tuple(kv for kv in spec.overrides if kv[0] != key)
+    return replace(spec, overrides=(*others, (key, value)))
+
+
+def _sweep_csv(path: Path, rows: list[tuple[dict[str, str], dict[str, Any]]]) -> None:
+    cols = [
+        ("wall_s", "perf", "wall_s"), ("events_per_wall_s", "perf", "events_per_wall_s"),
+        ("peak_rss_mib", "perf", "peak_rss_mib"),
+        ("udp_msgs_per_node_per_s", "traffic", "udp_msgs_per_node_per_s"),
+        ("udp_bytes_per_node_per_s", "traffic", "udp_bytes_per_node_per_s"),
+        ("fp_suspicions", "false_positives", "suspicions"), ("fp_deaths", "false_positives", "deaths"),
+    ]
+    keys = list(rows[0][0]) if rows else []
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*keys, *(c[0] for c in cols), "first_suspicion_mean", "detect_p50", "detect_max",
+                    "update_t50", "update_t99", "update_t100", "trace_hash"])
+        for point, r in rows:
+            det = r["detection"]
+            dis = r["dissemination"][0] if r["dissemination"] else {}
+            w.writerow([*(point[k] for k in keys), *(r[a][b] for _, a, b in cols),
+                        det["first_suspicion"]["mean"], det["latency"]["p50"], det["latency"]["max"],
+                        dis.get("t50"), dis.get("t99"), dis.get("t100"), r["trace_hash"]])
+
+
+def replay(path: Path, args: argparse.Namespace) -> int:
+    try:
+        recorded = json.loads(path.read_text())
+        spec = RunSpec.from_dict(recorded["spec"])
+        expected = recorded["trace_hash"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: cannot read a result from {path}: {e}", file=sys.stderr)
+        return 2
+    result = run_one(spec, args.out, args)
+    ok = result["trace_hash"] == expected
+    print(summary_line(result))
+    print(f"replay {'OK' if ok else 'MISMATCH'}: recorded {expected}, now {result['trace_hash']}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_scenarios:
+        print(scenarios.describe())
+        return 0
+    try:
+        if args.replay:
+            return replay(args.replay, args)
+        spec = RunSpec(nodes=args.nodes, duration=args.duration, scenario=args.scenario, seed=args.seed,
+                       profile=args.profile, overrides=tuple(args.overrides))
+        spec.validate()
+        if args.sweep:
+            return run_sweep(spec, args)
+        result = run_one(spec, args.out, args)
+        print(summary_line(result))
+        return 0
+    except (SpecError, scenarios.ScenarioError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The seam between the world and the protocol code it runs.
+
+Owns: ``Core``, the part of ``gossip.swim.Swim``'s public API the simulator
+drives (the same calls the agent's driver makes), node naming and addressing,
+and ``SwimFactory``, which builds one real ``Swim`` per simulated node with
+its own seeded RNG. Tests may pass a different factory (a fake core) to
+exercise the world without the protocol.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+from gossip.config import Config
+from gossip.effects import Address, Effect
+from gossip.members import Member
+
+PORT = 7946
+
+
+class Core(Protocol):
+    """What the world calls on a node's protocol instance (``Swim``'s public API)."""
+
+    def handle_packet(self, now: float, src: Address, data: bytes) -> list[Effect]: ...
+
+    def handle_stream(self, now: float, src: Address, data: bytes) -> tuple[bytes | None, list[Effect]]: ...
+
+    def handle_stream_reply(self, now: float, token: int, reply: bytes | None) -> list[Effect]: ...
+
+    def tick(self, now: float) -> list[Effect]: ...
+
+    def next_deadline(self) -> float: ...
+
+    def join(self, now: float, seeds: Sequence[Address]) -> list[Effect]: ...
+
+    def leave(self, now: float) -> list[Effect]: ...
+
+    def leave_done(self) -> bool: ...
+
+    def set_meta(self, now: float, meta: bytes) -> list[Effect]: ...
+
+    @property
+    def local(self) -> Member: ...
+
+
+class CoreFactory(Protocol):
+    def __call__(self, idx: int, name: str, addr: Address, now: float, generation: int) -> Core: ...
+
+    def preconverge(self, now: float, cores: Sequence[Core]) -> None:
+        """Give every core a full, converged member table without any traffic."""
+        ...
+
+
+def node_name(idx: int, n: int) -> str:
+    """Sortable names: n0000 … n9999 (width grows with N)."""
+    return f"n{idx:0{max(4, len(str(max(0, n - 1))))}d}"
+
+
+def node_addr(idx: int) -> Address:
+    """10.x.y.z:7946 from the index (index 0 is 10.0.0.1)."""
+    v = idx + 1
+    if v >= 1 << 24:
+        raise ValueError("at most 16,777,215 simulated nodes")
+    return (f"10.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}", PORT)
+
+
+class SwimFactory:
+    """Builds a real ``gossip.swim.Swim`` per node, seeded by ``f"{seed}:{name}"``."""
+
+    def __init__(self, config: Config, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+
+    def __call__(self, idx: int, name: str, addr: Address, now: float, generation: int) -> Core:
+        from gossip.swim import Swim
+
+        suffix = f":{generation}" if generation else ""
+        rng = random.Random(f"{self.seed}:{name}{suffix}")
+        return Swim(self.config, name, addr, rng=rng, now=now)
+
+    def preconverge(self, now: float, cores: Sequence[Core]) -> None:
+        # Every node's own Member value is shared by all tables: 10,000 × 10,000
+        # entries then cost a dict slot each, not an object each.
+        members = [c.local for c in cores]
+        for c in cores:
+            bootstrap = getattr(c, "bootstrap_members", None)
+            if bootstrap is None:
+                raise RuntimeError(
+                    "the pre-converged start needs Swim.bootstrap_members(now, members); "
+                    "use the 'bootstrap' scenario (real joins) with this core"
+                )
+            bootstrap(now, members)
