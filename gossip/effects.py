@@ -78,6 +78,11 @@ class JoinFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyringChanged:
+    """The gossip keyring was changed by a remote request (serf keys); persist it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """A noteworthy thing the shell should log (not on the hot path)."""
 
@@ -86,4 +91,4 @@ class Log:
 
 
 MemberEvent = MemberJoined | MemberUpdated | MemberSuspected | MemberFailed | MemberLeft | MemberReaped
-Effect = Send | StreamRequest | MemberEvent | JoinFinished | Log
+Effect = Send | StreamRequest | MemberEvent | JoinFinished | KeyringChanged | Log

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from crypto.keyring import Keyring
-from gossip import serfcompat, wire
+from gossip import serfcompat, serfquery, wire
 from gossip.broadcasts import Broadcasts
 from gossip.config import (
     Config,
@@ -49,6 +49,7 @@ from gossip.effects import (
     Address,
     Effect,
     JoinFinished,
+    KeyringChanged,
     Log,
     MemberFailed,
     MemberJoined,
@@ -175,6 +176,9 @@ class Swim:
         self.awareness = 0
         self.leaving = False
         self._members: dict[str, Member] = {}
+        self._gone: dict[str, None] = {}
+        """Names of dead and left members (insertion-ordered), so reaping and rejoining
+        do not scan the whole table at 10,000 members."""
         self._probe_order: list[str] = []
         self._probe_index = 0
         self._broadcasts = Broadcasts()
@@ -188,6 +192,7 @@ class Swim:
         self._token = 0
         self._seeds: list[Address] = []
         self._serf_ltime = 0
+        self._seen_queries: dict[tuple[int, int], None] = {}
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
         self._members[name] = me
@@ -233,6 +238,7 @@ class Swim:
         """For tests and the simulator: internal consistency of the tables."""
         assert self.name in self._members
         assert set(self._probe_order) == set(self._members), "probe order out of sync"
+        assert set(self._gone) == {n for n, m in self._members.items() if m.status >= Status.DEAD}
         for name, s in self._suspicions.items():
             m = self._members.get(name)
             assert m is not None and m.status == Status.SUSPECT and m.incarnation == s.incarnation
@@ -316,7 +322,7 @@ class Swim:
         for m in members:
             if m.name == self.name or m.name in self._members:
                 continue
-            self._members[m.name] = m
+            self._set_member(m)
             self._probe_order.append(m.name)
         self.rng.shuffle(self._probe_order)
 
@@ -464,12 +470,16 @@ class Swim:
         if not payload:
             return
         if payload[0] < 0x80:
-            self._serf_message(payload)
+            self._serf_message(now, payload, effects)
             return
         effects.extend(self.delegate.on_user_message(now, payload))
 
-    def _serf_message(self, payload: bytes) -> None:
-        """Witness serf's Lamport time so our leave intent is never stale to serf."""
+    def _serf_message(self, now: float, payload: bytes, effects: list[Effect]) -> None:
+        """Witness serf's Lamport time (so our leave intent is never stale to serf) and
+        answer serf's queries (``serf reachability``, ``serf keys``)."""
+        if payload[0] == serfcompat.SerfType.QUERY:
+            self._serf_query(now, payload, effects)
+            return
         try:
             _, body = serfcompat.decode_serf_message(payload)
         except DecodeError:
@@ -477,6 +487,33 @@ class Swim:
         ltime = body.get("LTime")
         if isinstance(ltime, int) and ltime > self._serf_ltime:
             self._serf_ltime = ltime
+
+    def _serf_query(self, now: float, payload: bytes, effects: list[Effect]) -> None:
+        try:
+            query = serfcompat.decode_query(payload)
+            to = (ip_text(query.addr), query.port)
+            tags = serfcompat.decode_tags(self.local.meta)
+        except (DecodeError, ValueError):
+            return
+        key = (query.ltime, query.id)
+        if key in self._seen_queries:
+            return  # serf re-gossips queries; answer once
+        self._seen_queries[key] = None
+        if len(self._seen_queries) > 256:
+            del self._seen_queries[next(iter(self._seen_queries))]
+        if not serfquery.addressed_to_us(query, self.name, tags):
+            return
+        result = serfquery.answer(query, self.keyring)
+        if result.ack:
+            ack = serfcompat.encode_query_response(query.ltime, query.id, self.name, None, True)
+            self._send(to, wire.encode(UserMsg(ack)), effects)
+        if result.response is not None:
+            resp = serfcompat.encode_query_response(
+                query.ltime, query.id, self.name, result.response, False
+            )
+            self._send(to, wire.encode(UserMsg(resp)), effects)
+        if result.keyring_changed:
+            effects.append(KeyringChanged())
 
     # --------------------------------------------------------------- probing
 
@@ -749,13 +786,17 @@ class Swim:
         self._broadcasts.queue(me.name, wire.encode(alive))
 
     def _add_member(self, member: Member) -> None:
-        self._members[member.name] = member
+        self._set_member(member)
         # Insert at a random position so new members are probed in a random order.
         pos = self.rng.randint(self._probe_index, len(self._probe_order))
         self._probe_order.insert(pos, member.name)
 
     def _set_member(self, member: Member) -> None:
         self._members[member.name] = member
+        if member.status >= Status.DEAD:
+            self._gone[member.name] = None
+        else:
+            self._gone.pop(member.name, None)
 
     # ----------------------------------------------------------- dissemination
 
@@ -900,7 +941,7 @@ class Swim:
                 self._suspect(now, ns.name, ns.incarnation, self.name, effects)
         if msg.user_state:
             if msg.user_state[0] < 0x80:
-                self._serf_message(msg.user_state)
+                self._serf_message(now, msg.user_state, effects)
             else:
                 effects.extend(self.delegate.merge_remote_state(now, msg.user_state, msg.join))
 
@@ -913,14 +954,14 @@ class Swim:
         self._schedule(now + self._reap_period(), _REAP_TICK, None)
         expired = [
             m
-            for m in self._members.values()
-            if m.status in (Status.DEAD, Status.LEFT)
-            and now - m.changed_at >= self.config.reap_interval
+            for m in map(self._members.__getitem__, self._gone)
+            if now - m.changed_at >= self.config.reap_interval
         ]
         if not expired:
             return
         for m in expired:
             del self._members[m.name]
+            del self._gone[m.name]
             effects.append(MemberReaped(m))
         gone = {m.name for m in expired}
         current = self._probe_order[self._probe_index :]
@@ -935,7 +976,7 @@ class Swim:
         window = self.config.rejoin_failed_for
         failed = [
             m
-            for m in self._members.values()
+            for m in map(self._members.__getitem__, self._gone)
             if m.status == Status.DEAD and now - m.changed_at < window
         ]
         if failed:
