@@ -50,10 +50,10 @@ def compress(data: bytes) -> bytes:
             nbits -= 8
         return bytes(out)
 
-    code = data[0]
+    it = iter(data)
+    code = next(it)
     get = table.get
-    for i in range(1, len(data)):
-        literal = data[i]
+    for literal in it:
         key = (code << 8) | literal
         nxt = get(key)
         if nxt is not None:

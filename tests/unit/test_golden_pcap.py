@@ -23,6 +23,7 @@ import pytest
 
 from crypto.keyring import Keyring, decode_key
 from gossip import lzw, wire
+from gossip.errors import DecodeError
 from gossip.messages import (
     DEFAULT_VSN,
     Ack,
@@ -216,8 +217,8 @@ def test_every_plain_datagram_decodes_and_matches_reference() -> None:
     ref, _ = reference()
     for i, (d, r) in enumerate(zip(dgs, ref, strict=True)):
         assert f"{d.src[0]}:{d.src[1]}" == r.src and len(d.payload) == r.size, i
-        errors: list[Exception] = []
-        msgs = wire.decode_packet(d.payload, None, errors=errors)  # type: ignore[arg-type]
+        errors: list[DecodeError] = []
+        msgs = wire.decode_packet(d.payload, None, errors=errors)
         assert not errors
         assert [summary(m) for m in msgs] == r.leaves, f"datagram {i}"
 
@@ -336,8 +337,8 @@ def test_every_encrypted_datagram_decodes_with_the_key() -> None:
     kinds: collections.Counter[str] = collections.Counter()
     for d in dgs:
         assert d.payload[0] == 1  # version 1, no type byte
-        errors: list[Exception] = []
-        msgs = wire.decode_packet(d.payload, kr, errors=errors)  # type: ignore[arg-type]
+        errors: list[DecodeError] = []
+        msgs = wire.decode_packet(d.payload, kr, errors=errors)
         assert msgs and not errors
         kinds.update(type(m).__name__ for m in msgs)
     assert set(kinds) == {"Ping", "IndirectPing", "Ack", "Nack", "Suspect", "Alive", "Dead",
@@ -362,7 +363,7 @@ def test_encrypted_datagrams_need_the_key() -> None:
     dgs, _ = capture(ENCRYPTED)
     wrong = Keyring([bytes(32)], lambda n: bytes(n))
     for d in dgs[:20]:
-        with pytest.raises(wire.DecodeError):
+        with pytest.raises(DecodeError):
             wire.decode_packet(d.payload, wrong)
 
 
@@ -383,5 +384,5 @@ def test_encrypted_streams_decode_and_reencode() -> None:
         # Our own encrypted framing has the same length and decodes back.
         ours = wire.encode_stream(m, compress=True, keyring=kr)
         assert ours[:5] == s.data[:5] and wire.decode_stream(ours, kr) == m
-        with pytest.raises(wire.DecodeError, match="encryption is not configured"):
+        with pytest.raises(DecodeError, match="encryption is not configured"):
             wire.decode_stream(s.data, None)

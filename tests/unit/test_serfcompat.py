@@ -74,7 +74,8 @@ def _query(**over: object) -> bytes:
         "SourceNode": "alpha", "Timeout": 2_000_000_000,
     }
     body.update(over)
-    return b"\x04" + msgpack.packb(body, use_bin_type=False)
+    packed: bytes = msgpack.packb(body, use_bin_type=False)
+    return b"\x04" + packed
 
 
 def test_decode_query_captured_shape() -> None:

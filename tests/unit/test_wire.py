@@ -372,7 +372,7 @@ def test_encrypted_packet_layout_and_roundtrip() -> None:
     pkt = wire.encode_packet([msg], compress=False, crc=True, keyring=kr)
     assert pkt[0] == 1 and len(pkt) == len(msg) + 5 + wire.ENCRYPT_OVERHEAD
     assert wire.decode_packet(pkt, kr) == [Ping(9, "x")]
-    # Without the key the bytes are not a valid packet (first byte 1 = indirectPing).
+    # A node holding another key refuses it (it would not parse as plaintext either).
     with pytest.raises(DecodeError):
         wire.decode_packet(pkt, Keyring([bytes(16)], lambda n: bytes(n)))
 
@@ -585,3 +585,18 @@ def test_stream_message_size_basic_shapes() -> None:
 def test_stream_message_size_rejects_what_it_can(data: bytes) -> None:
     with pytest.raises(DecodeError):
         wire.stream_message_size(data)
+
+
+def test_packet_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire.clear_caches()
+    monkeypatch.setattr(wire, "DECOMPRESS_LIMIT", 1000)
+    bomb = wire.encode_compress(b"\x08" + bytes(2000))
+    with pytest.raises(DecodeError, match="exceeds"):
+        wire.decode_packet(bomb, None)
+    # The budget is shared by all compress layers of one packet.
+    half = wire.encode_compress(b"\x08" + bytes(600))
+    errors: list[DecodeError] = []
+    out = wire.decode_packet(wire.encode_compound([half, half]), None, errors=errors)
+    assert len(out) == 1 and "exceeds" in str(errors[0])
+    assert len(wire.decode_packet(wire.encode_compound([half]), None)) == 1
+    wire.clear_caches()
