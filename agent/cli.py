@@ -34,6 +34,7 @@ class AgentOptions:
     node: str
     bind: Address
     advertise: Address | None = None
+    """None: the bound address; a port of 0: the bound port."""
     join: tuple[Address, ...] = ()
     encrypt_keys: tuple[bytes, ...] = ()
     control_socket: str = DEFAULT_CONTROL_SOCKET
@@ -116,7 +117,8 @@ def _options(ns: argparse.Namespace) -> AgentOptions:
     bind = _address("--bind", ns.bind, DEFAULT_PORT, allow_zero_port=True)
     advertise = None
     if ns.advertise is not None:
-        advertise = _address("--advertise", ns.advertise, bind[1] or DEFAULT_PORT)
+        # Without a port, peers use the port we bind (known only after binding port 0).
+        advertise = _address("--advertise", ns.advertise, 0, allow_zero_port=True)
         if is_wildcard(advertise[0]):
             raise UsageError(f"--advertise {ns.advertise!r}: must be a specific address")
     elif is_wildcard(bind[0]):

@@ -19,7 +19,6 @@ import socket as stdsocket
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from typing import Any
 
 import trio
@@ -49,6 +48,8 @@ class ControlError(RuntimeError):
 
 
 def agent_version() -> str:
+    from importlib import metadata  # only when asked: it costs ~1 MiB of RSS
+
     try:
         return metadata.version("overlay-agent")
     except metadata.PackageNotFoundError:
@@ -69,8 +70,8 @@ def _in_use(path: str) -> bool:
         probe.close()
 
 
-def open_socket(path: str) -> trio.socket.SocketType:
-    """Bind and listen on ``path`` (mode 0600). Raises ControlError with the reason."""
+def open_socket(path: str, mode: int = 0o600) -> trio.socket.SocketType:
+    """Bind and listen on ``path`` (0600; issue 7 adds 0660 + group). Raises ControlError."""
     parent = os.path.dirname(path) or "."
     try:
         os.makedirs(parent, mode=0o755, exist_ok=True)
@@ -87,7 +88,7 @@ def open_socket(path: str) -> trio.socket.SocketType:
                 sock.bind(path)
             finally:
                 os.umask(old_umask)
-            os.chmod(path, 0o600)
+            os.chmod(path, mode)
             sock.listen(MAX_CONNECTIONS)
         except BaseException:
             sock.close()
@@ -238,7 +239,8 @@ class ControlServer:
                 continue
             except Exception as exc:
                 log.exception(kv("control-op-failed", op=req.op))
-                await stream.send_all(api.encode(api.error(f"internal error: {exc}", req.id)))
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                await stream.send_all(api.encode(api.error(f"internal error: {text}", req.id)))
                 continue
             if result is _STREAMED:
                 return

@@ -31,6 +31,7 @@ from gossip.effects import (
     Address,
     Effect,
     JoinFinished,
+    KeyringChanged,
     Log,
     MemberFailed,
     MemberJoined,
@@ -217,13 +218,21 @@ class Driver:
             task_status.started()
             while True:
                 item: _Item | None = None
-                with trio.move_on_at(self.swim.next_deadline()):
-                    item = await self._receive.receive()
+                try:
+                    # Queued input first: a deadline already due must not starve it.
+                    item = self._receive.receive_nowait()
+                    await trio.lowlevel.checkpoint()  # let producers and stream tasks run
+                except trio.WouldBlock:
+                    with trio.move_on_at(self.swim.next_deadline()):
+                        item = await self._receive.receive()
                 # Perform outside the deadline scope: a send must not be cut short.
                 if item is not None:
                     await self._perform(self._handle(item))
                 if trio.current_time() >= self.swim.next_deadline():
+                    failures = self.counters.internal_errors
                     await self._perform(self._guarded(self._tick))
+                    if self.counters.internal_errors != failures:
+                        await trio.sleep(0.1)  # a failing tick may not move its deadline: no hot loop
                 if self._leaving and not self._left.is_set() and self.swim.leave_done():
                     self._left.set()
 
@@ -296,6 +305,9 @@ class Driver:
                 level = _LEVELS.get(effect.level, logging.INFO)
                 if log.isEnabledFor(level):
                     log.log(level, kv("core", msg=effect.message))
+            elif isinstance(effect, KeyringChanged):
+                # Persisting the keyring belongs to the state dir (issue 7).
+                log.info(kv("keyring-changed", keys=len(self.swim.keyring.keys) if self.swim.keyring else 0))
             elif isinstance(effect, JoinFinished):
                 failed = ",".join(format_address(a) for a in effect.failed) or None
                 level = logging.INFO if effect.contacted else logging.WARNING

@@ -65,7 +65,7 @@ async def _handle_signals(
         leaving = False
         async for signum in signals:
             name = signal.Signals(signum).name
-            if not leaving:
+            if leave_on_terminate and not leaving:
                 leaving = True
                 log.info(kv("signal", signal=name, action="leave-then-stop"))
 
@@ -116,6 +116,8 @@ async def run(
             raise StartupError(f"cannot bind {format_address(opts.bind)}: {exc.strerror or exc}") from None
         stack.callback(sockets.close)
         advertise = opts.advertise or sockets.addr
+        if advertise[1] == 0:
+            advertise = (advertise[0], sockets.addr[1])
         try:
             swim = Swim(
                 config,

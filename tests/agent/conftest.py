@@ -60,12 +60,13 @@ async def statuses(path: str) -> dict[str, str]:
     return {m["name"]: m["status"] for m in await query(path, "members")}
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
-    with trio.move_on_after(timeout):
-        while not await check():
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
+    """Poll another agent's view (over its control API) until ``check`` holds."""
+    with trio.move_on_after(within):
+        while not await check():  # noqa: ASYNC110 - the state lives in other agents/processes
             await trio.sleep(0.05)
         return
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    pytest.fail(f"timed out after {within}s waiting for {what}")
 
 
 @dataclass
@@ -84,9 +85,9 @@ class InProcessAgent:
 async def start_agent(
     nursery: trio.Nursery, sockdir: str, name: str, join: tuple[Address, ...] = (), **extra: Any
 ) -> InProcessAgent:
+    extra.setdefault("bind", ("127.0.0.1", 0))
     opts = AgentOptions(
         node=name,
-        bind=("127.0.0.1", 0),
         join=join,
         control_socket=f"{sockdir}/{name}.sock",
         profile="local",

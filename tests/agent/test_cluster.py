@@ -9,10 +9,19 @@ import socket
 import stat
 from typing import Any
 
+import pytest
 import trio
 
-from agent import ctl
-from tests.agent.conftest import InProcessAgent, control_exchange, query, statuses, wait_until
+from agent import ctl, service
+from agent.cli import AgentOptions
+from tests.agent.conftest import (
+    InProcessAgent,
+    control_exchange,
+    query,
+    start_agent,
+    statuses,
+    wait_until,
+)
 
 
 async def test_members_view(cluster: list[InProcessAgent]) -> None:
@@ -63,7 +72,7 @@ async def test_agentctl_leave(cluster: list[InProcessAgent]) -> None:
     assert "leave" in out.getvalue().lower()
     with trio.fail_after(10):
         await c.finished.wait()  # the agent stops after a leave
-    assert not os.path.exists(c.socket)
+    assert not await trio.Path(c.socket).exists()
 
     async def both_see_c_left() -> bool:
         return [(await statuses(x.socket))["c"] for x in (a, b)] == ["left", "left"]
@@ -152,7 +161,7 @@ async def _next_line(stream: trio.SocketStream, buf: bytearray) -> dict[str, Any
 
 
 async def test_events_stream(cluster: list[InProcessAgent]) -> None:
-    a, b, c = cluster
+    a, _b, c = cluster
     stream = await trio.open_unix_socket(a.socket)
     async with stream:
         await stream.send_all(b'{"v": 1, "op": "events"}\n')
@@ -169,3 +178,101 @@ async def test_events_stream(cluster: list[InProcessAgent]) -> None:
                     break
     assert event["member"]["name"] == "c"
     assert event["member"]["status"] == "dead"
+
+
+async def test_ipv6_and_dual_stack(sockdir: str) -> None:
+    async with trio.open_nursery() as nursery:
+        v6 = await start_agent(nursery, sockdir, "v6", bind=("::1", 0))
+        assert v6.addr[0] == "::1"
+        other = await start_agent(nursery, sockdir, "other", join=(v6.addr,), bind=("::1", 0))
+        # A dual-stack agent on "::" that IPv4 peers reach as 127.0.0.1.
+        dual = await start_agent(nursery, sockdir, "dual", bind=("::", 0), advertise=("127.0.0.1", 0))
+        assert dual.addr[0] == "127.0.0.1" and dual.addr[1] != 0
+        v4 = await start_agent(nursery, sockdir, "v4", join=(dual.addr,))
+
+        async def converged() -> bool:
+            return (
+                await statuses(v6.socket) == {"v6": "alive", "other": "alive"}
+                and await statuses(dual.socket) == {"dual": "alive", "v4": "alive"}
+                and await statuses(v4.socket) == {"dual": "alive", "v4": "alive"}
+            )
+
+        await wait_until(converged, "IPv6 and dual-stack pairs to converge")
+        members = {m["name"]: m for m in await query(other.socket, "members")}
+        assert members["v6"]["address"] == "::1"
+        members = {m["name"]: m for m in await query(dual.socket, "members")}
+        assert members["v4"]["address"] == "127.0.0.1"  # not ::ffff:127.0.0.1
+        nursery.cancel_scope.cancel()
+
+
+async def test_agentctl_events_follow(cluster: list[InProcessAgent]) -> None:
+    a, _b, c = cluster
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        code: list[int] = []
+
+        async def follow() -> None:
+            argv = ["--socket", a.socket, "events", "--follow", "--format", "json"]
+            code.append(await trio.to_thread.run_sync(ctl.main, argv, out))
+
+        nursery.start_soon(follow)
+
+        async def subscribed() -> bool:
+            return bool((await query(a.socket, "status"))["subscribers"] == 1)
+
+        await wait_until(subscribed, "agentctl to subscribe")
+        c.kill()
+
+        async def failure_printed() -> bool:
+            return '"member-failed"' in out.getvalue()
+
+        await wait_until(failure_printed, "agentctl to print c's failure")
+        a.kill()  # the agent goes away: agentctl's stream ends and it exits 0
+    assert code == [0]
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    failed = [e for e in events if e["type"] == "member-failed"]
+    assert failed[0]["member"]["name"] == "c"
+
+
+async def test_control_socket_in_use_or_stale(sockdir: str) -> None:
+    async with trio.open_nursery() as nursery:
+        a = await start_agent(nursery, sockdir, "a")
+        clash = AgentOptions(node="x", bind=("127.0.0.1", 0), control_socket=a.socket, profile="local")
+        with pytest.raises(service.StartupError, match="in use by a running agent"):
+            await service.run(clash, handle_signals=False)
+        assert len(await query(a.socket, "members")) == 1  # the first agent is untouched
+        nursery.cancel_scope.cancel()
+    # A socket file left by a crashed agent is replaced.
+    stale = f"{sockdir}/stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(stale)
+    s.close()
+    async with trio.open_nursery() as nursery:
+        b = await start_agent(nursery, sockdir, "stale")
+        assert b.socket == stale
+        assert len(await query(b.socket, "members")) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_encrypted_cluster_refuses_a_wrong_key(sockdir: str, caplog: pytest.LogCaptureFixture) -> None:
+    key, wrong = bytes(range(16)), bytes(range(1, 33))
+    async with trio.open_nursery() as nursery:
+        a = await start_agent(nursery, sockdir, "a", encrypt_keys=(key,))
+        b = await start_agent(nursery, sockdir, "b", join=(a.addr,), encrypt_keys=(key,))
+        c = await start_agent(nursery, sockdir, "c", join=(a.addr,), encrypt_keys=(wrong,))
+
+        async def pair_formed() -> bool:
+            return [await statuses(x.socket) for x in (a, b)] == [{"a": "alive", "b": "alive"}] * 2
+
+        await wait_until(pair_formed, "a and b to form an encrypted cluster")
+
+        async def refused() -> bool:
+            return bool((await query(a.socket, "status"))["counters"]["decode_errors"] > 0)
+
+        await wait_until(refused, "a to refuse c's join")
+        assert await statuses(c.socket) == {"c": "alive"}
+        assert "c" not in await statuses(a.socket)
+        assert (await query(a.socket, "status"))["encrypted"] is True
+        nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("event=decode-error" in w and "key" in w for w in warnings), warnings
