@@ -17,9 +17,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 VERSION_PADDED = 0
 VERSION_NO_PADDING = 1
@@ -62,6 +63,14 @@ def decode_key(text: str) -> bytes:
     return raw
 
 
+def _cipher(key: bytes) -> AESGCM:
+    # Imported on first use: an agent without gossip encryption never pays the
+    # ~7 MB that loading cryptography's OpenSSL bindings costs.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 class Keyring:
     """Ordered AES keys; ``keys[0]`` is the primary (encrypting) key."""
 
@@ -75,7 +84,7 @@ class Keyring:
             k = _check_key(key)
             if k not in self._keys:
                 self._keys.append(k)
-                self._ciphers.append(AESGCM(k))
+                self._ciphers.append(_cipher(k))
 
     @property
     def keys(self) -> tuple[bytes, ...]:
@@ -91,7 +100,7 @@ class Keyring:
         if k in self._keys:
             return
         self._keys.append(k)
-        self._ciphers.append(AESGCM(k))
+        self._ciphers.append(_cipher(k))
 
     def use(self, key: bytes) -> None:
         """Make an installed key the primary."""
@@ -135,6 +144,8 @@ class Keyring:
             raise DecryptError("encrypted payload too short")
         if not self._ciphers:
             raise DecryptError("no keys installed")
+        from cryptography.exceptions import InvalidTag
+
         nonce = bytes(blob[1 : 1 + NONCE_SIZE])
         body = bytes(blob[1 + NONCE_SIZE :])
         ad = aad or None
