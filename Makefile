@@ -2,12 +2,16 @@
 # Both do their own set-up on a fresh machine: Debian packages, then .venv.
 
 PY := .venv/bin/python
-DEBS := serf iproute2 iputils-ping tcpdump
+DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: setup debs venv test test-fast lint demo clean-lab
+.PHONY: setup debs venv vm-image test test-fast lint demo clean-lab
 
-setup: debs venv
+setup: debs venv vm-image
+
+# Debian's stock kernel, unpacked for the QEMU IPsec tests (cached; ~15 s the first time).
+vm-image: debs venv
+	$(PY) -m tests.vm.image prepare
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,9 +36,9 @@ test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow and not netns and not interop" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not netns and not interop and not vm" $(PYTEST_ARGS)
 
-demo: setup
+demo: debs venv
 	$(PY) -m agent.lab demo
 
 clean-lab: venv
