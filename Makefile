@@ -2,7 +2,7 @@
 # Both do their own set-up on a fresh machine: Debian packages, then .venv.
 
 PY := .venv/bin/python
-DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static
+DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd
 PYTEST_ARGS ?=
 
 .PHONY: setup debs venv vm-image test test-fast lint demo clean-lab

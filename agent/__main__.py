@@ -1,25 +1,47 @@
-"""``overlay-agent`` / ``python -m agent``: flags -> logging -> ``service.run``.
+"""``overlay-agent`` / ``python -m agent``: command line -> config -> logging -> ``service.run``.
 
-Exit status: 0 after a requested stop (signal or ``agentctl leave``), 1 when the
-agent cannot start (one line on stderr), 2 for bad flags.
+Commands: ``[run] FLAGS`` (the default) and ``check-config [FLAGS] [--show]``.
+Exit status: 0 after a requested stop (signal or ``agentctl leave``) or a valid
+configuration; 1 when the agent cannot start (one line on stderr); 2 for bad
+flags or configuration (one line on stderr).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
-import trio
-
-from agent import cli, service
-from agent import log as agent_log
+from agent import cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = cli.parse_args(argv)
-    agent_log.setup(opts.log_level)
+    command = cli.parse_command(argv)
+    if command.name == "version":
+        from agent.control import agent_version
+
+        print(f"overlay-agent {agent_version()}")
+        return 0
+    assert command.loaded is not None
+    config = command.loaded.config
+    if command.name == "check-config":
+        try:
+            if command.show:
+                sys.stdout.write(cli.describe(command.loaded))
+            print(f"overlay-agent: configuration OK ({config.config_file or 'no config file'})")
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. `check-config --show | head`: as the Python docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+    import trio  # not needed to check a configuration
+
+    from agent import log as agent_log
+    from agent import service
+
+    agent_log.setup(config.log_level, fmt=config.log_format)
     try:
-        return trio.run(service.run, opts)
+        return trio.run(service.run, config)
     except service.StartupError as exc:
         print(f"overlay-agent: error: {exc}", file=sys.stderr)
         return 1

@@ -1,163 +1,212 @@
-"""Command-line flags of ``overlay-agent``: parse and validate them into ``AgentOptions``.
+"""Command line of ``overlay-agent``: ``[run] FLAGS`` and ``check-config [FLAGS]``.
 
-Owns: the flag set, address syntax (``IP``, ``IP:PORT``, ``[IPv6]:PORT``), and the
-rule that a bad flag is one line on stderr and exit status 2 (no usage dump, no
-traceback). Does not: open sockets, read files or start anything (see ``service``).
-A config file (issue 7) will produce the same ``AgentOptions``; precedence is
-flags > environment > file > defaults.
+Owns: the flag set (one flag per config key, see ``agent.config.KEYS``), the
+sub-commands, and the rule that a bad flag or configuration is one line on
+stderr and exit status 2 (no usage dump, no traceback). Does not: read the
+config file or validate values itself (``agent.config`` does), open sockets or
+start anything (``service``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
-from agent.addresses import UsageError, is_wildcard, parse_address
-from crypto.keyring import decode_key
-from gossip.config import Profile
-from gossip.effects import Address
-from gossip.serfcompat import encode_tags
+from agent import config as cfg
+from agent.config import (
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_PORT,
+    DEFAULT_ROLE,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    PROFILES,
+    SOCKET_ENV,
+    AgentConfig,
+    ConfigError,
+)
 
-DEFAULT_PORT = 7946
-DEFAULT_CONTROL_SOCKET = "/run/overlay-agent/agent.sock"
-SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
-DEFAULT_ROLE = "overlay-agent"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+__all__ = [
+    "DEFAULT_CONTROL_SOCKET", "DEFAULT_PORT", "DEFAULT_ROLE", "SOCKET_ENV",
+    "AgentOptions", "Command", "build_parser", "parse_args", "parse_command",
+]
 
-
-@dataclass(frozen=True)
-class AgentOptions:
-    node: str
-    bind: Address
-    advertise: Address | None = None
-    """None: the bound address; a port of 0: the bound port."""
-    join: tuple[Address, ...] = ()
-    encrypt_keys: tuple[bytes, ...] = ()
-    control_socket: str = DEFAULT_CONTROL_SOCKET
-    state_dir: str | None = None
-    profile: Profile = "lan"
-    leave_on_terminate: bool = False
-    tags: dict[str, str] = field(default_factory=dict)
-    log_level: str = "info"
-
-
-def _address(flag: str, text: str, default_port: int, *, allow_zero_port: bool = False) -> Address:
-    try:
-        return parse_address(text, default_port, allow_zero_port=allow_zero_port)
-    except UsageError as exc:
-        raise UsageError(f"{flag} {exc}") from None
-
-
-def _parse_tag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UsageError(f"--tag {text!r}: expected KEY=VALUE")
-    return key.strip(), value
-
-
-def _check_node_name(name: str) -> str:
-    if not name or len(name) > 128 or any(ch.isspace() or not ch.isprintable() for ch in name):
-        raise UsageError(f"--node {name!r}: expected 1-128 printable characters without spaces")
-    return name
+AgentOptions = AgentConfig
+"""The name issue 2's code and tests use for the agent's settings."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"overlay-agent: error: {message} (see --help)\n")
 
 
 EPILOG = """\
+configuration (precedence: flags > environment > file > defaults):
+  file         --config FILE, else $OVERLAY_AGENT_CONFIG, else /etc/overlay-agent/agent.toml
+               if it exists. Each flag has a key: --state-dir -> state_dir,
+               --encrypt-key -> encrypt_keys, --tag K=V -> [tags], --gossip K=V -> [gossip].
+  environment  OVERLAY_AGENT_<KEY>, e.g. OVERLAY_AGENT_BIND=10.0.0.1,
+               OVERLAY_AGENT_JOIN=10.0.0.2,10.0.0.3, OVERLAY_AGENT_TAGS=rack=r1,zone=a,
+               OVERLAY_AGENT_GOSSIP_PROBE_INTERVAL=2
+
 examples:
   overlay-agent --node h1 --bind 10.0.0.1
   overlay-agent --node h2 --bind 10.0.0.2 --join 10.0.0.1 --tag rack=r1
   overlay-agent --node h3 --bind [fd00::3]:7946 --join [fd00::1]:7946 \\
       --encrypt-key "$(cat /etc/overlay-agent/gossip.key)" --leave-on-terminate
   overlay-agent --node h4 --bind 0.0.0.0 --advertise 10.0.0.4 --profile wan
+  overlay-agent --config /etc/overlay-agent/agent.toml
+  overlay-agent check-config --config /etc/overlay-agent/agent.toml --show
 """
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Every flag defaults to None, so that only given flags override lower layers."""
+    add = p.add_argument
+    add("--config", metavar="FILE", help=f"TOML config file (default: ${cfg.CONFIG_ENV} or "
+        f"{cfg.DEFAULT_CONFIG_FILE} if it exists)")
+    add("--node", help="node name (default: host name)")
+    add("--bind", metavar="IP[:PORT]",
+        help=f"address for gossip, UDP and TCP (default port {DEFAULT_PORT}; 0 = any free port)")
+    add("--advertise", metavar="IP[:PORT]",
+        help="address peers use to reach us (required when --bind is 0.0.0.0 or ::)")
+    add("--join", action="append", metavar="IP[:PORT]",
+        help="seed to join at start (repeatable); seeds are retried while unreachable")
+    add("--encrypt-key", dest="encrypt_keys", action="append", metavar="BASE64",
+        help="gossip key, 16/24/32 bytes in base64 (repeatable; the first encrypts)")
+    add("--keyring-file", metavar="FILE",
+        help="where the gossip keyring persists (default: STATE_DIR/keyring.json)")
+    add("--require-encryption", action=argparse.BooleanOptionalAction, default=None,
+        help="with keys, refuse plaintext gossip (default: yes; no = roll-out window)")
+    add("--control-socket", metavar="PATH",
+        help=f"control API socket (default: ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})")
+    add("--control-group", metavar="GROUP",
+        help="group allowed to use the control socket (mode 0660; default: root only, 0600)")
+    add("--state-dir", metavar="DIR", help="directory for persistent state (default: $STATE_DIRECTORY)")
+    add("--profile", choices=PROFILES, help="gossip timing profile (default: lan)")
+    add("--gossip", action="append", metavar="NAME=VALUE",
+        help="override a gossip timing, e.g. probe_interval=2 (repeatable)")
+    add("--leave-on-terminate", action=argparse.BooleanOptionalAction, default=None,
+        help="announce a graceful leave on SIGTERM/SIGINT (default: exit silently)")
+    add("--tag", dest="tags", action="append", metavar="KEY=VALUE",
+        help=f"node tag advertised to peers (repeatable; role={DEFAULT_ROLE} is set by default)")
+    add("--vxlan-port", metavar="PORT", help=f"VXLAN UDP port (default: {cfg.DEFAULT_VXLAN_PORT})")
+    add("--underlay-interface", metavar="IFNAME", help="underlay interface (default: by route)")
+    add("--underlay-mtu", metavar="MTU", help="underlay MTU (default: the interface's)")
+    add("--metrics-address", metavar="IP[:PORT]",
+        help=f"serve Prometheus metrics here (default: off; default port {cfg.DEFAULT_METRICS_PORT})")
+    add("--log-level", choices=LOG_LEVELS, help="default: info")
+    add("--log-format", choices=LOG_FORMATS, help="kv (key=value) or json (default: kv)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="overlay-agent",
-        description="Overlay network agent: SWIM membership (memberlist/serf wire compatible).",
+        description="Overlay network agent: SWIM membership (memberlist/serf wire compatible).\n"
+                    "Commands: run (the default) or check-config.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--node", default=None, help="node name (default: host name)")
-    p.add_argument("--bind", required=True, metavar="IP[:PORT]",
-                   help=f"address for gossip, UDP and TCP (default port {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--advertise", metavar="IP[:PORT]",
-                   help="address peers use to reach us (required when --bind is 0.0.0.0 or ::)")
-    p.add_argument("--join", action="append", default=[], metavar="IP[:PORT]",
-                   help="seed to join at start (repeatable); seeds are retried while unreachable")
-    p.add_argument("--encrypt-key", action="append", default=[], metavar="BASE64",
-                   help="gossip key, 16/24/32 bytes in base64 (repeatable; the first encrypts)")
-    p.add_argument("--control-socket", metavar="PATH",
-                   default=os.environ.get(SOCKET_ENV) or DEFAULT_CONTROL_SOCKET,
-                   help=f"control API socket (default: ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})")
-    p.add_argument("--state-dir", metavar="DIR", help="directory for persistent state")
-    p.add_argument("--profile", choices=("lan", "wan", "local"), default="lan",
-                   help="gossip timing profile (default: lan)")
-    p.add_argument("--leave-on-terminate", action="store_true",
-                   help="announce a graceful leave on SIGTERM/SIGINT (default: exit silently)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"node tag advertised to peers (repeatable; role={DEFAULT_ROLE} is set by default)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    _add_config_flags(p)
     return p
 
 
-def _options(ns: argparse.Namespace) -> AgentOptions:
-    node = _check_node_name(ns.node if ns.node is not None else socket.gethostname())
-    bind = _address("--bind", ns.bind, DEFAULT_PORT, allow_zero_port=True)
-    advertise = None
-    if ns.advertise is not None:
-        # Without a port, peers use the port we bind (known only after binding port 0).
-        advertise = _address("--advertise", ns.advertise, 0, allow_zero_port=True)
-        if is_wildcard(advertise[0]):
-            raise UsageError(f"--advertise {ns.advertise!r}: must be a specific address")
-    elif is_wildcard(bind[0]):
-        raise UsageError(f"--bind {ns.bind!r} is a wildcard address: give --advertise IP too")
-    join = tuple(_address("--join", s, DEFAULT_PORT) for s in ns.join)
-    keys: list[bytes] = []
-    for i, text in enumerate(ns.encrypt_key):
-        try:
-            keys.append(decode_key(text))
-        except ValueError as exc:
-            raise UsageError(f"--encrypt-key #{i + 1}: {exc}") from None
-    tags = {"role": DEFAULT_ROLE}
-    tags.update(_parse_tag(t) for t in ns.tag)
-    try:
-        encode_tags(tags)  # checks the 512-byte node meta limit
-    except ValueError as exc:
-        raise UsageError(f"--tag: {exc}") from None
-    if not ns.control_socket:
-        raise UsageError("--control-socket must not be empty")
-    return AgentOptions(
-        node=node,
-        bind=bind,
-        advertise=advertise,
-        join=join,
-        encrypt_keys=tuple(keys),
-        control_socket=ns.control_socket,
-        state_dir=ns.state_dir,
-        profile=ns.profile,
-        leave_on_terminate=ns.leave_on_terminate,
-        tags=tags,
-        log_level=ns.log_level,
+def build_check_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="overlay-agent check-config",
+        description="Validate the configuration (file, environment and flags) without starting. "
+                    "Exit status 0 when valid, 2 with a one-line message otherwise.",
+        epilog="example:\n  overlay-agent check-config --config /etc/overlay-agent/agent.toml --show\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--show", action="store_true", help="print the effective settings and their origins")
+    _add_config_flags(p)
+    return p
 
 
-def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
-    """Flags -> options; on any error print one line and raise SystemExit(2)."""
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+_FLAG_KEYS = [k for k in cfg.KEYS]
+
+
+def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(ns, name) for name in _FLAG_KEYS}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    """run, check-config or version"""
+    loaded: cfg.Loaded | None
+    show: bool = False
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"overlay-agent: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_command(argv: Sequence[str] | None = None) -> Command:
+    """argv -> the command and its validated configuration; exit 2 with one line on errors."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = "run"
+    if args and args[0] in ("run", "check-config"):
+        name = args.pop(0)
+    parser = build_check_parser() if name == "check-config" else build_parser()
+    ns = parser.parse_args(args)
+    if getattr(ns, "version", False):
+        return Command("version", None)
     try:
-        return _options(ns)
-    except UsageError as exc:
-        parser.error(str(exc))
+        loaded = cfg.load(_flag_values(ns), config_file=ns.config)
+    except ConfigError as exc:
+        _fail(" ".join(str(exc).split()))
+    return Command(name, loaded, show=bool(getattr(ns, "show", False)))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
+    """Flags (plus environment and file) -> config; on any error one line and SystemExit(2)."""
+    command = parse_command(argv)
+    if command.loaded is None:
+        raise SystemExit(0)
+    return command.loaded.config
+
+
+def describe(loaded: cfg.Loaded) -> str:
+    """``check-config --show``: every effective setting, secrets redacted, with its origin."""
+    c = loaded.config
+    from agent.addresses import format_address
+
+    def addr(a: Any) -> str:
+        return format_address(a) if a else "-"
+
+    rows: list[tuple[str, str, str]] = [
+        ("node", c.node, "node"),
+        ("bind", addr(c.bind), "bind"),
+        ("advertise", addr(c.advertise) if c.advertise else "(bound address)", "advertise"),
+        ("join", ", ".join(addr(j) for j in c.join) or "-", "join"),
+        ("profile", c.profile, "profile"),
+        ("encrypt_keys", f"{len(c.encrypt_keys)} key(s)" if c.encrypt_keys else "-", "encrypt_keys"),
+        ("keyring_file", c.keyring_path or "(not persisted)", "keyring_file"),
+        ("require_encryption", str(c.require_encryption).lower(), "require_encryption"),
+        ("vxlan_port", str(c.vxlan_port), "vxlan_port"),
+        ("underlay_interface", c.underlay_interface or "(by route)", "underlay_interface"),
+        ("underlay_mtu", str(c.underlay_mtu) if c.underlay_mtu else "(interface MTU)", "underlay_mtu"),
+        ("state_dir", c.state_dir or "(none: nothing persists)", "state_dir"),
+        ("control_socket", c.control_socket, "control_socket"),
+        ("control_group", c.control_group or "(none: mode 0600)", "control_group"),
+        ("metrics_address", addr(c.metrics_address) if c.metrics_address else "(off)", "metrics_address"),
+        ("log_level", c.log_level, "log_level"),
+        ("log_format", c.log_format, "log_format"),
+        ("leave_on_terminate", str(c.leave_on_terminate).lower(), "leave_on_terminate"),
+    ]
+    rows += [(f"tags.{k}", v, f"tags.{k}") for k, v in sorted(c.tags.items())]
+    rows += [(f"gossip.{k}", str(v), f"gossip.{k}") for k, v in sorted(c.gossip.items())]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"# config file: {c.config_file or '(none)'}"]
+    for key, value, origin_key in rows:
+        origin = loaded.origins.get(origin_key, "default")
+        lines.append(f"{key.ljust(width)} = {value}    # {origin}")
+    return "\n".join(lines) + "\n"

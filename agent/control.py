@@ -1,35 +1,36 @@
 """The control API server: a Unix socket speaking ``agent.api`` JSON lines.
 
-Owns: the socket file (created mode 0600 in a created parent directory; a stale
-file from a crashed agent is replaced, a live agent's is not), connection
-handling (line limit, idle timeout, a cap on concurrent connections) and the
-ops: ``members``, ``status``, ``leave`` and the streaming ``events``. Bad
-requests get an error reply; nothing a client sends can affect the agent
-beyond the op it asks for. Does not: touch the core except through
-``Driver.call`` / ``Driver.leave``.
+Owns: the socket file (mode 0600, or 0660 and group ``control_group``; a stale
+file from a crashed agent is replaced, a live agent's is not), who may talk to
+it (SO_PEERCRED: root, the agent's own user, or a member of the control group;
+checked per connection even though the file mode already keeps others out,
+because a socket file's mode is easy to loosen by accident), connection
+handling (line limit, idle timeout, a cap on concurrent connections) and
+dispatch to a registry of ops (``Op``; the built-in ones are in ``agent.ops``,
+later layers register more with ``ControlServer.register``). Bad requests get
+an error reply; nothing a client sends can affect the agent beyond the op it
+asks for. Does not: implement ops, or touch the core.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import socket as stdsocket
 import stat
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from agent import api
-from agent.driver import Driver
-from agent.events import OVERFLOW, EventHub
 from agent.log import kv
-from gossip.effects import Effect
-from gossip.members import Status
-from gossip.swim import Swim
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
 
 log = logging.getLogger("agent.control")
 
@@ -38,9 +39,8 @@ IDLE_TIMEOUT = 60.0
 MAX_CONNECTIONS = 64
 DRAIN_TIMEOUT = 1.0
 DRAIN_LIMIT = 4 * 1024 * 1024
-"""Input discarded after refusing an oversized request, so the client gets the reply."""
-LEAVE_WAIT = 5.0
-"""How long ``leave`` waits for the leave to go out before replying anyway."""
+"""Input discarded after refusing a request, so the client gets the reply."""
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 class ControlError(RuntimeError):
@@ -48,12 +48,12 @@ class ControlError(RuntimeError):
 
 
 def agent_version() -> str:
-    from importlib import metadata  # only when asked: it costs ~1 MiB of RSS
+    from agent import __version__
 
-    try:
-        return metadata.version("overlay-agent")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__
+
+
+# -- the socket file ------------------------------------------------------------------------
 
 
 def _in_use(path: str) -> bool:
@@ -70,9 +70,10 @@ def _in_use(path: str) -> bool:
         probe.close()
 
 
-def open_socket(path: str, mode: int = 0o600) -> trio.socket.SocketType:
-    """Bind and listen on ``path`` (0600; issue 7 adds 0660 + group). Raises ControlError."""
+def open_socket(path: str, gid: int | None = None) -> trio.socket.SocketType:
+    """Bind and listen on ``path``: mode 0600, or 0660 owned by group ``gid``. Raises ControlError."""
     parent = os.path.dirname(path) or "."
+    mode = 0o600 if gid is None else 0o660
     try:
         os.makedirs(parent, mode=0o755, exist_ok=True)
         if os.path.lexists(path):
@@ -88,14 +89,86 @@ def open_socket(path: str, mode: int = 0o600) -> trio.socket.SocketType:
                 sock.bind(path)
             finally:
                 os.umask(old_umask)
+            if gid is not None:
+                try:
+                    os.chown(path, -1, gid)  # group first, then widen the mode
+                except PermissionError:
+                    raise ControlError(f"control socket {path}: cannot give it to group {gid} "
+                                       f"(control_group): the agent needs CAP_CHOWN or to be a member") from None
             os.chmod(path, mode)
             sock.listen(MAX_CONNECTIONS)
         except BaseException:
             sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
+    except ControlError:
+        raise
     except OSError as exc:
         raise ControlError(f"control socket {path}: {exc.strerror or exc}") from None
     return trio.socket.from_stdlib_socket(sock)
+
+
+# -- who is calling ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: stdsocket.socket | trio.socket.SocketType) -> Peer | None:
+    try:
+        raw = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+def _supplementary_groups(pid: int) -> list[int]:
+    """The peer's supplementary groups (SO_PEERCRED gives only the primary one)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:] if g.isdigit()]
+    except OSError:
+        pass
+    return []
+
+
+def refusal(peer: Peer | None, gid: int | None, group_name: str | None) -> str | None:
+    """Why ``peer`` may not use the API, or None when it may."""
+    if peer is None:
+        return "permission denied: cannot identify the caller (SO_PEERCRED failed)"
+    if peer.uid in (0, os.geteuid()):
+        return None
+    if gid is not None and (peer.gid == gid or gid in _supplementary_groups(peer.pid)):
+        return None
+    if gid is None:
+        return (f"permission denied: uid {peer.uid} is not root (the control socket is root-only; "
+                f"set control_group to allow a group)")
+    return f"permission denied: uid {peer.uid} is neither root nor in group {group_name or gid} (control_group)"
+
+
+# -- ops ----------------------------------------------------------------------------------------
+
+Handler = Callable[["Runtime", api.Request, trio.SocketStream], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One control operation. ``handler(runtime, request, stream)`` returns the result."""
+
+    handler: Handler
+    summary: str
+    streaming: bool = False
+    """The handler writes its own replies (``agent.api.event`` lines) and the connection ends."""
+    stops_agent: bool = False
+    """After the reply is sent, the agent stops (``leave``)."""
 
 
 class _TooLarge(Exception):
@@ -143,43 +216,41 @@ async def _hang_up(stream: trio.SocketStream) -> None:
             discarded += len(chunk)
 
 
-Handler = Callable[[api.Request, trio.SocketStream], Awaitable[Any]]
-_STREAMED = object()
-"""A handler's return value when it has written its own replies."""
-
-
 class ControlServer:
     def __init__(
         self,
         sock: trio.socket.SocketType,
         path: str,
-        driver: Driver,
-        hub: EventHub,
+        runtime: Runtime,
+        ops: Mapping[str, Op],
         *,
-        info: dict[str, Any],
-        request_stop: Callable[[str], None],
+        gid: int | None = None,
+        group_name: str | None = None,
     ) -> None:
         self.sock = sock
         self.path = path
-        self.driver = driver
-        self.hub = hub
-        self.info = info
-        self.request_stop = request_stop
-        self.ops: dict[str, Handler] = {
-            "members": self._members,
-            "status": self._status,
-            "leave": self._leave,
-            "events": self._events,
-        }
+        self.runtime = runtime
+        self.ops: dict[str, Op] = dict(ops)
+        self.gid = gid
+        self.group_name = group_name
+        self.refused = 0
         self._active = 0
+        self._refusal_logged: dict[int, float] = {}
+
+    def register(self, name: str, op: Op) -> None:
+        """Add an op (later layers: ``network``, ``endpoint``, ``dataplane``...)."""
+        if name in self.ops:
+            raise ValueError(f"control op {name!r} is already registered")
+        self.ops[name] = op
 
     def close(self) -> None:
         self.sock.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
-    async def serve(self) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listener = trio.SocketListener(self.sock)
+        task_status.started()
         async with trio.open_nursery() as nursery:
             while True:
                 try:
@@ -199,11 +270,29 @@ class ControlServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         try:
             async with stream:
+                why = refusal(peer_of(stream.socket), self.gid, self.group_name)
+                if why is not None:
+                    self._note_refusal(stream, why)
+                    await stream.send_all(api.encode(api.error(why)))
+                    await _hang_up(stream)
+                    return
                 await self._requests(stream)
         except (trio.BrokenResourceError, OSError):
             pass  # the client went away
         finally:
             self._active -= 1
+
+    def _note_refusal(self, stream: trio.SocketStream, why: str) -> None:
+        self.refused += 1
+        peer = peer_of(stream.socket)
+        uid = peer.uid if peer else -1
+        now = trio.current_time()
+        last = self._refusal_logged.get(uid)
+        if last is None or now - last >= REFUSAL_LOG_INTERVAL:  # a local user cannot flood the log
+            if len(self._refusal_logged) > 256:
+                self._refusal_logged.clear()
+            self._refusal_logged[uid] = now
+            log.warning(kv("control-refused", uid=uid, pid=peer.pid if peer else None, reason=why))
 
     async def _requests(self, stream: trio.SocketStream) -> None:
         reader = _LineReader(stream)
@@ -226,14 +315,14 @@ class ControlServer:
             except api.ApiError as exc:
                 await stream.send_all(api.encode(api.error(str(exc))))
                 continue
-            handler = self.ops.get(req.op)
-            if handler is None:
+            op = self.ops.get(req.op)
+            if op is None:
                 known = ", ".join(sorted(self.ops))
                 await stream.send_all(api.encode(
                     api.error(f"unknown op {req.op!r} (known: {known})", req.id)))
                 continue
             try:
-                result = await handler(req, stream)
+                result = await op.handler(self.runtime, req, stream)
             except api.ApiError as exc:
                 await stream.send_all(api.encode(api.error(str(exc), req.id)))
                 continue
@@ -242,69 +331,9 @@ class ControlServer:
                 text = " ".join(str(exc).split()) or type(exc).__name__
                 await stream.send_all(api.encode(api.error(f"internal error: {text}", req.id)))
                 continue
-            if result is _STREAMED:
+            if op.streaming:
                 return
             await stream.send_all(api.encode(api.ok(result, req.id)))
-            if req.op == "leave":
-                self.request_stop("leave")  # only once the client has its answer
+            if op.stops_agent:
+                self.runtime.shutdown.request(req.op)  # only once the client has its answer
                 return
-
-    # -- ops ---------------------------------------------------------------------
-
-    async def _members(self, req: api.Request, stream: trio.SocketStream) -> Any:
-        def view(swim: Swim, now: float) -> tuple[list[dict[str, Any]], list[Effect]]:
-            me = swim.local.name
-            return [api.member_json(m, me) for m in sorted(swim.members(), key=lambda m: m.name)], []
-
-        return await self.driver.call(view)
-
-    async def _status(self, req: api.Request, stream: trio.SocketStream) -> Any:
-        def view(swim: Swim, now: float) -> tuple[dict[str, Any], list[Effect]]:
-            counts = {s.label: 0 for s in Status}
-            for m in swim.members():
-                counts[m.status.label] += 1
-            counts["total"] = sum(counts.values())
-            local = swim.local
-            return {
-                "node": local.name,
-                "address": local.addr,
-                "port": local.port,
-                "incarnation": local.incarnation,
-                "members": counts,
-            }, []
-
-        result = await self.driver.call(view)
-        result.update(self.info)
-        result.update({
-            "version": agent_version(),
-            "uptime": round(time.time() - self.driver.started_at, 1),
-            "leaving": self.driver.leaving,
-            "subscribers": self.hub.subscriber_count,
-            "counters": dataclasses.asdict(self.driver.counters),
-        })
-        return result
-
-    async def _leave(self, req: api.Request, stream: trio.SocketStream) -> Any:
-        log.info(kv("leave-requested", source="control"))
-        done = await self.driver.leave(LEAVE_WAIT)
-        return {"left": True, "announced": done}
-
-    async def _events(self, req: api.Request, stream: trio.SocketStream) -> Any:
-        with self.hub.subscribe() as events:
-            await stream.send_all(api.encode(api.ok({"subscribed": True}, req.id)))
-            async with trio.open_nursery() as nursery:
-
-                async def hang_up_on_eof() -> None:
-                    # The client sends nothing more; its EOF ends the subscription.
-                    while await stream.receive_some(4096):
-                        pass
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(hang_up_on_eof)
-                async for body in events:
-                    if body is OVERFLOW:
-                        await stream.send_all(api.encode(api.error("event stream overflowed: client too slow")))
-                        break
-                    await stream.send_all(api.encode(api.event(body)))
-                nursery.cancel_scope.cancel()
-        return _STREAMED

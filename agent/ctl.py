@@ -53,7 +53,8 @@ class Client:
             raise CtlError(f"the agent is not running (connection refused on {self.path})") from None
         except PermissionError:
             sock.close()
-            raise CtlError(f"permission denied on {self.path} (run as root or the socket's owner)") from None
+            raise CtlError(f"permission denied on {self.path} (run as root or as a member of the "
+                           f"agent's control_group)") from None
         except OSError as exc:
             sock.close()
             raise CtlError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
@@ -167,19 +168,72 @@ def _duration(seconds: float) -> str:
 
 def format_status(st: dict[str, Any]) -> str:
     counts = st.get("members", {})
+    join = st.get("join")
+    join_text = "-"
+    if isinstance(join, dict):
+        failed = join.get("failed") or []
+        join_text = f"{join.get('contacted', 0)} seed(s) answered" + (f", failed: {', '.join(failed)}" if failed else "")
     fields = [
         ("Node", str(st.get("node"))),
         ("Address", format_address((str(st.get("address")), int(st.get("port", 0))))),
         ("Version", str(st.get("version"))),
         ("Uptime", _duration(float(st.get("uptime", 0)))),
+        ("Ready", "yes" if st.get("ready", True) else "no (waiting for " + ", ".join(st.get("waiting_for") or []) + ")"),
         ("Profile", str(st.get("profile"))),
-        ("Encrypted", "yes" if st.get("encrypted") else "no"),
+        ("Encrypted", ("yes" if st.get("encrypted") else "no")
+         + (" (plaintext accepted)" if st.get("encrypted") and st.get("require_encryption") is False else "")),
         ("Members", ", ".join(f"{counts.get(k, 0)} {k}" for k in ("alive", "suspect", "dead", "left"))),
         ("Incarnation", str(st.get("incarnation"))),
+        ("Join", join_text),
         ("Leaving", "yes" if st.get("leaving") else "no"),
     ]
+    if st.get("state_dir"):
+        fields.append(("State dir", str(st["state_dir"])))
+    if st.get("metrics"):
+        fields.append(("Metrics", f"http://{st['metrics']}/metrics"))
+    if "last_reconcile" in st:  # filled in by the dataplane layer
+        fields.append(("Reconcile", str(st["last_reconcile"])))
     width = max(len(k) for k, _ in fields) + 2
-    return "".join(f"{(k + ':').ljust(width)}{v}\n" for k, v in fields)
+    text = "".join(f"{(k + ':').ljust(width)}{v}\n" for k, v in fields)
+    warnings = st.get("warnings") or []
+    if warnings:
+        text += "Warnings:\n" + "".join(f"  - {w}\n" for w in warnings)
+    return text
+
+
+def format_keys(result: dict[str, Any]) -> str:
+    keys = result.get("keys") or []
+    if not keys:
+        return f"Encryption is not enabled on {result.get('node')} (no keyring).\n"
+    mode = "plaintext refused" if result.get("require_encryption") else "plaintext ACCEPTED (roll-out window)"
+    lines = [f"Keyring of {result.get('node')}: {len(keys)} key(s), {mode}"]
+    for key in keys:
+        lines.append(f"  {'primary' if key == result.get('primary') else '       '}  {key}")
+    return "\n".join(lines) + "\n"
+
+
+_DONE = {
+    "install": "Installed the key", "use": "Made the key primary", "remove": "Removed the key",
+    "require": "Plaintext gossip is now refused", "allow-plaintext": "Plaintext gossip is now accepted",
+}
+
+
+def format_key_change(result: dict[str, Any]) -> str:
+    action = str(result.get("action"))
+    node = result.get("node")
+    text = f"{_DONE.get(action, action)} on {node}"
+    if not result.get("changed") and action in ("install", "use"):
+        text += " (no change: it already was)"
+    if result.get("persisted"):
+        text += f"; keyring saved to {result.get('keyring_file')}"
+    elif result.get("changed") and action in ("install", "use", "remove"):
+        text += "; WARNING: the keyring was not saved and a restart loses this change"
+    text += ".\n"
+    others = int(result.get("live_members", 1)) - 1
+    if not result.get("cluster_wide") and others > 0:
+        text += (f"Applied on this node only: run the same command on the other {others} live member(s) "
+                 f"(or 'serf keys' from a serf member, which reaches every node).\n")
+    return text
 
 
 def format_event(ev: dict[str, Any]) -> str:
@@ -216,7 +270,9 @@ def cmd_status(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_leave(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     result = client.request("leave") or {}
-    if result.get("announced", True):
+    if ns.format == "json":
+        _dump(result, out)
+    elif result.get("announced", True):
         out.write("Graceful leave complete\n")
     else:
         out.write("Left; the leave may not have reached every peer before the agent stopped\n")
@@ -230,46 +286,178 @@ def cmd_events(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _read_key(text: str) -> str:
+    """``-`` reads the key from stdin, so that it never shows in a process listing."""
+    if text == "-":
+        text = sys.stdin.readline()
+    return text.strip()
+
+
+def cmd_keys(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
+    args: dict[str, Any] = {"action": ns.action}
+    if getattr(ns, "key", None) is not None:
+        args["key"] = _read_key(ns.key)
+    if getattr(ns, "enable", False):
+        args["enable"] = True
+    result = client.request("keys", args) or {}
+    if ns.format == "json":
+        _dump(result, out)
+    elif ns.action == "list":
+        out.write(format_keys(result))
+    else:
+        out.write(format_key_change(result))
+    return 0
+
+
+def cmd_completion(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
+    out.write(bash_completion(build_parser()))
+    return 0
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script derived from the parser (commands, sub-commands, options)."""
+    words: dict[str, list[str]] = {"": _options(parser)}
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                names = list(action.choices)
+                words[path] = words.get(path, []) + names
+                for name, sub in action.choices.items():
+                    key = f"{path} {name}".strip()
+                    words[key] = _options(sub)
+                    walk(sub, key)
+
+    walk(parser, "")
+    cases = "\n".join(
+        f'        "{k}") words="{" ".join(v)}" ;;' for k, v in sorted(words.items()) if k
+    )
+    return f"""# bash completion for agentctl; install: agentctl completion bash > /etc/bash_completion.d/agentctl
+_agentctl() {{
+    local cur path="" w i
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${{COMP_WORDS[i]}}"
+        case "$w" in
+            --socket|--timeout) ((i++)) ;;
+            -*) ;;
+            *) path="${{path:+$path }}$w" ;;
+        esac
+    done
+    local words="{" ".join(words[""])}"
+    case "${{COMP_WORDS[COMP_CWORD-1]}}" in
+        --format) COMPREPLY=($(compgen -W "table text json" -- "$cur")); return ;;
+        --socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --timeout) return ;;
+    esac
+    case "$path" in
+{cases}
+    esac
+    COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+complete -F _agentctl agentctl
+"""
+
+
+def _options(p: argparse.ArgumentParser) -> list[str]:
+    """Long options and the choices of positional arguments (``completion bash``)."""
+    out = [o for a in p._actions for o in a.option_strings if o.startswith("--")]
+    for a in p._actions:
+        if not a.option_strings and a.choices and not isinstance(a, argparse._SubParsersAction):
+            out.extend(str(c) for c in a.choices)
+    return out
+
+
 EPILOG = f"""\
 examples:
   agentctl members                    table of members; '*' marks this node
   agentctl members --format json      the same as JSON, for scripts
-  agentctl status                     node, version, uptime, member counts
+  agentctl status                     node, version, uptime, member counts, warnings
   agentctl events --follow            member changes as they happen
+  agentctl keys list                  the gossip keyring
+  agentctl keys install -             install a key read from stdin (keeps it out of ps)
   agentctl leave                      leave the cluster gracefully and stop the agent
   agentctl --socket /tmp/a.sock members
+  source <(agentctl completion bash)  shell completion
 
-The socket defaults to ${SOCKET_ENV}, else {DEFAULT_SOCKET}.
+The socket defaults to ${SOCKET_ENV}, else {DEFAULT_SOCKET}. Access: root, or a
+member of the agent's control_group. Errors: exit status 1 with one line on stderr.
+"""
+
+KEYS_EPILOG = """\
+examples:
+  agentctl keys list
+  agentctl keys install "$(serf keygen)"       add a key (decrypts; the primary still encrypts)
+  agentctl keys use KEY                        make it the primary (encrypting) key
+  agentctl keys remove OLDKEY                  drop a key that is no longer primary
+  agentctl keys install --enable KEY           turn encryption on (plaintext still accepted)
+  agentctl keys require                        then refuse plaintext
+KEY is base64 of 16, 24 or 32 bytes ('-' reads it from stdin). Changes are saved in the
+keyring file and apply to this node; run them on every node (or use 'serf keys').
 """
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"agentctl: error: {message} (see --help)\n")
+
+
+def _format(p: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
+    p.add_argument("--format", choices=choices, default=choices[0], help=f"output format (default: {choices[0]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="agentctl", description="Control a running overlay-agent.", epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=raw)
     p.add_argument("--socket", default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET, metavar="PATH",
                    help=f"agent control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
     p.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
                    help="how long to wait for the agent (default: 15)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    m = sub.add_parser("members", help="list cluster members",
-                       epilog="columns: NAME ('*' = this node) ADDRESS STATUS INCARNATION TAGS")
-    m.add_argument("--format", choices=("table", "json"), default="table")
+    m = sub.add_parser("members", help="list cluster members", formatter_class=raw,
+                       epilog="columns: NAME ('*' = this node) ADDRESS STATUS INCARNATION TAGS\n"
+                              "example: agentctl members --format json | jq '.[] | select(.status != \"alive\")'")
+    _format(m)
     m.set_defaults(run=cmd_members)
-    s = sub.add_parser("status", help="show this agent's status")
-    s.add_argument("--format", choices=("table", "json"), default="table")
+    s = sub.add_parser("status", help="show this agent's status and warnings",
+                       epilog="example: agentctl status --format json | jq .warnings")
+    _format(s)
     s.set_defaults(run=cmd_status)
-    lv = sub.add_parser("leave", help="leave the cluster gracefully, then stop the agent")
+    lv = sub.add_parser("leave", help="leave the cluster gracefully, then stop the agent",
+                        epilog="peers show this node as 'left' (a plain stop shows it failed)")
+    _format(lv, ("text", "json"))
     lv.set_defaults(run=cmd_leave)
-    ev = sub.add_parser("events", help="print member events as they happen (until Ctrl-C)")
+    ev = sub.add_parser("events", help="print member events as they happen (until Ctrl-C)",
+                        epilog="example: agentctl events --follow --format json")
     ev.add_argument("--follow", "-f", action="store_true", help="keep following (the default)")
-    ev.add_argument("--format", choices=("text", "json"), default="text")
+    _format(ev, ("text", "json"))
     ev.set_defaults(run=cmd_events)
+
+    k = sub.add_parser("keys", help="manage the gossip encryption keyring", epilog=KEYS_EPILOG,
+                       formatter_class=raw)
+    ksub = k.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ksub.required = True
+    kl = ksub.add_parser("list", help="show the keys (primary first)")
+    _format(kl)
+    for name, text in (("install", "add a key"), ("use", "make an installed key the primary"),
+                       ("remove", "remove a key that is not the primary")):
+        ka = ksub.add_parser(name, help=text)
+        ka.add_argument("key", metavar="KEY", help="base64 key, or '-' to read it from stdin")
+        if name == "install":
+            ka.add_argument("--enable", action="store_true",
+                            help="turn encryption on if it is off (plaintext stays accepted)")
+        _format(ka, ("text", "json"))
+    for name, text in (("require", "refuse plaintext gossip (end of an encryption roll-out)"),
+                       ("allow-plaintext", "accept plaintext gossip too (an encryption roll-out window)")):
+        _format(ksub.add_parser(name, help=text), ("text", "json"))
+    k.set_defaults(run=cmd_keys)
+
+    c = sub.add_parser("completion", help="print a shell completion script",
+                       epilog="example: agentctl completion bash > /etc/bash_completion.d/agentctl")
+    c.add_argument("shell", choices=("bash",))
+    c.set_defaults(run=cmd_completion)
     return p
 
 

@@ -48,6 +48,7 @@ from gossip.swim import Swim
 log = logging.getLogger("agent.driver")
 
 T = TypeVar("T")
+E = TypeVar("E")
 CoreCall = Callable[[Swim, float], tuple[T, Sequence[Effect]]]
 """A command run inside the driver: (swim, now) -> (result, effects)."""
 
@@ -148,6 +149,13 @@ class Driver:
         self._leaving = False
         self._left = trio.Event()
         self._warned_at: dict[str, float] = {}
+        self._listeners: dict[type, list[Callable[[Any], None]]] = {}
+
+    def on_effect(self, kind: type[E], callback: Callable[[E], None]) -> None:
+        """Call ``callback(effect)`` for every effect of type ``kind``, after the driver's
+        own handling. Callbacks run in the driver task: they must not block or raise
+        (wake a task instead). The seam for persistence, readiness, the dataplane."""
+        self._listeners.setdefault(kind, []).append(callback)
 
     # -- producers (other tasks) -------------------------------------------------
 
@@ -306,14 +314,21 @@ class Driver:
                 if log.isEnabledFor(level):
                     log.log(level, kv("core", msg=effect.message))
             elif isinstance(effect, KeyringChanged):
-                # Persisting the keyring belongs to the state dir (issue 7).
-                log.info(kv("keyring-changed", keys=len(self.swim.keyring.keys) if self.swim.keyring else 0))
+                # A remote `serf keys` changed it; agent.service persists it (a listener).
+                log.info(kv("keyring-changed", keys=len(self.swim.keyring.keys) if self.swim.keyring else 0,
+                            source="serf-query"))
             elif isinstance(effect, JoinFinished):
                 failed = ",".join(format_address(a) for a in effect.failed) or None
                 level = logging.INFO if effect.contacted else logging.WARNING
                 log.log(level, kv("join-finished", contacted=effect.contacted, failed=failed))
             else:
                 self._member_event(effect)
+            for callback in self._listeners.get(type(effect), ()):
+                try:
+                    callback(effect)
+                except Exception:
+                    self.counters.internal_errors += 1
+                    log.exception(kv("internal-error", where="effect-listener"))
 
     def _member_event(self, effect: MemberJoined | MemberUpdated | MemberSuspected | MemberFailed | MemberLeft | MemberReaped) -> None:
         name = EVENT_NAMES[type(effect)]

@@ -154,3 +154,67 @@ async def test_leave_output(sockdir: str) -> None:
         nursery.cancel_scope.cancel()
     assert code == 0 and out == "Graceful leave complete\n"
     assert json.loads(seen[0])["op"] == "leave"
+
+
+def test_status_text_shows_readiness_and_warnings() -> None:
+    text = ctl.format_status({
+        "node": "h1", "address": "10.0.0.1", "port": 7946, "version": "0.1.0", "uptime": 5,
+        "ready": False, "waiting_for": ["first-join"], "encrypted": True, "require_encryption": False,
+        "join": {"contacted": 0, "failed": ["10.0.0.2:7946"]}, "state_dir": "/var/lib/overlay-agent",
+        "metrics": "127.0.0.1:9464", "warnings": ["no join seed answered; retrying in the background"],
+        "members": {"alive": 1},
+    })
+    assert "Ready:       no (waiting for first-join)\n" in text
+    assert "Encrypted:   yes (plaintext accepted)\n" in text
+    assert "Join:        0 seed(s) answered, failed: 10.0.0.2:7946\n" in text
+    assert "Metrics:     http://127.0.0.1:9464/metrics\n" in text
+    assert text.endswith("Warnings:\n  - no join seed answered; retrying in the background\n")
+
+
+def test_keys_text() -> None:
+    listed = {"node": "h1", "keys": ["K1", "K2"], "primary": "K1", "require_encryption": True}
+    assert ctl.format_keys(listed) == "Keyring of h1: 2 key(s), plaintext refused\n  primary  K1\n           K2\n"
+    assert "not enabled" in ctl.format_keys({"node": "h1", "keys": []})
+    change = {"action": "install", "node": "h1", "changed": True, "persisted": True,
+              "keyring_file": "/var/lib/overlay-agent/keyring.json", "live_members": 3, "cluster_wide": False}
+    text = ctl.format_key_change(change)
+    assert text.startswith("Installed the key on h1; keyring saved to /var/lib/overlay-agent/keyring.json.\n")
+    assert "other 2 live member(s)" in text
+    assert "no change" in ctl.format_key_change({**change, "action": "use", "changed": False, "persisted": None})
+
+
+def test_key_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("c2VjcmV0c2VjcmV0c2VjcmV0\n"))
+    assert ctl._read_key("-") == "c2VjcmV0c2VjcmV0c2VjcmV0"
+    assert ctl._read_key(" abc ") == "abc"
+
+
+def test_bash_completion_script(tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+
+    out = io.StringIO()
+    assert ctl.main(["completion", "bash"], out) == 0
+    script = out.getvalue()
+    if shutil.which("bash") is None:
+        pytest.skip("bash not installed")
+    path = tmp_path / "agentctl.bash"
+    path.write_text(script)
+    probe = (f"source {path}; "
+             'COMP_WORDS=(agentctl keys in); COMP_CWORD=2; _agentctl; echo "${COMPREPLY[*]}"; '
+             'COMP_WORDS=(agentctl members --format ""); COMP_CWORD=3; _agentctl; echo "${COMPREPLY[*]}"; '
+             'COMP_WORDS=(agentctl ""); COMP_CWORD=1; _agentctl; echo "${COMPREPLY[*]}"')
+    r = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "install"
+    assert lines[1] == "table text json"
+    assert set(lines[2].split()) >= {"members", "status", "keys", "leave", "events", "completion"}
+
+
+async def test_leave_json(sockdir: str) -> None:
+    path = f"{sockdir}/agent.sock"
+    async with trio.open_nursery() as nursery:
+        await _scripted_agent(path, lambda req: api.encode(api.ok({"left": True, "announced": False})), nursery)
+        code, out = await _ctl(["--socket", path, "leave", "--format", "json"])
+        nursery.cancel_scope.cancel()
+    assert code == 0 and json.loads(out) == {"left": True, "announced": False}
