@@ -78,6 +78,8 @@ class WaitResult:
     sweeps: int
     polls: int
     last_views: dict[str, View | None] = field(default_factory=dict)
+    answered: dict[str, float] = field(default_factory=dict)
+    """When each agent first answered a poll at all (same clock as ``times``)."""
 
 
 class Cluster:
@@ -201,6 +203,7 @@ class Cluster:
         Raises ClusterTimeout after ``timeout`` seconds, or as soon as one of the
         polled agents has exited.
         """
+        __tracebackhide__ = True  # pytest: show the caller and the message, not this loop
         start = time.monotonic()
         ref = start if t0 is None else t0
         todo = list(nodes)
@@ -211,6 +214,8 @@ class Cluster:
                 v = self.try_view(node)
                 res.polls += 1
                 now = time.monotonic()
+                if v is not None:
+                    res.answered.setdefault(node.name, now - ref)
                 if v is not None and goal(v):
                     res.times[node.name] = now - ref
                     res.last_views.pop(node.name, None)

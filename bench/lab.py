@@ -3,8 +3,8 @@
 Owns: creating and deleting the lab's namespaces, links, addresses and static
 neighbour entries; launching processes inside a host (setns in the child, so the
 recorded pid is the program's own); partitions between sets of hosts; a state
-file per lab so that ``python -m bench.lab cleanup [PREFIX]`` can remove what a
-killed harness left behind. Used by the netns/interop tests and the benchmarks;
+file per lab so that ``python -m bench.cleanup [PREFIX]`` (bench/cleanup.py) can remove
+what a killed harness left behind. Used by the netns/interop tests and the benchmarks;
 a later dataplane issue runs VXLAN hosts on the same underlay.
 Does not know about serf or our agent (bench/serfnode.py, bench/agentnode.py).
 
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procstat
-from bench.netns import netns_inode, netns_path, preexec_setns, socket_in, write_sysctl
+from bench.netns import netns_path, preexec_setns, socket_in, write_sysctl
 
 NAME_BASE = "olab"
 STATE_ROOT = Path("/run/overlay-lab")
@@ -444,85 +444,3 @@ class Lab:
 def _close_open_labs() -> None:
     for lab in list(_open_labs):
         lab.close()
-
-
-# -- leftovers of killed harnesses --------------------------------------------------------------
-def _pids_in_netns(inode: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
-                    pids.append(int(entry))
-    return pids
-
-
-def cleanup(prefix: str = NAME_BASE, *, state_root: Path = STATE_ROOT) -> list[str]:
-    """Remove what labs whose harness is gone left behind; returns what was done.
-
-    For each state file of a lab whose name starts with ``prefix`` and whose owner
-    no longer runs: SIGKILL the recorded pids (if their start time still matches)
-    and any process still inside one of its namespaces, delete the namespaces, the
-    work directory and the state file. Namespaces named ``prefix...`` that no live
-    lab claims are deleted too.
-    """
-    done: list[str] = []
-    claimed: set[str] = set()
-    states = sorted(state_root.glob("*.json")) if state_root.is_dir() else []
-    doomed: list[str] = []
-    for path in states:
-        try:
-            st = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not str(st.get("prefix", "")).startswith(prefix):
-            continue
-        owner = int(st.get("owner_pid", 0))
-        if procstat.is_alive(owner, st.get("owner_start")):
-            claimed.update(st.get("namespaces", []))
-            done.append(f"skip {st['prefix']}: harness {owner} still runs")
-            continue
-        for pid, started in st.get("pids", []):
-            if started is not None and procstat.is_alive(pid, started):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                done.append(f"kill {pid}")
-        doomed.extend(st.get("namespaces", []))
-        workdir = str(st.get("workdir", ""))
-        if workdir.startswith("/tmp/") and os.path.isdir(workdir):
-            shutil.rmtree(workdir, ignore_errors=True)
-            done.append(f"rm -r {workdir}")
-        path.unlink(missing_ok=True)
-    if os.path.isdir("/run/netns"):
-        doomed.extend(n for n in sorted(os.listdir("/run/netns")) if n.startswith(prefix))
-    for ns in dict.fromkeys(doomed):
-        if ns in claimed or not os.path.exists(netns_path(ns)):
-            continue
-        inode = netns_inode(netns_path(ns))
-        if inode is not None:
-            for pid in _pids_in_netns(inode):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                done.append(f"kill {pid} (in {ns})")
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        done.append(f"ip netns del {ns}")
-    return done
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] != "cleanup" or len(args) > 2:
-        print(
-            "usage: python -m bench.lab cleanup [PREFIX]   (default prefix: olab)", file=sys.stderr
-        )
-        return 2
-    if os.geteuid() != 0:
-        print("cleanup needs root", file=sys.stderr)
-        return 1
-    for line in cleanup(args[1] if len(args) == 2 else NAME_BASE):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench import procstat
-from bench.lab import Lab, LabError, cleanup
+from bench.cleanup import cleanup
+from bench.lab import Lab, LabError
 from bench.netns import netns_inode
 
 pytestmark = pytest.mark.netns

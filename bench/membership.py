@@ -1,0 +1,289 @@
+"""Membership benchmark: our agents against serf agents, same N, same profile, same run.
+
+``python -m bench membership [--quick] [--json FILE] [--sizes 5,20,50]``
+
+For each N and each kind (serf first, then ours), in a fresh lab of N hosts
+(one agent per namespace on <addr>:7946, LAN profile, warn-level logs):
+1. join convergence: the seed starts; once it answers, the other N-1 start at
+   once with ``--join seed``; time from that launch until every agent lists
+   exactly the N names, all alive (the baseline's definition, so it includes
+   process start-up; ``ready_s`` says when the last agent first answered);
+2. idle: a window with no polling; utime+stime per agent (/proc/PID/stat) and
+   VmRSS per agent at its end;
+3. failure detection: SIGKILL of the last agent (never the seed); time until
+   every other agent shows it dead/failed.
+Polling is cheap on both sides (serf native RPC; our control socket, one JSON
+line), at most one sweep per 100 ms, converged agents are not polled again;
+times are poll completion times, i.e. upper bounds with one sweep's resolution.
+``ratios`` = ours / serf per metric, the worst (largest) over the sizes run;
+``ratios_by_n`` has each size. Reference figures and method:
+shared/reference/serf-baseline.md (§2, §3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from bench import procstat, summary
+from bench.cluster import Cluster, ClusterTimeout, Node, all_alive, sees_down
+from bench.lab import Lab, LabError
+from bench.serfnode import serf_binary
+
+PROFILE = "lan"
+SIZES = (5, 20, 50)
+QUICK_SIZES = (5, 20)
+KINDS = ("serf", "ours")
+TARGETS = {"join_convergence": 1.0, "failure_detection": 1.0, "idle_cpu": 1.5, "rss": 2.0}
+METRIC_KEYS = {
+    "join_convergence": "join_convergence_s",
+    "failure_detection": "detect_all_s",
+    "idle_cpu": "idle_cpu_pct_per_agent_mean",
+    "rss": "rss_mib_median",
+}
+SECONDARY_KEYS = {
+    "join_after_ready": "join_after_ready_s",
+    "detect_median": "detect_median_s",
+    "agents_cpu_to_converge": "agents_cpu_to_converge_s",
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _median(xs: Sequence[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _start(cl: Cluster, kind: str, host_index: int, name: str, join: Sequence[str]) -> Node:
+    host = cl.lab.hosts[host_index]
+    if kind == "serf":
+        return cl.start_serf(host, name, join=join)
+    return cl.start_ours(host, name, join=join, extra=["--log-level", "warning"])
+
+
+def run_one(kind: str, n: int, *, idle: float, timeout: float) -> dict[str, Any]:
+    """One cluster of ``n`` agents of ``kind``: join, idle, kill; raw figures."""
+    r: dict[str, Any] = {"kind": kind, "n": n, "profile": PROFILE}
+    r["loadavg_at_start"] = os.getloadavg()[0]
+    with Lab(n) as lab:
+        cl = Cluster(lab, profile=PROFILE, serf_log_level="warn")
+        try:
+            names = [f"{kind[0]}{i:03d}" for i in range(n)]
+            drops0 = procstat.softnet_drops()
+            t_seed = time.monotonic()
+            seed = _start(cl, kind, 0, names[0], [])
+            cl.wait_ready([seed], timeout=30)
+            r["seed_ready_s"] = time.monotonic() - t_seed
+            t0 = time.monotonic()
+            nodes = [seed] + [_start(cl, kind, i, names[i], [seed.bind]) for i in range(1, n)]
+            r["all_launched_s"] = time.monotonic() - t0
+            try:
+                w = cl.wait_for(nodes, all_alive(names), timeout, t0=t0, what="join convergence")
+            except ClusterTimeout as e:
+                r["error"] = f"join did not converge: {e}"
+                return r
+            ts = sorted(w.times.values())
+            r["join_convergence_s"] = ts[-1]
+            r["join_first_s"] = ts[0]
+            r["join_median_s"] = _median(ts)
+            r["ready_s"] = max(w.answered.values())
+            # Convergence once the last agent was up: the protocol's share of the join time,
+            # without process start-up (Python imports cost ~0.2 CPU-s per agent).
+            r["join_after_ready_s"] = max(0.0, r["join_convergence_s"] - r["ready_s"])
+            r["join_polls"] = w.polls
+            pids = [x.pid for x in nodes]
+            r["agents_cpu_to_converge_s"] = sum(procstat.cpu_seconds(p) or 0.0 for p in pids)
+
+            # Idle: no polling at all, just the agents' own gossip.
+            before = [procstat.cpu_seconds(p) for p in pids]
+            d_idle = procstat.softnet_drops()
+            t_idle = time.monotonic()
+            time.sleep(idle)
+            after = [procstat.cpu_seconds(p) for p in pids]
+            dt = time.monotonic() - t_idle
+            per = [
+                (b - a) / dt * 100.0
+                for a, b in zip(before, after, strict=True)
+                if a is not None and b is not None
+            ]
+            rss = [x for x in (procstat.rss_kib(p) for p in pids) if x is not None]
+            r["idle_window_s"] = dt
+            r["idle_cpu_pct_total"] = sum(per)
+            r["idle_cpu_pct_per_agent_mean"] = sum(per) / len(per) if per else None
+            r["idle_cpu_pct_per_agent_median"] = _median(per)
+            r["rss_mib_median"] = (_median(rss) or 0) / 1024 if rss else None
+            r["rss_mib_max"] = max(rss) / 1024 if rss else None
+            r["rss_mib_total"] = sum(rss) / 1024
+            r["softnet_drops_idle"] = _delta(d_idle, procstat.softnet_drops())
+
+            # Failure detection: SIGKILL the last agent; its namespace stays up.
+            victim, others = nodes[-1], nodes[:-1]
+            t_kill = time.monotonic()
+            cl.kill(victim)
+            try:
+                w = cl.wait_for(
+                    others, sees_down(victim.name), timeout, t0=t_kill, what="failure detection"
+                )
+            except ClusterTimeout as e:
+                r["error"] = f"failure not detected: {e}"
+                return r
+            ts = sorted(w.times.values())
+            r["detect_first_s"] = ts[0]
+            r["detect_median_s"] = _median(ts)
+            r["detect_all_s"] = ts[-1]
+            r["softnet_drops_run"] = _delta(drops0, procstat.softnet_drops())
+            exited = [x.name for x in others if not x.proc.running()]
+            if exited:
+                r["error"] = f"agents exited during the run: {exited}"
+        finally:
+            cl.close()
+    return r
+
+
+def _delta(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else b - a
+
+
+def _meets(ratio: float | None, target: float) -> bool:
+    return ratio is not None and ratio <= target
+
+
+def _fmt(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+LABELS = {
+    "join_convergence": ("join: all see all alive (s)", 2),
+    "failure_detection": ("SIGKILL: all see it dead (s)", 2),
+    "idle_cpu": ("idle CPU per agent (% core)", 2),
+    "rss": ("RSS per agent (MiB)", 1),
+    "join_after_ready": ("join after last agent up (s)", 2),
+    "detect_median": ("SIGKILL: median agent (s)", 2),
+    "agents_cpu_to_converge": ("CPU to converge, all (s)", 2),
+}
+
+
+def _machine() -> dict[str, Any]:
+    serf = serf_binary()
+    version = None
+    if serf:
+        out = subprocess.run([serf, "version"], capture_output=True, text=True, check=False)
+        version = out.stdout.splitlines()[0] if out.stdout else None
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "serf_version": version,
+    }
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so every open lab is torn down on the way out.
+    raise SystemExit(128 + signum)
+
+
+def _sizes(text: str | None, quick: bool) -> list[int]:
+    if not text:
+        return list(QUICK_SIZES if quick else SIZES)
+    sizes = [int(x) for x in text.split(",") if x.strip()]
+    if not sizes or any(not 2 <= n <= 250 for n in sizes):
+        raise ValueError("cluster sizes must be between 2 and 250")
+    return sizes
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench membership", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("--quick", action="store_true", help="N=5 and 20, 1 run, 5 s idle (< 60 s)")
+    ap.add_argument("--json", metavar="FILE", help="write raw figures, summary and ratios here")
+    ap.add_argument("--sizes", help="comma-separated cluster sizes (default 5,20,50)")
+    ap.add_argument("--runs", type=int, help="runs per size and kind (default 3, quick 1)")
+    ap.add_argument("--kinds", default="serf,ours", help="which agents to run (default serf,ours)")
+    ap.add_argument("--idle", type=float, help="idle window in seconds (default 10, quick 5)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="per-phase deadline (s)")
+    args = ap.parse_args(list(argv))
+    try:
+        sizes = _sizes(args.sizes, args.quick)
+    except ValueError as e:
+        ap.error(f"--sizes: {e}")
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or any(k not in KINDS for k in kinds):
+        ap.error(f"--kinds takes serf and/or ours, got {args.kinds!r}")
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    if runs < 1:
+        ap.error("--runs must be at least 1")
+    idle = args.idle if args.idle is not None else (5.0 if args.quick else 10.0)
+    if os.geteuid() != 0:
+        print("the membership benchmark needs root (network namespaces)", file=sys.stderr)
+        return 1
+    if "serf" in kinds and serf_binary() is None:
+        print("serf is not installed (apt-get install serf)", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    # Kinds alternate within each size so both see the same machine conditions.
+    for n in sizes:
+        for run in range(1, runs + 1):
+            for kind in kinds:
+                log(f"{kind} N={n} run {run}/{runs} ...")
+                try:
+                    r = run_one(kind, n, idle=idle, timeout=args.timeout)
+                except (LabError, OSError, ClusterTimeout, RuntimeError) as e:
+                    r = {"kind": kind, "n": n, "profile": PROFILE, "error": str(e)}
+                r["run"] = run
+                log(
+                    f"  join {_fmt(r.get('join_convergence_s'))} s, "
+                    f"detect {_fmt(r.get('detect_all_s'))} s, "
+                    f"idle {_fmt(r.get('idle_cpu_pct_per_agent_mean'))} %/agent, "
+                    f"RSS {_fmt(r.get('rss_mib_median'), 1)} MiB"
+                    + (f"\n  ERROR {r['error']}" if "error" in r else "")
+                )
+                results.append(r)
+
+    keys = {**METRIC_KEYS, **SECONDARY_KEYS}
+    summ = summary.summarize(results, keys)
+    by_n, worst = summary.ratios(summ, list(keys))
+    print(f"membership benchmark: profile {PROFILE}, {runs} run(s) each; median (max)")
+    print(summary.table(summ, by_n, LABELS, TARGETS))
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        print(f"ERROR {r['kind']} N={r['n']} run {r['run']}: {r['error']}")
+    doc = {
+        "benchmark": "membership",
+        "quick": args.quick,
+        "profile": PROFILE,
+        "sizes": sizes,
+        "runs": runs,
+        "idle_window_s": idle,
+        "wall_s": time.monotonic() - started,
+        "machine": _machine(),
+        "metrics": keys,
+        "results": results,
+        "summary": summ,
+        "ratios_by_n": by_n,
+        "ratios": {m: worst[m] for m in METRIC_KEYS},
+        "secondary_ratios": {m: worst[m] for m in SECONDARY_KEYS},
+        "targets": TARGETS,
+        "meets_targets": {m: _meets(worst[m], t) for m, t in TARGETS.items()},
+    }
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+    print(f"wall time {doc['wall_s']:.1f} s")
+    return 1 if errors else 0
