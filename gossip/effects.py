@@ -83,6 +83,23 @@ class KeyringChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryResponse:
+    """A member answered one of our serf queries (``ack`` True: just the acknowledgement)."""
+
+    query_id: int
+    node: str
+    ack: bool
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFinished:
+    """A query's timeout passed; later responses are ignored."""
+
+    query_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """A noteworthy thing the shell should log (not on the hot path)."""
 
@@ -91,4 +108,13 @@ class Log:
 
 
 MemberEvent = MemberJoined | MemberUpdated | MemberSuspected | MemberFailed | MemberLeft | MemberReaped
-Effect = Send | StreamRequest | MemberEvent | JoinFinished | KeyringChanged | Log
+Effect = (
+    Send
+    | StreamRequest
+    | MemberEvent
+    | JoinFinished
+    | KeyringChanged
+    | QueryResponse
+    | QueryFinished
+    | Log
+)

@@ -154,6 +154,47 @@ def encode_user_event(ltime: int, name: str, payload: bytes, cc: bool = False) -
     )
 
 
+def encode_query(
+    *,
+    ltime: int,
+    query_id: int,
+    addr: bytes,
+    port: int,
+    source_node: str,
+    name: str,
+    payload: bytes,
+    timeout_ns: int,
+    filters: Sequence[bytes] = (),
+    want_ack: bool = True,
+) -> bytes:
+    """``[4]{Addr, Filters, Flags, ID, LTime, Name, Payload, Port, RelayFactor, SourceNode,
+    Timeout}``: a serf query; members answer by UDP to ``addr:port``."""
+    _uint(ltime, _U64, "LTime")
+    _uint(query_id, _U32, "ID")
+    _uint(port, _U16, "Port")
+    return _msg(
+        SerfType.QUERY,
+        {
+            "Addr": addr,
+            "Filters": list(filters) if filters else None,
+            "Flags": QUERY_FLAG_ACK if want_ack else 0,
+            "ID": query_id,
+            "LTime": ltime,
+            "Name": name,
+            "Payload": payload,
+            "Port": port,
+            "RelayFactor": 0,
+            "SourceNode": source_node,
+            "Timeout": timeout_ns,
+        },
+    )
+
+
+def encode_node_filter(names: Sequence[str]) -> bytes:
+    """A query filter that addresses only the named nodes."""
+    return b"\x00" + _pack(list(names))
+
+
 def _fields(t: SerfType, d: dict[bytes, Any]) -> dict[str, Any]:
     w = t.name.lower()
     if t in (SerfType.LEAVE, SerfType.JOIN):

@@ -57,6 +57,8 @@ from gossip.effects import (
     MemberReaped,
     MemberSuspected,
     MemberUpdated,
+    QueryFinished,
+    QueryResponse,
     Send,
     StreamRequest,
 )
@@ -90,6 +92,8 @@ _PUSH_PULL_TICK = 5
 _SUSPICION = 6
 _REAP_TICK = 7
 _REJOIN_TICK = 8
+_JOIN_RETRY = 9
+_QUERY_TIMEOUT = 10
 
 _META_LIMIT = 512
 _ENCRYPT_OVERHEAD = 29
@@ -172,6 +176,10 @@ class Swim:
         self.keyring = keyring
         self.require_encryption = True
         """With a keyring: refuse plaintext (False during an encryption roll-out window)."""
+        self.encrypt_outgoing = True
+        """With a keyring: encrypt what we send (memberlist's GossipVerifyOutgoing). Off
+        while a cluster is being switched to encryption, so that every node already
+        accepts encrypted traffic before anyone sends it."""
         self.stats = SwimStats()
         self.awareness = 0
         self.leaving = False
@@ -193,6 +201,9 @@ class Swim:
         self._seeds: list[Address] = []
         self._serf_ltime = 0
         self._seen_queries: dict[tuple[int, int], None] = {}
+        self._serf_query_ltime = 0
+        self._my_queries: dict[int, float] = {}
+        self._join_attempt = 0
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
         self._members[name] = me
@@ -314,6 +325,43 @@ class Swim:
         )
         return effects
 
+    def send_query(
+        self,
+        now: float,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        filters: Sequence[bytes] = (),
+        want_ack: bool = True,
+    ) -> tuple[int, list[Effect]]:
+        """Broadcast a serf query (e.g. ``_serf_install-key``) to every member.
+
+        Members (serf agents and ours) answer by UDP; each answer comes back as a
+        ``QueryResponse`` effect, and ``QueryFinished`` marks the timeout. Serf
+        members re-broadcast the query, so it reaches the whole cluster.
+        """
+        self._serf_query_ltime += 1
+        query_id = self.rng.getrandbits(32)
+        me = self.local
+        data = serfcompat.encode_query(
+            ltime=self._serf_query_ltime,
+            query_id=query_id,
+            addr=ip_bytes(me.addr),
+            port=me.port,
+            source_node=self.name,
+            name=name,
+            payload=payload,
+            timeout_ns=int(timeout * 1e9),
+            filters=filters,
+            want_ack=want_ack,
+        )
+        self._seen_queries[(self._serf_query_ltime, query_id)] = None
+        self._my_queries[query_id] = now + timeout
+        self._broadcasts.queue(f"\x00query:{query_id}", wire.encode(UserMsg(data)))
+        self._schedule(now + timeout, _QUERY_TIMEOUT, query_id)
+        return query_id, self._gossip(now)
+
     def bootstrap_members(self, now: float, members: Iterable[Member]) -> None:
         """Install already-known members without events or gossip (simulator start-up).
 
@@ -394,6 +442,7 @@ class Swim:
                     )
                 if batch.outstanding == 0:
                     effects.append(JoinFinished(batch.contacted, tuple(batch.failed)))
+                    self._after_join(now, batch)
         elif stream.kind == "tcp_ping":
             probe = self._probe
             if isinstance(msg, Ack) and probe is not None and probe.seq == stream.seq:
@@ -425,6 +474,12 @@ class Swim:
                 self._reap(now, effects)
             elif kind == _REJOIN_TICK:
                 self._rejoin(now, effects)
+            elif kind == _JOIN_RETRY:
+                self._join_retry(now, effects)
+            elif kind == _QUERY_TIMEOUT:
+                assert isinstance(arg, int)
+                if self._my_queries.pop(arg, None) is not None:
+                    effects.append(QueryFinished(arg))
         if self.delegate.next_deadline() <= now:
             effects.extend(self.delegate.tick(now))
         return effects
@@ -481,9 +536,19 @@ class Swim:
             self._serf_query(now, payload, effects)
             return
         try:
-            _, body = serfcompat.decode_serf_message(payload)
+            kind, body = serfcompat.decode_serf_message(payload)
         except DecodeError:
             return
+        if kind == serfcompat.SerfType.QUERY_RESPONSE:
+            qid = body["ID"]
+            if qid in self._my_queries:
+                ack = bool(body["Flags"] & serfcompat.QUERY_FLAG_ACK)
+                effects.append(QueryResponse(qid, body["From"], ack, body["Payload"] or b""))
+            return
+        if kind == serfcompat.SerfType.PUSH_PULL:
+            qltime = body.get("QueryLTime")
+            if isinstance(qltime, int) and qltime > self._serf_query_ltime:
+                self._serf_query_ltime = qltime
         ltime = body.get("LTime")
         if isinstance(ltime, int) and ltime > self._serf_ltime:
             self._serf_ltime = ltime
@@ -495,6 +560,7 @@ class Swim:
             tags = serfcompat.decode_tags(self.local.meta)
         except (DecodeError, ValueError):
             return
+        self._serf_query_ltime = max(self._serf_query_ltime, query.ltime)
         key = (query.ltime, query.id)
         if key in self._seen_queries:
             return  # serf re-gossips queries; answer once
@@ -845,7 +911,7 @@ class Swim:
 
     def _packet_budget(self, peer: Member | None) -> int:
         budget = self.config.udp_buffer_size - 2  # compound header
-        if self.keyring is not None and self.keyring.primary is not None:
+        if self._outgoing_keyring() is not None:
             budget -= _ENCRYPT_OVERHEAD
         if peer is not None and peer.pmax >= 5:
             budget -= _CRC_OVERHEAD
@@ -883,7 +949,7 @@ class Swim:
             parts,
             compress=self.config.enable_compression,
             crc=peer is not None and peer.pmax >= 5,
-            keyring=self.keyring if self.keyring is not None and self.keyring.primary else None,
+            keyring=self._outgoing_keyring(),
         )
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(data)
@@ -925,9 +991,16 @@ class Swim:
         )
         return PushPull(join, nodes, self.delegate.local_state(join))
 
+    def _outgoing_keyring(self) -> Keyring | None:
+        kr = self.keyring
+        if kr is None or kr.primary is None or not self.encrypt_outgoing:
+            return None
+        return kr
+
     def _encode_stream(self, msg: Message) -> bytes:
-        keyring = self.keyring if self.keyring is not None and self.keyring.primary else None
-        return wire.encode_stream(msg, compress=self.config.enable_compression, keyring=keyring)
+        return wire.encode_stream(
+            msg, compress=self.config.enable_compression, keyring=self._outgoing_keyring()
+        )
 
     def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
         for ns in msg.nodes:
@@ -946,6 +1019,23 @@ class Swim:
                 effects.extend(self.delegate.merge_remote_state(now, msg.user_state, msg.join))
 
     # ------------------------------------------------------- reaping, rejoining
+
+    def _after_join(self, now: float, batch: _JoinBatch) -> None:
+        """A join that reached nobody is retried soon with backoff (seeds that start at
+        the same moment as we do), until the periodic rejoin takes over."""
+        if batch.contacted > 0 or self.leaving:
+            self._join_attempt = 0
+            return
+        delay = 0.5 * 2**self._join_attempt
+        if delay >= self.config.rejoin_interval:
+            return
+        self._join_attempt += 1
+        self._schedule(now + delay, _JOIN_RETRY, None)
+
+    def _join_retry(self, now: float, effects: list[Effect]) -> None:
+        if self.leaving or any(m.status == Status.ALIVE for m in self._others()):
+            return
+        effects.extend(self.join(now, list(self._seeds)))
 
     def _reap_period(self) -> float:
         return max(1.0, min(self.config.reap_interval / 4, 60.0))

@@ -86,3 +86,28 @@ def test_removing_the_primary_key_is_refused_with_a_message() -> None:
     effects = node.handle_packet(1.0, ("10.0.0.9", 7946), packet)
     assert not any(isinstance(e, KeyringChanged) for e in effects)
     assert kr.keys == (KEY1,)
+
+
+def test_query_between_two_cores_applies_key_install_and_reports_responses() -> None:
+    from gossip.effects import QueryFinished, QueryResponse
+    from tests.unit.swimharness import Harness
+
+    h = Harness(Config.local())
+    rings = {}
+    for name in ("a", "b", "c"):
+        node = h.add(name)
+        rings[name] = Keyring([KEY1], nonce_source=random.Random(name).randbytes)
+        node.keyring = rings[name]
+    h.join_all("a")
+    h.wait(lambda: h.converged(["a", "b", "c"]), timeout=10)
+    qid, effects = h.nodes["a"].send_query(
+        h.now, "_serf_install-key", serfcompat.encode_key_request(KEY2), timeout=2.0
+    )
+    h.perform("a", effects)
+    h.run_for(2.5)
+    responses = [e for _, who, e in h.events if isinstance(e, QueryResponse) and who == "a"]
+    assert {(r.node, r.ack) for r in responses} == {("b", True), ("b", False), ("c", True), ("c", False)}
+    assert all(r.query_id == qid for r in responses)
+    assert any(isinstance(e, QueryFinished) and e.query_id == qid for _, _, e in h.events)
+    assert rings["b"].keys == (KEY1, KEY2) and rings["c"].keys == (KEY1, KEY2)
+    assert rings["a"].keys == (KEY1,)  # the querier applies its own change itself

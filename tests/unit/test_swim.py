@@ -182,3 +182,42 @@ def test_same_seed_gives_the_same_history() -> None:
         return [(round(t, 6), who, type(e).__name__) for t, who, e in h.events]
 
     assert history(3) == history(3)
+
+
+def test_join_to_a_seed_that_is_not_up_yet_is_retried_soon() -> None:
+    from gossip.effects import JoinFinished
+
+    h = Harness(Config.lan())
+    h.add("n0")
+    h.add("n1")
+    h.down.add("n0")
+    h.perform("n1", h.nodes["n1"].join(h.now, [h.addr("n0")]))
+    assert [e.contacted for _, _, e in h.events if isinstance(e, JoinFinished)] == [0]
+    h.run_for(0.2)
+    h.down.discard("n0")
+    took = h.wait(lambda: h.converged(["n0", "n1"]), timeout=5)
+    assert took < Config.lan().rejoin_interval
+
+
+def test_encrypt_outgoing_off_sends_plaintext_while_accepting_encrypted() -> None:
+    import random
+
+    from crypto.keyring import Keyring
+
+    h = cluster(2)
+    key = bytes(16)
+    for node in h.nodes.values():
+        node.keyring = Keyring([key], nonce_source=random.Random(0).randbytes)
+        node.require_encryption = False
+        node.encrypt_outgoing = False
+    n0 = h.nodes["n0"]
+    effects = n0.set_meta(h.now, b"x") + n0.tick(n0.next_deadline())
+    sends = [e for e in effects if isinstance(e, Send)]
+    assert sends and all(wire.decode_packet(e.data, None) for e in sends)
+    n0.encrypt_outgoing = True
+    n0.set_meta(h.now, b"y")
+    sealed = [e for e in n0.tick(n0.next_deadline() + 1.0) if isinstance(e, Send)]
+    assert sealed
+    for e in sealed:
+        with pytest.raises(DecodeError):
+            wire.decode_packet(e.data, None)
