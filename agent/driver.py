@@ -39,6 +39,8 @@ from gossip.effects import (
     MemberReaped,
     MemberSuspected,
     MemberUpdated,
+    QueryFinished,
+    QueryResponse,
     Send,
     StreamRequest,
 )
@@ -321,6 +323,8 @@ class Driver:
                 failed = ",".join(format_address(a) for a in effect.failed) or None
                 level = logging.INFO if effect.contacted else logging.WARNING
                 log.log(level, kv("join-finished", contacted=effect.contacted, failed=failed))
+            elif isinstance(effect, QueryResponse | QueryFinished):
+                pass  # consumed by listeners (agentctl keys)
             else:
                 self._member_event(effect)
             for callback in self._listeners.get(type(effect), ()):
