@@ -231,8 +231,25 @@ def format_key_change(result: dict[str, Any]) -> str:
     text += ".\n"
     others = int(result.get("live_members", 1)) - 1
     if not result.get("cluster_wide") and others > 0:
-        text += (f"Applied on this node only: run the same command on the other {others} live member(s) "
-                 f"(or 'serf keys' from a serf member, which reaches every node).\n")
+        text += f"Applied on this node only (--local); {others} other live member(s) were not asked.\n"
+    return text
+
+
+def format_cluster_report(report: dict[str, Any]) -> str:
+    applied = report.get("applied") or []
+    text = f"Cluster: {len(applied)}/{report.get('members')} members applied it"
+    text += f" ({', '.join(applied)}).\n" if applied else ".\n"
+    for node, why in sorted((report.get("failed") or {}).items()):
+        text += f"  {node}: refused: {why}\n"
+    for node in report.get("acked_without_answer") or []:
+        text += f"  {node}: acknowledged but gave no answer (not a key-aware member?)\n"
+    for node in report.get("no_answer") or []:
+        text += f"  {node}: no answer\n"
+    by_member = report.get("keys_by_member") or {}
+    if by_member:
+        distinct = {tuple(sorted(k)) for k in by_member.values()}
+        text += ("  every answering member holds the same keys\n" if len(distinct) == 1
+                 else "  members hold DIFFERENT keys: see --format json\n")
     return text
 
 
@@ -299,13 +316,15 @@ def cmd_keys(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
         args["key"] = _read_key(ns.key)
     if getattr(ns, "enable", False):
         args["enable"] = True
+    if getattr(ns, "local", False):
+        args["local"] = True
     result = client.request("keys", args) or {}
     if ns.format == "json":
         _dump(result, out)
-    elif ns.action == "list":
-        out.write(format_keys(result))
-    else:
-        out.write(format_key_change(result))
+        return 0
+    out.write(format_keys(result) if ns.action == "list" else format_key_change(result))
+    if "cluster" in result:
+        out.write(format_cluster_report(result["cluster"]))
     return 0
 
 
@@ -390,10 +409,13 @@ examples:
   agentctl keys install "$(serf keygen)"       add a key (decrypts; the primary still encrypts)
   agentctl keys use KEY                        make it the primary (encrypting) key
   agentctl keys remove OLDKEY                  drop a key that is no longer primary
-  agentctl keys install --enable KEY           turn encryption on (plaintext still accepted)
-  agentctl keys require                        then refuse plaintext
-KEY is base64 of 16, 24 or 32 bytes ('-' reads it from stdin). Changes are saved in the
-keyring file and apply to this node; run them on every node (or use 'serf keys').
+encryption roll-out on a running cluster, no restart:
+  agentctl keys install --enable KEY           every member holds the key, still sends plaintext
+  agentctl keys encrypt                        every member sends encrypted, still accepts plaintext
+  agentctl keys require                        every member refuses plaintext
+KEY is base64 of 16, 24 or 32 bytes ('-' reads it from stdin). Each change is applied here,
+saved in the keyring file, and sent to every member as serf's key query (serf agents apply
+it too); the report says which members applied it. --local: this node only.
 """
 
 
@@ -449,9 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
             ka.add_argument("--enable", action="store_true",
                             help="turn encryption on if it is off (plaintext stays accepted)")
         _format(ka, ("text", "json"))
-    for name, text in (("require", "refuse plaintext gossip (end of an encryption roll-out)"),
+    for name, text in (("encrypt", "send encrypted gossip (plaintext still accepted)"),
+                       ("require", "refuse plaintext gossip (end of an encryption roll-out)"),
                        ("allow-plaintext", "accept plaintext gossip too (an encryption roll-out window)")):
         _format(ksub.add_parser(name, help=text), ("text", "json"))
+    for action_parser in ksub.choices.values():
+        action_parser.add_argument("--local", action="store_true",
+                                   help="apply on this node only (do not ask the other members)")
     k.set_defaults(run=cmd_keys)
 
     c = sub.add_parser("completion", help="print a shell completion script",

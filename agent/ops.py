@@ -20,6 +20,7 @@ from agent import api, keys
 from agent.control import Op, agent_version
 from agent.events import OVERFLOW
 from agent.log import kv
+from agent.queries import QueryBook
 from agent.runtime import Runtime
 from gossip.effects import Effect
 from gossip.members import Status
@@ -27,7 +28,7 @@ from gossip.swim import Swim
 
 log = logging.getLogger("agent.ops")
 
-LEAVE_WAIT = 5.0
+LEAVE_WAIT = 10.0
 """How long ``leave`` waits for the leave to go out before replying anyway."""
 
 
@@ -105,17 +106,32 @@ async def events(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> An
 
 
 async def keys_op(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
-    """``{"action": "list|install|use|remove|require|allow-plaintext", "key": BASE64, "enable": bool}``."""
+    """``{"action": ACTION, "key": BASE64, "enable": bool, "local": bool}``.
+
+    Applied here, then (unless ``local``) sent to every member as a serf query, the
+    way ``serf keys`` does it: serf agents and ours both apply and answer it.
+    """
     action = req.args.get("action", "list")
     if not isinstance(action, str):
         raise api.ApiError("\"action\" must be a string")
+    cluster = not req.args.get("local")
+    if rt.queries is None:
+        rt.queries = QueryBook(rt.driver)
+    book = rt.queries
 
-    def run(swim: Swim, now: float) -> tuple[tuple[dict[str, Any], bool, tuple[bytes, ...]], list[Effect]]:
+    def run(swim: Swim, now: float) -> tuple[tuple[dict[str, Any], bool, tuple[bytes, ...], Any], list[Effect]]:
         result, changed = keys.apply(swim, action, req.args)
         ring = swim.keyring.keys if swim.keyring is not None else ()
-        return (result, changed, ring), []
+        effects: list[Effect] = []
+        pending = None
+        if cluster:
+            name, payload = keys.query_for(action, req.args)
+            timeout = keys.query_timeout(swim)
+            qid, effects = swim.send_query(now, name, payload, timeout=timeout)
+            pending = (book.expect(qid), keys.live_members(swim), timeout)
+        return (result, changed, ring, pending), effects
 
-    result, changed, ring = await rt.driver.call(run)
+    result, changed, ring, pending = await rt.driver.call(run)
     if action in keys.MUTATING:
         log.info(kv("keys", action=action, changed=changed, keys=len(ring),
                     require_encryption=result["require_encryption"]))
@@ -130,10 +146,13 @@ async def keys_op(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> A
         "changed": changed,
         "persisted": persisted,
         "keyring_file": rt.persister.keyring_path,
-        # Applied here only: the core cannot send serf's key queries yet (see docs/operations.md).
-        "applied_on": [result["node"]],
-        "cluster_wide": False,
+        "cluster_wide": cluster,
     })
+    if pending is not None:
+        answers, live, timeout = pending
+        with trio.move_on_after(timeout + 1.0):
+            await answers.done.wait()
+        result["cluster"] = keys.cluster_report(result["node"], live, answers.acks, answers.responses)
     return result
 
 

@@ -120,7 +120,9 @@ def _incarnation(store: StateStore, notes: list[tuple[str, dict[str, Any]]]) -> 
     if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= MAX_INCARNATION:
         if record is not None:
             notes.append(("state-record-replaced", {"record": INCARNATION_RECORD, "reason": "malformed"}))
-        last = -1
+        last = 0
+    # memberlist ignores an alive about a new node at incarnation 0 (its own nodes
+    # start at 1), so the first start announces 1.
     # Wrapping to 0 would be older than what peers hold; memberlist would never get there.
     incarnation = min(last + 1, MAX_INCARNATION)
     # Persisted before anything is announced: a crash right after start still moves on.
@@ -139,7 +141,7 @@ def load_startup(store: StateStore | None, config: AgentConfig) -> Startup:
     """
     notes: list[tuple[str, dict[str, Any]]] = []
     node_id = secrets.token_hex(16)
-    incarnation = 0
+    incarnation = 1
     if store is not None:
         node_id = _identity(store, config.node, notes)
         incarnation = _incarnation(store, notes)

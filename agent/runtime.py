@@ -113,6 +113,8 @@ class Runtime:
     warning_sources: list[Callable[[], list[str]]] = field(default_factory=list)
     metric_sources: list[MetricSource] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    queries: Any = None
+    """``agent.queries.QueryBook``, created on the first cluster-wide ``keys`` request."""
     join_outcome: dict[str, Any] | None = None
     """The last ``JoinFinished``: {"contacted": n, "failed": [...]}."""
 
@@ -124,7 +126,7 @@ class Runtime:
         if self.config.join and self.join_outcome is not None and not self.join_outcome["contacted"]:
             out.append("no join seed answered; retrying in the background")
         swim = self.driver.swim
-        if swim.keyring is not None and not swim.require_encryption:
+        if swim.keyring is not None and swim.keyring.primary is not None and not swim.require_encryption:
             out.append("plaintext gossip is accepted (encryption roll-out window; "
                        "finish with 'agentctl keys require')")
         if self.persister.errors:

@@ -53,7 +53,7 @@ from gossip.swim import Swim
 
 log = logging.getLogger("agent.service")
 
-LEAVE_ON_TERMINATE_WAIT = 3.0
+LEAVE_ON_TERMINATE_WAIT = 8.0
 PERSIST_INTERVAL = 2.0
 """How often the incarnation is checked for a change worth saving (refutations are rare)."""
 
@@ -132,7 +132,7 @@ async def _persist_loop(rt: Runtime, keyring_dirty: list[bool], wake: list[trio.
     swim = rt.driver.swim
     while True:
         await rt.persister.save_incarnation(swim.local.incarnation)
-        if keyring_dirty[0] and swim.keyring is not None:
+        if keyring_dirty[0] and swim.keyring is not None and swim.keyring.primary is not None:
             keyring_dirty[0] = False
             if not await rt.persister.save_keyring(swim.keyring.keys):
                 log.warning(kv("keyring-not-persisted", file=rt.persister.keyring_path,
@@ -228,7 +228,9 @@ async def run(
         advertise = config.advertise or sockets.addr
         if advertise[1] == 0:
             advertise = (advertise[0], sockets.addr[1])
-        keyring = Keyring(list(startup.keys), nonce_source=secrets.token_bytes) if startup.keys else None
+        # Always a keyring, empty when encryption is off, so that a cluster-wide
+        # 'agentctl keys install --enable' (a serf key query) can switch it on here.
+        keyring = Keyring(list(startup.keys), nonce_source=secrets.token_bytes)
         try:
             swim = Swim(
                 gossip_config,
@@ -330,7 +332,7 @@ async def run(
             log.info(kv(
                 "agent-started", node=config.node, bind=format_address(sockets.addr),
                 advertise=format_address(advertise), profile=config.profile,
-                incarnation=startup.incarnation, encrypted=keyring is not None,
+                incarnation=startup.incarnation, encrypted=keyring.primary is not None,
                 keyring=startup.keyring_source, control=config.control_socket,
                 state_dir=config.state_dir, metrics=rt.info["metrics"], systemd=notifier is not None,
             ))

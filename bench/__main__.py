@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 BENCHMARKS = {
     "membership": ("bench.membership", "ours vs serf: join, failure detection, idle CPU, RSS"),
-    "dataplane": ("bench.dataplane", "FDB+neighbour bulk programming: ours vs iproute2 batch vs pyroute2"),
+    "dataplane": (
+        "bench.dataplane",
+        "FDB+neighbour bulk programming: ours vs iproute2 batch vs pyroute2",
+    ),
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
 }
 

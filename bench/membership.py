@@ -197,7 +197,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _sizes(text: str | None, quick: bool) -> list[int]:
     if not text:
         return list(QUICK_SIZES if quick else SIZES)
-    sizes = [int(x) for x in text.split(",") if x.strip()]
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
     if not sizes or any(not 2 <= n <= 250 for n in sizes):
         raise ValueError("cluster sizes must be between 2 and 250")
     return sizes

@@ -24,6 +24,9 @@ from gossip.serfcompat import Query
 _FILTER_NODE = 0
 _FILTER_TAG = 1
 _KEY_QUERIES = ("_serf_install-key", "_serf_use-key", "_serf_remove-key", "_serf_list-keys")
+MODE_QUERY = "_overlay_keys-mode"
+"""Our own query (serf members ignore it): switch the encryption roll-out phase."""
+MODES = ("encrypt", "require", "allow-plaintext")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class QueryAnswer:
     response: bytes | None
     """Response payload to send, or None for no response."""
     keyring_changed: bool = False
+    mode: str | None = None
+    """An encryption roll-out phase to switch to (``MODES``), for the core to apply."""
 
 
 def addressed_to_us(query: Query, name: str, tags: Mapping[str, str]) -> bool:
@@ -69,12 +74,21 @@ def answer(query: Query, keyring: Keyring | None) -> QueryAnswer:
         return QueryAnswer(query.wants_ack, b"")
     if query.name in _KEY_QUERIES:
         return _key_query(query, keyring)
+    if query.name == MODE_QUERY:
+        mode = query.payload.decode("ascii", "replace")
+        if mode not in MODES:
+            return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(False, f"unknown mode {mode!r}"))
+        if keyring is None or keyring.primary is None:
+            return QueryAnswer(
+                query.wants_ack, serfcompat.encode_key_response(False, "no key installed")
+            )
+        return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, ""), mode=mode)
     # A user query we have no handler for: ack it so the querier sees us, no response.
     return QueryAnswer(query.wants_ack, None)
 
 
 def _key_query(query: Query, keyring: Keyring | None) -> QueryAnswer:
-    if keyring is None:
+    if keyring is None or (keyring.primary is None and query.name != "_serf_install-key"):
         return QueryAnswer(
             query.wants_ack,
             serfcompat.encode_key_response(False, "No keyring to modify (encryption not enabled)"),

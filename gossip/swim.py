@@ -101,6 +101,8 @@ _CRC_OVERHEAD = 5
 _USER_OVERHEAD = 1
 _SERF_LEAVE_KEY = "\x00serf-leave-intent"
 _MAX_RELAYS = 1024
+_LEAVE_INTENT_TIMEOUT = 5.0  # serf's BroadcastTimeout
+_LEAVE_PROPAGATE = 1.0  # serf's LeavePropagateDelay
 
 
 @dataclass(slots=True)
@@ -183,6 +185,9 @@ class Swim:
         self.stats = SwimStats()
         self.awareness = 0
         self.leaving = False
+        self._leave_phase = 0
+        self._leave_at = 0.0
+        self._now = now
         self._members: dict[str, Member] = {}
         self._gone: dict[str, None] = {}
         """Names of dead and left members (insertion-ordered), so reaping and rejoining
@@ -236,14 +241,13 @@ class Swim:
         return min(own, self.delegate.next_deadline())
 
     def leave_done(self) -> bool:
-        """True once our leave (serf intent + dead-about-self) has been fully gossiped."""
+        """True once our leave (serf intent, then dead-about-self) has been gossiped and
+        had time to propagate; the shell may stop then."""
         if not self.leaving:
             return False
         if not any(m.status in (Status.ALIVE, Status.SUSPECT) for m in self._others()):
             return True
-        return not (
-            self._broadcasts.pending(self.name) or self._broadcasts.pending(_SERF_LEAVE_KEY)
-        )
+        return self._leave_phase == 3 and self._now >= self._leave_at
 
     def check_invariants(self) -> None:
         """For tests and the simulator: internal consistency of the tables."""
@@ -274,23 +278,36 @@ class Swim:
         return effects
 
     def leave(self, now: float) -> list[Effect]:
-        """Graceful leave: serf's leave intent, then memberlist's dead-about-self."""
+        """Graceful leave, in serf's order: the serf leave intent first; once it has been
+        gossiped (or after ``_LEAVE_INTENT_TIMEOUT``), memberlist's dead-about-self; then
+        ``_LEAVE_PROPAGATE`` more seconds of gossip before ``leave_done()``. Sending
+        both at once lets some serf peers see the dead first and show us ``failed``."""
         effects: list[Effect] = []
         if self.leaving:
             return effects
         self.leaving = True
+        self._leave_phase = 1
+        self._leave_at = now
         me = self.local
         self._serf_ltime = max(self._serf_ltime, me.incarnation) + 1
         intent = serfcompat.encode_leave_intent(self._serf_ltime, self.name, False)
         self._broadcasts.queue(_SERF_LEAVE_KEY, wire.encode(UserMsg(intent)))
-        left = me.evolve(status=Status.LEFT, changed_at=now)
-        self._set_member(left)
-        self._broadcasts.queue(
-            self.name, wire.encode(Dead(me.incarnation, self.name, self.name))
-        )
-        # Gossip the leave now rather than at the next tick.
+        self._set_member(me.evolve(status=Status.LEFT, changed_at=now))
         effects.extend(self._gossip(now))
         return effects
+
+    def _advance_leave(self, now: float) -> None:
+        if self._leave_phase == 1 and (
+            not self._broadcasts.pending(_SERF_LEAVE_KEY)
+            or now - self._leave_at >= _LEAVE_INTENT_TIMEOUT
+        ):
+            me = self.local
+            self._broadcasts.queue(self.name, wire.encode(Dead(me.incarnation, self.name, self.name)))
+            self._leave_phase = 2
+        elif self._leave_phase == 2 and not self._broadcasts.pending(self.name):
+            self._leave_phase = 3
+            self._leave_at = now + _LEAVE_PROPAGATE
+            self._schedule(self._leave_at, _GOSSIP_TICK, "leave")
 
     def set_meta(self, now: float, meta: bytes) -> list[Effect]:
         """Announce new node meta (serf tags) with a higher incarnation."""
@@ -379,7 +396,7 @@ class Swim:
     def handle_packet(self, now: float, src: Address, data: bytes) -> list[Effect]:
         """One inbound UDP datagram. Raises DecodeError before touching any state."""
         messages = wire.decode_packet(
-            data, self.keyring, require_encryption=self.require_encryption
+            data, self._incoming_keyring(), require_encryption=self.require_encryption
         )
         effects: list[Effect] = []
         for msg in messages:
@@ -390,7 +407,9 @@ class Swim:
         self, now: float, src: Address, data: bytes
     ) -> tuple[bytes | None, list[Effect]]:
         """One complete inbound TCP stream message; returns (reply to write or None, effects)."""
-        msg = wire.decode_stream(data, self.keyring, require_encryption=self.require_encryption)
+        msg = wire.decode_stream(
+            data, self._incoming_keyring(), require_encryption=self.require_encryption
+        )
         effects: list[Effect] = []
         if isinstance(msg, PushPull):
             reply = self._encode_stream(self._local_push_pull(join=msg.join))
@@ -419,7 +438,7 @@ class Swim:
         if reply is not None and stream.kind != "user":
             try:
                 msg = wire.decode_stream(
-                    reply, self.keyring, require_encryption=self.require_encryption
+                    reply, self._incoming_keyring(), require_encryption=self.require_encryption
                 )
             except DecodeError as exc:
                 error = str(exc)
@@ -452,6 +471,7 @@ class Swim:
     def tick(self, now: float) -> list[Effect]:
         """Run every timer due at or before ``now``."""
         effects: list[Effect] = []
+        self._now = max(self._now, now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, arg = heapq.heappop(timers)
@@ -464,7 +484,8 @@ class Swim:
             elif kind == _RELAY_TIMEOUT:
                 self._relay_timeout(now, arg, effects)
             elif kind == _GOSSIP_TICK:
-                self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
+                if arg is None:
+                    self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
                 effects.extend(self._gossip(now))
             elif kind == _PUSH_PULL_TICK:
                 self._push_pull_tick(now, effects)
@@ -569,7 +590,20 @@ class Swim:
             del self._seen_queries[next(iter(self._seen_queries))]
         if not serfquery.addressed_to_us(query, self.name, tags):
             return
+        was_plaintext = self.keyring is None or self.keyring.primary is None
         result = serfquery.answer(query, self.keyring)
+        if was_plaintext and self.keyring is not None and self.keyring.primary is not None:
+            # Encryption switched on remotely: start the roll-out window (accept both,
+            # keep sending plaintext) until told to encrypt and then to require.
+            self.require_encryption = False
+            self.encrypt_outgoing = False
+        if result.mode == "encrypt":
+            self.encrypt_outgoing = True
+        elif result.mode == "require":
+            self.encrypt_outgoing = True
+            self.require_encryption = True
+        elif result.mode == "allow-plaintext":
+            self.require_encryption = False
         if result.ack:
             ack = serfcompat.encode_query_response(query.ltime, query.id, self.name, None, True)
             self._send(to, wire.encode(UserMsg(ack)), effects)
@@ -889,6 +923,8 @@ class Swim:
 
     def _gossip(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
+        if self.leaving:
+            self._advance_leave(now)
         dead_window = self.config.gossip_to_the_dead_time
 
         def target(m: Member) -> bool:
@@ -990,6 +1026,11 @@ class Swim:
             for m in self._members.values()
         )
         return PushPull(join, nodes, self.delegate.local_state(join))
+
+    def _incoming_keyring(self) -> Keyring | None:
+        # An empty keyring (encryption not enabled yet) means plaintext.
+        kr = self.keyring
+        return kr if kr is not None and kr.primary is not None else None
 
     def _outgoing_keyring(self) -> Keyring | None:
         kr = self.keyring

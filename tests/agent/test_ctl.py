@@ -179,7 +179,7 @@ def test_keys_text() -> None:
               "keyring_file": "/var/lib/overlay-agent/keyring.json", "live_members": 3, "cluster_wide": False}
     text = ctl.format_key_change(change)
     assert text.startswith("Installed the key on h1; keyring saved to /var/lib/overlay-agent/keyring.json.\n")
-    assert "other 2 live member(s)" in text
+    assert "2 other live member(s) were not asked" in text
     assert "no change" in ctl.format_key_change({**change, "action": "use", "changed": False, "persisted": None})
 
 

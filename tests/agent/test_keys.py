@@ -41,15 +41,19 @@ async def test_rotate_keys_on_a_running_cluster(
 
         await wait_until(pair, "a and b to form an encrypted cluster")
         code, out = await agentctl(a.socket, "keys", "list")
-        assert code == 0 and out == f"Keyring of a: 1 key(s), plaintext refused\n  primary  {A}\n"
+        assert code == 0 and out.startswith(f"Keyring of a: 1 key(s), plaintext refused\n  primary  {A}\n")
+        assert "Cluster: 2/2 members applied it (a, b)." in out and "the same keys" in out
 
-        # install -> use -> remove, on every node, as an operator would.
+        # install -> use -> remove, run once on a: the serf key query carries each to b.
         for action, key in (("install", B), ("use", B), ("remove", A)):
-            for agent in (a, b):
-                code, out = await agentctl(agent.socket, "keys", action, key)
-                assert code == 0, capsys.readouterr().err
-        assert "Removed the key on b" in out
-        assert "Applied on this node only" in out and "1 live member" in out
+            code, out = await agentctl(a.socket, "keys", action, key)
+            assert code == 0, capsys.readouterr().err
+            assert "Cluster: 2/2 members applied it (a, b)." in out, out
+        code, out = await agentctl(b.socket, "keys", "list", "--local")
+        assert out.startswith(f"Keyring of b: 1 key(s), plaintext refused\n  primary  {B}\n")
+        code, out = await agentctl(b.socket, "keys", "install", A, "--local")
+        assert "Applied on this node only (--local); 1 other live member(s) were not asked." in out
+        code, out = await agentctl(b.socket, "keys", "remove", A, "--local")
         ring = persist.read_keyring_file(str(tmp_path / "a" / "keyring.json"))
         assert ring == [KEY_B]  # a persisted every change
 
@@ -160,4 +164,33 @@ async def test_remote_keyring_change_is_persisted(sockdir: str, tmp_path: Path) 
             return persist.read_keyring_file(str(tmp_path / "keyring.json")) == [KEY_A, KEY_B]
 
         await wait_until(saved, "the keyring file to follow the remote change")
+        nursery.cancel_scope.cancel()
+
+
+async def test_encryption_rolls_out_on_a_running_plaintext_cluster(sockdir: str) -> None:
+    async with trio.open_nursery() as nursery:
+        a = await start_agent(nursery, sockdir, "a")
+        b = await start_agent(nursery, sockdir, "b", join=(a.addr,))
+        c = await start_agent(nursery, sockdir, "c", join=(a.addr,))
+        everyone = {"a": "alive", "b": "alive", "c": "alive"}
+
+        async def all_alive() -> bool:
+            return all([await statuses(x.socket) == everyone for x in (a, b, c)])
+
+        await wait_until(all_alive, "a plaintext cluster of three")
+        for argv in (["install", "--enable", A], ["encrypt"], ["require"]):
+            code, out = await agentctl(a.socket, "keys", *argv)
+            assert code == 0 and "Cluster: 3/3 members applied it" in out, (argv, out)
+        for x in (b, c):
+            st = await query(x.socket, "keys", {"action": "list", "local": True})
+            assert st["keys"] == [A] and st["require_encryption"] and st["encrypt_outgoing"]
+        before = (await query(a.socket, "status"))["counters"]
+
+        async def encrypted_traffic() -> bool:
+            now = (await query(a.socket, "status"))["counters"]
+            return bool(now["datagrams_in"] >= before["datagrams_in"] + 10)
+
+        await wait_until(encrypted_traffic, "gossip under the new key")
+        assert (await query(a.socket, "status"))["counters"]["decode_errors"] == before["decode_errors"]
+        assert await all_alive()
         nursery.cancel_scope.cancel()

@@ -73,9 +73,9 @@ def test_unreadable_record_is_moved_aside(tmp_path: Path) -> None:
 def test_startup_identity_and_incarnation(tmp_path: Path) -> None:
     with StateStore(str(tmp_path)) as store:
         first = persist.load_startup(store, opts(tmp_path))
-        assert first.incarnation == 0 and len(first.node_id) == 32 and not first.notes
+        assert first.incarnation == 1 and len(first.node_id) == 32 and not first.notes
         second = persist.load_startup(store, opts(tmp_path))
-        assert second.incarnation == 1  # a restart announces a higher incarnation
+        assert second.incarnation == 2  # a restart announces a higher incarnation
         assert second.node_id == first.node_id
         persist.save_incarnation(store, 41)  # refutations while running
         renamed = persist.load_startup(store, AgentOptions(node="n2", bind=("127.0.0.1", 0)))
@@ -84,7 +84,7 @@ def test_startup_identity_and_incarnation(tmp_path: Path) -> None:
         # A damaged record does not stop the agent: start from scratch, say so.
         (tmp_path / "incarnation.json").write_text('{"incarnation": "x"}')
         again = persist.load_startup(store, opts(tmp_path))
-        assert again.incarnation == 0
+        assert again.incarnation == 1
         assert ("state-record-replaced", {"record": "incarnation", "reason": "malformed"}) in again.notes
 
 
