@@ -103,6 +103,8 @@ _SERF_LEAVE_KEY = "\x00serf-leave-intent"
 _MAX_RELAYS = 1024
 _LEAVE_INTENT_TIMEOUT = 5.0  # serf's BroadcastTimeout
 _LEAVE_PROPAGATE = 1.0  # serf's LeavePropagateDelay
+_LEAVE_INTENT_MIN = 0.5  # let serf peers relay the intent before the dead follows it
+_LEAVE_FANOUT = 512
 
 
 @dataclass(slots=True)
@@ -290,19 +292,37 @@ class Swim:
         self._leave_at = now
         me = self.local
         self._serf_ltime = max(self._serf_ltime, me.incarnation) + 1
-        intent = serfcompat.encode_leave_intent(self._serf_ltime, self.name, False)
-        self._broadcasts.queue(_SERF_LEAVE_KEY, wire.encode(UserMsg(intent)))
+        intent = wire.encode(
+            UserMsg(serfcompat.encode_leave_intent(self._serf_ltime, self.name, False))
+        )
+        self._broadcasts.queue(_SERF_LEAVE_KEY, intent)
         self._set_member(me.evolve(status=Status.LEFT, changed_at=now))
+        # Told directly to every live member as well: random gossip may pick just
+        # recently dead members, and a serf peer that hears the dead before the intent
+        # shows us failed. A leave is rare, so the fan-out is affordable.
+        self._tell_everyone(intent, effects)
         effects.extend(self._gossip(now))
         return effects
 
-    def _advance_leave(self, now: float) -> None:
+    def _tell_everyone(self, part: bytes, effects: list[Effect]) -> None:
+        live = [m for m in self._others() if m.status in (Status.ALIVE, Status.SUSPECT)]
+        if len(live) > _LEAVE_FANOUT:
+            live = self.rng.sample(live, _LEAVE_FANOUT)
+        for peer in live:
+            self._emit(peer.address, [part], peer, effects)
+
+    def _advance_leave(self, now: float, effects: list[Effect]) -> None:
         if self._leave_phase == 1 and (
-            not self._broadcasts.pending(_SERF_LEAVE_KEY)
+            (
+                not self._broadcasts.pending(_SERF_LEAVE_KEY)
+                and now - self._leave_at >= _LEAVE_INTENT_MIN
+            )
             or now - self._leave_at >= _LEAVE_INTENT_TIMEOUT
         ):
             me = self.local
-            self._broadcasts.queue(self.name, wire.encode(Dead(me.incarnation, self.name, self.name)))
+            dead = wire.encode(Dead(me.incarnation, self.name, self.name))
+            self._broadcasts.queue(self.name, dead)
+            self._tell_everyone(dead, effects)
             self._leave_phase = 2
         elif self._leave_phase == 2 and not self._broadcasts.pending(self.name):
             self._leave_phase = 3
@@ -924,7 +944,7 @@ class Swim:
     def _gossip(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         if self.leaving:
-            self._advance_leave(now)
+            self._advance_leave(now, effects)
         dead_window = self.config.gossip_to_the_dead_time
 
         def target(m: Member) -> bool:
