@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 from agent import cli
 
@@ -38,10 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from agent import log as agent_log
     from agent import service
+    from agent.overlay import Overlay
 
     agent_log.setup(config.log_level, fmt=config.log_format)
     try:
-        return trio.run(service.run, config)
+        return trio.run(partial(service.run, config, extensions=[Overlay()]))
     except service.StartupError as exc:
         print(f"overlay-agent: error: {exc}", file=sys.stderr)
         return 1

@@ -97,6 +97,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     add("--vxlan-port", metavar="PORT", help=f"VXLAN UDP port (default: {cfg.DEFAULT_VXLAN_PORT})")
     add("--underlay-interface", metavar="IFNAME", help="underlay interface (default: by route)")
     add("--underlay-mtu", metavar="MTU", help="underlay MTU (default: the interface's)")
+    add("--dataplane", action=argparse.BooleanOptionalAction, default=None,
+        help="program VXLAN devices, bridges, FDB and neighbours and host endpoints (default: yes)")
     add("--metrics-address", metavar="IP[:PORT]",
         help=f"serve Prometheus metrics here (default: off; default port {cfg.DEFAULT_METRICS_PORT})")
     add("--log-level", choices=LOG_LEVELS, help="default: info")
@@ -194,6 +196,7 @@ def describe(loaded: cfg.Loaded) -> str:
         ("vxlan_port", str(c.vxlan_port), "vxlan_port"),
         ("underlay_interface", c.underlay_interface or "(by route)", "underlay_interface"),
         ("underlay_mtu", str(c.underlay_mtu) if c.underlay_mtu else "(interface MTU)", "underlay_mtu"),
+        ("dataplane", str(c.dataplane).lower(), "dataplane"),
         ("state_dir", c.state_dir or "(none: nothing persists)", "state_dir"),
         ("control_socket", c.control_socket, "control_socket"),
         ("control_group", c.control_group or "(none: mode 0600)", "control_group"),

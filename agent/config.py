@@ -93,6 +93,8 @@ class AgentConfig:
     vxlan_port: int = DEFAULT_VXLAN_PORT
     underlay_interface: str | None = None
     underlay_mtu: int | None = None
+    dataplane: bool = True
+    """False: tables only (networks are seen and made here), no kernel programming, no endpoints."""
     metrics_address: Address | None = None
     config_file: str | None = None
 
@@ -156,6 +158,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("underlay_interface", "str", "interface of the underlay network (default: by route)",
         "--underlay-interface"),
     Key("underlay_mtu", "int", "MTU of the underlay network (default: the interface's)", "--underlay-mtu"),
+    Key("dataplane", "bool", "program the kernel (VXLAN, bridges, FDB, neighbours) and host endpoints",
+        "--dataplane"),
     Key("state_dir", "str", "directory for persistent state (default: $STATE_DIRECTORY)", "--state-dir"),
     Key("control_socket", "str", "control API Unix socket", "--control-socket"),
     Key("control_group", "str", "group allowed to use the control socket (mode 0660)", "--control-group"),
@@ -580,6 +584,7 @@ def build(layer: Layer, *, config_file: str | None = None,
         vxlan_port=_default(vxlan_port, DEFAULT_VXLAN_PORT),
         underlay_interface=b.convert("underlay_interface", _ifname),
         underlay_mtu=mtu,
+        dataplane=_default(b.convert("dataplane", _as_bool), True),
         metrics_address=metrics,
         config_file=config_file,
     )

@@ -191,14 +191,36 @@ def format_status(st: dict[str, Any]) -> str:
         fields.append(("State dir", str(st["state_dir"])))
     if st.get("metrics"):
         fields.append(("Metrics", f"http://{st['metrics']}/metrics"))
-    if "last_reconcile" in st:  # filled in by the dataplane layer
-        fields.append(("Reconcile", str(st["last_reconcile"])))
+    overlay = st.get("overlay")
+    if isinstance(overlay, dict):  # filled in by the overlay layer (agent.overlay)
+        fields.append(("VTEP", f"{overlay.get('vtep')} (underlay MTU {overlay.get('underlay_mtu')}, "
+                               f"{overlay.get('underlay_mtu_source')})"))
+        fields.append(("Networks", f"{overlay.get('networks', 0)} ({overlay.get('networks_joined', 0)} with "
+                                   f"local endpoints)"))
+        fields.append(("Endpoints", f"{overlay.get('endpoints_local', 0)} local, "
+                                    f"{overlay.get('endpoints_remote', 0)} remote"))
+        if not overlay.get("dataplane", True):
+            fields.append(("Dataplane", "off (dataplane = false)"))
+    if "last_reconcile" in st:
+        fields.append(("Reconcile", _reconcile_text(st["last_reconcile"])))
     width = max(len(k) for k, _ in fields) + 2
     text = "".join(f"{(k + ':').ljust(width)}{v}\n" for k, v in fields)
     warnings = st.get("warnings") or []
     if warnings:
         text += "Warnings:\n" + "".join(f"  - {w}\n" for w in warnings)
     return text
+
+
+def _reconcile_text(last: Any) -> str:
+    if not isinstance(last, dict):
+        return str(last)
+    if not last.get("at"):
+        return "not yet"
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(last["at"])))
+    errors = last.get("errors") or []
+    outcome = "ok" if last.get("ok") else f"{len(errors)} error(s): {errors[0] if errors else '?'}"
+    return (f"{stamp}, {last.get('duration_ms', 0)} ms, {last.get('ops', 0)} ops, "
+            f"trigger {last.get('trigger') or '-'}, {outcome}")
 
 
 def format_keys(result: dict[str, Any]) -> str:
@@ -396,6 +418,10 @@ examples:
   agentctl keys list                  the gossip keyring
   agentctl keys install -             install a key read from stdin (keeps it out of ps)
   agentctl leave                      leave the cluster gracefully and stop the agent
+  agentctl network create blue --subnet 10.10.0.0/24    an overlay network (prints its id)
+  agentctl endpoint create blue --netns c1             a veth into namespace c1, published
+  agentctl endpoint ls                                 local and remote endpoints, VTEPs
+  agentctl dataplane                                   kernel vs desired entries per network
   agentctl --socket /tmp/a.sock members
   source <(agentctl completion bash)  shell completion
 
@@ -479,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
         action_parser.add_argument("--local", action="store_true",
                                    help="apply on this node only (do not ask the other members)")
     k.set_defaults(run=cmd_keys)
+
+    from agent import ctlnet  # imports agent.ctl back: only once it is complete
+
+    ctlnet.add_commands(sub, _Parser, _format)
 
     c = sub.add_parser("completion", help="print a shell completion script",
                        epilog="example: agentctl completion bash > /etc/bash_completion.d/agentctl")

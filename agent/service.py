@@ -14,7 +14,9 @@ those paths. Start-up problems raise ``StartupError`` with a one-line reason.
 Where later layers plug in (see ``Extension``): ``setup`` registers control
 ops, readiness conditions, effect listeners, status sections and metric
 sources before anything starts; ``run`` is started in the agent's nursery
-right after the built-in tasks. The gossip delegate is made in ``_delegate``.
+right after the built-in tasks (before the join, so a layer can restore its state
+first). The gossip delegate is made in ``_delegate``: an extension with
+``make_delegate`` (``DelegateProvider``) supplies it.
 Does not: parse flags (``cli``), set up logging, or implement ops (``ops``).
 """
 
@@ -75,8 +77,21 @@ class Extension(Protocol):
         ...
 
 
-def _delegate(config: AgentConfig) -> Delegate:
-    """The core's delegate: node meta (serf tags) now; the tables layer replaces it."""
+class DelegateProvider(Protocol):
+    """An extension that supplies the gossip delegate (the overlay's replicated tables)."""
+
+    def make_delegate(self, config: AgentConfig, advertise: Address, rng: random.Random) -> Delegate:
+        """Called once, before the core exists; ValueError for a bad setting."""
+        ...
+
+
+def _delegate(config: AgentConfig, advertise: Address, extensions: Sequence[object] = ()) -> Delegate:
+    """The core's delegate: the first extension's that provides one (``make_delegate``,
+    e.g. ``agent.overlay.Overlay``: the tables), else node meta (serf tags) only."""
+    for ext in extensions:
+        if hasattr(ext, "make_delegate"):
+            provider: DelegateProvider = ext  # type: ignore[assignment]
+            return provider.make_delegate(config, advertise, random.Random(secrets.randbits(64)))
     return NullDelegate(encode_tags(config.tags))
 
 
@@ -238,7 +253,7 @@ async def run(
                 advertise,
                 rng=random.Random(secrets.randbits(64)),
                 now=trio.current_time(),
-                delegate=_delegate(config),
+                delegate=_delegate(config, advertise, extensions),
                 keyring=keyring,
                 incarnation=startup.incarnation,
             )

@@ -122,7 +122,11 @@ def parse_subnets(subnets: Sequence[str]) -> tuple[str, ...]:
 
 def overlapping(a: str, b: str) -> bool:
     na, nb = ipaddress.ip_network(a), ipaddress.ip_network(b)
-    return na.version == nb.version and na.overlaps(nb)  # type: ignore[arg-type]
+    if isinstance(na, ipaddress.IPv4Network) and isinstance(nb, ipaddress.IPv4Network):
+        return na.overlaps(nb)
+    if isinstance(na, ipaddress.IPv6Network) and isinstance(nb, ipaddress.IPv6Network):
+        return na.overlaps(nb)
+    return False
 
 
 def parse_address(text: str, subnet: str | None, family: int) -> IPAddress:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -71,7 +71,9 @@ class Network:
     """At most one IPv4 and one IPv6 CIDR, in that order."""
     vni: int
     encrypted: bool
-    mtu: int
+    mtu: int | None
+    """Set by the operator; None: the dataplane derives it from the underlay MTU
+    (minus VXLAN and, for encrypted networks, ESP overhead)."""
     created_at: float
     """Creation time as given by the creator (the agent passes wall-clock seconds)."""
     creator: str
@@ -348,7 +350,7 @@ def _decode_network(payload: Any, net_id: str) -> Network:
         subnets=tuple(str(p) for p in sorted(parsed, key=lambda p: p.version)),
         vni=_int(vni, 1, (1 << 24) - 1, "vni"),
         encrypted=encrypted,
-        mtu=_int(mtu, 68, 65535, "mtu"),
+        mtu=None if mtu is None else _int(mtu, 68, 65535, "mtu"),
         created_at=float(created_at),
         creator=_text(creator, "creator"),
         created=_int(created, 0, MAX_LAMPORT, "created"),
@@ -418,6 +420,34 @@ def _decode_row(obj: Any, now: float, net: str | None) -> AnyRow:
     assert net is not None
     value_ep = None if deleted else _decode_endpoint(body, net, writer, ident)
     return EndpointRow(net, writer, ident, lamport, deleted, value_ep, expires, now)
+
+
+# ------------------------------------------------------------- persistence
+
+
+def _from_dict(cls: type[Any], d: Any, what: str) -> Any:
+    if not isinstance(d, dict):
+        raise TableError(f"cannot restore {what}: expected an object, got {type(d).__name__}")
+    names = [f for f in cls.__dataclass_fields__ if f != "conflict"]
+    missing = [n for n in names if n not in d]
+    if missing:
+        raise TableError(f"cannot restore {what}: missing {', '.join(missing)}")
+    return cls(**{n: d[n] for n in names})
+
+
+def network_from_dict(d: Any) -> Network:
+    """Inverse of ``dataclasses.asdict`` for persisted networks (the agent's state file).
+    Shape only; ``Tables.restore_local_endpoints`` validates the values."""
+    n: Network = _from_dict(Network, d, "network")
+    if not isinstance(n.subnets, list | tuple):
+        raise TableError("cannot restore network: subnets must be a list")
+    return replace(n, subnets=tuple(n.subnets))
+
+
+def endpoint_from_dict(d: Any) -> Endpoint:
+    """Inverse of ``dataclasses.asdict`` for persisted endpoints (shape only)."""
+    e: Endpoint = _from_dict(Endpoint, d, "endpoint")
+    return e
 
 
 # ------------------------------------------------------------- text helpers

@@ -61,7 +61,8 @@ def summary_line(result: dict[str, Any]) -> str:
     det, fp = result["detection"], result["false_positives"]
     parts = [
         f"N={spec['nodes']} {spec['duration']:g}s '{spec['scenario']}' seed={spec['seed']}",
-        f"wall {perf['wall_s']:.1f}s ({perf['events']:,} events, {perf['events_per_wall_s'] or 0:,.0f}/s), "
+        f"wall {perf['wall_s']:.1f}s, cpu {perf['cpu_s']:.1f}s ({perf['events']:,} events, "
+        f"{perf['events_per_wall_s'] or 0:,.0f}/s wall), "
         f"peak RSS {perf['peak_rss_mib']:,.0f} MiB",
         f"per node: {tr['udp_msgs_per_node_per_s'] or 0:.2f} datagrams/s, "
         f"{tr['udp_bytes_per_node_per_s'] or 0:,.0f} B/s",
@@ -74,6 +75,10 @@ def summary_line(result: dict[str, Any]) -> str:
                      f"{det['undetected_pairs']}")
     for d in result["dissemination"]:
         parts.append(f"{d['label']}: 50% {_f(d['t50'])} s, 99% {_f(d['t99'])} s, 100% {_f(d['t100'])} s")
+    conv = result["convergence"]
+    if conv["all_started_at"] > 0:
+        parts.append(f"join: all {spec['nodes']} started by {conv['all_started_at']:.2f} s, every view "
+                     f"correct at {_f(conv['join_converged_at'])} s")
     parts.append(f"false positives: {fp['suspicions']} suspicions, {fp['deaths']} deaths; "
                  f"views converged at end: {result['convergence']['converged_at_end']}")
     parts.append(f"trace {result['trace_hash']}")
@@ -103,7 +108,7 @@ def run_one(spec: RunSpec, out: Path | None, args: argparse.Namespace, label: st
     return result
 
 
-SUMMARY_KEYS = ("spec", "trace_hash", "perf", "traffic", "detection", "false_positives", "dissemination",
+SUMMARY_KEYS = ("spec", "config", "trace_hash", "perf", "traffic", "detection", "false_positives", "dissemination",
                 "convergence", "network", "analytic", "core")
 
 
@@ -155,10 +160,14 @@ def _with(spec: RunSpec, key: str, value: str) -> RunSpec:
 
 def _sweep_csv(path: Path, rows: list[tuple[dict[str, str], dict[str, Any]]]) -> None:
     cols = [
-        ("wall_s", "perf", "wall_s"), ("events_per_wall_s", "perf", "events_per_wall_s"),
+        ("wall_s", "perf", "wall_s"), ("cpu_s", "perf", "cpu_s"),
+        ("events_per_wall_s", "perf", "events_per_wall_s"), ("rss_end_mib", "perf", "rss_end_mib"),
         ("peak_rss_mib", "perf", "peak_rss_mib"),
         ("udp_msgs_per_node_per_s", "traffic", "udp_msgs_per_node_per_s"),
         ("udp_bytes_per_node_per_s", "traffic", "udp_bytes_per_node_per_s"),
+        ("udp_msgs_per_node_per_s_median_second", "traffic", "udp_msgs_per_node_per_s_median_second"),
+        ("udp_bytes_per_node_per_s_median_second", "traffic", "udp_bytes_per_node_per_s_median_second"),
+        ("tcp_bytes_per_node_per_s", "traffic", "tcp_bytes_per_node_per_s"),
         ("fp_suspicions", "false_positives", "suspicions"), ("fp_deaths", "false_positives", "deaths"),
     ]
     keys = list(rows[0][0]) if rows else []

@@ -106,7 +106,7 @@ class Metrics:
         # Hot-path counters (world writes them directly).
         self.sent_msgs = [0] * n
         self.sent_bytes = [0] * n
-        self.bins = int(math.ceil(duration)) + 1
+        self.bins = math.ceil(duration) + 1
         self.bin_msgs = [0] * self.bins
         self.bin_bytes = [0] * self.bins
         self.by_type = [0] * 256
@@ -119,6 +119,8 @@ class Metrics:
         self.up_since = [INF] * n
         self.up_time = [0.0] * n
         self.restarted_at = [-INF] * n
+        self.last_first_start = 0.0
+        """When the last node started for the first time (the end of a bootstrap)."""
         self.stalling = bytearray(n)
         self.stall_count = 0
         self.crash_count = 0
@@ -138,6 +140,8 @@ class Metrics:
 
     def on_start(self, now: float, x: int, *, restart: bool = False, knows_all: bool = False) -> None:
         self.up_since[x] = now
+        if not restart:
+            self.last_first_start = now
         if restart:
             self.restarted_at[x] = now
         out = self._open.pop(x, None)
@@ -182,7 +186,7 @@ class Metrics:
         self.event_counts[code] += 1
         up = 1 if code != REAPED and member.status <= Status.SUSPECT else 0
         self.views.see(o, x, up)
-        if code == SUSPECTED or code == FAILED:
+        if code in (SUSPECTED, FAILED):
             out = self._open.get(x)
             if out is not None:
                 if code == SUSPECTED:
@@ -242,13 +246,23 @@ class Metrics:
             if alive >= 1.0:
                 per_node.append(self.sent_msgs[i] / alive)
         names = {int(t): t.name.lower() for t in MessageType}
+        # Per-second rates; their median ignores bursts (start-up, a crash's broadcasts).
+        msgs_s, bytes_s = [], []
+        for t, running, _c, _w in self.samples:
+            b = int(t) - 1
+            if running and 0 <= b < self.bins:
+                msgs_s.append(self.bin_msgs[b] / running)
+                bytes_s.append(self.bin_bytes[b] / running)
         return {
             "node_seconds": ns,
             "udp_msgs": sum(self.sent_msgs),
             "udp_bytes": sum(self.sent_bytes),
             "udp_msgs_per_node_per_s": sum(self.sent_msgs) / ns if ns else None,
             "udp_bytes_per_node_per_s": sum(self.sent_bytes) / ns if ns else None,
+            "udp_msgs_per_node_per_s_median_second": quantile(sorted(msgs_s), 0.5),
+            "udp_bytes_per_node_per_s_median_second": quantile(sorted(bytes_s), 0.5),
             "udp_msgs_per_node_per_s_dist": distribution(per_node),
+            "tcp_bytes_per_node_per_s": self.tcp_bytes / ns if ns else None,
             "tcp_streams": self.tcp_msgs,
             "tcp_bytes": self.tcp_bytes,
             "tcp_failures": self.tcp_failures,
@@ -340,7 +354,21 @@ class Metrics:
 
     def convergence(self) -> dict[str, object]:
         log = self.convergence_log
+        t0 = self.last_first_start
+        # The join convergence: the first moment after the last node started at which
+        # every running node's view is correct (the state just before t0 if none changed).
+        after = [(t, c) for t, c in log if t >= t0]
+        before = [c for t, c in log if t < t0]
+        if after and after[0][1] and after[0][0] == t0:
+            joined: float | None = t0
+        elif after:
+            joined = next((t for t, c in after if c), None)
+        else:
+            joined = t0 if (before[-1] if before else True) else None
         return {
+            "all_started_at": t0,
+            "join_converged_at": joined,
+            "join_convergence_s": None if joined is None else joined - t0,
             "converged_at_end": self.views.converged(),
             "converged_fraction_at_end": self.views.converged_fraction(),
             "first_converged_at": next((t for t, c in log if c), None),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from sim.metrics import INF, Metrics
@@ -35,7 +36,7 @@ def _default(o: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _write(path: Path, header: list[str], rows: list[list[object]] | list[tuple[object, ...]]) -> None:
+def _write(path: Path, header: list[str], rows: Sequence[Sequence[object]]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)

@@ -153,8 +153,9 @@ def sweep_plots(out: Path, key: str, points: Sequence[tuple[str, dict[str, Any]]
     panels = [
         ("time for an update to spread (s)", [("dissemination.t50", "50 %"), ("dissemination.t99", "99 %"),
                                               ("dissemination.t100", "100 %")]),
-        ("sent per node per second", [("traffic.udp_msgs_per_node_per_s", "datagrams"),
-                                      ("traffic.udp_bytes_per_node_per_s", "bytes / 100")]),
+        ("sent per node per second", [("traffic.udp_msgs_per_node_per_s", "datagrams (run mean)"),
+                                      ("traffic.udp_msgs_per_node_per_s_median_second", "datagrams (median s)"),
+                                      ("traffic.udp_bytes_per_node_per_s_median_second", "bytes / 100 (median s)")]),
         ("failure detection (s)", [("detection.first_suspicion.mean", "first suspicion"),
                                    ("detection.latency.p50", "median observer"),
                                    ("detection.all_observers_failed.max", "all observers")]),
@@ -172,8 +173,11 @@ def sweep_plots(out: Path, key: str, points: Sequence[tuple[str, dict[str, Any]]
                             marker="o", capsize=3, label=lab)
         if title.startswith("time for") and numeric and key == "nodes":
             grid = sorted(xs)
+            cfg = points[0][1].get("config") or {}
+            interval = float(cfg.get("gossip_interval", 0.2))
+            fanout = int(cfg.get("gossip_nodes", 3))
             for q, style in ((0.5, ":"), (0.99, "--")):
-                ys = [math.ceil(serf_rounds(int(x), q)) * 0.2 for x in grid]
+                ys = [math.ceil(serf_rounds(int(x), q, fanout)) * interval for x in grid]
                 ax.plot(grid, ys, style, color="grey", label=f"serf formula {q:.0%}")
         ax.set_ylabel(title, fontsize=8)
         if ax.get_legend_handles_labels()[0]:

@@ -18,6 +18,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (wall time lies on a shared machine)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def current_rss_mib() -> float:
     try:
         with open("/proc/self/statm") as f:

@@ -13,7 +13,7 @@ import random
 import time
 import typing
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from gossip.config import Config, suspicion_bounds
 from sim import scenarios
@@ -21,7 +21,7 @@ from sim.analytic import predictions
 from sim.cores import CoreFactory, SwimFactory
 from sim.metrics import Metrics
 from sim.network import Network
-from sim.progress import Progress, peak_rss_mib
+from sim.progress import Progress, cpu_seconds, current_rss_mib, peak_rss_mib
 from sim.trace import Trace
 from sim.world import World
 
@@ -94,7 +94,7 @@ def parse_overrides(pairs: tuple[tuple[str, str], ...]) -> dict[str, object]:
 
 @dataclass
 class Outcome:
-    result: dict[str, object]
+    result: dict[str, Any]
     metrics: Metrics
     world: World
 
@@ -106,6 +106,7 @@ def execute(spec: RunSpec, *, progress: Progress | None = None, trace_out: TextI
     components = scenarios.parse(spec.scenario)
     n = spec.nodes
     wall0 = time.perf_counter()
+    cpu0 = cpu_seconds()
     # Any leftover suspicion about a restarted node's previous life ends within the
     # maximum suspicion timeout plus a few probe periods of gossip.
     fp_grace = suspicion_bounds(config, n)[1] + 5 * config.probe_interval
@@ -126,7 +127,7 @@ def execute(spec: RunSpec, *, progress: Progress | None = None, trace_out: TextI
     wall = time.perf_counter() - wall0
     run_s = wall - setup_s
     end = spec.duration
-    result: dict[str, object] = {
+    result: dict[str, Any] = {
         "version": RESULT_VERSION,
         "spec": spec.as_dict(),
         "scenario_canonical": scenarios.canonical(components),
@@ -134,11 +135,12 @@ def execute(spec: RunSpec, *, progress: Progress | None = None, trace_out: TextI
         "trace_hash": trace.hexdigest(),
         "trace_records": trace.records,
         "perf": {
-            "wall_s": wall, "setup_s": setup_s, "run_s": run_s,
+            "wall_s": wall, "setup_s": setup_s, "run_s": run_s, "cpu_s": cpu_seconds() - cpu0,
             "events": world.events, "core_calls": metrics.core_calls,
             "events_per_wall_s": world.events / run_s if run_s > 0 else None,
             "sim_s_per_wall_s": spec.duration / run_s if run_s > 0 else None,
             "peak_rss_mib": peak_rss_mib(),
+            "rss_end_mib": current_rss_mib(),
         },
         "traffic": metrics.traffic(end),
         "detection": metrics.detection(end),

@@ -18,6 +18,7 @@ crashes, pauses, etc. (``world.py``) or links (``network.py``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import typing
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class Setup:
         return [self.world.nodes[i].addr for i in [0, *extra]]
 
 
+def _restart(s: Setup, i: int) -> None:
+    s.world.start(i, s.seeds())
+
+
+@dataclass
 class Component:
     name: typing.ClassVar[str] = ""
     doc: typing.ClassVar[str] = ""
@@ -93,7 +99,7 @@ class Bootstrap(Component):
         w.at(self.at, "start n0", lambda: w.start(0))
         for i in range(1, s.n):
             when = self.at + (0.0 if i < k else 0.01 + s.rng.uniform(0.0, self.spread))
-            w.at(when, f"start {i}", lambda i=i: w.start(i, addrs))
+            w.at(when, f"start {i}", functools.partial(w.start, i, addrs))
 
 
 @dataclass
@@ -111,10 +117,9 @@ class Crash(Component):
         w = s.world
         for i in s.pick(self.pct, self.count):
             when = self.at + (s.rng.uniform(0.0, self.over) if self.over else 0.0)
-            w.at(when, f"crash {i}", lambda i=i: w.crash(i, host=self.host))
+            w.at(when, f"crash {i}", functools.partial(w.crash, i, host=self.host))
             if self.restart > 0:
-                w.at(when + self.restart, f"restart {i}",
-                     lambda i=i: w.start(i, s.seeds()))
+                w.at(when + self.restart, f"restart {i}", functools.partial(_restart, s, i))
 
 
 @dataclass
@@ -126,7 +131,7 @@ class Leave(Component):
 
     def install(self, s: Setup) -> None:
         for i in s.pick(0.0, self.count):
-            s.world.at(self.at, f"leave {i}", lambda i=i: s.world.leave(i))
+            s.world.at(self.at, f"leave {i}", functools.partial(s.world.leave, i))
 
 
 @dataclass
@@ -184,7 +189,7 @@ class Churn(Component):
             k = min(len(live), max(1, round(self.pct / 100.0 * s.n)))
             for i in sorted(s.rng.sample(live, k)):
                 w.crash(i)
-                w.at(w.now + self.down, f"restart {i}", lambda i=i: w.start(i, s.seeds()))
+                w.at(w.now + self.down, f"restart {i}", functools.partial(_restart, s, i))
             if w.now + self.every < stop:
                 w.at(w.now + self.every, "churn", round_)
 

@@ -27,6 +27,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from gossip.effects import (
     Address,
@@ -62,12 +63,13 @@ EVENT_CODES: dict[type, int] = {
     MemberFailed: m.FAILED, MemberLeft: m.LEFT, MemberReaped: m.REAPED,
 }
 
-Event = tuple[float, int, int, int, int, object]
+Event = tuple[float, int, int, int, int, Any]
+"""(at, seq, kind, a, b, payload): seq is unique, so comparison never reaches the payload."""
 Action = Callable[[], None]
 
 
 class Node:
-    __slots__ = ("addr", "backlog", "backlog_bytes", "core", "gen", "idx", "name",
+    __slots__ = ("addr", "backlog", "backlog_bytes", "core", "gen", "idx", "lives", "name",
                  "refuses", "resume_at", "state", "wake_at")
 
     def __init__(self, idx: int, name: str, addr: Address) -> None:
@@ -78,8 +80,10 @@ class Node:
         self.state = OFF
         self.gen = 0
         """Bumped on every stop/start: wakes and replies for an older life are stale."""
+        self.lives = 0
+        """How many times the node was started (its RNG seed differs per life)."""
         self.wake_at = math.inf
-        self.backlog: list[tuple[int, int, object]] = []
+        self.backlog: list[tuple[int, int, Any]] = []
         self.backlog_bytes = 0
         self.resume_at = 0.0
         self.refuses = False
@@ -111,7 +115,7 @@ class World:
 
     # -- scheduling -------------------------------------------------------------
 
-    def push(self, at: float, kind: int, a: int, b: int, c: object) -> None:
+    def push(self, at: float, kind: int, a: int, b: int, c: Any) -> None:
         heapq.heappush(self.heap, (at, next(self.seq), kind, a, b, c))
 
     def at(self, when: float, label: str, fn: Action) -> None:
@@ -143,9 +147,10 @@ class World:
         node = self.nodes[idx]
         if node.state != OFF:
             return
-        restart = node.gen > 0
+        restart = node.lives > 0
         node.gen += 1
-        node.core = self.factory(idx, node.name, node.addr, self.now, node.gen - 1)
+        node.core = self.factory(idx, node.name, node.addr, self.now, node.lives)
+        node.lives += 1
         node.state = UP
         node.wake_at = math.inf
         self.metrics.on_start(self.now, idx, restart=restart)
@@ -159,7 +164,8 @@ class World:
         now = self.now
         for node in self.nodes:
             node.gen += 1
-            node.core = self.factory(node.idx, node.name, node.addr, now, 0)
+            node.core = self.factory(node.idx, node.name, node.addr, now, node.lives)
+            node.lives += 1
             node.state = UP
         cores = [node.core for node in self.nodes if node.core is not None]
         self.factory.preconverge(now, cores)
@@ -230,7 +236,7 @@ class World:
 
     # -- event handlers ---------------------------------------------------------
 
-    def _deliver(self, at: float, dst: int, src: int, data: object) -> None:
+    def _deliver(self, at: float, dst: int, src: int, data: Any) -> None:
         node = self.nodes[dst]
         state = node.state
         if state == UP:
@@ -250,7 +256,7 @@ class World:
         else:
             self.dropped_off += 1
 
-    def _wake(self, at: float, idx: int, gen: int, _c: object) -> None:
+    def _wake(self, at: float, idx: int, gen: int, _c: Any) -> None:
         node = self.nodes[idx]
         if node.gen != gen or node.wake_at != at or node.state != UP:
             return
@@ -265,8 +271,8 @@ class World:
             self._perform(node, effects)
         self._rearm(node, after_tick=True)
 
-    def _stream(self, at: float, dst: int, src: int, c: object) -> None:
-        token, data, expect_reply, src_gen, deadline = c  # type: ignore[misc]
+    def _stream(self, at: float, dst: int, src: int, c: Any) -> None:
+        token, data, expect_reply, src_gen, deadline = c
         node = self.nodes[dst]
         if node.state == PAUSED:
             if node.resume_at <= deadline:
@@ -301,13 +307,13 @@ class World:
         else:
             self.push(back, REPLY, src, src_gen, (token, reply))
 
-    def _fail_stream(self, c: object, when: float | None, src: int) -> None:
+    def _fail_stream(self, c: Any, when: float | None, src: int) -> None:
         """Report a failed exchange to ``src``: at ``when`` (refused) or at its deadline."""
-        token, _data, _expect, src_gen, deadline = c  # type: ignore[misc]
+        token, _data, _expect, src_gen, deadline = c
         self.metrics.tcp_failures += 1
         self.push(deadline if when is None else when, REPLY, src, src_gen, (token, None))
 
-    def _reply(self, at: float, idx: int, gen: int, c: object) -> None:
+    def _reply(self, at: float, idx: int, gen: int, c: Any) -> None:
         node = self.nodes[idx]
         if node.gen != gen:
             return
@@ -316,19 +322,19 @@ class World:
             return
         if node.state != UP or node.core is None:
             return
-        token, reply = c  # type: ignore[misc]
+        token, reply = c
         self.metrics.core_calls += 1
         effects = node.core.handle_stream_reply(at, token, reply)
         if effects:
             self._perform(node, effects)
         self._rearm(node)
 
-    def _action(self, at: float, _a: int, _b: int, c: object) -> None:
-        label, fn = c  # type: ignore[misc]
+    def _action(self, at: float, _a: int, _b: int, c: Any) -> None:
+        label, fn = c
         self.trace.action(at, label)
         fn()
 
-    def _resume(self, at: float, idx: int, gen: int, _c: object) -> None:
+    def _resume(self, at: float, idx: int, gen: int, _c: Any) -> None:
         node = self.nodes[idx]
         if node.gen != gen or node.state != PAUSED:
             return
@@ -346,7 +352,7 @@ class World:
             else:
                 self._reply(at, idx, a, c)
 
-    def _queue(self, node: Node, kind: int, a: int, c: object) -> None:
+    def _queue(self, node: Node, kind: int, a: int, c: Any) -> None:
         size = len(c) if isinstance(c, bytes) else 64
         if node.backlog_bytes + size > SOCKET_BUFFER:
             self.dropped_buffer += 1
