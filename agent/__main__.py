@@ -39,11 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from agent import log as agent_log
     from agent import service
+    from agent.ipsec import IpsecAgent
     from agent.overlay import Overlay
 
     agent_log.setup(config.log_level, fmt=config.log_format)
+    overlay = Overlay()
     try:
-        return trio.run(partial(service.run, config, extensions=[Overlay()]))
+        return trio.run(partial(service.run, config, extensions=[overlay, IpsecAgent(overlay)]))
     except service.StartupError as exc:
         print(f"overlay-agent: error: {exc}", file=sys.stderr)
         return 1

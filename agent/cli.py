@@ -97,6 +97,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     add("--vxlan-port", metavar="PORT", help=f"VXLAN UDP port (default: {cfg.DEFAULT_VXLAN_PORT})")
     add("--underlay-interface", metavar="IFNAME", help="underlay interface (default: by route)")
     add("--underlay-mtu", metavar="MTU", help="underlay MTU (default: the interface's)")
+    add("--ipsec-rotation-interval", metavar="SECONDS",
+        help="IPsec key rotation of encrypted networks (default: 43200 = 12 h)")
     add("--dataplane", action=argparse.BooleanOptionalAction, default=None,
         help="program VXLAN devices, bridges, FDB and neighbours and host endpoints (default: yes)")
     add("--metrics-address", metavar="IP[:PORT]",

@@ -93,6 +93,8 @@ class AgentConfig:
     vxlan_port: int = DEFAULT_VXLAN_PORT
     underlay_interface: str | None = None
     underlay_mtu: int | None = None
+    ipsec_rotation_interval: float = 12 * 3600.0
+    """Seconds per IPsec key epoch of encrypted networks (agent/ipsec.py)."""
     dataplane: bool = True
     """False: tables only (networks are seen and made here), no kernel programming, no endpoints."""
     metrics_address: Address | None = None
@@ -160,6 +162,9 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("underlay_mtu", "int", "MTU of the underlay network (default: the interface's)", "--underlay-mtu"),
     Key("dataplane", "bool", "program the kernel (VXLAN, bridges, FDB, neighbours) and host endpoints",
         "--dataplane"),
+    Key("ipsec_rotation_interval", "float", "seconds between IPsec key rotations of encrypted networks "
+        "(default 43200 = 12 h; every agent of a cluster must use the same value)",
+        "--ipsec-rotation-interval"),
     Key("state_dir", "str", "directory for persistent state (default: $STATE_DIRECTORY)", "--state-dir"),
     Key("control_socket", "str", "control API Unix socket", "--control-socket"),
     Key("control_group", "str", "group allowed to use the control socket (mode 0660)", "--control-group"),
@@ -544,6 +549,9 @@ def build(layer: Layer, *, config_file: str | None = None,
     if vxlan_port is not None:
         b.run(b.layer["vxlan_port"], lambda r: _check_range(vxlan_port, 1, 65535, "port"))
     mtu = b.convert("underlay_mtu", _as_int)
+    rotation = b.convert("ipsec_rotation_interval", _as_float)
+    if rotation is not None:
+        b.run(b.layer["ipsec_rotation_interval"], lambda r: _check_range(rotation, 1, 30 * 86400, "interval"))
     if mtu is not None:
         b.run(b.layer["underlay_mtu"], lambda r: _check_range(mtu, 1280, 65535, "MTU"))
 
@@ -585,6 +593,7 @@ def build(layer: Layer, *, config_file: str | None = None,
         underlay_interface=b.convert("underlay_interface", _ifname),
         underlay_mtu=mtu,
         dataplane=_default(b.convert("dataplane", _as_bool), True),
+        ipsec_rotation_interval=_default(rotation, 12 * 3600.0),
         metrics_address=metrics,
         config_file=config_file,
     )

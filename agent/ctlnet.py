@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
@@ -135,7 +136,19 @@ def format_dataplane(report: dict[str, Any]) -> str:
         {**row, "network": row.get("network_name") or str(row.get("network") or "")[:12]}
         for row in report.get("networks", [])
     ]
-    return render_text(shown) + "\n"
+    text = render_text(shown) + "\n"
+    last = report.get("last_reconcile") or {}
+    if last.get("at"):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last["at"])))
+        text += f"last reconcile started {stamp}"
+        c = report.get("counters") or {}
+        if c:
+            text += (f"; {c.get('reconciles', 0)} passes, {c.get('failures', 0)} failed, "
+                     f"{c.get('monitor_repairs', 0)} triggered by kernel events")
+        text += "\n"
+    if report.get("additive_only"):
+        text += "startup: only adding entries until the cluster view is complete\n"
+    return text
 
 
 # -- commands ---------------------------------------------------------------------------------------

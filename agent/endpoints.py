@@ -107,8 +107,9 @@ def prefixed(addresses: Sequence[tuple[str | None, str | None]]) -> tuple[tuple[
 class Plumber(Protocol):
     """What ``agent.overlay`` needs; ``LinuxPlumber`` is the real one (tests fake it)."""
 
-    def check_netns(self, path: str) -> None:
-        """PlumbError unless ``path`` is a network namespace other than the agent's."""
+    def check_target(self, path: str, ifname: str) -> None:
+        """PlumbError unless ``path`` is a network namespace other than the agent's,
+        without an interface named ``ifname`` (checked before anything is published)."""
         ...
 
     def create(self, spec: VethSpec) -> None:
@@ -181,7 +182,7 @@ def _iproute(sock: socket.socket | None = None) -> Iterator[Any]:
 class LinuxPlumber:
     """veth pairs with pyroute2 (see module docstring). Stateless: any thread may call it."""
 
-    def check_netns(self, path: str) -> None:
+    def check_target(self, path: str, ifname: str) -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -192,11 +193,18 @@ class LinuxPlumber:
             if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
                 raise PlumbError(f"{path} is the agent's own network namespace, not a container's")
             try:
-                _netlink_socket_in(fd).close()
+                sock = _netlink_socket_in(fd)
             except OSError as exc:
                 if exc.errno == errno.EINVAL:
                     raise PlumbError(f"{path} is not a network namespace") from None
                 raise PlumbError(f"network namespace {path}: {_reason(exc)}") from None
+            try:
+                with _iproute(sock) as inner:
+                    taken = bool(inner.link_lookup(ifname=ifname))
+            except Exception as exc:
+                raise PlumbError(f"network namespace {path}: {_reason(exc)}") from None
+            if taken:
+                raise PlumbError(f"interface {ifname} already exists in network namespace {path}")
         finally:
             os.close(fd)
 
@@ -262,36 +270,15 @@ class LinuxPlumber:
         return True
 
     def existing(self, prefix: str) -> list[str]:
+        # A raw dump: a start-up check must not load pyroute2 (~12 MiB) on hosts without endpoints.
+        from dataplane import rtnl
+
         try:
-            with _iproute() as host:
-                names = []
-                for link in host.get_links():
-                    name = link.get("ifname")
-                    kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
-                    if isinstance(name, str) and kind == "veth" and is_host_ifname(name, prefix):
-                        names.append(name)
-        except Exception as exc:
+            sock = rtnl.RtnlSocket()
+            try:
+                links = rtnl.dump_links(sock, kind="veth")
+            finally:
+                sock.close()
+        except OSError as exc:
             raise PlumbError(f"cannot list interfaces: {_reason(exc)}") from None
-        return sorted(names)
-
-
-def underlay_mtu(vtep: str, interface: str | None) -> tuple[int | None, str]:
-    """The underlay MTU: of ``interface`` if given, else of the interface holding ``vtep``.
-
-    Returns (MTU or None, where it came from / why it is unknown). Blocking.
-    """
-    try:
-        with _iproute() as ipr:
-            if interface:
-                links = ipr.get_links(ifname=interface)
-                if not links:
-                    return None, f"underlay_interface {interface} does not exist"
-                return int(links[0].get("mtu")), f"interface {interface}"
-            for addr in ipr.get_addr():
-                if addr.get("address") == vtep:
-                    index = addr["index"]
-                    link = ipr.get_links(index)[0]
-                    return int(link.get("mtu")), f"interface {link.get('ifname')} (holds {vtep})"
-    except Exception as exc:
-        return None, f"cannot read interfaces: {_reason(exc)}"
-    return None, f"no interface holds {vtep}"
+        return sorted(lk.name for lk in links if is_host_ifname(lk.name, prefix))

@@ -11,10 +11,11 @@ Owns (an ``agent.service.Extension``):
   kernel keeps forwarding; an endpoint whose veth vanished meanwhile is dropped, and
   an orphan veth of ours (a crash between the two steps) is deleted;
 - the reconciler task (``dataplane.reconciler``) fed by ``agent.overlayview``;
-  ``ready()`` once the first join finished (or there is nothing to join) and the
+  ``ready()`` once a join reached a member (or there is nothing to join) and the
   networks we take part in had their first bulk sync, so a restart deletes nothing
   on a half-filled view; readiness condition ``dataplane-reconciled`` (READY=1) after
-  the first pass that ran with the complete view;
+  the first pass that followed the first join attempt (with the complete view when
+  the join succeeded; with what we have, adding only, when no seed answered);
 - status section, operator warnings and metrics of the layer.
 Encrypted networks: refused with ``dataplane.xfrm.kernel_support_problem()``'s message
 when the kernel lacks ESP/GCM; accepted otherwise, with a warning that IPsec is not
@@ -47,10 +48,10 @@ from agent.endpoints import (
     host_ifname,
     netns_path,
     prefixed,
-    underlay_mtu,
 )
 from agent.log import kv
 from agent.overlayview import ViewSource, WatchedTables
+from agent.underlay import underlay_mtu
 from dataplane.compile import overlay_mtu
 from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
@@ -114,7 +115,10 @@ class Overlay:
         self._ipsec: list[str | None] = []
         self._lock = trio.Lock()
         self._started = trio.Event()
+        self._join_done = trio.Event()
+        """Set by the first join attempt's outcome (or at once without seeds)."""
         self._joined = trio.Event()
+        """Set once a join reached a member (or at once without seeds)."""
         self._tables_moved = trio.Event()
         self._restore_notes: list[str] = []
 
@@ -146,6 +150,7 @@ class Overlay:
         rt.metric_sources.append(self.metrics)
 
     def _join_finished(self, effect: JoinFinished) -> None:
+        self._join_done.set()
         if effect.contacted:
             self._joined.set()
 
@@ -156,7 +161,8 @@ class Overlay:
 
     async def run(self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not rt.config.join:
-            self._joined.set()  # nothing to wait for: our view is the cluster's
+            self._join_done.set()  # nothing to wait for: our view is the cluster's
+            self._joined.set()
         if rt.config.underlay_mtu:
             self.underlay_mtu, self.underlay_source = rt.config.underlay_mtu, "underlay_mtu"
         elif self.dataplane:
@@ -180,22 +186,29 @@ class Overlay:
             task_status.started()
 
     async def _become_ready(self, rt: Runtime) -> None:
-        """ready() on a complete view, then READY=1 after the pass that used it."""
+        """READY=1 after the first pass that follows the first join attempt; deletions
+        allowed (``ready()``) once a join succeeded and our networks had their first sync."""
         assert self.rec is not None
-        joined = False
-        with trio.move_on_after(self.reconciler_config.startup_grace):
-            await self._joined.wait()
-            joined = True
-        if joined:
-            with trio.move_on_after(SYNC_WAIT):
-                while not self._synced():
-                    self._tables_moved = trio.Event()
-                    with trio.move_on_after(0.2):  # peers are also learned without a version bump
-                        await self._tables_moved.wait()
-            self.rec.ready()
-            log.info(kv("dataplane-view-complete", synced=self._synced()))
+        await self._join_done.wait()
+        if self._joined.is_set():
+            await self._wait_synced()
         await self.rec.settled()
         rt.readiness.mark(READY_CONDITION)
+        if not self._joined.is_set():
+            # The seeds did not answer: the reconciler only adds until a later join
+            # (retries, rejoin) succeeds or its startup grace ends.
+            await self._joined.wait()
+            await self._wait_synced()
+
+    async def _wait_synced(self) -> None:
+        assert self.rec is not None
+        with trio.move_on_after(SYNC_WAIT):
+            while not self._synced():
+                self._tables_moved = trio.Event()
+                with trio.move_on_after(0.2):  # peers are also learned without a version bump
+                    await self._tables_moved.wait()
+        self.rec.ready()
+        log.info(kv("dataplane-view-complete", synced=self._synced()))
 
     def _synced(self) -> bool:
         """Every network we take part in had its first bulk sync, or has no peer to give one."""
@@ -364,7 +377,7 @@ class Overlay:
             raise api.ApiError(str(exc)) from None
         async with self._lock:
             try:
-                await trio.to_thread.run_sync(self.plumber.check_netns, path)
+                await trio.to_thread.run_sync(self.plumber.check_target, path, ifname)
             except PlumbError as exc:
                 raise api.ApiError(str(exc)) from None
             ep: Endpoint = await self._table_call(

@@ -19,6 +19,10 @@ BENCHMARKS = {
         "bench.dataplane",
         "FDB+neighbour bulk programming: ours vs iproute2 batch vs pyroute2",
     ),
+    "propagation": (
+        "bench.propagation",
+        "endpoint create on one host -> FDB + neighbour entries on another (real agents)",
+    ),
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
 }
 

@@ -1,4 +1,5 @@
-"""``make demo`` (``python -m agent.lab demo``): runs, shows members from every host, cleans up."""
+"""``make demo`` (``python -m agent.lab demo``): runs, shows members from every host, pings across
+hosts over the overlay, cleans up."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def test_demo_runs_and_cleans_up() -> None:
         assert [r[0] for r in rows] == ["host1", "host2", "host3"], table
         assert all("alive" in r for r in rows), table
         assert f"host{i} *" in table
+    # The overlay steps: a network, one endpoint per host, inspect, pings, dataplane in sync.
+    assert '"Name": "demo"' in out and '"Driver": "overlay"' in out
+    assert out.count("3 packets transmitted, 3 received, 0% packet loss") == 2, out
+    assert "in sync" in out
     assert "Demo finished" in out
     assert demo_namespaces(proc.pid) == []
 

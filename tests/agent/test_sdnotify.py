@@ -167,7 +167,8 @@ async def test_ready_watchdog_stopping_from_systemds_side(sockdir: str) -> None:
             assert not notified("READY=1"), log
             assert log[-1] == ("status", "not-ready")
             st = await query(sock, "status")
-            assert st["waiting_for"] == ["first-join"] and st["systemd"] is True
+            # (the overlay's first reconcile waits for the join attempt too)
+            assert st["waiting_for"] == ["first-join", "dataplane-reconciled"] and st["systemd"] is True
 
             async def ready() -> bool:
                 return bool(notified("READY=1"))
