@@ -323,6 +323,7 @@ class IpsecAgent:
         self.policy = rotation_policy(interval)
         node = rt.config.node
         self.store = KeyStore(self._key_dir or default_key_dir(node), self.boot)
+        self.overlay.ipsec_view = self.ipsec_peers_view
         rt.status_sections.append(self.status_section)
         rt.warning_sources.append(self.warnings)
         rt.metric_sources.append(self.metrics)

@@ -228,7 +228,14 @@ class _Handlers:
         ref = _str(args, "ref", "network name or id")
         if action == "inspect":
             o = self.o
-            return await o.read(lambda t: [inspect_json(t, n := t.find_network(ref), o.effective_mtu(n))])
+            def view(t: Tables) -> list[dict[str, Any]]:
+                n = t.find_network(ref)
+                out = inspect_json(t, n, o.effective_mtu(n))
+                if n.encrypted and o.ipsec_view is not None:
+                    out["IPsec"] = {"Peers": o.ipsec_view(n.id)}
+                return [out]
+
+            return await o.read(view)
         n = await self.o.remove_network(ref)
         return network_row(n)
 

@@ -96,6 +96,8 @@ class Overlay:
         dataplane: bool | None = None,
     ) -> None:
         self.kernel_factory = kernel_factory or (lambda p: LinuxKernel(prefix=p))
+        self.ipsec_view: Callable[[str], list[dict[str, Any]]] | None = None
+        """Per-peer SA state of an encrypted network (set by ``agent.ipsec``), for inspect."""
         self.plumber: Plumber = plumber or LinuxPlumber()
         self.reconciler_config = reconciler_config or ReconcilerConfig()
         self.tables_config = tables_config
@@ -450,10 +452,6 @@ class Overlay:
     def warnings(self) -> list[str]:
         assert self.tables is not None
         out: list[str] = []
-        for n in self.tables.networks():
-            if n.encrypted:
-                out.append(f"network {n.name!r} is marked encrypted but IPsec is not programmed yet: "
-                           "its traffic crosses the underlay unencrypted")
         conflicts = self.tables.conflicts()
         out.extend(c.text for c in conflicts[:3])
         if len(conflicts) > 3:

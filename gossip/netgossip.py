@@ -117,8 +117,11 @@ def encode_bulk_sync(net: str, sender: str, unsolicited: bool, rows: Sequence[by
     return bytes([BULK_SYNC]) + head + _rows_array(rows)
 
 
-def encode_state(rows: Sequence[bytes]) -> bytes:
-    return bytes([STATE]) + _array_header(2) + _pack(FORMAT) + _rows_array(rows)
+def encode_state(rows: Sequence[bytes], extra: Sequence[Any] = ()) -> bytes:
+    """``extra``: trailing fields (the IPsec key rows, ``gossip.ipsecrows``); decoders
+    that predate them ignore them."""
+    head = _array_header(2 + len(extra)) + _pack(FORMAT) + _rows_array(rows)
+    return bytes([STATE]) + head + b"".join(_pack(x) for x in extra)
 
 
 def _unpack(body: bytes) -> Any:

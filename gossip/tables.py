@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from gossip import blocks, conflicts, ipam, netgossip, tableinput
+from gossip import blocks, conflicts, ipam, ipsecrows, netgossip, tableinput
 from gossip.blocks import Block
 from gossip.broadcasts import Broadcasts
 from gossip.config import retransmit_limit
@@ -111,6 +111,9 @@ class Tables:
         self._reported: dict[str, Conflict] = {}
         self._reported_version = 0
         self._reap_at = -math.inf
+        self.ipsec = ipsecrows.IpsecKeyStore()
+        """Every node's IPsec public-key row (``gossip.ipsecrows``); ``ipsec_rows()`` hides
+        those of members that are not up. Its own ``version`` signals changes."""
 
     def attach(self, swim: Swim) -> None:
         """Second wiring step: the core this delegate sends through."""
@@ -126,10 +129,16 @@ class Tables:
         self._now = now
         effects: list[Effect] = []
         try:
+            if data[:1] == bytes([ipsecrows.IPSEC_EVENT]):
+                self._merge_ipsec(now, ipsecrows.decode_event(data), effects, rebroadcast=True)
+                return effects
             msg = netgossip.decode(data, now)
+            extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
         except DecodeError as exc:
             self._bad_input(exc, effects)
             return effects
+        for ipsec_row in extra:
+            self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
         if isinstance(msg, netgossip.Event):
             self._merge_cluster(now, msg.row, effects, rebroadcast=True)
         elif isinstance(msg, netgossip.NetGossip):
@@ -156,17 +165,22 @@ class Tables:
             for r in self.store.cluster_rows()
             if isinstance(r, NetworkRow) or not self._reaped(r.writer)
         ]
+        keys = [r for r in self.ipsec if not self._reaped(r.node)]
+        extra = [ipsecrows.state_field(keys)] if keys else []
         # Nothing to say: stay silent (serf peers log user state they cannot parse).
-        return netgossip.encode_state(rows) if rows else b""
+        return netgossip.encode_state(rows, extra) if rows or extra else b""
 
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
         self._now = now
         effects: list[Effect] = []
         try:
             msg = netgossip.decode(data, now)
+            extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
         except DecodeError as exc:
             self._bad_input(exc, effects)
             return effects
+        for ipsec_row in extra:
+            self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
         if isinstance(msg, netgossip.State):
             for row in msg.rows:
                 self._merge_cluster(now, row, effects, rebroadcast=False)
@@ -433,6 +447,47 @@ class Tables:
             self._keep_in_use(now, net, effects)
         self._finish(effects)
         return effects
+
+    def publish_ipsec_keys(self, now: float, keys: Sequence[tuple[int, bytes]]) -> list[Effect]:
+        """This node's IPsec public keys, (epoch, X25519 public) ascending: replaces the
+        previous row cluster-wide (an empty list: no keys). Raises TableError."""
+        self._now = now
+        try:
+            row = ipsecrows.IpsecKeysRow(self.node, self._tick(), self.vtep, tuple(keys))
+            ipsecrows.row_from_obj(ipsecrows.state_field([row])[0])  # same checks as a receiver's
+        except DecodeError as exc:
+            raise TableError(str(exc)) from None
+        self._store_ipsec(row)
+        return []
+
+    def ipsec_rows(self) -> list[ipsecrows.IpsecKeysRow]:
+        """IPsec key rows of this node and of members that are alive or suspect, by node."""
+        return [r for r in self.ipsec if self._up(r.node)]
+
+    def _store_ipsec(self, row: ipsecrows.IpsecKeysRow) -> None:
+        merged = self.ipsec.merge(row)
+        assert merged, f"local write did not supersede: {row}"
+        self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
+
+    def _merge_ipsec(
+        self, now: float, row: ipsecrows.IpsecKeysRow, effects: list[Effect], *, rebroadcast: bool
+    ) -> None:
+        self._witness(row.lamport)
+        if row.node == self.node:
+            # Owner authority: a row of ours we do not hold (a life before a restart)
+            # is superseded by our current keys, or by "no keys" if we have none yet.
+            cur = self.ipsec.get(self.node)
+            if cur is None or ipsecrows.newer(row, cur):
+                self.stats.reasserts += 1
+                self._store_ipsec(ipsecrows.IpsecKeysRow(
+                    self.node, self._tick(), self.vtep, cur.keys if cur is not None else ()))
+            return
+        if self._reaped(row.node) or not self.ipsec.merge(row):
+            return
+        self.stats.rows_applied += 1
+        self._note_owner(row.node, now)
+        if rebroadcast:
+            self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
 
     def check_invariants(self) -> None:
         """For tests: internal consistency."""
@@ -725,6 +780,7 @@ class Tables:
     def _reap(self, now: float) -> None:
         if self.store.reap(now, self._reaped, now - self.config.owner_reap, self.node):
             self._touch_all()
+        self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and self._reaped(r.node)])
         horizon = 2 * self.config.owner_reap
         for node in [n for n, t in self._gone.items() if now - t >= horizon]:
             if self.swim is None or self.swim.member(node) is None:
