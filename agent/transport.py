@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
-from gossip.wire import stream_message_size
 
 from agent.addresses import family_of, format_address, peer_address, sockaddr_for
 from gossip.effects import Address
 from gossip.errors import DecodeError
+from gossip.wire import stream_message_size
 
 log = logging.getLogger("agent.transport")
 
