@@ -76,7 +76,7 @@ def summary_line(result: dict[str, Any]) -> str:
     for d in result["dissemination"]:
         parts.append(f"{d['label']}: 50% {_f(d['t50'])} s, 99% {_f(d['t99'])} s, 100% {_f(d['t100'])} s")
     conv = result["convergence"]
-    if conv["all_started_at"] > 0:
+    if conv["join_converged_at"] is not None or conv["all_started_at"] > 0:
         parts.append(f"join: all {spec['nodes']} started by {conv['all_started_at']:.2f} s, every view "
                      f"correct at {_f(conv['join_converged_at'])} s")
     parts.append(f"false positives: {fp['suspicions']} suspicions, {fp['deaths']} deaths; "

@@ -120,6 +120,8 @@ class Metrics:
         self.up_time = [0.0] * n
         self.restarted_at = [-INF] * n
         self.last_first_start = 0.0
+        self.bootstrapped = False
+        """Nodes were started one by one (a bootstrap), not pre-converged."""
         """When the last node started for the first time (the end of a bootstrap)."""
         self.stalling = bytearray(n)
         self.stall_count = 0
@@ -142,6 +144,7 @@ class Metrics:
         self.up_since[x] = now
         if not restart:
             self.last_first_start = now
+            self.bootstrapped = True
         if restart:
             self.restarted_at[x] = now
         out = self._open.pop(x, None)
@@ -365,6 +368,8 @@ class Metrics:
             joined = next((t for t, c in after if c), None)
         else:
             joined = t0 if (before[-1] if before else True) else None
+        if not self.bootstrapped:
+            joined = None
         return {
             "all_started_at": t0,
             "join_converged_at": joined,

@@ -161,9 +161,14 @@ def sweep_plots(out: Path, key: str, points: Sequence[tuple[str, dict[str, Any]]
                                    ("detection.all_observers_failed.max", "all observers")]),
         ("false positives", [("false_positives.suspicions", "suspicions"),
                              ("false_positives.deaths", "deaths")]),
-        ("cost of the run", [("perf.run_s", "wall s"), ("perf.peak_rss_mib", "peak RSS MiB / 10")]),
+        ("cost of the run", [("perf.cpu_s", "CPU s"), ("perf.rss_end_mib", "RSS MiB / 10")]),
     ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.3 * len(panels)), sharex=True)
+    # Only panels with something to show (no detection panel without crashes, ...).
+    panels = [(t, lines) for t, lines in panels if any(series(path)[0] for path, _ in lines)]
+    if not panels:
+        return []
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.3 * len(panels)), sharex=True, squeeze=False)
+    axes = [row[0] for row in axes]
     for ax, (title, lines) in zip(axes, panels, strict=True):
         for path, lab in lines:
             x, y, lo, hi = series(path)
@@ -179,6 +184,9 @@ def sweep_plots(out: Path, key: str, points: Sequence[tuple[str, dict[str, Any]]
             for q, style in ((0.5, ":"), (0.99, "--")):
                 ys = [math.ceil(serf_rounds(int(x), q, fanout)) * interval for x in grid]
                 ax.plot(grid, ys, style, color="grey", label=f"serf formula {q:.0%}")
+            # The same logistic curve without the page's factor ½ and whole rounds.
+            ys = [serf_rounds(int(x), 0.99, fanout) / 2 * interval for x in grid]
+            ax.plot(grid, ys, "-.", color="black", linewidth=0.8, label="logistic, β·N = fanout, 99 %")
         ax.set_ylabel(title, fontsize=8)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
@@ -192,3 +200,82 @@ def sweep_plots(out: Path, key: str, points: Sequence[tuple[str, dict[str, Any]]
     fig.savefig(p, dpi=DPI)
     plt.close(fig)
     return [p]
+
+
+def compare_plot(out: Path, sweeps: Sequence[tuple[str, dict[str, Any]]],
+                 metrics: Sequence[tuple[str, str]] = (("false_positives.deaths", "false deaths"),
+                                                       ("false_positives.suspicions", "false suspicions"))) -> Path | None:
+    """Bars per sweep (one group each) and per value of its first axis, averaged over the rest."""
+    if not available() or not sweeps:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+    axes = list(axes) if len(metrics) > 1 else [axes]
+    for ax, (path, label) in zip(axes, metrics, strict=True):
+        values: list[str] = []
+        for _, sw in sweeps:
+            for p in sw["points"]:
+                if str(p["value"]) not in values:
+                    values.append(str(p["value"]))
+        width = 0.8 / max(1, len(values))
+        for j, value in enumerate(values):
+            means, lo, hi = [], [], []
+            for _, sw in sweeps:
+                vals = [v for v in (_get(p["result"], path) for p in sw["points"] if str(p["value"]) == value)
+                        if v is not None]
+                m = sum(vals) / len(vals) if vals else 0.0
+                means.append(m)
+                lo.append(m - min(vals) if vals else 0.0)
+                hi.append(max(vals) - m if vals else 0.0)
+            xs = [i + (j - (len(values) - 1) / 2) * width for i in range(len(sweeps))]
+            key = sweeps[0][1]["axes"][0]["key"]
+            ax.bar(xs, means, width, yerr=[lo, hi], capsize=3, label=f"{key}={value}")
+        ax.set_xticks(range(len(sweeps)), [name for name, _ in sweeps], fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sim.plots sweep DIR`` redraws DIR/sweep.png from DIR/sweep.json;
+    ``python -m sim.plots compare OUT.png LABEL=SWEEP_DIR ...`` draws bars across sweeps."""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "sweep":
+        try:
+            sw = json.loads((Path(args[1]) / "sweep.json").read_text())
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read {args[1]}/sweep.json: {e}", file=sys.stderr)
+            return 2
+        points = [(str(p["value"]), p["result"]) for p in sw["points"]]
+        return 0 if sweep_plots(Path(args[1]), sw["axes"][0]["key"], points) else 2
+    if len(args) < 3 or args[0] != "compare":
+        print("usage: python -m sim.plots sweep SWEEP_DIR\n"
+              "       python -m sim.plots compare OUT.png LABEL=SWEEP_DIR [LABEL=SWEEP_DIR ...]",
+              file=sys.stderr)
+        return 2
+    sweeps = []
+    for item in args[2:]:
+        label, sep, directory = item.partition("=")
+        if not sep:
+            print(f"error: expected LABEL=SWEEP_DIR, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            sweeps.append((label.replace("\\n", "\n"), json.loads((Path(directory) / "sweep.json").read_text())))
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read {directory}/sweep.json: {e}", file=sys.stderr)
+            return 2
+    made = compare_plot(Path(args[1]), sweeps)
+    if made is None:
+        print("error: matplotlib is not installed (pip install -e '.[sim]')", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

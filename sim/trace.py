@@ -41,8 +41,10 @@ class Trace:
         h.update(_SEND(kind, at, src, dst))
         h.update(data)
         if self._out is not None:
+            # memberlist type byte; a CRC frame (12) is named by what it carries.
+            mtype = data[5] if len(data) > 5 and data[0] == 12 else (data[0] if data else None)
             self._line({"t": at, "k": "udp" if kind == KIND_UDP else "tcp", "src": src, "dst": dst,
-                        "len": len(data), "type": data[0] if data else None})
+                        "len": len(data), "type": mtype})
 
     def event(self, at: float, observer: int, code: int, subject: str) -> None:
         self.records += 1

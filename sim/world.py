@@ -276,6 +276,7 @@ class World:
         node = self.nodes[dst]
         if node.state == PAUSED:
             if node.resume_at <= deadline:
+                # Handled (and its bytes counted) on resume.
                 self._queue(node, STREAM, src, c)
             else:
                 self._fail_stream(c, None, src)
@@ -283,6 +284,8 @@ class World:
         if node.state == OFF or node.core is None:
             self._fail_stream(c, at if node.refuses else None, src)
             return
+        # Bytes count once a connection exists: a refused or timed-out connect sends none.
+        self.metrics.tcp_bytes += len(data)
         self.metrics.core_calls += 1
         try:
             reply, effects = node.core.handle_stream(at, self.nodes[src].addr, data)
@@ -420,7 +423,6 @@ class World:
         now = self.now
         met = self.metrics
         met.tcp_msgs += 1
-        met.tcp_bytes += len(e.data)
         deadline = now + self.tcp_timeout
         c = (e.token, e.data, e.expect_reply, node.gen, deadline)
         dst = self.by_addr.get(e.to)

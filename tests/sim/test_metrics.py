@@ -122,3 +122,18 @@ def test_analytic_reference_numbers() -> None:
     for n, rounds in ((30, 9), (100, 10), (1000, 11), (10000, 13), (100000, 14)):
         assert serf_time(n, 0.9999, lan) == pytest.approx(rounds * 0.2)
     assert serf_rounds(30, 0.5) * 0.2 == pytest.approx(0.46, abs=0.01)
+
+
+def test_join_convergence_only_for_bootstraps() -> None:
+    mt = Metrics(3, 60.0, fp_grace=10.0)
+    mt.on_start_all(0.0)
+    assert mt.convergence()["join_converged_at"] is None
+    boot = Metrics(2, 60.0, fp_grace=10.0)
+    boot.on_start(0.0, 0)
+    boot.on_start(1.0, 1)
+    assert boot.convergence()["join_converged_at"] is None  # nobody knows anybody yet
+    boot.on_event(1.2, 0, m.JOINED, 1, member("n1"))
+    boot.on_event(1.5, 1, m.JOINED, 0, member("n0"))
+    conv = boot.convergence()
+    assert conv["all_started_at"] == 1.0
+    assert conv["join_converged_at"] == 1.5 and conv["join_convergence_s"] == 0.5
