@@ -8,6 +8,9 @@ running ``python -m agent`` from this checkout's venv with a short key rotation
 2. tcpdump on the underlay sees ESP only (no UDP 4789, no ICMP) while pinging;
 3. ``ip xfrm state``/``policy`` on each host: ESP rfc4106 SAs and policies toward both
    peers, all with the agent's reqid;
+3b. host1's out policy toward host2 deleted by hand (``ip xfrm policy delete``): host2
+   drops the cleartext VXLAN (ping lost, its XfrmInTmplMismatch grows); host1's agent
+   restores the policy (repair pass, agent/ipsec.py RESYNC) and pings pass again;
 4. ping at 20/s across >= 3 rotations: 0 lost; several send SPIs seen;
 5. host2 removes its endpoint (no longer shares the network): its SAs and policies
    vanish on host0 and host1, which keep theirs toward each other;
@@ -25,10 +28,12 @@ import re
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.lab import Lab
 from tests.netns.overlaylab import OverlayLab, wait_for
+from tests.vm.guest_lab import xfrm_stat
 from tests.vm.guest_xfrm import Results, pcap_counts
 
 INTERVAL = 5.0
@@ -48,6 +53,58 @@ def peer_addrs(text: str) -> set[str]:
     for a, b in re.findall(r"src (\S+) dst (\S+)", text):
         out.update(x.split("/")[0] for x in (a, b))
     return out
+
+
+def poll(check: Callable[[], bool], within: float, every: float = 0.25) -> bool:
+    """Like wait_for, but returns False at the deadline so the step records a failed check."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+def hand_deleted_policy(res: Results, lab: Lab, ov: OverlayLab, cs: list[str], ips: list[str],
+                        addrs: list[str]) -> None:
+    """Step 3b: delete host1's out policy toward host2 by hand; host2 must drop the
+    cleartext VXLAN that host1 then sends, and host1's agent must put the policy back."""
+    ns1, ns2 = ov.nodes[1].host.netns, ov.nodes[2].host.netns
+    selector = f"src {addrs[1]}/32 dst {addrs[2]}/32 proto udp dport 4789 dir out".split()
+    out_re = re.compile(rf"src {re.escape(addrs[1])}/32 dst {re.escape(addrs[2])}/32.*?dir out", re.S)
+
+    def present() -> bool:
+        return bool(out_re.search(xfrm_text(lab, ns1, "policy")))
+
+    def mismatches() -> int:
+        return xfrm_stat(ns2).get("XfrmInTmplMismatch", 0)
+
+    # The agent's repair pass (every 5 s, and on every rotation) may put the policy back
+    # before our ping leaves; then nothing went out in clear and we simply try again.
+    attempts: list[str] = []
+    dropped = False
+    deleted_at = time.monotonic()
+    for _ in range(4):
+        if not poll(present, within=15):
+            break
+        before = mismatches()
+        lab.run(ns1, ["ip", "xfrm", "policy", "delete", *selector], check=True)
+        deleted_at = time.monotonic()
+        answered = ov.ping(cs[1], ips[2], count=1)
+        after = mismatches()
+        attempts.append(f"ping {'answered' if answered else 'lost'}, h2 XfrmInTmplMismatch {before} -> {after}")
+        if after > before:
+            dropped = not answered
+            break
+    res.check("cleartext_vxlan_dropped", dropped,
+              f"out policy h1->h2 deleted by hand; attempts: {attempts}")
+
+    restored = poll(present, within=15)
+    took = time.monotonic() - deleted_at
+    passing = restored and poll(lambda: ov.ping(cs[1], ips[2], count=1), within=15, every=0.5)
+    res.check("policy_restored", bool(attempts) and restored and passing,
+              f"policy back after {took:.1f}s (deadline 15s): {restored}; pings h1->h2 pass again: {passing}")
+    res.info("policy_restore_s", round(took, 1))
 
 
 def main() -> int:
@@ -110,6 +167,8 @@ def main() -> int:
                 res.info("host0_xfrm_policy", pol)
                 res.info("host0_sa_count", st.count("proto esp"))
         res.check("ip_xfrm", not problems, "; ".join(problems) or "2 peers x (SAs per live epoch, in+out policy)")
+
+        hand_deleted_policy(res, lab, ov, cs, ips, addrs)
 
         # Rotation under load.
         count = int(RATE * INTERVAL * (ROTATIONS + 0.5))

@@ -1,5 +1,6 @@
 """Real agents program real ESP: 3 ``python -m agent`` processes in namespaces inside one
-VM (Debian's stock kernel), an encrypted network, rotation under load, leave.
+VM (Debian's stock kernel), an encrypted network, a hand-deleted policy repaired,
+rotation under load, leave.
 
 One VM run executes tests/vm/guest_ipsec_agents.py, which records each step as a named
 check; each test asserts one of them, so a failure names the step with the guest's
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("ipsec-agents-vm")
-    res = run_guest_module("tests.vm.guest_ipsec_agents", out, timeout=180)
+    res = run_guest_module("tests.vm.guest_ipsec_agents", out, timeout=210)
     try:
         data: dict[str, Any] = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
@@ -49,6 +50,14 @@ def test_underlay_carries_only_esp(guest: dict[str, Any]) -> None:
 
 def test_ip_xfrm_shows_sas_and_policies_toward_both_peers(guest: dict[str, Any]) -> None:
     expect(guest, "ip_xfrm")
+
+
+def test_hand_deleted_out_policy_makes_receiver_drop_cleartext(guest: dict[str, Any]) -> None:
+    expect(guest, "cleartext_vxlan_dropped")
+
+
+def test_agent_restores_hand_deleted_policy(guest: dict[str, Any]) -> None:
+    expect(guest, "policy_restored")
 
 
 def test_rotation_under_load_loses_nothing(guest: dict[str, Any]) -> None:
