@@ -11,6 +11,8 @@ import ipaddress
 import socket
 
 Address = tuple[str, int]
+DEFAULT_PORT = 7946
+"""Gossip port when an address has none (memberlist's and serf's default)."""
 
 
 class UsageError(ValueError):

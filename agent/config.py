@@ -27,8 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from agent.addresses import DEFAULT_PORT as DEFAULT_PORT
 from agent.addresses import UsageError, is_wildcard, parse_address
 from crypto.keyring import decode_key
+from gossip.agenttag import AGENT_TAG, with_agent_tag
 from gossip.config import Config, Profile
 from gossip.effects import Address
 from gossip.serfcompat import encode_tags
@@ -38,7 +40,6 @@ CONFIG_ENV = "OVERLAY_AGENT_CONFIG"
 ENV_PREFIX = "OVERLAY_AGENT_"
 SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
 """agentctl's variable; the agent accepts it too, below OVERLAY_AGENT_CONTROL_SOCKET."""
-DEFAULT_PORT = 7946
 DEFAULT_VXLAN_PORT = 4789
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_CONTROL_SOCKET = "/run/overlay-agent/agent.sock"
@@ -538,9 +539,12 @@ def build(layer: Layer, *, config_file: str | None = None,
         if name in KEYS and not raw.textual:
             raise ConfigError(f"{raw.origin}: a tag named like the top-level key '{name}': did you put it "
                               f"after [tags]? (TOML puts every key after a [table] header into that table)")
+        if name == AGENT_TAG:
+            raise ConfigError(f"{raw.origin}: the tag '{AGENT_TAG}' is reserved (the agent sets it to tell "
+                              f"its own members from serf's)")
         tags[name] = b.run(raw, lambda r: r.value if isinstance(r.value, str) else _as_str(r))
     try:
-        encode_tags(tags)  # the 512-byte node meta limit
+        with_agent_tag(encode_tags(tags))  # the 512-byte node meta limit, agent tag included
     except ValueError as exc:
         origins = sorted({r.origin for r in tag_raws.values()})
         raise ConfigError(f"{', '.join(origins) or 'tags'}: {exc}") from None

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
 from agent import api
-from agent.addresses import format_address
+from agent.addresses import DEFAULT_PORT, UsageError, format_address, parse_address
 
 SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
 DEFAULT_SOCKET = "/run/overlay-agent/agent.sock"
@@ -307,6 +307,27 @@ def cmd_status(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_join(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
+    addresses = []
+    for text in ns.addresses:
+        try:
+            addresses.append(format_address(parse_address(text, DEFAULT_PORT)))
+        except UsageError as exc:
+            raise CtlError(f"join: {exc}") from None
+    result = client.request("join", {"addresses": addresses}) or {}
+    contacted = int(result.get("contacted") or 0)
+    failed = [str(a) for a in result.get("failed") or []]
+    if ns.format == "json":
+        _dump(result, out)
+    else:
+        out.write(f"Successfully joined cluster by contacting {contacted} nodes.\n" if contacted else "")
+        for addr in failed:
+            out.write(f"could not reach {addr}\n")
+    if not contacted:
+        raise CtlError(f"join: no seed answered ({', '.join(failed) or 'no address'})")
+    return 0
+
+
 def cmd_leave(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     result = client.request("leave") or {}
     if ns.format == "json":
@@ -417,6 +438,7 @@ examples:
   agentctl events --follow            member changes as they happen
   agentctl keys list                  the gossip keyring
   agentctl keys install -             install a key read from stdin (keeps it out of ps)
+  agentctl join 10.0.0.1              join a cluster through a seed (serf or ours)
   agentctl leave                      leave the cluster gracefully and stop the agent
   agentctl network create blue --subnet 10.10.0.0/24    an overlay network (prints its id)
   agentctl endpoint create blue --netns c1             a veth into namespace c1, published
@@ -473,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: agentctl status --format json | jq .warnings")
     _format(s)
     s.set_defaults(run=cmd_status)
+    j = sub.add_parser("join", help="join a cluster through one or more seed agents",
+                       epilog="example: agentctl join 10.0.0.1 10.0.0.2:7946  (port 7946 by default; "
+                              "serf agents are seeds too)")
+    j.add_argument("addresses", nargs="+", metavar="ADDR[:PORT]", help="IP, IP:PORT or [IPv6]:PORT")
+    _format(j, ("text", "json"))
+    j.set_defaults(run=cmd_join)
     lv = sub.add_parser("leave", help="leave the cluster gracefully, then stop the agent",
                         epilog="peers show this node as 'left' (a plain stop shows it failed)")
     _format(lv, ("text", "json"))

@@ -7,7 +7,8 @@ Owns (an ``agent.service.Extension`` that sits next to ``agent.overlay.Overlay``
   the very SAs the kernel already holds. The file records the boot id: after a reboot
   (the kernel's SAs are gone, GCM nonces would restart at 1) old keys are discarded;
 - publication of the public halves as this node's ``IpsecKeysRow`` in the tables
-  (``Tables.publish_ipsec_keys``; no secret ever goes into gossip);
+  (``Tables.publish_ipsec_keys``; no secret ever goes into gossip), from the moment an
+  encrypted network exists in the cluster (a membership-only agent makes no keys);
 - the XFRM task: for every peer that shares at least one encrypted network with us
   (and only those), ``crypto.ipsec.pair_sas`` for the live epochs, turned into states
   and policies (``dataplane.xfrm.desired_xfrm``) and synced in a worker thread
@@ -58,6 +59,9 @@ DEFAULT_INTERVAL = 12 * 3600.0
 MAX_GRACE = 60.0
 POLL = 0.2
 """How often the task compares the tables' change counters (an int comparison)."""
+IDLE_POLL = 5.0
+"""The same while it holds no keys and no kernel objects (no encrypted network yet): a
+table change pokes it at once (``Overlay.change_listeners``), so this only saves wake-ups."""
 RESYNC = 5.0
 """Full read-back at least this often while we hold objects (repairs manual deletions)."""
 RETRY = 2.0
@@ -324,6 +328,7 @@ class IpsecAgent:
         node = rt.config.node
         self.store = KeyStore(self._key_dir or default_key_dir(node), self.boot)
         self.overlay.ipsec_view = self.ipsec_peers_view
+        self.overlay.change_listeners.append(self.poke)
         rt.status_sections.append(self.status_section)
         rt.warning_sources.append(self.warnings)
         rt.metric_sources.append(self.metrics)
@@ -351,6 +356,9 @@ class IpsecAgent:
         seen: tuple[object, ...] | None = None
         next_full = -math.inf
         while True:
+            # A fresh wake event before reading any state: a poke while this pass awaits
+            # the driver or the kernel must end the wait below, not be lost with an old event.
+            self._wake = trio.Event()
             now = self.clock()
             key = (self.tables.version, self.tables.ipsec.version, self._additive_only())
             due = trio.current_time() >= next_full
@@ -359,8 +367,8 @@ class IpsecAgent:
                 seen = key
                 ok = await self._pass(rt, now)
                 next_full = trio.current_time() + (RESYNC if ok else RETRY)
-            wait = min(POLL, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
-            self._wake = trio.Event()
+            poll = IDLE_POLL if not self.keys and self._held == 0 else POLL
+            wait = min(poll, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
             with trio.move_on_after(wait):
                 await self._wake.wait()
 
@@ -373,6 +381,8 @@ class IpsecAgent:
     async def _rotate_keys(self, rt: Runtime, now: float, rekey: Sequence[int] = ()) -> bool:
         """Hold the keys the schedule wants (fresh ones for ``rekey``), save them, and
         make sure the tables publish exactly their public halves. True if keys changed."""
+        if not rekey and not self._keys_needed():
+            return False
         keep = ipsec.epochs_to_keep(now, self.policy)
         changed = False
         for epoch in ipsec.epochs_to_publish(now, self.policy):
@@ -408,6 +418,13 @@ class IpsecAgent:
         if self.overlay.watched is not None:
             self.overlay.watched.check()
         return changed
+
+    def _keys_needed(self) -> bool:
+        """Keys are made and published once any encrypted network exists in the cluster
+        (or we hold some, e.g. restored after a restart). Every node learns of a network
+        when it is created, before anyone can add an endpoint to it, so keys are out in
+        time; until then a membership-only agent never loads the X25519 code."""
+        return bool(self.keys) or any(n.encrypted for n in self.tables.networks())
 
     # -- one pass -------------------------------------------------------------------------------
 

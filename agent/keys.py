@@ -1,39 +1,40 @@
-"""Gossip key management on this node: ``agentctl keys list|install|use|remove|require|allow-plaintext``.
+"""Gossip key management: ``agentctl keys list|install|use|remove|encrypt|require|allow-plaintext``.
 
-Owns: applying a key operation to the core's keyring (inside the driver, so it
-is atomic with respect to gossip), the rules and messages (the primary key
-cannot be removed, a key must be installed before use, ...) and the encryption
-roll-out window (``require_encryption`` False: plaintext is accepted too).
-Serf's own ``serf keys`` reaches our agents through the core's answers to
-serf's key queries (``gossip/serfquery.py``); the keyring then changes
-remotely and ``service`` persists it on ``KeyringChanged``.
-Does not: persist (``agent.persist``) or talk to other members. Cluster-wide
-dissemination needs the core to *send* serf's key queries and surface the
-responses (see the report in docs/operations.md, "Gossip keys").
+Owns: applying a key operation to this node's core keyring (inside the driver, so
+it is atomic with respect to gossip), the rules and messages (the primary key
+cannot be removed, a key must be installed before use, ...), the encryption
+roll-out window (``require_encryption`` False: plaintext is accepted too) and the
+serf query that carries an action to the other members (``query_for``).
+``agent/ops.py`` ``keys_op`` applies the action here, then (unless ``--local``)
+sends that query with ``Swim.send_query``: every member, serf agents included,
+applies and answers it and relays it on, so it reaches the whole cluster; the
+report says which members applied it (``gossip.keyops.cluster_report``).
+Members apply in ``gossip/serfquery.py`` (``serf keys`` reaches our agents the
+same way) and ``service`` persists on ``KeyringChanged``.
+Does not: persist (``agent.persist``), send or wait for answers (``ops``, ``queries``).
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 from typing import Any
 
 from agent.api import ApiError
 from crypto.keyring import Keyring, decode_key, encode_key
-from gossip import serfcompat, serfquery
-from gossip.errors import DecodeError
+from gossip import keyops, serfquery
+from gossip.keyops import cluster_report, live_members, query_timeout
 from gossip.members import Status
 from gossip.swim import Swim
 
+__all__ = ["ACTIONS", "MUTATING", "QUERIES", "apply", "cluster_report", "live_members", "parse_key",
+           "query_for", "query_timeout", "view"]
+
 ACTIONS = ("list", "install", "use", "remove", "encrypt", "require", "allow-plaintext")
 MUTATING = ("install", "use", "remove", "encrypt", "require", "allow-plaintext")
-QUERIES = {
-    "install": "_serf_install-key",
-    "use": "_serf_use-key",
-    "remove": "_serf_remove-key",
-    "list": "_serf_list-keys",
-}
-"""Actions that serf members understand too (serf's internal key queries)."""
+QUERIES = keyops.KEY_QUERIES
+"""Actions that serf members understand too (serf's internal key queries). The pure
+parts of a cluster-wide change (rules, query, timeout, report) live in ``gossip.keyops``,
+shared with the simulator's key-rotation scenario."""
 
 
 def parse_key(args: dict[str, Any]) -> bytes:
@@ -83,20 +84,14 @@ def apply(swim: Swim, action: str, args: dict[str, Any]) -> tuple[dict[str, Any]
             swim.require_encryption = False
             swim.encrypt_outgoing = False
             changed = True
-        elif key not in ring.keys:
-            ring.install(key)
-            changed = True
+        else:
+            changed = keyops.apply_key(ring, "install", key)
     elif action in ("use", "remove"):
         key = parse_key(args)
         if ring is None or ring.primary is None:
             raise ApiError("encryption is not enabled on this agent (no keyring)")
         try:
-            if action == "use":
-                changed = ring.primary != key
-                ring.use(key)
-            else:
-                ring.remove(key)
-                changed = True
+            changed = keyops.apply_key(ring, action, key)
         except ValueError as exc:
             raise ApiError(str(exc)) from None
     elif action == "encrypt":
@@ -118,48 +113,7 @@ def apply(swim: Swim, action: str, args: dict[str, Any]) -> tuple[dict[str, Any]
 def query_for(action: str, args: dict[str, Any]) -> tuple[str, bytes]:
     """The serf query that carries ``action`` to the other members."""
     if action in ("install", "use", "remove"):
-        return QUERIES[action], serfcompat.encode_key_request(parse_key(args))
+        return keyops.key_query(action, parse_key(args))
     if action == "list":
-        return QUERIES[action], b""
+        return keyops.key_query(action, None)
     return serfquery.MODE_QUERY, action.encode()
-
-
-def query_timeout(swim: Swim) -> float:
-    """serf's default: GossipInterval × QueryTimeoutMult (16) × ceil(log10(N + 1))."""
-    n = swim.num_members()
-    return swim.config.gossip_interval * 16 * max(1, math.ceil(math.log10(n + 1)))
-
-
-def live_members(swim: Swim) -> list[str]:
-    return sorted(m.name for m in swim.members()
-                  if m.name != swim.name and m.status in (Status.ALIVE, Status.SUSPECT))
-
-
-def cluster_report(me: str, live: list[str], acks: list[str], responses: dict[str, bytes]) -> dict[str, Any]:
-    """Which members applied the change (or listed their keys), which refused, which were silent."""
-    applied: list[str] = [me]
-    failed: dict[str, str] = {}
-    keys_by_member: dict[str, list[str]] = {}
-    for node, payload in sorted(responses.items()):
-        try:
-            kind, body = serfcompat.decode_serf_message(payload)
-        except DecodeError:
-            failed[node] = "unreadable answer"
-            continue
-        if kind != serfcompat.SerfType.KEY_RESPONSE:
-            failed[node] = "unexpected answer"
-        elif body["Result"]:
-            applied.append(node)
-            if body["Keys"]:
-                keys_by_member[node] = list(body["Keys"])
-        else:
-            failed[node] = body["Message"] or "refused"
-    answered = set(responses) | set(acks)
-    return {
-        "members": len(live) + 1,
-        "applied": applied,
-        "failed": failed,
-        "acked_without_answer": sorted(set(acks) - set(responses)),
-        "no_answer": [n for n in live if n not in answered],
-        "keys_by_member": keys_by_member,
-    }

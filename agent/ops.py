@@ -1,4 +1,4 @@
-"""The built-in control ops: ``members``, ``status``, ``leave``, ``events``, ``keys``.
+"""The built-in control ops: ``members``, ``status``, ``join``, ``leave``, ``events``, ``keys``.
 
 Owns: what each op does and the shape of its result (see ``agent.api`` for the
 framing). Core state is read and changed only through ``Driver.call`` so that
@@ -16,13 +16,14 @@ from typing import Any
 
 import trio
 
-from agent import api, keys
+from agent import api
+from agent.addresses import DEFAULT_PORT, Address, UsageError, format_address, parse_address
 from agent.control import Op, agent_version
 from agent.events import OVERFLOW
 from agent.log import kv
 from agent.queries import QueryBook
 from agent.runtime import Runtime
-from gossip.effects import Effect
+from gossip.effects import Effect, JoinFinished
 from gossip.members import Status
 from gossip.swim import Swim
 
@@ -30,6 +31,9 @@ log = logging.getLogger("agent.ops")
 
 LEAVE_WAIT = 10.0
 """How long ``leave`` waits for the leave to go out before replying anyway."""
+MAX_JOIN_SEEDS = 256
+JOIN_WAIT_EXTRA = 2.0
+"""``join`` waits for the push/pull with every seed: the TCP timeout, plus this."""
 
 
 async def members(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
@@ -77,6 +81,75 @@ async def status(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> An
     return result
 
 
+class JoinWaiters:
+    """``join`` requests waiting for their ``JoinFinished`` (one driver listener for all).
+
+    The core does not tag join batches, so an outcome is matched to the oldest waiter
+    whose seeds it accounts for exactly (contacted + failed = its seeds, the failed among
+    them); joins at the same time with the same seeds are interchangeable anyway."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.waiting: list[tuple[frozenset[Address], int, trio.Event, list[JoinFinished]]] = []
+        rt.driver.on_effect(JoinFinished, self._finished)
+
+    def expect(self, seeds: list[Address]) -> tuple[trio.Event, list[JoinFinished]]:
+        done, box = trio.Event(), list[JoinFinished]()
+        self.waiting.append((frozenset(seeds), len(seeds), done, box))
+        return done, box
+
+    def forget(self, done: trio.Event) -> None:
+        self.waiting = [w for w in self.waiting if w[2] is not done]
+
+    def _finished(self, effect: JoinFinished) -> None:
+        for entry in self.waiting:
+            seeds, count, done, box = entry
+            if effect.contacted + len(effect.failed) == count and set(effect.failed) <= seeds:
+                box.append(effect)
+                done.set()
+                self.waiting.remove(entry)
+                return
+
+
+def _join_seeds(args: dict[str, Any]) -> list[Address]:
+    raw = args.get("addresses")
+    if not isinstance(raw, list) or not raw or not all(isinstance(a, str) for a in raw):
+        raise api.ApiError('"addresses" must be a non-empty list of "IP[:PORT]" strings')
+    if len(raw) > MAX_JOIN_SEEDS:
+        raise api.ApiError(f"at most {MAX_JOIN_SEEDS} addresses per join")
+    seeds: list[Address] = []
+    for text in raw:
+        try:
+            addr = parse_address(text, DEFAULT_PORT)
+        except UsageError as exc:
+            raise api.ApiError(str(exc)) from None
+        if addr not in seeds:
+            seeds.append(addr)
+    return seeds
+
+
+async def join(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+    """``{"addresses": ["IP[:PORT]", ...]}`` (port 7946 by default): join the cluster through
+    these seeds, like ``serf join``, with the core's own join (push/pull with each seed).
+    Replies when every seed answered or failed: ``{"contacted": n, "failed": [...]}``."""
+    seeds = _join_seeds(req.args)
+    if rt.driver.leaving:
+        raise api.ApiError("the agent is leaving the cluster")
+    if rt.joins is None:
+        rt.joins = JoinWaiters(rt)
+    waiters: JoinWaiters = rt.joins
+    done, box = waiters.expect(seeds)
+    log.info(kv("join", seeds=",".join(format_address(a) for a in seeds), source="control"))
+    try:
+        await rt.driver.join(seeds)
+        with trio.move_on_after(rt.driver.swim.config.tcp_timeout + JOIN_WAIT_EXTRA):
+            await done.wait()
+    finally:
+        waiters.forget(done)
+    if not box:
+        raise api.ApiError("the join did not finish in time (see the agent's log)")
+    return {"contacted": box[0].contacted, "failed": [format_address(a) for a in box[0].failed]}
+
+
 async def leave(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
     log.info(kv("leave-requested", source="control"))
     rt.shutdown.stopping()
@@ -111,6 +184,8 @@ async def keys_op(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> A
     Applied here, then (unless ``local``) sent to every member as a serf query, the
     way ``serf keys`` does it: serf agents and ours both apply and answer it.
     """
+    from agent import keys  # key management is rare: not loaded at every start
+
     action = req.args.get("action", "list")
     if not isinstance(action, str):
         raise api.ApiError("\"action\" must be a string")
@@ -160,6 +235,7 @@ def builtin_ops() -> dict[str, Op]:
     return {
         "members": Op(members, "list cluster members"),
         "status": Op(status, "this agent's status, counters and warnings"),
+        "join": Op(join, "join the cluster through seed addresses"),
         "leave": Op(leave, "leave the cluster gracefully, then stop", stops_agent=True),
         "events": Op(events, "stream member events", streaming=True),
         "keys": Op(keys_op, "gossip keyring: list, install, use, remove, require, allow-plaintext"),

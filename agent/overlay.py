@@ -122,6 +122,8 @@ class Overlay:
         self._joined = trio.Event()
         """Set once a join reached a member (or at once without seeds)."""
         self._tables_moved = trio.Event()
+        self.change_listeners: list[Callable[[], None]] = []
+        """Called (in the driver task; must not block) whenever the tables changed."""
         self._restore_notes: list[str] = []
 
     # -- wiring (agent.service) -----------------------------------------------------------------
@@ -160,6 +162,8 @@ class Overlay:
         if self.rec is not None:
             self.rec.poke("tables")
         self._tables_moved.set()
+        for listener in self.change_listeners:
+            listener()
 
     async def run(self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not rt.config.join:

@@ -33,12 +33,14 @@ class WatchedTables:
     def __init__(self, tables: Tables, on_change: Callable[[], None]) -> None:
         self.tables = tables
         self.on_change = on_change
-        self._seen = tables.version
+        self._seen = (tables.version, tables.ipsec.version)
 
     def check(self) -> None:
-        """Call ``on_change`` if the tables changed since the last check (cheap)."""
-        if self.tables.version != self._seen:
-            self._seen = self.tables.version
+        """Call ``on_change`` if the tables (or the IPsec key rows) changed since the last
+        check (cheap)."""
+        seen = (self.tables.version, self.tables.ipsec.version)
+        if seen != self._seen:
+            self._seen = seen
             self.on_change()
 
     def node_meta(self, limit: int) -> bytes:
@@ -49,6 +51,9 @@ class WatchedTables:
             return self.tables.on_user_message(now, data)
         finally:
             self.check()
+
+    def accepts_user_data(self, peer: Member) -> bool:
+        return self.tables.accepts_user_data(peer)
 
     def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
         return self.tables.take_broadcasts(overhead, budget)

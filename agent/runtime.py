@@ -117,6 +117,8 @@ class Runtime:
     """``agent.queries.QueryBook``, created on the first cluster-wide ``keys`` request."""
     join_outcome: dict[str, Any] | None = None
     """The last ``JoinFinished``: {"contacted": n, "failed": [...]}."""
+    joins: Any = None
+    """``agent.ops.JoinWaiters``, created on the first ``join`` request."""
 
     def warnings(self) -> list[str]:
         """Things an operator should look at; each a short sentence."""

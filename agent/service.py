@@ -184,15 +184,21 @@ async def _watchdog(rt: Runtime, interval: float) -> None:
 
 
 def _release_startup_memory() -> None:
-    """Give the heap left over from imports and start-up back to the kernel (~1.5 MiB of RSS).
+    """Give the heap left over from imports and start-up back to the kernel (~1.5 MiB of RSS),
+    and take the start-up objects out of the cyclic GC's sight.
 
     glibc keeps freed memory in its heap; one ``malloc_trim`` after start-up
-    returns it. Elsewhere (musl, macOS) this does nothing.
+    returns it. Elsewhere (musl, macOS) this does nothing. ``gc.freeze`` moves
+    every object alive now (modules, classes, config) to the permanent generation,
+    so later full collections do not walk them again and again (idle CPU); the
+    process entry point (``agent.__main__``) ran start-up with GC off.
     """
     import ctypes
     import gc
 
     gc.collect()
+    gc.freeze()
+    gc.enable()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

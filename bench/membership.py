@@ -11,7 +11,15 @@ For each N and each kind (serf first, then ours), in a fresh lab of N hosts
 2. idle: a window with no polling; utime+stime per agent (/proc/PID/stat) and
    VmRSS per agent at its end;
 3. failure detection: SIGKILL of the last agent (never the seed); time until
-   every other agent shows it dead/failed.
+   every other agent shows it dead/failed;
+4. warm join, in a second lab of N hosts: all N agents start WITHOUT seeds; once
+   every one answers and their start-up CPU has settled, the harness tells N-1 of
+   them at once to join the first (serf: native RPC ``join``, what ``serf join``
+   sends; ours: the control op behind ``agentctl join``) and times until every
+   agent lists all N alive. This is the protocol's join, without process start-up.
+Our agents' modules are byte-compiled first (as a package install does): the
+machine sets PYTHONDONTWRITEBYTECODE, and compiling ~15k lines at every start
+would be counted as start-up otherwise.
 Polling is cheap on both sides (serf native RPC; our control socket, one JSON
 line), at most one sweep per 100 ms, converged agents are not polled again;
 times are poll completion times, i.e. upper bounds with one sweep's resolution.
@@ -23,6 +31,8 @@ shared/reference/serf-baseline.md (§2, §3).
 from __future__ import annotations
 
 import argparse
+import compileall
+import concurrent.futures
 import json
 import os
 import platform
@@ -36,17 +46,25 @@ from types import FrameType
 from typing import Any
 
 from bench import procstat, summary
+from bench.agentnode import PROJECT_ROOT, ControlClient
 from bench.cluster import Cluster, ClusterTimeout, Node, all_alive, sees_down
 from bench.lab import Lab, LabError
-from bench.serfnode import serf_binary
+from bench.serfnode import SerfRpc, serf_binary
 
 PROFILE = "lan"
 SIZES = (5, 20, 50)
 QUICK_SIZES = (5, 20)
 KINDS = ("serf", "ours")
-TARGETS = {"join_convergence": 1.0, "failure_detection": 1.0, "idle_cpu": 1.5, "rss": 2.0}
+TARGETS = {
+    "join_convergence": 1.0,
+    "join_convergence_warm": 1.0,
+    "failure_detection": 1.0,
+    "idle_cpu": 1.5,
+    "rss": 2.0,
+}
 METRIC_KEYS = {
     "join_convergence": "join_convergence_s",
+    "join_convergence_warm": "join_warm_s",
     "failure_detection": "detect_all_s",
     "idle_cpu": "idle_cpu_pct_per_agent_mean",
     "rss": "rss_mib_median",
@@ -55,7 +73,11 @@ SECONDARY_KEYS = {
     "join_after_ready": "join_after_ready_s",
     "detect_median": "detect_median_s",
     "agents_cpu_to_converge": "agents_cpu_to_converge_s",
+    "join_warm_median": "join_warm_median_s",
 }
+PACKAGES = ("agent", "gossip", "crypto", "dataplane")
+SETTLE_MAX = 20.0
+"""Warm join: how long to wait at most for the agents' start-up CPU to settle."""
 
 
 def log(msg: str) -> None:
@@ -152,6 +174,72 @@ def run_one(kind: str, n: int, *, idle: float, timeout: float) -> dict[str, Any]
     return r
 
 
+def _settle(pids: Sequence[int], max_wait: float) -> float:
+    """Wait until the agents together use less than 0.2 cores (start-up done); seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_wait:
+        before = sum(procstat.cpu_seconds(p) or 0.0 for p in pids)
+        time.sleep(0.5)
+        if sum(procstat.cpu_seconds(p) or 0.0 for p in pids) - before < 0.1:
+            break
+    return time.monotonic() - t0
+
+
+def _join_one(cl: Cluster, node: Node, seed: Node) -> int:
+    """Tell ``node`` to join ``seed``; how many seeds it contacted (raises OSError)."""
+    if node.kind == "serf":
+        rpc = SerfRpc(cl.lab, node.host, timeout=60.0)  # its own connection: polls use node.rpc
+        try:
+            return rpc.join([seed.bind])
+        finally:
+            rpc.close()
+    assert node.control_socket is not None
+    result = ControlClient(node.control_socket, timeout=60.0).request(
+        "join", args={"addresses": [seed.bind]}
+    )
+    return int(result["contacted"])
+
+
+def run_warm(kind: str, n: int, *, timeout: float) -> dict[str, Any]:
+    """Warm join (see the module docstring): every agent up first, then N-1 joins at once."""
+    r: dict[str, Any] = {}
+    with Lab(n) as lab:
+        cl = Cluster(lab, profile=PROFILE, serf_log_level="warn")
+        try:
+            names = [f"{kind[0]}{i:03d}" for i in range(n)]
+            nodes = [_start(cl, kind, i, names[i], []) for i in range(n)]
+            cl.wait_ready(nodes, timeout=timeout)
+            r["warm_settle_s"] = _settle([x.pid for x in nodes], SETTLE_MAX)
+            seed, joiners = nodes[0], nodes[1:]
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(joiners)) as pool:
+                t0 = time.monotonic()
+                futures = [pool.submit(_join_one, cl, x, seed) for x in joiners]
+                try:
+                    w = cl.wait_for(nodes, all_alive(names), timeout, t0=t0, what="warm join")
+                except ClusterTimeout as e:
+                    r["error"] = f"warm join did not converge: {e}"
+                    return r
+                for x, f in zip(joiners, futures, strict=True):
+                    try:
+                        if f.result() < 1:
+                            r["error"] = f"warm join: {x.name} contacted nobody"
+                    except OSError as e:
+                        r["error"] = f"warm join: {x.name}: {e}"
+            ts = sorted(w.times.values())
+            r["join_warm_s"] = ts[-1]
+            r["join_warm_median_s"] = _median(ts)
+        finally:
+            cl.close()
+    return r
+
+
+def _precompile() -> None:
+    """Byte-compile our packages (a package install does this; this machine's
+    PYTHONDONTWRITEBYTECODE would otherwise make every agent compile its sources)."""
+    for pkg in PACKAGES:
+        compileall.compile_dir(str(PROJECT_ROOT / pkg), quiet=1)
+
+
 def _delta(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else b - a
 
@@ -165,7 +253,9 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 
 
 LABELS = {
-    "join_convergence": ("join: all see all alive (s)", 2),
+    "join_convergence": ("join, cold start: all see all alive (s)", 2),
+    "join_convergence_warm": ("join, agents up: all see all alive (s)", 2),
+    "join_warm_median": ("join, agents up: median agent (s)", 2),
     "failure_detection": ("SIGKILL: all see it dead (s)", 2),
     "idle_cpu": ("idle CPU per agent (% core)", 2),
     "rss": ("RSS per agent (MiB)", 1),
@@ -236,6 +326,8 @@ def main(argv: Sequence[str]) -> int:
         print("serf is not installed (apt-get install serf)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if "ours" in kinds:
+        _precompile()
 
     started = time.monotonic()
     results: list[dict[str, Any]] = []
@@ -248,9 +340,15 @@ def main(argv: Sequence[str]) -> int:
                     r = run_one(kind, n, idle=idle, timeout=args.timeout)
                 except (LabError, OSError, ClusterTimeout, RuntimeError) as e:
                     r = {"kind": kind, "n": n, "profile": PROFILE, "error": str(e)}
+                if "error" not in r:
+                    try:
+                        r.update(run_warm(kind, n, timeout=args.timeout))
+                    except (LabError, OSError, ClusterTimeout, RuntimeError) as e:
+                        r["error"] = f"warm join: {e}"
                 r["run"] = run
                 log(
-                    f"  join {_fmt(r.get('join_convergence_s'))} s, "
+                    f"  join {_fmt(r.get('join_convergence_s'))} s (agents up: "
+                    f"{_fmt(r.get('join_warm_s'))} s), "
                     f"detect {_fmt(r.get('detect_all_s'))} s, "
                     f"idle {_fmt(r.get('idle_cpu_pct_per_agent_mean'))} %/agent, "
                     f"RSS {_fmt(r.get('rss_mib_median'), 1)} MiB"

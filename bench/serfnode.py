@@ -177,6 +177,23 @@ class SerfRpc:
             raise OSError(f"serf RPC: unexpected reply ({e!r})") from e
 
 
+    def join(self, addresses: Sequence[str], *, replay: bool = False) -> int:
+        """RPC ``join`` (what ``serf join`` sends): push/pull with each address; returns
+        how many answered. Raises OSError when none did or the agent does not answer."""
+        try:
+            if self._sock is None:
+                self._connect()
+            self._send("join", {"Existing": list(addresses), "Replay": replay})
+            self._header()
+            body = self._recv()
+            return int(body[b"Num"])
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+            self.close()
+            if isinstance(e, OSError):
+                raise
+            raise OSError(f"serf RPC: unexpected reply ({e!r})") from e
+
+
 def members_cli(lab: Lab, host: Host, serf: str, *, timeout: float = 10.0) -> list[SerfMember]:
     """``serf members -format=json`` run inside ``host``: the view a user would see."""
     r = lab.run(

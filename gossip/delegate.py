@@ -3,7 +3,10 @@
 ``Swim`` calls its delegate synchronously. It mirrors memberlist's Delegate:
 node meta, user messages, broadcasts piggybacked on gossip, and the user state
 exchanged during push/pull. Our own user messages begin with a private byte
-(>= 0x80) so serf peers, which do not relay unknown types, ignore them.
+(>= 0x80). Serf peers cannot parse them and log each one, so ``Swim`` sends the
+delegate's bytes (broadcasts, push/pull state, ``send_user``/``stream_user``) only to
+members the delegate ``accepts_user_data`` for, and answers a push/pull with
+delegate state only when the asker's own state is not serf's (docs/wire.md).
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ class Delegate(Protocol):
         """A memberlist user message (without the 0x08 byte) that is not serf's."""
         ...
 
+    def accepts_user_data(self, peer: Member) -> bool:
+        """Whether ``peer`` runs our agent and may get this delegate's user messages,
+        broadcasts and push/pull state (serf agents may not). Asked per packet: cheap."""
+        ...
+
     def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
-        """User broadcasts to piggyback, each costing len + ``overhead`` of ``budget``."""
+        """User broadcasts to piggyback, each costing len + ``overhead`` of ``budget``.
+        Called only for packets to members ``accepts_user_data`` accepts."""
         ...
 
     def local_state(self, join: bool) -> bytes:
-        """User state to send in a push/pull."""
+        """User state to send in a push/pull (only to peers known to be ours)."""
         ...
 
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
@@ -55,6 +64,9 @@ class NullDelegate:
 
     def node_meta(self, limit: int) -> bytes:
         return self.meta[:limit]
+
+    def accepts_user_data(self, peer: Member) -> bool:
+        return False
 
     def on_user_message(self, now: float, data: bytes) -> list[Effect]:
         return []

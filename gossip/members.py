@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 
@@ -37,6 +37,10 @@ class Member:
     vsn: bytes
     changed_at: float
     """Driver time of the last status change (used for reaping and gossip-to-the-dead)."""
+    wire_state: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    """This value's encoded push/pull node state, filled in by the first push/pull that
+    sends it (``swim``). Members are immutable and shared between the tables of a
+    simulator's nodes, so each state is encoded once, not once per push/pull."""
 
     @property
     def address(self) -> tuple[str, int]:

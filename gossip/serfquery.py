@@ -4,7 +4,8 @@ Owns: deciding whether a query is addressed to this node (serf's filters) and th
 response payloads for ``_serf_ping`` and the four key-management queries. The
 keyring operations are applied here, on the core's keyring, because serf sends the
 same queries to every member and expects each one to apply them.
-Does not: relay queries (serf members re-broadcast them) or send any I/O.
+Does not: relay queries (``Swim._serf_query`` re-broadcasts every new one, addressed
+to us or not, as serf members do) or send any I/O.
 Reference: shared/reference/memberlist.md §3.3, §3.6; serf internal_query.go.
 """
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from crypto.keyring import Keyring
@@ -196,6 +196,12 @@ class Swim:
         do not scan the whole table at 10,000 members."""
         self._probe_order: list[str] = []
         self._probe_index = 0
+        self._unshuffled_from: int | None = None
+        """After ``bootstrap_members``: ``_probe_order[i:]`` is not shuffled yet and each
+        probe draws its target from it (a lazy Fisher-Yates), so installing 10,000
+        members does not shuffle 10,000 names up front. None: fully shuffled."""
+        self._push_pull_gen = 0
+        """Only the push/pull timer carrying this generation is live (re-staggering)."""
         self._broadcasts = Broadcasts()
         self._suspicions: dict[str, Suspicion] = {}
         self._probe: _Probe | None = None
@@ -219,7 +225,7 @@ class Swim:
         # Every periodic task starts after a random stagger, as in memberlist.
         self._schedule(now + self.rng.uniform(0, config.probe_interval), _PROBE_TICK, None)
         self._schedule(now + self.rng.uniform(0, config.gossip_interval), _GOSSIP_TICK, None)
-        self._schedule(now + self.rng.uniform(0, config.push_pull_interval), _PUSH_PULL_TICK, None)
+        self._schedule(now + self.rng.uniform(0, config.push_pull_interval), _PUSH_PULL_TICK, 0)
         self._schedule(now + self._reap_period(), _REAP_TICK, None)
         self._schedule(now + self.rng.uniform(0.5, 1.0) * config.rejoin_interval, _REJOIN_TICK, None)
 
@@ -344,7 +350,7 @@ class Swim:
         scoped gossip). ``payload`` must start with a private type byte >= 0x80."""
         effects: list[Effect] = []
         peer = self._members.get(name)
-        if peer is None or not payload or payload[0] < 0x80:
+        if peer is None or not payload or payload[0] < 0x80 or not self.delegate.accepts_user_data(peer):
             return effects
         self._send_parts(peer, [b"\x08" + payload], effects)
         return effects
@@ -353,7 +359,7 @@ class Swim:
         """A reliable TCP user message to member ``name`` (bulk state); no reply expected."""
         effects: list[Effect] = []
         peer = self._members.get(name)
-        if peer is None or not payload or payload[0] < 0x80:
+        if peer is None or not payload or payload[0] < 0x80 or not self.delegate.accepts_user_data(peer):
             return effects
         token = self._next_token()
         self._streams[token] = _Stream("user", peer.address)
@@ -375,8 +381,8 @@ class Swim:
         """Broadcast a serf query (e.g. ``_serf_install-key``) to every member.
 
         Members (serf agents and ours) answer by UDP; each answer comes back as a
-        ``QueryResponse`` effect, and ``QueryFinished`` marks the timeout. Serf
-        members re-broadcast the query, so it reaches the whole cluster.
+        ``QueryResponse`` effect, and ``QueryFinished`` marks the timeout. Every
+        member (serf's and ours) re-broadcasts the query, so it reaches the cluster.
         """
         self._serf_query_ltime += 1
         query_id = self.rng.getrandbits(32)
@@ -399,17 +405,38 @@ class Swim:
         self._schedule(now + timeout, _QUERY_TIMEOUT, query_id)
         return query_id, self._gossip(now)
 
-    def bootstrap_members(self, now: float, members: Iterable[Member]) -> None:
+    def bootstrap_members(
+        self, now: float, members: Mapping[str, Member] | Iterable[Member]
+    ) -> None:
         """Install already-known members without events or gossip (simulator start-up).
 
-        The given values are shared, not copied: they are immutable.
+        The given values are shared, not copied: they are immutable. A mapping (name ->
+        member) is copied at C speed, which matters at 10,000 nodes × 10,000 members.
+        The table takes the given order (members we already hold keep our value), so
+        nodes bootstrapped from one list encode identical push/pull states. Since the
+        cluster is already converged: our own alive is not gossiped if the given
+        members already hold us as we are, and the push/pull timer is re-staggered
+        over the interval for this cluster size, as in a cluster that has run a while.
         """
-        for m in members:
-            if m.name == self.name or m.name in self._members:
-                continue
-            self._set_member(m)
-            self._probe_order.append(m.name)
-        self.rng.shuffle(self._probe_order)
+        if isinstance(members, Mapping):
+            table = dict(members)
+        else:
+            table = {m.name: m for m in members}
+        knows_us = table.get(self.name) == self.local
+        for name, m in self._members.items():
+            table[name] = m  # ours win; unknown to the given members: appended
+        self._members = table
+        self._gone = {name: None for name, m in table.items() if m.status >= Status.DEAD}
+        # Nothing probed yet in this round: the rest of the order is drawn lazily.
+        done = self._probe_order[: self._probe_index]
+        seen = set(done)
+        self._probe_order = done + [name for name in table if name not in seen]
+        self._unshuffled_from = self._probe_index
+        if knows_us:
+            self._broadcasts.discard(self.name)
+        self._push_pull_gen += 1
+        interval = push_pull_scale(self.config.push_pull_interval, len(table))
+        self._schedule(now + self.rng.uniform(0, interval), _PUSH_PULL_TICK, self._push_pull_gen)
 
     # ------------------------------------------------------------ entry points
 
@@ -432,7 +459,9 @@ class Swim:
         )
         effects: list[Effect] = []
         if isinstance(msg, PushPull):
-            reply = self._encode_stream(self._local_push_pull(join=msg.join))
+            # Serf always sends its own state (first byte < 0x80); ours send none or ours.
+            ours = not msg.user_state or msg.user_state[0] >= 0x80
+            reply = self._push_pull_stream(msg.join, ours)
             self._merge_push_pull(now, msg, effects)
             return reply, effects
         if isinstance(msg, Ping):
@@ -508,7 +537,8 @@ class Swim:
                     self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
                 effects.extend(self._gossip(now))
             elif kind == _PUSH_PULL_TICK:
-                self._push_pull_tick(now, effects)
+                if arg == self._push_pull_gen:
+                    self._push_pull_tick(now, effects)
             elif kind == _SUSPICION:
                 self._suspicion_fired(now, arg, effects)
             elif kind == _REAP_TICK:
@@ -533,7 +563,11 @@ class Swim:
                 return
             to = self._reply_address(src, msg.source_addr, msg.source_port)
             if to is not None:
-                self._send(to, wire.encode(Ack(msg.seq_no, None)), effects)
+                # The pinger, if we know it there: acks carry our piggybacked broadcasts.
+                peer = self._members.get(msg.source_node) if msg.source_node else None
+                if peer is not None and peer.address != to:
+                    peer = None
+                self._send(to, wire.encode(Ack(msg.seq_no, None)), effects, peer)
         elif isinstance(msg, Ack):
             self._ack(now, msg.seq_no, effects)
         elif isinstance(msg, Nack):
@@ -608,6 +642,9 @@ class Swim:
         self._seen_queries[key] = None
         if len(self._seen_queries) > 256:
             del self._seen_queries[next(iter(self._seen_queries))]
+        # Pass it on, as every serf member does: the querier alone transmits it only
+        # retransmit-limit times, which reaches a few dozen members, not the cluster.
+        self._broadcasts.queue(f"\x00query:{query.id}", wire.encode(UserMsg(payload)))
         if not serfquery.addressed_to_us(query, self.name, tags):
             return
         was_plaintext = self.keyring is None or self.keyring.primary is None
@@ -624,14 +661,17 @@ class Swim:
             self.require_encryption = True
         elif result.mode == "allow-plaintext":
             self.require_encryption = False
+        # Answers go bare, like memberlist's SendToAddress: piggybacking would spend
+        # the relays of this very query on the querier, who already has it.
+        peer = self._member_at(to)
         if result.ack:
             ack = serfcompat.encode_query_response(query.ltime, query.id, self.name, None, True)
-            self._send(to, wire.encode(UserMsg(ack)), effects)
+            self._emit(to, [wire.encode(UserMsg(ack))], peer, effects)
         if result.response is not None:
             resp = serfcompat.encode_query_response(
                 query.ltime, query.id, self.name, result.response, False
             )
-            self._send(to, wire.encode(UserMsg(resp)), effects)
+            self._emit(to, [wire.encode(UserMsg(resp))], peer, effects)
         if result.keyring_changed:
             effects.append(KeyringChanged())
 
@@ -650,6 +690,12 @@ class Swim:
             if self._probe_index >= len(order):
                 self._reset_probe_order(now)
                 order = self._probe_order
+            lazy = self._unshuffled_from
+            if lazy is not None and self._probe_index >= lazy:
+                i = self._probe_index
+                j = self.rng.randrange(i, len(order))
+                order[i], order[j] = order[j], order[i]
+                self._unshuffled_from = i + 1
             name = order[self._probe_index]
             self._probe_index += 1
             m = self._members.get(name)
@@ -660,6 +706,7 @@ class Swim:
         return None
 
     def _reset_probe_order(self, now: float) -> None:
+        self._unshuffled_from = None
         self.rng.shuffle(self._probe_order)
         self._probe_index = 0
 
@@ -955,9 +1002,9 @@ class Swim:
         if not self._broadcasts and not self._delegate_may_broadcast():
             return effects
         for peer in self._k_random(self.config.gossip_nodes, target):
-            parts = self._take_broadcasts(self._packet_budget(peer), 0)
+            parts = self._take_broadcasts(self._packet_budget(peer), 0, peer)
             if not parts:
-                break
+                continue  # the next peer may take the delegate's (a serf one does not)
             self._emit(peer.address, parts, peer, effects)
         return effects
 
@@ -973,9 +1020,11 @@ class Swim:
             budget -= _CRC_OVERHEAD
         return budget
 
-    def _take_broadcasts(self, budget: int, used: int) -> list[bytes]:
+    def _take_broadcasts(self, budget: int, used: int, peer: Member | None) -> list[bytes]:
         limit = retransmit_limit(self.config, len(self._members))
         parts = self._broadcasts.take(2, budget - used, limit)
+        if peer is None or not self.delegate.accepts_user_data(peer):
+            return parts  # serf (or unknown): it would log every delegate byte it gets
         used += sum(len(p) + 2 for p in parts)
         for payload in self.delegate.take_broadcasts(2 + _USER_OVERHEAD, budget - used):
             if payload:
@@ -994,7 +1043,7 @@ class Swim:
         budget = self._packet_budget(peer)
         used = sum(len(p) + 2 for p in parts)
         if used < budget and (self._broadcasts or self._delegate_may_broadcast()):
-            parts = parts + self._take_broadcasts(budget, used)
+            parts = parts + self._take_broadcasts(budget, used, peer)
         dest = to if to is not None else (peer.address if peer is not None else None)
         if dest is None:
             return
@@ -1025,27 +1074,35 @@ class Swim:
 
     def _push_pull_tick(self, now: float, effects: list[Effect]) -> None:
         n = len(self._members)
-        self._schedule(now + push_pull_scale(self.config.push_pull_interval, n), _PUSH_PULL_TICK, None)
+        self._schedule(
+            now + push_pull_scale(self.config.push_pull_interval, n), _PUSH_PULL_TICK, self._push_pull_gen
+        )
         peers = self._k_random(1, lambda m: m.status == Status.ALIVE)
         if peers:
             self.stats.push_pulls += 1
-            effects.append(self._push_pull_request(peers[0].address, join=False, kind="pushpull"))
+            ours = self.delegate.accepts_user_data(peers[0])
+            effects.append(self._push_pull_request(peers[0].address, join=False, kind="pushpull", ours=ours))
 
     def _push_pull_request(
-        self, to: Address, *, join: bool, kind: str, batch: _JoinBatch | None = None
+        self, to: Address, *, join: bool, kind: str, batch: _JoinBatch | None = None, ours: bool = False
     ) -> StreamRequest:
+        """``ours``: the peer is known to run our agent, so the delegate's state may go.
+        A join to a seed address does not know; the seed's answer brings its state."""
         token = self._next_token()
         self._streams[token] = _Stream(kind, to, batch=batch)
-        return StreamRequest(to, self._encode_stream(self._local_push_pull(join)), token)
+        return StreamRequest(to, self._push_pull_stream(join, ours), token)
 
-    def _local_push_pull(self, join: bool) -> PushPull:
-        nodes = tuple(
-            PushNodeState(
-                m.name, ip_bytes(m.addr), m.port, m.meta, m.incarnation, NodeState(int(m.status)), m.vsn
-            )
-            for m in self._members.values()
+    def _push_pull_stream(self, join: bool, ours: bool) -> bytes:
+        """Our push/pull half, ready to write: ``encode_stream(PushPull(...))`` byte for
+        byte, built from each member's cached encoded state (``Member.wire_state``;
+        a changed member is a new value, so a cached state is never stale). The stream
+        layer memoises the compression of an unchanged table."""
+        states = [m.wire_state or _encode_state(m) for m in self._members.values()]
+        user = self.delegate.local_state(join) if ours else b""
+        body = wire.encode_push_pull_body(join, states, user)
+        return wire.frame_stream(
+            body, compress=self.config.enable_compression, keyring=self._outgoing_keyring()
         )
-        return PushPull(join, nodes, self.delegate.local_state(join))
 
     def _incoming_keyring(self) -> Keyring | None:
         # An empty keyring (encryption not enabled yet) means plaintext.
@@ -1064,7 +1121,24 @@ class Swim:
         )
 
     def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
+        members = self._members
+        me = self.name
         for ns in msg.nodes:
+            # Fast path: news that cannot change what we hold (a converged 10,000-node
+            # state is 10,000 of these). Exactly the cases the handlers below ignore:
+            # an alive from the same address that is not newer; suspect/dead/left about
+            # a member we already hold dead or left (no suspicion can exist for it).
+            current = members.get(ns.name)
+            if current is not None and ns.name != me:
+                if ns.state == NodeState.ALIVE:
+                    if (
+                        ns.incarnation <= current.incarnation
+                        and ns.port == current.port
+                        and ip_text(ns.addr) == current.addr
+                    ):
+                        continue
+                elif current.status >= Status.DEAD:
+                    continue
             if ns.state == NodeState.ALIVE:
                 alive = Alive(ns.incarnation, ns.name, ns.addr, ns.port, ns.meta, ns.vsn)
                 self._alive(now, alive, effects)
@@ -1118,6 +1192,8 @@ class Swim:
         current = self._probe_order[self._probe_index :]
         self._probe_order = [n for n in self._probe_order if n not in gone]
         self._probe_index = len(self._probe_order) - len([n for n in current if n not in gone])
+        if self._unshuffled_from is not None:
+            self._unshuffled_from = self._probe_index
 
     def _rejoin(self, now: float, effects: list[Effect]) -> None:
         """Heal partitions: re-join one recently failed member, and seeds when alone."""
@@ -1132,7 +1208,8 @@ class Swim:
         ]
         if failed:
             target = failed[self.rng.randrange(len(failed))]
-            effects.append(self._push_pull_request(target.address, join=True, kind="pushpull"))
+            ours = self.delegate.accepts_user_data(target)
+            effects.append(self._push_pull_request(target.address, join=True, kind="pushpull", ours=ours))
         alone = not any(m.status == Status.ALIVE for m in self._others())
         if alone and self._seeds:
             seed = self._seeds[self.rng.randrange(len(self._seeds))]
@@ -1151,3 +1228,12 @@ class Swim:
     def _next_token(self) -> int:
         self._token += 1
         return self._token
+
+
+def _encode_state(m: Member) -> bytes:
+    """Encode ``m``'s push/pull node state once and keep it on the (immutable) value."""
+    data = wire.encode_node_state(
+        PushNodeState(m.name, ip_bytes(m.addr), m.port, m.meta, m.incarnation, NodeState(int(m.status)), m.vsn)
+    )
+    object.__setattr__(m, "wire_state", data)  # a cache, not state: see Member.wire_state
+    return data

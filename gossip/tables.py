@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from gossip import blocks, conflicts, ipam, ipsecrows, netgossip, tableinput
+from gossip import agenttag, blocks, conflicts, ipam, ipsecrows, netgossip, tableinput
 from gossip.blocks import Block
 from gossip.broadcasts import Broadcasts
 from gossip.config import retransmit_limit
@@ -88,8 +88,9 @@ class Tables:
         self.node = node
         self.rng = rng
         self.config = config or TablesConfig()
-        self.meta = meta
-        """Node meta (serf tags) advertised through Swim."""
+        self.meta = agenttag.with_agent_tag(meta)
+        """Node meta (serf tags) advertised through Swim, always with the agent tag that
+        tells our agents from serf's (``gossip.agenttag``). ValueError if over 512 bytes."""
         self.swim: Swim | None = None
         self.clock = 0
         """Lamport clock of this node's writes (persist it with the local endpoints)."""
@@ -124,6 +125,9 @@ class Tables:
 
     def node_meta(self, limit: int) -> bytes:
         return self.meta[:limit]
+
+    def accepts_user_data(self, peer: Member) -> bool:
+        return agenttag.has_agent_tag(peer.meta)
 
     def on_user_message(self, now: float, data: bytes) -> list[Effect]:
         self._now = now
@@ -682,7 +686,8 @@ class Tables:
         after the call has probably not lost it."""
         if self.swim is None:
             return []
-        others = sorted(m.name for m in self.swim.members() if m.name != self.node and m.status in _UP)
+        others = sorted(m.name for m in self.swim.members()
+                        if m.name != self.node and m.status in _UP and self.accepts_user_data(m))
         return self.sync.push(netgossip.encode_event(encode_row(row, now)), others)
 
     # ============================================================ visibility

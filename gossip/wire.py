@@ -321,7 +321,46 @@ def _dec_user_udp(data: bytes) -> UserMsg:
     return UserMsg(payload=bytes(data[1:]))
 
 
+_NODE_STATES = tuple(NodeState)
+
+
 def _node_state(d: dict[bytes, Any]) -> PushNodeState:
+    # Fast path for the well-formed state every peer sends (a 10,000-node push/pull
+    # has 10,000 of them); anything else takes the checked path below, which gives
+    # the same value or the precise error.
+    try:
+        name = d[b"Name"]
+        addr = d[b"Addr"]
+        port = d[b"Port"]
+        meta = d[b"Meta"]
+        inc = d[b"Incarnation"]
+        state = d[b"State"]
+        vsn = d[b"Vsn"]
+    except KeyError:
+        return _node_state_checked(d)
+    if (
+        type(name) is bytes
+        and type(addr) is bytes
+        and (len(addr) == 4 or len(addr) == 16)
+        and type(port) is int
+        and 0 <= port <= _U16
+        and type(meta) is bytes
+        and type(inc) is int
+        and 0 <= inc <= _U32
+        and type(state) is int
+        and 0 <= state <= 3
+        and type(vsn) is bytes
+        and (not vsn or len(vsn) >= VSN_LEN)
+    ):
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            return _node_state_checked(d)  # raises the precise error
+        return PushNodeState(text, addr, port, meta, inc, _NODE_STATES[state], vsn)
+    return _node_state_checked(d)
+
+
+def _node_state_checked(d: dict[bytes, Any]) -> PushNodeState:
     w = "pushNodeState"
     state = _uint(d, b"State", _U8, w)
     if state > NodeState.LEFT:
@@ -346,7 +385,28 @@ def _push_pull_header(d: dict[bytes, Any]) -> tuple[bool, int, int]:
     )
 
 
+_BIG_BODY = 16 * 1024
+"""Push/pull bodies at least this long are memoised (``_dec_push_pull``; ``lzw.compress``
+memoises their compression)."""
+_recent_push_pulls: dict[bytes, PushPull] = {}
+_RECENT_PUSH_PULLS = 8
+
+
 def _dec_push_pull(data: bytes) -> PushPull:
+    # Large states are decoded once per distinct body: a converged cluster's members
+    # send identical states (and a simulator runs all of them in one process).
+    if len(data) < _BIG_BODY:
+        return _dec_push_pull_body(data)
+    msg = _recent_push_pulls.get(data)
+    if msg is None:
+        msg = _dec_push_pull_body(data)
+        _recent_push_pulls[data] = msg
+        if len(_recent_push_pulls) > _RECENT_PUSH_PULLS:
+            del _recent_push_pulls[next(iter(_recent_push_pulls))]
+    return msg
+
+
+def _dec_push_pull_body(data: bytes) -> PushPull:
     body = memoryview(data)[1:]
     up = _unpacker(bytes(body))
     join, count, user_len = _push_pull_header(_next_map(up, "pushPull header"))
@@ -438,16 +498,23 @@ def _node_state_map(n: PushNodeState) -> dict[str, Any]:
     }
 
 
-def _encode_push_pull(m: PushPull) -> bytes:
-    if len(m.user_state) > MAX_USER_STATE:
+def encode_node_state(n: PushNodeState) -> bytes:
+    """One push/pull node state (the msgpack map, no type byte)."""
+    return _pack(_node_state_map(n))
+
+
+def encode_push_pull_body(join: bool, states: Sequence[bytes], user_state: bytes) -> bytes:
+    """``[6]`` + header + node states already encoded by :func:`encode_node_state` +
+    user state: the same bytes as ``encode(PushPull(...))``, without building a
+    ``PushNodeState`` per member (push/pull at 10,000 members)."""
+    if len(user_state) > MAX_USER_STATE:
         raise ValueError("push/pull user state larger than 20 MiB")
-    head = _pack(
-        {"Join": bool(m.join), "Nodes": len(m.nodes), "UserStateLen": len(m.user_state)}
-    )
-    parts = [b"\x06", head]
-    parts.extend(_pack(_node_state_map(n)) for n in m.nodes)
-    parts.append(m.user_state)
-    return b"".join(parts)
+    head = _pack({"Join": bool(join), "Nodes": len(states), "UserStateLen": len(user_state)})
+    return b"".join((b"\x06", head, *states, user_state))
+
+
+def _encode_push_pull(m: PushPull) -> bytes:
+    return encode_push_pull_body(m.join, [encode_node_state(n) for n in m.nodes], m.user_state)
 
 
 def encode(msg: Message) -> bytes:
@@ -745,7 +812,12 @@ def encode_stream(msg: Message, *, compress: bool, keyring: Keyring | None) -> b
     Compression wraps always when enabled (like memberlist, even if longer); with a
     primary key the result is framed ``[10][u32 BE L][seal(plain, aad=first 5 bytes)]``.
     """
-    buf = _stream_body(msg)
+    return frame_stream(_stream_body(msg), compress=compress, keyring=keyring)
+
+
+def frame_stream(buf: bytes, *, compress: bool, keyring: Keyring | None) -> bytes:
+    """The stream pipeline for an already encoded message body (e.g. from
+    :func:`encode_push_pull_body`): compress if enabled, then encrypt if keyed."""
     if compress:
         buf = encode_compress(buf)
     if keyring is not None and keyring.primary is not None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sim import plots, scenarios
+from sim import keyplots, keyrotation, plots, scenarios
 from sim.output import write_json, write_run
 from sim.progress import Progress
 from sim.run import RunSpec, SpecError, execute
@@ -79,6 +79,16 @@ def summary_line(result: dict[str, Any]) -> str:
     if conv["join_converged_at"] is not None or conv["all_started_at"] > 0:
         parts.append(f"join: all {spec['nodes']} started by {conv['all_started_at']:.2f} s, every view "
                      f"correct at {_f(conv['join_converged_at'])} s")
+    ep = result.get("endpoints")
+    if ep:
+        b = ep["bytes_per_node_per_s"]
+        parts.append(f"endpoint rows ({'scoped' if ep['scoped'] else 'whole cluster'}): {ep['rows']} rows, "
+                     f"{ep['rows_reaching_all_members']} reached all members; t99 p50 {_f(ep['t99']['p50'])} s "
+                     f"/ p99 {_f(ep['t99']['p99'])} s, t100 p50 {_f(ep['t100']['p50'])} s / p99 "
+                     f"{_f(ep['t100']['p99'])} s / max {_f(ep['t100']['max'])} s; per node "
+                     f"{b['total']:,.0f} B/s ({b['tables']:,.0f} tables, {b['membership']:,.0f} membership)")
+    if "key_rotation" in result:
+        parts += keyrotation.summary(result["key_rotation"])
     parts.append(f"false positives: {fp['suspicions']} suspicions, {fp['deaths']} deaths; "
                  f"views converged at end: {result['convergence']['converged_at_end']}")
     parts.append(f"trace {result['trace_hash']}")
@@ -105,11 +115,13 @@ def run_one(spec: RunSpec, out: Path | None, args: argparse.Namespace, label: st
             made = plots.run_plots(out, result, outcome.metrics, spec.duration)
             if not made and not plots.available():
                 print("note: matplotlib is missing, no PNG plots (pip install -e '.[sim]')", file=sys.stderr)
+        if "key_rotation" in result:
+            keyplots.write_files(out, result, plots=not args.no_plots)
     return result
 
 
 SUMMARY_KEYS = ("spec", "config", "trace_hash", "perf", "traffic", "detection", "false_positives", "dissemination",
-                "convergence", "network", "analytic", "core")
+                "convergence", "network", "analytic", "core", "endpoints")
 
 
 def _slim(result: dict[str, Any]) -> dict[str, Any]:

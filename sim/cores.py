@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gossip.config import Config
 from gossip.effects import Address, Effect
 from gossip.members import Member
+
+if TYPE_CHECKING:
+    from gossip.swim import Swim
 
 PORT = 7946
 
@@ -72,18 +75,36 @@ class SwimFactory:
     def __init__(self, config: Config, seed: int) -> None:
         self.config = config
         self.seed = seed
+        self.keys: tuple[bytes, ...] = ()
+        """Gossip keys every node starts with, primary first (empty: no encryption).
+        Scenarios set this in ``configure``, before any node starts."""
+        self.swim_class: type[Swim] | None = None
+        """A ``Swim`` subclass to run instead (what-if models of a core change)."""
+        # Every node runs in this process: a receiver may take the decompression of
+        # bytes another node just compressed from a bounded memo (gossip/lzw.py).
+        from gossip import lzw
+
+        lzw.set_memo(4096)
 
     def __call__(self, idx: int, name: str, addr: Address, now: float, generation: int) -> Core:
         from gossip.swim import Swim
 
         suffix = f":{generation}" if generation else ""
         rng = random.Random(f"{self.seed}:{name}{suffix}")
-        return Swim(self.config, name, addr, rng=rng, now=now)
+        kwargs: dict[str, Any] = {}
+        if self.keys:
+            from crypto.keyring import Keyring
+
+            # Nonces from their own stream: the protocol RNG's draws stay as without keys.
+            nonces = random.Random(f"{self.seed}:{name}{suffix}:nonce")
+            kwargs["keyring"] = Keyring(self.keys, nonce_source=nonces.randbytes)
+        return (self.swim_class or Swim)(self.config, name, addr, rng=rng, now=now, **kwargs)
 
     def preconverge(self, now: float, cores: Sequence[Core]) -> None:
         # Every node's own Member value is shared by all tables: 10,000 × 10,000
-        # entries then cost a dict slot each, not an object each.
-        members = [c.local for c in cores]
+        # entries then cost a dict slot each, not an object each. A dict is copied by
+        # each core at C speed.
+        members = {c.local.name: c.local for c in cores}
         for c in cores:
             bootstrap = getattr(c, "bootstrap_members", None)
             if bootstrap is None:

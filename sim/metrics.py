@@ -25,6 +25,8 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from gossip.members import Member, Status
 from gossip.messages import MessageType
@@ -63,6 +65,15 @@ def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
         "max": s[-1] if s else None,
         "min": s[0] if s else None,
     }
+
+
+class Extension(Protocol):
+    """Measurements a scenario component adds to a run (``Metrics.extensions``); its
+    result.json section goes through ``World.reports``."""
+
+    def write_csv(self, out: Path, end: float) -> list[Path]: ...
+
+    def plots(self, out: Path, result: dict[str, Any]) -> list[Path]: ...
 
 
 @dataclass
@@ -137,6 +148,9 @@ class Metrics:
         self.samples: list[tuple[float, int, float, float]] = []
         self.convergence_log: list[tuple[float, bool]] = []
         self._converged = True
+        self.extensions: dict[str, Extension] = {}
+        """Measurements a scenario component adds (e.g. ``endpoints``): a result.json
+        section, CSVs and plots each."""
 
     # -- ground truth -----------------------------------------------------------
 

@@ -99,6 +99,8 @@ def write_run(out: Path, result: dict[str, object], metrics: Metrics, end: float
     _write(p, ["first_at", "first_observer", "subject", "kind", "incarnation", "subject_stalls",
                "observers"], metrics.accusation_rows())
     written.append(p)
+    for ext in metrics.extensions.values():
+        written += ext.write_csv(out, end)
     return written
 
 

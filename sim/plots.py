@@ -113,6 +113,8 @@ def run_plots(out: Path, result: dict[str, Any], metrics: Metrics, end: float) -
         fig.savefig(p, dpi=DPI)
         plt.close(fig)
         paths.append(p)
+    for ext in metrics.extensions.values():
+        paths += ext.plots(out, result)
     return paths
 
 

@@ -161,4 +161,6 @@ def execute(spec: RunSpec, *, progress: Progress | None = None, trace_out: TextI
                  "first_logs": [list(x) for x in world.first_logs[:10]]},
         "analytic": predictions(config, n),
     }
+    for key, build in world.reports.items():
+        result[key] = build()
     return Outcome(result, metrics, world)

@@ -69,6 +69,9 @@ class Component:
     doc: typing.ClassVar[str] = ""
     begins: typing.ClassVar[bool] = False
 
+    def configure(self, s: Setup) -> None:
+        """Runs for every component before any installs: how nodes are built (keys, ...)."""
+
     def install(self, s: Setup) -> None:
         raise NotImplementedError
 
@@ -384,6 +387,8 @@ def _fmt(v: object) -> str:
 def install(components: list[Component], world: World, seed: int, duration: float) -> None:
     setup = Setup(world, random.Random(f"{seed}:scenario"), duration)
     for c in components:
+        c.configure(setup)
+    for c in components:
         c.install(setup)
 
 
@@ -398,3 +403,6 @@ def describe() -> str:
     lines += [f"  {k:18s} = {v}" for k, v in PRESETS.items()]
     return "\n".join(lines)
 
+
+# Components in modules of their own register themselves in COMPONENTS on import.
+from sim import keyrotation, tablesim  # noqa: E402, F401

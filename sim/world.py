@@ -112,6 +112,11 @@ class World:
         self.joins_failed = 0
         self.logs: dict[str, int] = {}
         self.first_logs: list[tuple[float, int, str, str]] = []
+        self.effect_hooks: dict[type, Callable[[int, Any], None]] = {}
+        """Scenario callbacks for effects the world itself ignores (e.g. ``QueryResponse``):
+        called with the node's index and the effect, while the effects are performed."""
+        self.reports: dict[str, Callable[[], Any]] = {}
+        """Extra ``result.json`` sections a scenario contributes, built after the run."""
 
     # -- scheduling -------------------------------------------------------------
 
@@ -233,6 +238,15 @@ class World:
 
     def live(self) -> list[int]:
         return [node.idx for node in self.nodes if node.state != OFF]
+
+    def perform(self, idx: int, effects: list[Effect]) -> None:
+        """Perform effects a scenario got from calling a node's core directly (an operator's
+        command, like the agent's ``Driver.call``), then re-arm its wake."""
+        node = self.nodes[idx]
+        if node.core is None:
+            return
+        self._perform(node, effects)
+        self._rearm(node)
 
     # -- event handlers ---------------------------------------------------------
 
@@ -451,3 +465,7 @@ class World:
             self.logs[e.level] = self.logs.get(e.level, 0) + 1
             if len(self.first_logs) < 50:
                 self.first_logs.append((self.now, node.idx, e.level, e.message))
+        elif self.effect_hooks:
+            hook = self.effect_hooks.get(type(e))
+            if hook is not None:
+                hook(node.idx, e)

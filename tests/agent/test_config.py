@@ -194,6 +194,8 @@ BAD_CONFIGS: list[tuple[str, str]] = [
     ('bind = "10.0.0.1"\ntags = "rack=r1"\n', "key 'tags': expected a table"),
     ('bind = "10.0.0.1"\n[tags]\nrack = 1\n', "key 'tags.rack': expected a string"),
     ('bind = "10.0.0.1"\n[tags]\nbig = "' + "x" * 600 + '"\n', "key 'tags.big'"),
+    ('bind = "10.0.0.1"\n[tags]\nbig = "' + "x" * 490 + '"\n', "key 'tags.big'"),  # + the agent tag
+    ('bind = "10.0.0.1"\n[tags]\n"overlay-tables" = "1"\n', "key 'tags.overlay-tables': the tag 'overlay-tables' is reserved"),
     ('bind = "10.0.0.1"\n[gossip]\nprobe_intervall = 1.0\n',
      "key 'gossip.probe_intervall': unknown gossip setting (did you mean 'probe_interval'?)"),
     ('bind = "10.0.0.1"\n[gossip]\nprobe_interval = -1\n', "key 'gossip.probe_interval': must be a positive"),

@@ -10,6 +10,8 @@ LAN profile on both sides. What issue 2 asks to show:
 - ``agentctl leave`` on one of ours -> serf shows it ``left``;
 - the same with AES-128 and AES-256 keys; a node of ours with a wrong key is not
   admitted and says why in its log;
+- serf never receives our replicated-table bytes (its log has no "bad type prefix" or
+  "unknown type" line; docs/wire.md "Our agents and serf");
 - a partition between two mixed halves, held until each side has declared the
   other dead and then for gossip-to-the-dead time, heals by itself once the cut
   is removed. Serf's own reconnect is pushed out to 10 minutes there, so the heal
@@ -137,6 +139,17 @@ def check_tags_and_views(lab: Lab, cl: Cluster, m: Mixed) -> None:
         assert rows_ours[s.name].tags == SERF_TAGS
 
 
+_TABLE_BYTES_AT_SERF = re.compile(r"bad type prefix|unknown type", re.IGNORECASE)
+
+
+def check_serf_got_no_table_bytes(m: Mixed) -> None:
+    """Serf logs every user state and user message it cannot parse; our replicated-table
+    bytes (IPsec key rows exist from the start) must reach only our agents."""
+    for s in m.serfs:
+        bad = [line for line in s.proc.log_text().splitlines() if _TABLE_BYTES_AT_SERF.search(line)]
+        assert bad == [], f"{s.name} got table bytes from our agents:\n" + "\n".join(bad[:5])
+
+
 def check_kill_and_leave(cl: Cluster, m: Mixed) -> None:
     victims = [m.serfs[2], m.ours[2]]
     for v in victims:
@@ -176,6 +189,7 @@ def test_mixed_cluster_join_tags_failure_detection_and_leave(
     m = start_mixed(lab, cl, key=aes_key(key_bytes) if key_bytes else None)
     check_tags_and_views(lab, cl, m)
     check_kill_and_leave(cl, m)
+    check_serf_got_no_table_bytes(m)
 
 
 _REASON = re.compile(r"level=(warning|error)\b.*(decrypt|encrypt|key)", re.IGNORECASE)
@@ -238,3 +252,4 @@ def test_partition_longer_than_suspicion_heals_after_the_cut_is_removed(
         what="all 6 alive again after heal",
     )
     print(f"healed after (s): {r.times}")
+    check_serf_got_no_table_bytes(m)
