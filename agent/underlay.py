@@ -38,6 +38,12 @@ def _index_of_address(sock: rtnl.RtnlSocket, vtep: str) -> int | None:
     return None
 
 
+def _usable(mtu: int) -> int:
+    # Loopback reports 65536, one more than an IP packet can be: a VTEP on lo (a lab,
+    # a test) must still work, so cap it at the largest IP datagram.
+    return min(mtu, 65535)
+
+
 def underlay_mtu(vtep: str, interface: str | None) -> tuple[int | None, str]:
     """(MTU of ``interface``, or of the interface holding ``vtep``; where it came from)."""
     try:
@@ -49,13 +55,13 @@ def underlay_mtu(vtep: str, interface: str | None) -> tuple[int | None, str]:
             link = rtnl.get_link(sock, interface)
             if link is None:
                 return None, f"underlay_interface {interface} does not exist"
-            return link.mtu, f"interface {interface}"
+            return _usable(link.mtu), f"interface {interface}"
         index = _index_of_address(sock, vtep)
         if index is None:
             return None, f"no interface holds {vtep}"
         for link in rtnl.dump_links(sock):
             if link.index == index:
-                return link.mtu, f"interface {link.name} (holds {vtep})"
+                return _usable(link.mtu), f"interface {link.name} (holds {vtep})"
         return None, f"the interface holding {vtep} vanished"
     except (OSError, ValueError, struct.error) as exc:
         return None, f"cannot read interfaces: {exc}"
