@@ -338,6 +338,11 @@ class Lab:
         if self._closed:
             raise LabError("lab is closed")
         log_path = self.workdir / "logs" / f"{name}.log"
+        # Agents keep per-boot secrets (IPsec keys) under $RUNTIME_DIRECTORY, else in
+        # /run/overlay-agent: point them into the work directory, which close() removes.
+        run_env = dict(os.environ) if env is None else dict(env)
+        if env is None or "RUNTIME_DIRECTORY" not in env:
+            run_env["RUNTIME_DIRECTORY"] = str(self.workdir / "run")
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 list(argv),
@@ -348,7 +353,7 @@ class Lab:
                 # Own session: a Ctrl-C on the harness's terminal does not reach the
                 # agents; the harness kills them itself, by pid.
                 start_new_session=True,
-                env=dict(env) if env is not None else None,
+                env=run_env,
                 cwd=cwd,
             )
         proc = LabProc(name, host, list(argv), popen, procstat.start_time(popen.pid), log_path)
