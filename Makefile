@@ -2,7 +2,8 @@
 # Both do their own set-up on a fresh machine: Debian packages, then .venv.
 
 PY := .venv/bin/python
-DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd
+# gcc: builds the optional native LZW accelerator (gossip/_lzw.c) during the venv install.
+DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc
 PYTEST_ARGS ?=
 
 .PHONY: setup debs venv vm-image test test-fast lint demo clean-lab
@@ -22,7 +23,9 @@ debs:
 
 venv: .venv/.installed
 
-.venv/.installed: pyproject.toml
+# setup.py and gossip/_lzw.c: the editable install builds the native LZW accelerator
+# in place (gossip/_lzw.*.so); a changed C file must rebuild it.
+.venv/.installed: pyproject.toml setup.py gossip/_lzw.c
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,sim]'
@@ -32,11 +35,12 @@ lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 
+# OVERLAY_REQUIRE_NATIVE=1: a test fails if the LZW accelerator was not built.
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	OVERLAY_REQUIRE_NATIVE=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow and not netns and not interop and not vm" $(PYTEST_ARGS)
+	OVERLAY_REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not slow and not netns and not interop and not vm" $(PYTEST_ARGS)
 
 demo: debs venv
 	$(PY) -m agent.lab demo

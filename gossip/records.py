@@ -224,11 +224,28 @@ def newer(a: AnyRow, b: AnyRow) -> bool:
     content (a restarted owner may reuse a Lamport time with other content).
     A total order, so merging is commutative, associative and idempotent.
     """
-    ka = (a.lamport, a.writer, a.deleted)
-    kb = (b.lamport, b.writer, b.deleted)
-    if ka != kb:
-        return ka > kb
+    if a.lamport != b.lamport:
+        return a.lamport > b.lamport
+    if a.writer != b.writer:
+        return a.writer > b.writer
+    if a.deleted != b.deleted:
+        return a.deleted
+    # Same version: almost always a duplicate receipt of the same row. Equal values
+    # encode equally, so only rows whose values differ are encoded to break the tie.
+    if a.deleted or _same_value(a, b):
+        return False
     return _content(a) > _content(b)
+
+
+def _same_value(a: AnyRow, b: AnyRow) -> bool:
+    """Whether the payloads are certainly equal, without encoding (False: maybe not)."""
+    if isinstance(a, MemberRow):
+        return isinstance(b, MemberRow) and a.vtep == b.vtep
+    if isinstance(a, ClaimRow):
+        return isinstance(b, ClaimRow)  # a claim's payload is constant
+    if isinstance(a, NetworkRow):
+        return isinstance(b, NetworkRow) and a.value == b.value
+    return isinstance(b, EndpointRow) and a.value == b.value
 
 
 def _content(row: AnyRow) -> bytes:

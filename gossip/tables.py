@@ -109,6 +109,9 @@ class Tables:
         with when we stop waiting for one."""
         self._net_view: tuple[list[Network], list[Conflict]] | None = None
         self._addr_views: dict[str, tuple[dict[str, str], list[Conflict]]] = {}
+        self._peer_cache: dict[str, tuple[list[tuple[str, str]], list[str]]] = {}
+        """net -> sorted (node, VTEP) of the other live participants, and their names; dropped when a
+        member row of the network changes or a member goes up or down (``_touch_all``)."""
         self._reported: dict[str, Conflict] = {}
         self._reported_version = 0
         self._reap_at = -math.inf
@@ -120,6 +123,7 @@ class Tables:
         """Second wiring step: the core this delegate sends through."""
         self.swim = swim
         self.sync.swim = swim
+        self._peer_cache.clear()  # who is up is the core's to say from now on
 
     # ================================================================ delegate
 
@@ -390,7 +394,7 @@ class Tables:
     def network_peers(self, network: str) -> list[tuple[str, str]]:
         """(node, VTEP) of the other live nodes taking part in the network, by node name."""
         net = network if network in self.store.members else self.find_network(network).id
-        return self._peer_rows(net)
+        return list(self._peer_rows(net))
 
     def conflicts(self) -> list[Conflict]:
         """Network conflicts, then address conflicts of the networks this node is in."""
@@ -451,6 +455,29 @@ class Tables:
             self._keep_in_use(now, net, effects)
         self._finish(effects)
         return effects
+
+    def bootstrap_rows(self, rows: Iterable[AnyRow]) -> None:
+        """Install rows as an already converged start, without traffic: for simulators
+        and tests only (the counterpart of ``Swim.bootstrap_members``); a real node learns
+        rows from gossip and push/pull.
+
+        Rows are merged by the usual order and held as given, not copied, so replicas may
+        share them (no replica mutates a live row it holds). The clock witnesses every
+        row. Skipped: rows this node writes (its own truth comes from its API calls) and
+        endpoint rows of networks it does not take part in. Owners are taken to be up.
+        Nothing is queued for gossip and no effect results; views are recomputed.
+        """
+        clock = self.clock
+        merge = self.store.merge
+        joined = self.sync.joined
+        for row in rows:
+            if row.lamport > clock:
+                clock = row.lamport
+            if row.writer == self.node or (isinstance(row, EndpointRow) and row.net not in joined):
+                continue
+            merge(row)
+        self.clock = clock
+        self._touch_all()
 
     def publish_ipsec_keys(self, now: float, keys: Sequence[tuple[int, bytes]]) -> list[Effect]:
         """This node's IPsec public keys, (epoch, X25519 public) ascending: replaces the
@@ -540,6 +567,7 @@ class Tables:
             self._tidy_claims(now, row.net)
         else:
             self._note_owner(row.writer, now)
+            self._peer_cache.pop(row.net, None)
             self._touch(row.net)
             if not row.deleted and self._up(row.node):
                 self.sync.new_peer(now, row.net, row.node, effects)
@@ -626,6 +654,7 @@ class Tables:
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
         elif isinstance(row, MemberRow):
+            self._peer_cache.pop(row.net, None)
             self._touch(row.net)
         # Claims change no view: no version bump.
 
@@ -706,15 +735,25 @@ class Tables:
         since = self._gone.get(node)
         return since is not None and self._now - since >= self.config.owner_reap and not self._up(node)
 
+    def _peer_entry(self, net: str) -> tuple[list[tuple[str, str]], list[str]]:
+        # Cached: every gossip round of every network asks (see ``_peer_cache``).
+        entry = self._peer_cache.get(net)
+        if entry is None:
+            rows = sorted(
+                (node, m.vtep)
+                for node, m in self.store.members.get(net, {}).items()
+                if not m.deleted and node != self.node and self._up(node)
+            )
+            entry = self._peer_cache[net] = (rows, [node for node, _ in rows])
+        return entry
+
     def _peer_rows(self, net: str) -> list[tuple[str, str]]:
-        return sorted(
-            (node, m.vtep)
-            for node, m in self.store.members.get(net, {}).items()
-            if not m.deleted and node != self.node and self._up(node)
-        )
+        """(node, VTEP) of the other live participants, by node; callers must not mutate."""
+        return self._peer_entry(net)[0]
 
     def _peers(self, net: str) -> list[str]:
-        return [node for node, _ in self._peer_rows(net)]
+        """Names of the other live participants, sorted; callers must not mutate."""
+        return self._peer_entry(net)[1]
 
     def _sync_rows(self, net: str, now: float) -> list[bytes]:
         """What a bulk sync carries: our rows of the network, tombstones included,
@@ -765,6 +804,7 @@ class Tables:
         self.version += 1
         self._addr_views.clear()
         self._net_view = None
+        self._peer_cache.clear()
 
     def _finish(self, effects: list[Effect]) -> None:
         """Log conflicts that appeared or went away since the last entry point."""

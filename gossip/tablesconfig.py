@@ -25,6 +25,14 @@ class TablesConfig:
     """Network-scoped gossip round (None: the Swim gossip_interval)."""
     gossip_nodes: int = 3
     """Network peers per gossip round (networkdb: 3)."""
+    gossip_miss: float = 1e-3
+    """Target probability that network gossip leaves some member of a network without a
+    row (it then waits for the bulk sync): each node sends a row at least as often as
+    ``netsync.transmit_limit`` derives from it (about ln((n-1)/gossip_miss) times)."""
+    gossip_coalesce: float = 0.02
+    """An event queued on an idle network queue goes out this long after it was queued
+    (rows arriving together share a message), but never less than one gossip interval
+    after the previous round, so steady load sends no more rounds than before."""
     bulk_sync_interval: float | None = None
     """Per-network anti-entropy with one random network peer (None: push_pull_interval)."""
     join_sync_peers: int = 3
@@ -57,6 +65,8 @@ class TablesConfig:
             raise ValueError("tombstone_ttl, owner_reap and reap_period must be positive")
         if self.gossip_nodes < 0 or self.join_sync_peers < 0 or self.sync_retry <= 0:
             raise ValueError("gossip_nodes and join_sync_peers must be >= 0, sync_retry > 0")
+        if not 0 < self.gossip_miss < 1 or self.gossip_coalesce < 0:
+            raise ValueError("gossip_miss must lie in (0, 1) and gossip_coalesce be >= 0")
         if self.udp_payload < 200:
             raise ValueError("udp_payload must be at least 200 bytes")
 

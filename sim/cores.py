@@ -80,11 +80,6 @@ class SwimFactory:
         Scenarios set this in ``configure``, before any node starts."""
         self.swim_class: type[Swim] | None = None
         """A ``Swim`` subclass to run instead (what-if models of a core change)."""
-        # Every node runs in this process: a receiver may take the decompression of
-        # bytes another node just compressed from a bounded memo (gossip/lzw.py).
-        from gossip import lzw
-
-        lzw.set_memo(4096)
 
     def __call__(self, idx: int, name: str, addr: Address, now: float, generation: int) -> Core:
         from gossip.swim import Swim

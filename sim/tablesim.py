@@ -28,8 +28,9 @@ the claims of the members before it, so no two pick the same address block);
 endpoint rows reach the other participants as one bulk sync per network
 (``on_user_message``); the cluster-wide rows (networks, member rows, claims) are
 gathered on node 0 through ``local_state``/``merge_remote_state`` and then
-installed into every other replica as shared row objects (``_adopt``), the one
-step that reaches past the public API: decoding them per node would cost
+installed into every other replica as shared row objects with
+``Tables.bootstrap_rows`` (the tables' converged-start entry point, like
+``Swim.bootstrap_members``) instead of decoding them per node, which would cost
 ~24 µs and ~340 bytes per row and replica, i.e. minutes and 7 GB for the
 21,000 cluster-wide rows of the whole-cluster baseline at 1,000 nodes.
 """
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from gossip import netgossip
 from gossip.effects import Address, Effect
 from gossip.members import Member, Status
-from gossip.records import ClaimRow, EndpointRow, MemberRow, NetworkRow, encode_row
+from gossip.records import EndpointRow, encode_row
 from gossip.swim import Swim
 from gossip.tables import Tables, TablesConfig
 from sim.cores import Core, SwimFactory
@@ -560,24 +561,11 @@ def seed_tables(world: World, factory: TablesFactory, plan: EndpointsPlan) -> No
         t0.merge_remote_state(now, t.local_state(False), False)
     rows_all = list(t0.store.cluster_rows())
     for t in tables[1:]:
-        _adopt(t, rows_all)
+        t.bootstrap_rows(rows_all)
     for node in world.nodes:
         w = node.core.delegate if isinstance(node.core, Swim) else None
         if isinstance(w, _Watched):
             w.version = w.tables.version
-
-
-def _adopt(t: Tables, rows: Sequence[NetworkRow | MemberRow | ClaimRow]) -> None:
-    """What ``merge_remote_state`` does with a full state, minus decoding: rows are
-    shared objects (a replica never mutates a live row it holds). Only the sim needs
-    this; a ``Tables.bootstrap_rows`` would make it public."""
-    clock = t.clock
-    merge = t.store.merge
-    for row in rows:
-        if row.writer != t.node and merge(row) and row.lamport > clock:
-            clock = row.lamport
-    t.clock = clock
-    t._touch_all()  # views cached while seeding are stale
 
 
 def start_check(factory: TablesFactory, plan: EndpointsPlan) -> dict[str, Any]:

@@ -1,15 +1,33 @@
-"""Go-compatible LZW (compress/lzw, LSB, literal width 8, leading clear code)."""
+"""Go-compatible LZW (compress/lzw, LSB, literal width 8, leading clear code).
+
+Every test runs twice: through the pure-Python reference and through the native
+accelerator (skipped if not built; test_lzw_native.py compares the two directly).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import random
+from collections.abc import Iterator
 
 import pytest
 
 from gossip import lzw
 from gossip.errors import DecodeError
+
+
+@pytest.fixture(autouse=True, params=["pure", "native"])
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    native = request.param == "native"
+    if native and not lzw.native_available():
+        pytest.skip("gossip._lzw not built (no C compiler at install time?)")
+    assert lzw.use_native(native) is native
+    try:
+        yield request.param
+    finally:
+        lzw.use_native(True)
+
 
 # Captured from serf 0.9.4 (memberlist.md §1.8): the compressed TCP ack.
 SERF_BUF = bytes.fromhex("0005083a05254c1e366fc29001566a4a99384ede140808")

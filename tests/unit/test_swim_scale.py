@@ -7,7 +7,6 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,31 +170,6 @@ def test_big_push_pull_decode_is_memoised_and_equal() -> None:
     assert wire.decode(bytes(body)) is first
 
 
-# ---------------------------------------------------------------- lzw memo
-
-
-def test_lzw_memo_is_off_by_default_and_exact_when_on() -> None:
-    data = b"alive n0001 10.0.0.1 " * 40
-    try:
-        lzw.set_memo(0)
-        packed = lzw.compress(data)
-        assert lzw._memo == {}
-        lzw.set_memo(2, max_bytes=10_000)
-        packed = lzw.compress(data)
-        assert lzw._memo[packed] is data
-        assert lzw.decompress(packed) is data
-        # The limit still applies (the real decoder then raises).
-        with pytest.raises(Exception, match="exceeds"):
-            lzw.decompress(packed, limit=10)
-        # Bounded: the oldest entry goes first.
-        others = [lzw.compress(bytes([i]) * 100) for i in range(3)]
-        assert packed not in lzw._memo and len(lzw._memo) == 2
-        assert lzw.decompress(others[0]) == bytes([0]) * 100  # decoded for real
-        assert lzw._memo_bytes <= 10_000
-    finally:
-        lzw.set_memo(0)
-
-
 # ---------------------------------------------------------------- bootstrap
 
 
@@ -240,17 +214,12 @@ def test_bootstrap_keeps_what_we_know_and_queues_our_alive_if_not_known() -> Non
     assert s.member("m099").incarnation == 7  # type: ignore[union-attr]
 
 
-def test_lzw_big_input_memo_is_by_content_and_refreshes_the_decode_memo() -> None:
+def test_lzw_big_input_memo_is_by_content() -> None:
     big = b"\x87\xa4Addr\xc4\x04\n\x00\x00\x01\xabIncarnation\x00" * 1000
     other = big[:-1] + b"\x01"
-    try:
-        lzw.set_memo(1)
-        a = lzw.compress(big)
-        assert lzw.compress(bytes(bytearray(big))) is a  # same content: remembered
-        b = lzw.compress(other)
-        assert b != a and lzw.decompress(b) == other
-        assert a not in lzw._memo
-        assert lzw.compress(big) is a and lzw._memo[a] == big  # a hit is remembered again
-    finally:
-        lzw.set_memo(0)
+    a = lzw.compress(big)
+    assert lzw.compress(bytes(bytearray(big))) is a  # same content: remembered
+    b = lzw.compress(other)
+    assert b != a and lzw.decompress(b) == other
+    assert lzw.compress(big) is a
     assert lzw._compress(big) == a and lzw._compress(other) == b
