@@ -234,6 +234,9 @@ class Cluster:
                     else f"timed out after {timeout:.1f}s"
                 )
                 lines = [f"waiting for {what}: {why}"]
+                for n in exited:  # its own last words say why (e.g. a bind or import error)
+                    tail = n.proc.log_text().strip().splitlines()[-3:]
+                    lines.extend(f"  {n.name} log: {line}" for line in tail)
                 for n in todo:
                     lines.append(f"  {n.name} ({n.kind}) last view: {res.last_views.get(n.name)}")
                 raise ClusterTimeout("\n".join(lines))
