@@ -1,11 +1,12 @@
 """When and to whom network-scoped table messages go.
 
 Owns: for each network the local node takes part in, the queue of endpoint-row
-events and whether a first bulk sync has arrived; the gossip round (every
-interval, queued events to up to ``gossip_nodes`` random network peers, each
-event a limited number of times, in messages that fit one UDP packet); bulk
-syncs over TCP (on joining a network until one arrives, with a member that came
-back, and periodically with one random peer); the timers of all that.
+events and whether a first bulk sync has arrived; the gossip round (soon after
+an idle queue fills, then every interval; queued events to up to
+``gossip_nodes`` random network peers, each event ``transmit_limit`` times, in
+messages that fit one UDP packet); bulk syncs over TCP (on joining a network
+until one arrives, with a member that came back, and periodically with one
+random peer); the timers of all that.
 Does not: decide what rows mean or which peers exist (``tables.py`` passes
 ``peers`` and ``rows`` in), encode messages (``netgossip.py``).
 Reference: networkdb's per-network gossip and bulk sync (memberlist.md §5).
