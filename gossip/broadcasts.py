@@ -68,37 +68,84 @@ class Broadcasts:
         if not self._items or budget <= overhead:
             return []
         taken: list[bytes] = []
-        moved: list[_Item] = []
+        moves: list[tuple[int, list[_Entry]]] = []
         remaining = budget
         buckets = self._buckets
         for transmits in sorted(buckets):
             bucket = buckets[transmits]
-            picked: list[int] = []
+            n = len(bucket)
+            k = 0  # entries taken from this bucket
+            picked: list[int] | None = None  # their indices, once they are not a prefix
             i = 0
-            while remaining >= overhead:
-                # First entry with len(data) <= room, i.e. -len >= -room.
-                i = bisect_left(bucket, (overhead - remaining,), i)
-                if i >= len(bucket):
-                    break
-                item = bucket[i][2]
-                remaining -= len(item.data) + overhead
-                taken.append(item.data)
-                picked.append(i)
+            largest = -bucket[0][0] + overhead
+            if n * largest <= remaining:
+                # The whole bucket fits (each entry fits when reached: what is left
+                # then is at least the cost of the rest).
+                datas = [entry[2].data for entry in bucket]
+                taken += datas
+                remaining -= sum(map(len, datas)) + n * overhead
+                k = i = n
+            elif bucket[-1][0] == bucket[0][0]:
+                # All of one length (suspect/dead news about same-length names): a
+                # prefix of remaining // cost entries fits and then nothing else here.
+                k = remaining // largest
+                i = n
+                taken += [entry[2].data for entry in bucket[:k]]
+                remaining -= k * largest
+            while i < n:
+                room = remaining - overhead  # >= 0 here
+                entry = bucket[i]
+                if -entry[0] > room:
+                    # Entry i does not fit: bisect to the first with len(data) <= room,
+                    # i.e. -len >= -room. Usually entry i fits and no search is needed.
+                    i = bisect_left(bucket, (-room,), i + 1)
+                    if i >= n:
+                        break
+                    entry = bucket[i]
+                    if picked is None:
+                        picked = list(range(k))
+                data = entry[2].data
+                remaining = room - len(data)
+                taken.append(data)
+                if picked is not None:
+                    picked.append(i)
+                k += 1
                 i += 1
-            if picked:
-                for j in reversed(picked):
-                    moved.append(bucket.pop(j)[2])
+                if remaining < overhead:
+                    break
+            if k:
+                if picked is not None:
+                    entries = [bucket.pop(j) for j in reversed(picked)]
+                    entries.reverse()
+                elif k == n:  # the whole bucket moves on
+                    entries = bucket
+                    bucket = []
+                else:  # a prefix: the common case
+                    entries = bucket[:k]
+                    del bucket[:k]
+                moves.append((transmits, entries))
                 if not bucket:
                     del buckets[transmits]
             if remaining < overhead:
                 break
         # Re-file after the walk, so nothing taken is considered twice in one packet.
-        for item in moved:
-            item.transmits += 1
-            if item.transmits >= limit:
-                del self._items[item.key]
+        # An entry's sort key does not depend on its transmit count: it moves as is, and
+        # the entries taken from one bucket are still sorted.
+        items = self._items
+        for transmits, entries in moves:
+            nt = transmits + 1
+            if nt >= limit:
+                for entry in entries:
+                    del items[entry[2].key]
+                continue
+            for entry in entries:
+                entry[2].transmits = nt
+            target = buckets.get(nt)
+            if target is None:
+                buckets[nt] = entries
             else:
-                insort(buckets.setdefault(item.transmits, []), (-len(item.data), -item.order, item))
+                for entry in entries:
+                    insort(target, entry)
         return taken
 
     def _unlink(self, item: _Item) -> None:

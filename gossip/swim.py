@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from gossip.config import (
     push_pull_scale,
     retransmit_limit,
     suspicion_bounds,
+    suspicion_timeout,
 )
 from gossip.delegate import Delegate, NullDelegate
 from gossip.effects import (
@@ -94,6 +96,10 @@ _REAP_TICK = 7
 _REJOIN_TICK = 8
 _JOIN_RETRY = 9
 _QUERY_TIMEOUT = 10
+
+_DEAD = Status.DEAD  # a module constant: compared on the hot path
+_status_of = operator.attrgetter("status")
+_wire_state_of = operator.attrgetter("wire_state")
 
 _META_LIMIT = 512
 _ENCRYPT_OVERHEAD = 29
@@ -203,6 +209,9 @@ class Swim:
         self._push_pull_gen = 0
         """Only the push/pull timer carrying this generation is live (re-staggering)."""
         self._broadcasts = Broadcasts()
+        self._limit_n = -1
+        self._limit = 0
+        """``retransmit_limit`` for a table of ``_limit_n`` members."""
         self._suspicions: dict[str, Suspicion] = {}
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
@@ -245,8 +254,12 @@ class Swim:
         return len(self._members)
 
     def next_deadline(self) -> float:
-        own = self._timers[0][0] if self._timers else math.inf
-        return min(own, self.delegate.next_deadline())
+        timers = self._timers
+        own = timers[0][0] if timers else math.inf
+        delegate = self.delegate
+        if type(delegate) is NullDelegate:
+            return own  # never has a deadline; called after every event by the driver
+        return min(own, delegate.next_deadline())
 
     def leave_done(self) -> bool:
         """True once our leave (serf intent, then dead-about-self) has been gossiped and
@@ -426,11 +439,19 @@ class Swim:
         for name, m in self._members.items():
             table[name] = m  # ours win; unknown to the given members: appended
         self._members = table
-        self._gone = {name: None for name, m in table.items() if m.status >= Status.DEAD}
+        # The scans below run once per node over N members (N² at start-up): a C-level
+        # pass first, the Python filters only when they can find something.
+        if max(map(_status_of, table.values()), default=Status.ALIVE) >= _DEAD:
+            self._gone = {name: None for name, m in table.items() if m.status >= _DEAD}
+        else:
+            self._gone = {}
         # Nothing probed yet in this round: the rest of the order is drawn lazily.
         done = self._probe_order[: self._probe_index]
-        seen = set(done)
-        self._probe_order = done + [name for name in table if name not in seen]
+        if done:
+            seen = set(done)
+            self._probe_order = done + [name for name in table if name not in seen]
+        else:
+            self._probe_order = list(table)
         self._unshuffled_from = self._probe_index
         if knows_us:
             self._broadcasts.discard(self.name)
@@ -447,7 +468,13 @@ class Swim:
         )
         effects: list[Effect] = []
         for msg in messages:
-            self._dispatch(now, src, msg, effects)
+            # Suspect and dead gossip (most of a failure storm) skip one call level.
+            if type(msg) is Suspect:
+                self._suspect(now, msg.node, msg.incarnation, msg.from_, effects)
+            elif type(msg) is Dead:
+                self._dead(now, msg.node, msg.incarnation, msg.from_, effects)
+            else:
+                self._dispatch(now, src, msg, effects)
         return effects
 
     def handle_stream(
@@ -520,11 +547,17 @@ class Swim:
     def tick(self, now: float) -> list[Effect]:
         """Run every timer due at or before ``now``."""
         effects: list[Effect] = []
-        self._now = max(self._now, now)
+        if now > self._now:
+            self._now = now
         timers = self._timers
+        pop = heapq.heappop
         while timers and timers[0][0] <= now:
-            _, _, kind, arg = heapq.heappop(timers)
-            if kind == _PROBE_TICK:
+            _, _, kind, arg = pop(timers)
+            if kind == _GOSSIP_TICK:  # the most frequent timer: tested first
+                if arg is None:
+                    self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
+                effects.extend(self._gossip(now))
+            elif kind == _PROBE_TICK:
                 self._probe_tick(now, effects)
             elif kind == _PROBE_TIMEOUT:
                 self._probe_timeout(now, arg, effects)
@@ -532,10 +565,6 @@ class Swim:
                 self._probe_end(now, arg, effects)
             elif kind == _RELAY_TIMEOUT:
                 self._relay_timeout(now, arg, effects)
-            elif kind == _GOSSIP_TICK:
-                if arg is None:
-                    self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
-                effects.extend(self._gossip(now))
             elif kind == _PUSH_PULL_TICK:
                 if arg == self._push_pull_gen:
                     self._push_pull_tick(now, effects)
@@ -551,14 +580,21 @@ class Swim:
                 assert isinstance(arg, int)
                 if self._my_queries.pop(arg, None) is not None:
                     effects.append(QueryFinished(arg))
-        if self.delegate.next_deadline() <= now:
-            effects.extend(self.delegate.tick(now))
+        delegate = self.delegate
+        if type(delegate) is not NullDelegate and delegate.next_deadline() <= now:
+            effects.extend(delegate.tick(now))
         return effects
 
     # ------------------------------------------------------------ dispatching
 
     def _dispatch(self, now: float, src: Address, msg: Message, effects: list[Effect]) -> None:
-        if isinstance(msg, Ping):
+        # Exact-type tests, most frequent first: during a mass failure nearly every
+        # piggybacked message is a suspect or dead (message types have no subclasses).
+        if type(msg) is Suspect:
+            self._suspect(now, msg.node, msg.incarnation, msg.from_, effects)
+        elif type(msg) is Dead:
+            self._dead(now, msg.node, msg.incarnation, msg.from_, effects)
+        elif isinstance(msg, Ping):
             if msg.node and msg.node != self.name:
                 return
             to = self._reply_address(src, msg.source_addr, msg.source_port)
@@ -578,10 +614,6 @@ class Swim:
             self._indirect_ping(now, src, msg, effects)
         elif isinstance(msg, Alive):
             self._alive(now, msg, effects)
-        elif isinstance(msg, Suspect):
-            self._suspect(now, msg.node, msg.incarnation, msg.from_, effects)
-        elif isinstance(msg, Dead):
-            self._dead(now, msg.node, msg.incarnation, msg.from_, effects)
         elif isinstance(msg, UserMsg):
             self._user_message(now, msg.payload, effects)
         # PushPull/Err over UDP are not part of the protocol: ignored.
@@ -876,14 +908,27 @@ class Swim:
             self._refute(now, msg.incarnation, effects)
 
     def _suspect(self, now: float, name: str, incarnation: int, from_: str, effects: list[Effect]) -> None:
-        current = self._members.get(name)
-        if current is None or incarnation < current.incarnation:
-            return
+        # Hot path first (a mass failure makes most messages repeated suspicions): a
+        # suspicion implies we hold the member as suspect at its incarnation
+        # (check_invariants), so any other incarnation is stale or handled as before:
+        # ignored. Inlines Suspicion.confirm (the accuser is never counted).
         suspicion = self._suspicions.get(name)
         if suspicion is not None:
-            if suspicion.incarnation == incarnation and suspicion.confirm(from_):
-                self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
-                self._schedule(suspicion.deadline, _SUSPICION, name)
+            confirmers = suspicion.confirmers
+            if (
+                suspicion.incarnation != incarnation
+                or len(confirmers) > suspicion.k
+                or from_ in confirmers
+            ):
+                return
+            confirmers.append(from_)
+            self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
+            # Suspicion.deadline, inlined: confirmations = len(confirmers) - 1 here.
+            timeout = suspicion_timeout(suspicion.low, suspicion.high, suspicion.k, len(confirmers) - 1)
+            self._schedule(suspicion.start + timeout, _SUSPICION, name)
+            return
+        current = self._members.get(name)
+        if current is None or incarnation < current.incarnation:
             return
         if current.status != Status.ALIVE:
             return
@@ -894,7 +939,8 @@ class Swim:
         if not supersedes(Status.SUSPECT, incarnation, current):
             return
         self.stats.suspicions += 1
-        suspected = current.evolve(status=Status.SUSPECT, incarnation=incarnation, changed_at=now)
+        suspected = Member(current.name, current.addr, current.port, incarnation, Status.SUSPECT,
+                           current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
         self._set_member(suspected)
         self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
         n = len(self._members)
@@ -919,9 +965,8 @@ class Swim:
 
     def _dead(self, now: float, name: str, incarnation: int, from_: str, effects: list[Effect]) -> None:
         current = self._members.get(name)
-        if current is None or incarnation < current.incarnation:
-            return
-        if current.status in (Status.DEAD, Status.LEFT):
+        # Dead and left are final for an incarnation (and the hot, repeated case).
+        if current is None or incarnation < current.incarnation or current.status >= _DEAD:
             return
         if name == self.name:
             if not self.leaving:
@@ -929,7 +974,8 @@ class Swim:
             return
         self._suspicions.pop(name, None)
         status = Status.LEFT if from_ == name else Status.DEAD
-        gone = current.evolve(status=status, incarnation=incarnation, changed_at=now)
+        gone = Member(current.name, current.addr, current.port, incarnation, status,
+                      current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
         self._set_member(gone)
         self._broadcasts.queue(name, wire.encode(Dead(incarnation, name, from_)))
         if status == Status.LEFT:
@@ -979,28 +1025,37 @@ class Swim:
         chosen: list[Member] = []
         if n <= 1 or k <= 0:
             return chosen
+        members = self._members
+        me = self.name
+        randrange = self.rng.randrange
+        names: list[str] = []  # names are unique in the table: cheaper than Member.__eq__
         for _ in range(3 * n if n <= 64 else 6 * k + 20):
             if len(chosen) >= k:
                 break
-            m = self._members[order[self.rng.randrange(n)]]
-            if m.name == self.name or m in chosen or not accept(m):
+            name = order[randrange(n)]
+            if name == me or name in names:
+                continue
+            m = members[name]
+            if not accept(m):
                 continue
             chosen.append(m)
+            names.append(name)
         return chosen
 
     def _gossip(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         if self.leaving:
             self._advance_leave(now, effects)
+        if not self._broadcasts and not self._delegate_may_broadcast():
+            return effects  # the usual gossip tick of a quiet cluster
         dead_window = self.config.gossip_to_the_dead_time
 
         def target(m: Member) -> bool:
-            if m.status in (Status.ALIVE, Status.SUSPECT):
+            status = m.status
+            if status < _DEAD:  # alive or suspect
                 return True
-            return m.status == Status.DEAD and now - m.changed_at < dead_window
+            return status == _DEAD and now - m.changed_at < dead_window
 
-        if not self._broadcasts and not self._delegate_may_broadcast():
-            return effects
         for peer in self._k_random(self.config.gossip_nodes, target):
             parts = self._take_broadcasts(self._packet_budget(peer), 0, peer)
             if not parts:
@@ -1021,8 +1076,11 @@ class Swim:
         return budget
 
     def _take_broadcasts(self, budget: int, used: int, peer: Member | None) -> list[bytes]:
-        limit = retransmit_limit(self.config, len(self._members))
-        parts = self._broadcasts.take(2, budget - used, limit)
+        n = len(self._members)
+        if n != self._limit_n:  # memoised per table size: this runs for every packet
+            self._limit_n = n
+            self._limit = retransmit_limit(self.config, n)
+        parts = self._broadcasts.take(2, budget - used, self._limit)
         if peer is None or not self.delegate.accepts_user_data(peer):
             return parts  # serf (or unknown): it would log every delegate byte it gets
         used += sum(len(p) + 2 for p in parts)
@@ -1097,7 +1155,11 @@ class Swim:
         byte, built from each member's cached encoded state (``Member.wire_state``;
         a changed member is a new value, so a cached state is never stale). The stream
         layer memoises the compression of an unchanged table."""
-        states = [m.wire_state or _encode_state(m) for m in self._members.values()]
+        values = self._members.values()
+        # A C-level pass over N members; the Python one only if some state is not cached.
+        states: list[bytes] = list(map(_wire_state_of, values))
+        if None in states:
+            states = [s or _encode_state(m) for s, m in zip(states, values, strict=True)]
         user = self.delegate.local_state(join) if ours else b""
         body = wire.encode_push_pull_body(join, states, user)
         return wire.frame_stream(
@@ -1121,23 +1183,24 @@ class Swim:
         )
 
     def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
-        members = self._members
+        get = self._members.get
         me = self.name
+        alive_state = NodeState.ALIVE
         for ns in msg.nodes:
             # Fast path: news that cannot change what we hold (a converged 10,000-node
             # state is 10,000 of these). Exactly the cases the handlers below ignore:
             # an alive from the same address that is not newer; suspect/dead/left about
             # a member we already hold dead or left (no suspicion can exist for it).
-            current = members.get(ns.name)
+            current = get(ns.name)
             if current is not None and ns.name != me:
-                if ns.state == NodeState.ALIVE:
+                if ns.state == alive_state:
                     if (
                         ns.incarnation <= current.incarnation
                         and ns.port == current.port
                         and ip_text(ns.addr) == current.addr
                     ):
                         continue
-                elif current.status >= Status.DEAD:
+                elif current.status >= _DEAD:
                     continue
             if ns.state == NodeState.ALIVE:
                 alive = Alive(ns.incarnation, ns.name, ns.addr, ns.port, ns.meta, ns.vsn)

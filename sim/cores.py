@@ -73,6 +73,11 @@ class SwimFactory:
     """Builds a real ``gossip.swim.Swim`` per node, seeded by ``f"{seed}:{name}"``."""
 
     def __init__(self, config: Config, seed: int) -> None:
+        from gossip import wire
+
+        # One process decodes every node's copy of the same gossip: a bigger memo of
+        # decoded parts pays off here (it only saves work; results are identical).
+        wire.set_part_cache_size(1 << 14)
         self.config = config
         self.seed = seed
         self.keys: tuple[bytes, ...] = ()

@@ -109,6 +109,33 @@ def test_same_selection_as_the_sorting_reference(seed: int) -> None:
             assert q.pending(key) == (key in ref.items)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_same_selection_with_mostly_equal_sizes(seed: int) -> None:
+    """Failure gossip is mostly messages of one length: exercises the whole-bucket and
+    equal-length shortcuts of ``take`` (and budgets that cut a bucket anywhere)."""
+    rng = random.Random(seed)
+    q, ref = Broadcasts(), _Reference()
+    keys = [f"k{i}" for i in range(rng.randrange(1, 60))]
+    sizes = [20, 20, 20, 20, 33, rng.randrange(1, 50)]
+    for _ in range(300):
+        if rng.random() < 0.6:
+            key = rng.choice(keys)
+            data = bytes([rng.randrange(256)]) * rng.choice(sizes)
+            q.queue(key, data)
+            ref.queue(key, data)
+        elif rng.random() < 0.1:
+            key = rng.choice(keys)
+            q.discard(key)
+            ref.items.pop(key, None)
+        else:
+            overhead = rng.randrange(0, 4)
+            budget = rng.randrange(0, 400)
+            limit = rng.randrange(1, 8)
+            assert q.take(overhead, budget, limit) == ref.take(overhead, budget, limit)
+        assert len(q) == len(ref.items)
+
+
 def test_discard_forgets_a_pending_message() -> None:
     q = Broadcasts()
     q.queue("a", b"aa")

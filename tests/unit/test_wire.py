@@ -600,3 +600,21 @@ def test_packet_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(out) == 1 and "exceeds" in str(errors[0])
     assert len(wire.decode_packet(wire.encode_compound([half]), None)) == 1
     wire.clear_caches()
+
+
+def test_part_memo_size_is_settable_and_decoding_is_unchanged() -> None:
+    from gossip import wire as w
+    from gossip.messages import Ping as _Ping
+
+    part = w.encode(_Ping(seq_no=7, node="a"))
+    packet = w.encode_packet([part, w.encode(_Ping(seq_no=8, node="b"))], compress=False, crc=False,
+                             keyring=None)
+    before = w.decode_packet(packet, None)
+    try:
+        w.set_part_cache_size(1)
+        assert w._decode_part_cached.cache_info().maxsize == 1
+        assert w.decode_packet(packet, None) == before
+        assert w.decode_packet(packet, None) == before
+    finally:
+        w.set_part_cache_size(w._PART_CACHE_SIZE)
+    assert w._decode_part_cached.cache_info().maxsize == w._PART_CACHE_SIZE
