@@ -12,12 +12,14 @@ import trio
 
 from agent.driver import Driver
 from gossip.effects import QueryFinished, QueryResponse
+from gossip.keyops import QueryTally
 
 
 @dataclass
-class QueryResult:
-    acks: list[str] = field(default_factory=list)
-    responses: dict[str, bytes] = field(default_factory=dict)
+class QueryResult(QueryTally):
+    """The answers so far (``QueryTally``: the same rule the simulator uses), and
+    ``done`` once the core timed the query out."""
+
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -35,13 +37,8 @@ class QueryBook:
 
     def _response(self, effect: QueryResponse) -> None:
         result = self._pending.get(effect.query_id)
-        if result is None:
-            return
-        if effect.ack:
-            if effect.node not in result.acks:
-                result.acks.append(effect.node)
-        else:
-            result.responses.setdefault(effect.node, effect.payload)
+        if result is not None:
+            result.add(effect)
 
     def _finished(self, effect: QueryFinished) -> None:
         result = self._pending.pop(effect.query_id, None)
