@@ -241,6 +241,17 @@ def compare_plot(out: Path, sweeps: Sequence[tuple[str, dict[str, Any]]],
     return out
 
 
+def labelled_dirs(items: Sequence[str], what: str) -> list[tuple[str, Path]]:
+    """``LABEL=DIR`` command-line items of a ``compare`` command; ValueError names a bad one."""
+    out = []
+    for item in items:
+        label, sep, directory = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected LABEL={what}, got {item!r}")
+        out.append((label, Path(directory)))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sim.plots sweep DIR`` redraws DIR/sweep.png from DIR/sweep.json;
     ``python -m sim.plots compare OUT.png LABEL=SWEEP_DIR ...`` draws bars across sweeps."""
@@ -262,13 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     sweeps = []
-    for item in args[2:]:
-        label, sep, directory = item.partition("=")
-        if not sep:
-            print(f"error: expected LABEL=SWEEP_DIR, got {item!r}", file=sys.stderr)
-            return 2
+    try:
+        dirs = labelled_dirs(args[2:], "SWEEP_DIR")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for label, directory in dirs:
         try:
-            sweeps.append((label.replace("\\n", "\n"), json.loads((Path(directory) / "sweep.json").read_text())))
+            sweeps.append((label.replace("\\n", "\n"), json.loads((directory / "sweep.json").read_text())))
         except (OSError, ValueError) as e:
             print(f"error: cannot read {directory}/sweep.json: {e}", file=sys.stderr)
             return 2

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sim.output import _write
-from sim.plots import DPI, _plt, available
+from sim.plots import DPI, _plt, available, labelled_dirs
 
 if TYPE_CHECKING:
     from sim.tablesim import RowTracker
@@ -151,17 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m sim.tablesplots compare OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]",
               file=sys.stderr)
         return 2
-    runs = []
-    for item in args[2:]:
-        label, sep, directory = item.partition("=")
-        if not sep:
-            print(f"error: expected LABEL=RUN_DIR, got {item!r}", file=sys.stderr)
-            return 2
-        if not (Path(directory) / "endpoints.csv").is_file():
+    try:
+        runs = labelled_dirs(args[2:], "RUN_DIR")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for _label, directory in runs:
+        if not (directory / "endpoints.csv").is_file():
             print(f"error: {directory} has no endpoints.csv (run an 'endpoints' scenario with --out)",
                   file=sys.stderr)
             return 2
-        runs.append((label, Path(directory)))
     try:
         made = compare_plot(Path(args[1]), runs)
     except (OSError, ValueError, KeyError) as e:
