@@ -16,6 +16,7 @@ import pytest
 
 from gossip import wire
 from gossip.agenttag import AGENT_TAG, AGENT_TAG_VALUE, has_agent_tag, with_agent_tag
+from gossip.delegate import NullDelegate
 from gossip.effects import Address, Effect
 from gossip.members import Member, Status
 from gossip.messages import DEFAULT_VSN, PushPull, UserMsg
@@ -59,14 +60,12 @@ def test_tables_advertise_the_tag_and_accept_only_tagged_members() -> None:
     assert not t.accepts_user_data(member(SERF_META))
 
 
-class SerfLikeDelegate:
+class SerfLikeDelegate(NullDelegate):
     """What serf's delegate looks like from the wire: own state always, no private bytes."""
 
     def __init__(self) -> None:
+        super().__init__(SERF_META)
         self.private: list[bytes] = []
-
-    def node_meta(self, limit: int) -> bytes:
-        return SERF_META
 
     def accepts_user_data(self, peer: Member) -> bool:
         return True  # so this core always sends SERF_STATE, as serf does
@@ -75,23 +74,11 @@ class SerfLikeDelegate:
         self.private.append(data)
         return []
 
-    def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
-        return []
-
     def local_state(self, join: bool) -> bytes:
         return SERF_STATE
 
     def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
         self.private.append(data)
-        return []
-
-    def on_member_change(self, now: float, old: Member | None, new: Member) -> list[Effect]:
-        return []
-
-    def next_deadline(self) -> float:
-        return float("inf")
-
-    def tick(self, now: float) -> list[Effect]:
         return []
 
 
