@@ -74,6 +74,26 @@ put_code(writer *w, uint32_t code, unsigned width)
     }
 }
 
+/* Go's incHi: widen when hi reaches 2**width; at 4095 send a clear code (at the
+ * current, 12-bit width) and start over. Returns 1 when it cleared, so the caller
+ * resets its table. */
+static inline int
+inc_hi(writer *w, uint32_t *hi, unsigned *width, uint32_t *overflow)
+{
+    (*hi)++;
+    if (*hi == *overflow) {
+        (*width)++;
+        *overflow <<= 1;
+    }
+    if (*hi != LZW_MAX_CODE)
+        return 0;
+    put_code(w, LZW_CLEAR, *width);
+    *width = 9;
+    *hi = LZW_EOF;
+    *overflow = 512;
+    return 1;
+}
+
 static PyObject *
 lzw_compress(PyObject *self, PyObject *arg)
 {
@@ -132,18 +152,7 @@ lzw_compress(PyObject *self, PyObject *arg)
             /* Emit the current code; the literal starts the next one. */
             put_code(&w, code, width);
             code = literal;
-            /* incHi: widen when hi reaches 2**width; at 4095 send a clear
-             * code (at the current, 12-bit width) and reset the table. */
-            hi++;
-            if (hi == overflow) {
-                width++;
-                overflow <<= 1;
-            }
-            if (hi == LZW_MAX_CODE) {
-                put_code(&w, LZW_CLEAR, width);
-                width = 9;
-                hi = LZW_EOF;
-                overflow = 512;
+            if (inc_hi(&w, &hi, &width, &overflow)) {
                 table_reset();
                 continue;
             }
@@ -153,15 +162,7 @@ lzw_compress(PyObject *self, PyObject *arg)
         }
         /* Close: flush the saved code, bump hi (may widen or clear), EOF. */
         put_code(&w, code, width);
-        hi++;
-        if (hi == overflow) {
-            width++;
-            overflow <<= 1;
-        }
-        if (hi == LZW_MAX_CODE) {
-            put_code(&w, LZW_CLEAR, width);
-            width = 9;
-        }
+        inc_hi(&w, &hi, &width, &overflow);
         put_code(&w, LZW_EOF, width);
         table_reset();
     }
