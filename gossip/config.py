@@ -42,6 +42,11 @@ class Config:
     """How long a failed member keeps being re-joined."""
     lifeguard: bool = True
     """Lifeguard's local health, nacks, suspicion confirmations and buddy system."""
+    compressed_packing: bool = True
+    """With compression on, fill gossip packets by their compressed size rather than
+    their raw size (memberlist counts raw bytes, so a compressed 1,400-byte budget
+    leaves most of the datagram empty): several times the news per packet during
+    joins and failures. A packet that still compresses above the budget is split."""
     dead_node_reclaim_time: float = 0.0
     """A dead member may come back under the same name from a new address after this
     long (0 = only once it is dead/left at all; memberlist's default 0 means never,

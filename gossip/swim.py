@@ -105,6 +105,10 @@ _META_LIMIT = 512
 _ENCRYPT_OVERHEAD = 29
 _CRC_OVERHEAD = 5
 _USER_OVERHEAD = 1
+_SQUEEZE_MAX = 4.0
+"""At most this many raw bytes are packed per byte of a packet's budget."""
+_SQUEEZE_MARGIN = 0.85
+"""Packing aims this far below the observed compression, so that splits stay rare."""
 _SERF_LEAVE_KEY = "\x00serf-leave-intent"
 _MAX_RELAYS = 1024
 _LEAVE_INTENT_TIMEOUT = 5.0  # serf's BroadcastTimeout
@@ -209,6 +213,9 @@ class Swim:
         self._push_pull_gen = 0
         """Only the push/pull timer carrying this generation is live (re-staggering)."""
         self._broadcasts = Broadcasts()
+        self._squeeze = 1.0
+        """Raw bytes to pack per budget byte (compressed packing): the compression
+        recent full packets achieved, times a margin. 1.0 packs like memberlist."""
         self._limit_n = -1
         self._limit = 0
         """``retransmit_limit`` for a table of ``_limit_n`` members."""
@@ -1057,7 +1064,7 @@ class Swim:
             return status == _DEAD and now - m.changed_at < dead_window
 
         for peer in self._k_random(self.config.gossip_nodes, target):
-            parts = self._take_broadcasts(self._packet_budget(peer), 0, peer)
+            parts = self._take_broadcasts(self._fill_budget(peer), 0, peer)
             if not parts:
                 continue  # the next peer may take the delegate's (a serf one does not)
             self._emit(peer.address, parts, peer, effects)
@@ -1073,6 +1080,13 @@ class Swim:
             budget -= _ENCRYPT_OVERHEAD
         if peer is not None and peer.pmax >= 5:
             budget -= _CRC_OVERHEAD
+        return budget
+
+    def _fill_budget(self, peer: Member | None) -> int:
+        """Raw bytes of messages to pack into one packet (see Config.compressed_packing)."""
+        budget = self._packet_budget(peer)
+        if self._squeeze > 1.0:
+            return int(budget * self._squeeze)
         return budget
 
     def _take_broadcasts(self, budget: int, used: int, peer: Member | None) -> list[bytes]:
@@ -1098,7 +1112,7 @@ class Swim:
     def _send_parts(
         self, peer: Member | None, parts: list[bytes], effects: list[Effect], to: Address | None = None
     ) -> None:
-        budget = self._packet_budget(peer)
+        budget = self._fill_budget(peer)
         used = sum(len(p) + 2 for p in parts)
         if used < budget and (self._broadcasts or self._delegate_may_broadcast()):
             parts = parts + self._take_broadcasts(budget, used, peer)
@@ -1108,12 +1122,32 @@ class Swim:
         self._emit(dest, parts, peer, effects)
 
     def _emit(self, to: Address, parts: list[bytes], peer: Member | None, effects: list[Effect]) -> None:
+        config = self.config
+        packing = config.enable_compression and config.compressed_packing
+        if packing and len(parts) > wire.MAX_COMPOUND_PARTS:
+            half = len(parts) // 2
+            self._emit(to, parts[:half], peer, effects)
+            self._emit(to, parts[half:], peer, effects)
+            return
         data = wire.encode_packet(
             parts,
-            compress=self.config.enable_compression,
+            compress=config.enable_compression,
             crc=peer is not None and peer.pmax >= 5,
             keyring=self._outgoing_keyring(),
         )
+        if packing and len(parts) > 1:
+            raw = 2 + sum(len(p) + 2 for p in parts)
+            if len(data) > config.udp_buffer_size:
+                # Packed beyond what this content compresses to: send it as two packets
+                # (each stands alone) and pack less from now on.
+                self._squeeze = max(1.0, self._squeeze * _SQUEEZE_MARGIN)
+                half = len(parts) // 2
+                self._emit(to, parts[:half], peer, effects)
+                self._emit(to, parts[half:], peer, effects)
+                return
+            if 2 * raw >= config.udp_buffer_size:  # full enough to tell how news compresses
+                seen = min(_SQUEEZE_MAX, max(1.0, raw / len(data) * _SQUEEZE_MARGIN))
+                self._squeeze += (seen - self._squeeze) * 0.5
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(data)
         effects.append(Send(to, data))
