@@ -1124,7 +1124,7 @@ class Swim:
     def _emit(self, to: Address, parts: list[bytes], peer: Member | None, effects: list[Effect]) -> None:
         config = self.config
         packing = config.enable_compression and config.compressed_packing
-        if packing and len(parts) > wire.MAX_COMPOUND_PARTS:
+        if packing and len(parts) > wire.SERF_SAFE_COMPOUND_PARTS:
             half = len(parts) // 2
             self._emit(to, parts[:half], peer, effects)
             self._emit(to, parts[half:], peer, effects)

@@ -62,6 +62,8 @@ STREAM_ENCRYPT_OVERHEAD = 5 + CRYPTO_OVERHEAD
 """Bytes the encrypted stream frame adds: type + u32 length + version + nonce + tag."""
 
 MAX_COMPOUND_PARTS = 255
+SERF_SAFE_COMPOUND_PARTS = 127
+"""memberlist 0.2.2 misreads the part count of a compound of 128 parts or more."""
 MAX_PART_SIZE = 0xFFFF
 MAX_ENCRYPTED_STREAM = 20 * 1024 * 1024
 """memberlist's maxPushStateBytes: the largest encrypted stream accepted."""
