@@ -47,6 +47,9 @@ def _main(argv: Sequence[str] | None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
+    from agent import deferred
+
+    deferred.defer(*deferred.AGENT_DEFERRED)  # before trio imports them
     import trio  # not needed to check a configuration
 
     from agent import log as agent_log

@@ -16,7 +16,7 @@ Does not: persist (``agent.persist``), send or wait for answers (``ops``, ``quer
 
 from __future__ import annotations
 
-import secrets
+import os
 from typing import Any
 
 from agent.api import ApiError
@@ -77,7 +77,7 @@ def apply(swim: Swim, action: str, args: dict[str, Any]) -> tuple[dict[str, Any]
                 raise ApiError("encryption is not enabled on this agent: 'agentctl keys install --enable KEY' "
                                "turns it on (plaintext stays accepted until 'agentctl keys require')")
             if ring is None:
-                swim.keyring = ring = Keyring([], nonce_source=secrets.token_bytes)
+                swim.keyring = ring = Keyring([], nonce_source=os.urandom)
             ring.install(key)
             # The roll-out window: accept both, keep sending plaintext until every member
             # holds the key ('agentctl keys encrypt', then 'agentctl keys require').

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,7 +105,7 @@ def _identity(store: StateStore, name: str, notes: list[tuple[str, dict[str, Any
     if not (isinstance(node_id, str) and len(node_id) == 32 and all(c in "0123456789abcdef" for c in node_id)):
         if record is not None:
             notes.append(("state-record-replaced", {"record": NODE_RECORD, "reason": "malformed"}))
-        node_id = secrets.token_hex(16)
+        node_id = os.urandom(16).hex()
     elif isinstance(record, dict) and record.get("name") != name:
         notes.append(("node-renamed", {"old": record.get("name"), "new": name, "id": node_id}))
     if record != {"id": node_id, "name": name}:
@@ -140,7 +139,7 @@ def load_startup(store: StateStore | None, config: AgentConfig) -> Startup:
     Raises PersistError (keyring file unreadable) or OSError (state dir not writable).
     """
     notes: list[tuple[str, dict[str, Any]]] = []
-    node_id = secrets.token_hex(16)
+    node_id = os.urandom(16).hex()
     incarnation = 1
     if store is not None:
         node_id = _identity(store, config.node, notes)

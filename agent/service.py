@@ -27,7 +27,6 @@ import errno
 import logging
 import os
 import random
-import secrets
 import signal
 import socket as stdsocket
 from collections.abc import AsyncIterator, Sequence
@@ -91,7 +90,7 @@ def _delegate(config: AgentConfig, advertise: Address, extensions: Sequence[obje
     for ext in extensions:
         if hasattr(ext, "make_delegate"):
             provider: DelegateProvider = ext  # type: ignore[assignment]
-            return provider.make_delegate(config, advertise, random.Random(secrets.randbits(64)))
+            return provider.make_delegate(config, advertise, random.Random(int.from_bytes(os.urandom(8), "big")))
     return NullDelegate(encode_tags(config.tags))
 
 
@@ -251,13 +250,13 @@ async def run(
             advertise = (advertise[0], sockets.addr[1])
         # Always a keyring, empty when encryption is off, so that a cluster-wide
         # 'agentctl keys install --enable' (a serf key query) can switch it on here.
-        keyring = Keyring(list(startup.keys), nonce_source=secrets.token_bytes)
+        keyring = Keyring(list(startup.keys), nonce_source=os.urandom)
         try:
             swim = Swim(
                 gossip_config,
                 config.node,
                 advertise,
-                rng=random.Random(secrets.randbits(64)),
+                rng=random.Random(int.from_bytes(os.urandom(8), "big")),
                 now=trio.current_time(),
                 delegate=_delegate(config, advertise, extensions),
                 keyring=keyring,

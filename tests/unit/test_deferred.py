@@ -1,0 +1,96 @@
+"""agent.deferred: placeholders load the real module on first use, transparently.
+
+Each case runs in a fresh interpreter (the test process has ssl and hashlib loaded
+already, and placeholders are process-wide).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+def _run(code: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_trio_imports_without_loading_the_deferred_modules() -> None:
+    out = _run(
+        """
+        import sys
+        from agent import deferred
+        assert deferred.defer(*deferred.AGENT_DEFERRED) == list(deferred.AGENT_DEFERRED)
+        import trio
+        import agent.service
+        print([n for n in deferred.AGENT_DEFERRED if not deferred.is_deferred(n)],
+              "_ssl" in sys.modules, "_hashlib" in sys.modules)
+        """
+    )
+    assert out == "[] False False"
+
+
+def test_first_use_loads_the_real_module_and_old_references_keep_working() -> None:
+    out = _run(
+        """
+        import sys
+        from agent import deferred
+        deferred.defer("ssl", "hashlib")
+        import trio  # holds the placeholder for ssl
+        from trio import _highlevel_ssl_helpers as helpers
+        placeholder = helpers.ssl
+        assert getattr(placeholder, "__path__", None) is None  # a probe: still deferred
+        assert deferred.is_deferred("ssl")
+        ctx = helpers.ssl.create_default_context()
+        real = sys.modules["ssl"]
+        assert real is not placeholder and not deferred.is_deferred("ssl")
+        assert isinstance(ctx, real.SSLContext) and placeholder.SSLContext is real.SSLContext
+        from ssl import PROTOCOL_TLS_CLIENT
+        import hashlib
+        print(hashlib.sha256(b"abc").hexdigest()[:16], PROTOCOL_TLS_CLIENT is real.PROTOCOL_TLS_CLIENT)
+        """
+    )
+    assert out == "ba7816bf8f01cfea True"
+
+
+def test_star_import_and_an_already_loaded_module() -> None:
+    out = _run(
+        """
+        import sys, json
+        from agent import deferred
+        assert deferred.defer("json", "colorsys") == ["colorsys"]
+        assert deferred.is_deferred("colorsys")
+        from colorsys import *
+        print(rgb_to_hsv(1.0, 0.0, 0.0), deferred.is_deferred("colorsys"))
+        """
+    )
+    assert out == "(0.0, 1.0, 1.0) False"
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_failing_import_raises_each_time_and_stays_deferred(tmp_path: Path, attempts: int) -> None:
+    (tmp_path / "broken_mod.py").write_text("raise RuntimeError('broken on purpose')\n")
+    out = _run(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from agent import deferred
+        assert deferred.defer("broken_mod") == ["broken_mod"]
+        import broken_mod
+        for _ in range({attempts}):
+            try:
+                broken_mod.anything
+            except RuntimeError as e:
+                print(e, deferred.is_deferred("broken_mod"))
+        """,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.splitlines() == ["broken on purpose True"] * attempts
