@@ -1,10 +1,11 @@
-"""Defer loading standard-library modules that trio imports but the agent rarely uses.
+"""Defer loading modules that trio imports but the agent rarely uses.
 
 trio imports ``ssl`` (TLS streams) and ``hmac`` (DTLS cookies) when it is imported;
 ``hashlib`` and ``secrets`` come with them. Loading them maps OpenSSL's libcrypto and
 builds their module state: about 5 MiB of resident memory in every agent, for TLS and
 DTLS the agent never uses (gossip encryption goes through ``cryptography``, loaded only
-once a key or an encrypted network exists). ``defer`` puts a placeholder module in
+once a key or an encrypted network exists). ``idna`` (~1 MiB of tables) serves trio's
+resolution of non-ASCII host names; the agent resolves only numeric addresses. ``defer`` puts a placeholder module in
 ``sys.modules``; the real module is imported on the first attribute access (IPAM's
 first hash, for instance) and the placeholder then holds all of its attributes, so
 code that kept a reference to the placeholder keeps working.
@@ -21,8 +22,8 @@ import sys
 import threading
 import types
 
-AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets")
-"""What the daemon defers: together they are what maps libcrypto into an agent."""
+AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets", "idna")
+"""What the daemon defers (the first four are what maps libcrypto into an agent)."""
 
 _lock = threading.Lock()
 _LOADING_DUNDERS = frozenset({"__all__", "__file__"})
