@@ -58,6 +58,9 @@ class WatchedTables:
     def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
         return self.tables.take_broadcasts(overhead, budget)
 
+    def has_broadcasts(self) -> bool:
+        return self.tables.has_broadcasts()
+
     def local_state(self, join: bool) -> bytes:
         return self.tables.local_state(join)
 

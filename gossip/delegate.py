@@ -36,6 +36,11 @@ class Delegate(Protocol):
         Called only for packets to members ``accepts_user_data`` accepts."""
         ...
 
+    def has_broadcasts(self) -> bool:
+        """Whether ``take_broadcasts`` has anything. Asked after every event: cheap.
+        While neither the core nor the delegate has news, gossip ticks are skipped."""
+        ...
+
     def local_state(self, join: bool) -> bytes:
         """User state to send in a push/pull (only to peers known to be ours)."""
         ...
@@ -73,6 +78,9 @@ class NullDelegate:
 
     def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
         return []
+
+    def has_broadcasts(self) -> bool:
+        return False
 
     def local_state(self, join: bool) -> bytes:
         return b""

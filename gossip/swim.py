@@ -240,7 +240,9 @@ class Swim:
         self._queue_alive(me)
         # Every periodic task starts after a random stagger, as in memberlist.
         self._schedule(now + self.rng.uniform(0, config.probe_interval), _PROBE_TICK, None)
-        self._schedule(now + self.rng.uniform(0, config.gossip_interval), _GOSSIP_TICK, None)
+        self._next_gossip = now + self.rng.uniform(0, config.gossip_interval)
+        """The gossip ticker's next beat; kept off the timer heap because a node with no
+        news skips it (``next_deadline``): no wake-ups every 200 ms in a quiet cluster."""
         self._schedule(now + self.rng.uniform(0, config.push_pull_interval), _PUSH_PULL_TICK, 0)
         self._schedule(now + self._reap_period(), _REAP_TICK, None)
         self._schedule(now + self.rng.uniform(0.5, 1.0) * config.rejoin_interval, _REJOIN_TICK, None)
@@ -264,8 +266,12 @@ class Swim:
         timers = self._timers
         own = timers[0][0] if timers else math.inf
         delegate = self.delegate
-        if type(delegate) is NullDelegate:
-            return own  # never has a deadline; called after every event by the driver
+        if type(delegate) is NullDelegate:  # never has a deadline or news of its own
+            if self._broadcasts or self.leaving:
+                return min(own, self._next_gossip)
+            return own  # called after every event by the driver: kept cheap
+        if self._broadcasts or self.leaving or delegate.has_broadcasts():
+            own = min(own, self._next_gossip)
         return min(own, delegate.next_deadline())
 
     def leave_done(self) -> bool:
@@ -560,11 +566,7 @@ class Swim:
         pop = heapq.heappop
         while timers and timers[0][0] <= now:
             _, _, kind, arg = pop(timers)
-            if kind == _GOSSIP_TICK:  # the most frequent timer: tested first
-                if arg is None:
-                    self._schedule(now + self.config.gossip_interval, _GOSSIP_TICK, None)
-                effects.extend(self._gossip(now))
-            elif kind == _PROBE_TICK:
+            if kind == _PROBE_TICK:
                 self._probe_tick(now, effects)
             elif kind == _PROBE_TIMEOUT:
                 self._probe_timeout(now, arg, effects)
@@ -587,6 +589,15 @@ class Swim:
                 assert isinstance(arg, int)
                 if self._my_queries.pop(arg, None) is not None:
                     effects.append(QueryFinished(arg))
+            elif kind == _GOSSIP_TICK:  # the leave's last gossip
+                effects.extend(self._gossip(now))
+        if now >= self._next_gossip:
+            # Beats missed while there was no news are dropped, as a Go ticker drops them;
+            # news queued after a quiet spell thus goes out at once, then on the beat.
+            interval = self.config.gossip_interval
+            self._next_gossip += (math.floor((now - self._next_gossip) / interval) + 1) * interval
+            if self._broadcasts or self.leaving or self._delegate_may_broadcast():
+                effects.extend(self._gossip(now))
         delegate = self.delegate
         if type(delegate) is not NullDelegate and delegate.next_deadline() <= now:
             effects.extend(delegate.tick(now))
@@ -1072,7 +1083,8 @@ class Swim:
 
     def _delegate_may_broadcast(self) -> bool:
         # Delegates that carry no application data (NullDelegate) never broadcast.
-        return not isinstance(self.delegate, NullDelegate)
+        delegate = self.delegate
+        return type(delegate) is not NullDelegate and delegate.has_broadcasts()
 
     def _packet_budget(self, peer: Member | None) -> int:
         budget = self.config.udp_buffer_size - 2  # compound header

@@ -162,6 +162,9 @@ class Tables:
         self._finish(effects)
         return effects
 
+    def has_broadcasts(self) -> bool:
+        return bool(self._bcast)
+
     def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
         if self.swim is None or not self._bcast:
             return []

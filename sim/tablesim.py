@@ -102,6 +102,9 @@ class _Watched:
         self._moved(now)
         return effects
 
+    def has_broadcasts(self) -> bool:
+        return self.tables.has_broadcasts()
+
     def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
         parts = self.tables.take_broadcasts(overhead, budget)
         if parts:
