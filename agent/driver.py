@@ -92,6 +92,11 @@ class _Datagram:
 
 
 @dataclass(slots=True)
+class _Unreachable:
+    dest: Address
+
+
+@dataclass(slots=True)
 class _Stream:
     src: Address
     data: bytes
@@ -110,13 +115,15 @@ class _Call:
     slot: _Slot[Any]
 
 
-_Item = _Datagram | _Stream | _StreamOutcome | _Call
+_Item = _Datagram | _Unreachable | _Stream | _StreamOutcome | _Call
 
 
 @dataclass
 class Counters:
     datagrams_in: int = 0
     datagrams_dropped: int = 0
+    unreachable_in: int = 0
+    """ICMP port-unreachable answers to our datagrams."""
     datagrams_out: int = 0
     send_errors: int = 0
     bytes_in: int = 0
@@ -167,6 +174,12 @@ class Driver:
             self._send.send_nowait(_Datagram(src, data))
         except trio.WouldBlock:
             self.counters.datagrams_dropped += 1
+
+    def offer_unreachable(self, dest: Address) -> None:
+        """A datagram of ours to ``dest`` met ICMP port unreachable (dropped if full)."""
+        self.counters.unreachable_in += 1
+        with contextlib.suppress(trio.WouldBlock):
+            self._send.send_nowait(_Unreachable(dest))
 
     async def stream(self, src: Address, data: bytes) -> bytes | None:
         """An inbound stream message; returns the reply to write (None: just close)."""
@@ -264,6 +277,8 @@ class Driver:
             self.counters.datagrams_in += 1
             self.counters.bytes_in += len(item.data)
             return self._guarded(lambda: self._decoding(item.src, self.swim.handle_packet, now, item.data))
+        if isinstance(item, _Unreachable):
+            return self._guarded(lambda: self.swim.handle_unreachable(now, item.dest))
         if isinstance(item, _Stream):
             self.counters.streams_in += 1
             return self._guarded(lambda: self._inbound_stream(now, item))

@@ -328,7 +328,9 @@ async def run(
 
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
-            nursery.start_soon(transport.receive_datagrams, sockets.udp, driver.offer_datagram)
+            nursery.start_soon(
+                transport.receive_datagrams, sockets.udp, driver.offer_datagram, driver.offer_unreachable
+            )
             nursery.start_soon(partial(
                 transport.serve_streams, sockets.tcp, driver.stream, driver.note_decode_error,
                 exchange_timeout=gossip_config.tcp_timeout,

@@ -16,7 +16,9 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket as stdsocket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -37,6 +39,18 @@ MAX_STREAM = 32 * 1024 * 1024
 """Largest stream message we read; memberlist 0.2.2 has no limit (memory hazard)."""
 STREAM_LIMIT = 128
 """Concurrent inbound streams, as memberlist; more are closed at once."""
+
+# Linux error-queue constants (<linux/in.h>, <linux/in6.h>, <linux/errqueue.h>); the
+# socket module of Python 3.11 does not name them.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_SO_EE_ORIGIN_ICMP = 2
+_SO_EE_ORIGIN_ICMP6 = 3
+_PORT_UNREACHABLE = {_SO_EE_ORIGIN_ICMP: (3, 3), _SO_EE_ORIGIN_ICMP6: (1, 4)}
+"""(ICMP type, code) of "port unreachable" per origin."""
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+"""struct sock_extended_err: errno, origin, type, code, pad, info, data."""
+_ERROR_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 StreamHandler = Callable[[Address, bytes], Awaitable[bytes | None]]
 DecodeErrorSink = Callable[[Address, DecodeError], None]
@@ -73,6 +87,13 @@ async def _bind_pair(ip: str, port: int) -> Sockets:
         tcp.listen(STREAM_LIMIT)
         with contextlib.suppress(OSError):  # best effort, as memberlist
             udp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, SOCKET_RCVBUF)
+        with contextlib.suppress(OSError):  # ICMP errors to the error queue (Linux)
+            if family == stdsocket.AF_INET6:
+                udp.setsockopt(stdsocket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                if wildcard:
+                    udp.setsockopt(stdsocket.IPPROTO_IP, _IP_RECVERR, 1)
+            else:
+                udp.setsockopt(stdsocket.IPPROTO_IP, _IP_RECVERR, 1)
         return Sockets(udp=udp, tcp=tcp, addr=(ip, real_port))
     except BaseException:
         tcp.close()
@@ -97,19 +118,72 @@ async def bind(addr: Address) -> Sockets:
     raise AssertionError("unreachable")
 
 
-async def receive_datagrams(
-    sock: trio.socket.SocketType, deliver: Callable[[Address, bytes], None]
-) -> None:
-    """Forever: read datagrams and ``deliver`` them (which must not block)."""
-    while True:
-        try:
-            data, src = await sock.recvfrom(MAX_DATAGRAM)
-        except OSError as exc:
-            log.debug("event=udp-receive-error error=%s", exc.errno)
-            await trio.sleep(0.01)  # never spin on a persistent error
+def port_unreachable(ancdata: list[tuple[int, int, bytes]]) -> bool:
+    """Whether an error-queue message's control data says ICMP(v6) port unreachable."""
+    for level, kind, data in ancdata:
+        if (level, kind) not in ((stdsocket.IPPROTO_IP, _IP_RECVERR),
+                                 (stdsocket.IPPROTO_IPV6, _IPV6_RECVERR)):
             continue
-        if data:  # memberlist discards zero-length datagrams too
-            deliver(peer_address(src), data)
+        if len(data) < _EXTENDED_ERR.size:
+            continue
+        _, origin, icmp_type, code, _, _, _ = _EXTENDED_ERR.unpack_from(data)
+        if _PORT_UNREACHABLE.get(origin) == (icmp_type, code):
+            return True
+    return False
+
+
+class ErrorQueue:
+    """Non-blocking reads of a UDP socket's error queue (IP_RECVERR), through a
+    duplicate of its descriptor: trio's own recvmsg would wait for readability, and
+    normal datagrams make the socket readable while the error queue stays empty."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = stdsocket.socket(fileno=os.dup(sock.fileno()))
+        self._sock.setblocking(False)
+
+    def drain(self, limit: int = 64) -> list[Address]:
+        """Destinations whose datagrams met "port unreachable", oldest first."""
+        found: list[Address] = []
+        for _ in range(limit):
+            try:
+                _, ancdata, _, dest = self._sock.recvmsg(1, 1024, stdsocket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: drained
+                break
+            if dest and port_unreachable(ancdata):
+                found.append(peer_address(dest))
+        return found
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+async def receive_datagrams(
+    sock: trio.socket.SocketType,
+    deliver: Callable[[Address, bytes], None],
+    unreachable: Callable[[Address], None] | None = None,
+) -> None:
+    """Forever: read datagrams and ``deliver`` them (which must not block). With
+    ``unreachable``, also report each destination that answered a datagram of ours with
+    ICMP port unreachable (the kernel queues those when IP_RECVERR is on, and the next
+    read fails once to say so)."""
+    errors = ErrorQueue(sock) if unreachable is not None else None
+    try:
+        while True:
+            try:
+                data, src = await sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                if errors is not None and unreachable is not None and exc.errno in _ERROR_ERRNOS:
+                    for dest in errors.drain():
+                        unreachable(dest)
+                    continue
+                log.debug("event=udp-receive-error error=%s", exc.errno)
+                await trio.sleep(0.01)  # never spin on a persistent error
+                continue
+            if data:  # memberlist discards zero-length datagrams too
+                deliver(peer_address(src), data)
+    finally:
+        if errors is not None:
+            errors.close()
 
 
 async def send_datagram(sock: trio.socket.SocketType, to: Address, data: bytes) -> bool:

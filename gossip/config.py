@@ -42,6 +42,12 @@ class Config:
     """How long a failed member keeps being re-joined."""
     lifeguard: bool = True
     """Lifeguard's local health, nacks, suspicion confirmations and buddy system."""
+    fail_probe_on_unreachable: bool = True
+    """When the shell reports that a probed member's address answered with ICMP port
+    unreachable (its host is up, nothing listens: the agent crashed or was killed), the
+    probe fails at once instead of at the end of the probe interval. The suspicion and
+    its timeout are unchanged, so a restarting agent still refutes in time. memberlist
+    ignores ICMP."""
     compressed_packing: bool = True
     """With compression on, fill gossip packets by their compressed size rather than
     their raw size (memberlist counts raw bytes, so a compressed 1,400-byte budget

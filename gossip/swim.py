@@ -155,6 +155,8 @@ class _Stream:
 class SwimStats:
     probes: int = 0
     failed_probes: int = 0
+    unreachable_probes: int = 0
+    """Failed probes cut short by an ICMP port unreachable (``handle_unreachable``)."""
     indirect_probes: int = 0
     suspicions: int = 0
     refutes: int = 0
@@ -515,6 +517,26 @@ class Swim:
             effects.append(Log("warning", f"peer {src[0]}:{src[1]} reported: {msg.error}"))
             return None, effects
         raise DecodeError(f"unexpected stream message {type(msg).__name__}")
+
+    def handle_unreachable(self, now: float, addr: Address) -> list[Effect]:
+        """A datagram to ``addr`` was answered with ICMP port unreachable: its host is up
+        and nothing listens on the port. If that is the member being probed, the probe
+        fails now rather than at the end of the probe interval (see
+        Config.fail_probe_on_unreachable). Local health is not raised: the answer shows
+        that our own network works."""
+        effects: list[Effect] = []
+        probe = self._probe
+        if not self.config.fail_probe_on_unreachable or probe is None or probe.acked:
+            return effects
+        target = self._members.get(probe.target)
+        if target is None or target.address != addr:
+            return effects
+        self._probe = None  # its timeout and end timers find another probe (or none)
+        self.stats.failed_probes += 1
+        self.stats.unreachable_probes += 1
+        if target.status in (Status.ALIVE, Status.SUSPECT):
+            self._suspect(now, target.name, target.incarnation, self.name, effects)
+        return effects
 
     def handle_stream_reply(self, now: float, token: int, reply: bytes | None) -> list[Effect]:
         """Outcome of a ``StreamRequest``: the reply bytes, or None if it failed."""

@@ -1,0 +1,96 @@
+"""ICMP port unreachable: the transport reports it, the core fails the probe at once.
+
+Loopback answers a datagram to a closed port with ICMP port unreachable, exactly as a
+host whose agent was killed does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import pytest
+import trio
+
+from agent import transport
+from gossip.config import Config
+from gossip.effects import MemberSuspected
+from tests.unit.swimharness import Harness
+
+
+def _closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when this returns
+
+
+async def test_transport_reports_the_destination_that_answered_port_unreachable() -> None:
+    sockets = await transport.bind(("127.0.0.1", 0))
+    dead = ("127.0.0.1", _closed_udp_port())
+    seen: list[tuple[str, int]] = []
+    hello = trio.Event()
+
+    def deliver(src: tuple[str, int], data: bytes) -> None:
+        if data == b"hello":
+            hello.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.receive_datagrams, sockets.udp, deliver, seen.append)
+            with trio.fail_after(5):
+                while dead not in seen:
+                    assert await transport.send_datagram(sockets.udp, dead, b"ping")
+                    await trio.sleep(0.05)
+                # Normal datagrams still flow after the error.
+                assert await transport.send_datagram(sockets.udp, sockets.addr, b"hello")
+                await hello.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        sockets.close()
+    assert set(seen) == {dead}
+
+
+def test_port_unreachable_parses_only_icmp_port_unreachable() -> None:
+    def ancdata(origin: int, icmp_type: int, code: int) -> list[tuple[int, int, bytes]]:
+        err = transport._EXTENDED_ERR.pack(111, origin, icmp_type, code, 0, 0, 0) + bytes(16)
+        return [(socket.IPPROTO_IP, transport._IP_RECVERR, err)]
+
+    assert transport.port_unreachable(ancdata(2, 3, 3))  # ICMP, port unreachable
+    assert transport.port_unreachable(ancdata(3, 1, 4))  # ICMPv6, port unreachable
+    assert not transport.port_unreachable(ancdata(2, 3, 1))  # host unreachable: not conclusive
+    assert not transport.port_unreachable(ancdata(1, 3, 3))  # local origin
+    assert not transport.port_unreachable([(socket.IPPROTO_IP, transport._IP_RECVERR, b"\x00")])
+    assert not transport.port_unreachable([])
+
+
+def _probing(config: Config) -> tuple[Harness, str]:
+    """A converged 3-node cluster in which a's probe of another member is in flight."""
+    h = Harness(config)
+    for name in ("a", "b", "c"):
+        h.add(name)
+    h.join_all("a")
+    h.wait(lambda: h.converged(["a", "b", "c"]), timeout=10)
+    a = h.nodes["a"]
+    while a._probe is None:  # run a's timers alone until it starts a probe
+        a.tick(a.next_deadline())
+    return h, a._probe.target
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_unreachable_probe_target_is_suspected_at_once(enabled: bool) -> None:
+    config = dataclasses.replace(Config.lan(), fail_probe_on_unreachable=enabled)
+    h, target = _probing(config)
+    a = h.nodes["a"]
+    now = a.next_deadline() - 1e-6  # before any probe timer fires
+    # An unrelated address changes nothing.
+    assert a.handle_unreachable(now, ("10.9.9.9", 7946)) == []
+    effects = a.handle_unreachable(now, h.addr(target))
+    suspected = [e.member.name for e in effects if isinstance(e, MemberSuspected)]
+    if enabled:
+        assert suspected == [target] and a.stats.unreachable_probes == 1
+        member = a.member(target)
+        assert member is not None and member.status.label == "suspect"
+        assert a.awareness == 0  # our own network answered: local health untouched
+        assert a.handle_unreachable(now, h.addr(target)) == []  # the probe is over
+    else:
+        assert suspected == [] and a.stats.unreachable_probes == 0
