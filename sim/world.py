@@ -53,7 +53,7 @@ from sim.progress import Progress
 from sim.trace import KIND_TCP, KIND_UDP, Trace
 
 # Event kinds (small ints: cheap to compare on the hot path).
-DELIVER, WAKE, STREAM, REPLY, ACTION, RESUME = range(6)
+DELIVER, WAKE, STREAM, REPLY, ACTION, RESUME, UNREACHABLE = range(7)
 # Node states.
 OFF, UP, PAUSED = 0, 1, 2
 SOCKET_BUFFER = 2 * 1024 * 1024
@@ -141,7 +141,8 @@ class World:
     def _run(self, until: float, progress: Progress | None) -> None:
         heap = self.heap
         pop = heapq.heappop
-        handlers = (self._deliver, self._wake, self._stream, self._reply, self._action, self._resume)
+        handlers = (self._deliver, self._wake, self._stream, self._reply, self._action, self._resume,
+                    self._unreachable)
         check = 0
         while heap and heap[0][0] <= until:
             at, _, kind, a, b, c = pop(heap)
@@ -288,6 +289,21 @@ class World:
             self._queue(node, DELIVER, src, data)
         else:
             self.dropped_off += 1
+            if node.refuses:
+                # A live host without the process answers ICMP port unreachable.
+                d = self.net.transit(dst, src)
+                if d >= 0.0:
+                    self.push(at + d, UNREACHABLE, src, self.nodes[src].gen, node.addr)
+
+    def _unreachable(self, at: float, idx: int, gen: int, addr: Any) -> None:
+        node = self.nodes[idx]
+        if node.gen != gen or node.state != UP or node.core is None:
+            return  # a stalled process's error queue is not modelled: dropped
+        self.metrics.core_calls += 1
+        effects = node.core.handle_unreachable(at, addr)
+        if effects:
+            self._perform(node, effects)
+        self._rearm(node)
 
     def _wake(self, at: float, idx: int, gen: int, _c: Any) -> None:
         node = self.nodes[idx]

@@ -52,6 +52,10 @@ class FakeCore:
         self.log.append((now, "reply", (token, reply)))
         return []
 
+    def handle_unreachable(self, now: float, addr: Address) -> list[Effect]:
+        self.log.append((now, "unreachable", addr))
+        return []
+
     def tick(self, now: float) -> list[Effect]:
         self.log.append((now, "tick", None))
         out: list[Effect] = []

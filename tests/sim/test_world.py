@@ -205,3 +205,19 @@ def test_same_seed_same_trace_other_seed_differs() -> None:
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+@pytest.mark.parametrize("host", [False, True])
+def test_datagram_to_a_crashed_process_comes_back_as_port_unreachable(host: bool) -> None:
+    world, f = make(n=2)
+    world.start_converged()
+    world.crash(1, host=host)
+    world.run(1.5)
+    # Node 0 pinged node 1 at 1.0; a live host without the process answers ICMP one
+    # link latency later each way; a dead host answers nothing.
+    got = kinds(f.log(0), "unreachable")
+    if host:
+        assert got == []
+    else:
+        [(t, _, addr)] = got
+        assert t == pytest.approx(1.0 + 2 * LAT) and addr == node_addr(1)
