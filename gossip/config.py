@@ -42,6 +42,10 @@ class Config:
     """How long a failed member keeps being re-joined."""
     lifeguard: bool = True
     """Lifeguard's local health, nacks, suspicion confirmations and buddy system."""
+    relay_at_once: bool = True
+    """News that arrives while a node has nothing else to gossip goes out at once, not at
+    the next beat of the gossip ticker (quiet nodes skip beats). False reproduces
+    memberlist's timing (the simulator's comparisons with serf use it)."""
     fail_probe_on_unreachable: bool = True
     """When the shell reports that a probed member's address answered with ICMP port
     unreachable (its host is up, nothing listens: the agent crashed or was killed), the

@@ -270,11 +270,20 @@ class Swim:
         delegate = self.delegate
         if type(delegate) is NullDelegate:  # never has a deadline or news of its own
             if self._broadcasts or self.leaving:
-                return min(own, self._next_gossip)
+                return min(own, self._gossip_beat())
             return own  # called after every event by the driver: kept cheap
         if self._broadcasts or self.leaving or delegate.has_broadcasts():
-            own = min(own, self._next_gossip)
+            own = min(own, self._gossip_beat())
         return min(own, delegate.next_deadline())
+
+    def _gossip_beat(self) -> float:
+        """When to gossip next, given there is news (see Config.relay_at_once)."""
+        beat = self._next_gossip
+        if beat < self._now and not self.config.relay_at_once:
+            interval = self.config.gossip_interval
+            beat += (math.floor((self._now - beat) / interval) + 1) * interval
+            self._next_gossip = beat
+        return beat
 
     def leave_done(self) -> bool:
         """True once our leave (serf intent, then dead-about-self) has been gossiped and
@@ -301,6 +310,8 @@ class Swim:
 
         The seeds are remembered and re-joined periodically while we are alone.
         """
+        if now > self._now:
+            self._now = now
         for seed in seeds:
             if seed not in self._seeds:
                 self._seeds.append(seed)
@@ -318,6 +329,8 @@ class Swim:
         gossiped (or after ``_LEAVE_INTENT_TIMEOUT``), memberlist's dead-about-self; then
         ``_LEAVE_PROPAGATE`` more seconds of gossip before ``leave_done()``. Sending
         both at once lets some serf peers see the dead first and show us ``failed``."""
+        if now > self._now:
+            self._now = now
         effects: list[Effect] = []
         if self.leaving:
             return effects
@@ -365,6 +378,8 @@ class Swim:
 
     def set_meta(self, now: float, meta: bytes) -> list[Effect]:
         """Announce new node meta (serf tags) with a higher incarnation."""
+        if now > self._now:
+            self._now = now
         if len(meta) > _META_LIMIT:
             raise ValueError(f"node meta is {len(meta)} bytes; the limit is {_META_LIMIT}")
         me = self.local
@@ -412,6 +427,8 @@ class Swim:
         ``QueryResponse`` effect, and ``QueryFinished`` marks the timeout. Every
         member (serf's and ours) re-broadcasts the query, so it reaches the cluster.
         """
+        if now > self._now:
+            self._now = now
         self._serf_query_ltime += 1
         query_id = self.rng.getrandbits(32)
         me = self.local
@@ -481,6 +498,8 @@ class Swim:
         messages = wire.decode_packet(
             data, self._incoming_keyring(), require_encryption=self.require_encryption
         )
+        if now > self._now:
+            self._now = now
         effects: list[Effect] = []
         for msg in messages:
             # Suspect and dead gossip (most of a failure storm) skip one call level.
@@ -499,6 +518,8 @@ class Swim:
         msg = wire.decode_stream(
             data, self._incoming_keyring(), require_encryption=self.require_encryption
         )
+        if now > self._now:
+            self._now = now
         effects: list[Effect] = []
         if isinstance(msg, PushPull):
             # Serf always sends its own state (first byte < 0x80); ours send none or ours.
@@ -524,6 +545,8 @@ class Swim:
         fails now rather than at the end of the probe interval (see
         Config.fail_probe_on_unreachable). Local health is not raised: the answer shows
         that our own network works."""
+        if now > self._now:
+            self._now = now
         effects: list[Effect] = []
         probe = self._probe
         if not self.config.fail_probe_on_unreachable or probe is None or probe.acked:
@@ -540,6 +563,8 @@ class Swim:
 
     def handle_stream_reply(self, now: float, token: int, reply: bytes | None) -> list[Effect]:
         """Outcome of a ``StreamRequest``: the reply bytes, or None if it failed."""
+        if now > self._now:
+            self._now = now
         effects: list[Effect] = []
         stream = self._streams.pop(token, None)
         if stream is None:

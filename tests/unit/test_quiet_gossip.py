@@ -3,6 +3,8 @@ in a quiet cluster); news after a quiet spell goes out at once, then on the beat
 
 from __future__ import annotations
 
+import dataclasses
+
 from gossip import wire
 from gossip.config import Config, retransmit_limit
 from gossip.effects import Send
@@ -67,3 +69,19 @@ def test_news_after_a_quiet_spell_goes_out_at_once_then_on_the_beat() -> None:
         )
     assert sends == retransmit_limit(CONFIG, b.num_members())
     assert len(b._broadcasts) == 0  # quiet again
+
+
+def test_relay_at_once_off_waits_for_the_next_beat_as_memberlist() -> None:
+    config = dataclasses.replace(CONFIG, relay_at_once=False)
+    h = Harness(config)
+    for name in ("a", "b", "c", "d"):
+        h.add(name)
+    h.join_all("a")
+    h.wait(lambda: h.converged(["a", "b", "c", "d"]), timeout=10)
+    h.run_for(5.0)
+    b = h.nodes["b"]
+    now = h.now + 0.0123  # off the beat
+    b.handle_packet(now, h.addr("a"), wire.encode(Alive(1, "e", bytes([10, 0, 0, 99]), 7946, b"")))
+    beat = b.next_deadline()
+    assert now < beat <= now + CONFIG.gossip_interval
+    assert [e for e in b.tick(beat) if isinstance(e, Send)]
