@@ -269,12 +269,21 @@ class Swim:
         own = timers[0][0] if timers else math.inf
         delegate = self.delegate
         if type(delegate) is NullDelegate:  # never has a deadline or news of its own
-            if self._broadcasts or self.leaving:
+            if self.leaving or (self._broadcasts and len(self._members) > 1):
                 return min(own, self._gossip_beat())
             return own  # called after every event by the driver: kept cheap
-        if self._broadcasts or self.leaving or delegate.has_broadcasts():
+        if self._wants_gossip():
             own = min(own, self._gossip_beat())
         return min(own, delegate.next_deadline())
+
+    def _wants_gossip(self) -> bool:
+        """News and somebody to tell it (a node alone keeps its news for its first peer,
+        which then gets it at once rather than on a beat)."""
+        if self.leaving:
+            return True
+        if len(self._members) <= 1:
+            return False
+        return bool(self._broadcasts) or self._delegate_may_broadcast()
 
     def _gossip_beat(self) -> float:
         """When to gossip next, given there is news (see Config.relay_at_once)."""
@@ -643,7 +652,7 @@ class Swim:
             # news queued after a quiet spell thus goes out at once, then on the beat.
             interval = self.config.gossip_interval
             self._next_gossip += (math.floor((now - self._next_gossip) / interval) + 1) * interval
-            if self._broadcasts or self.leaving or self._delegate_may_broadcast():
+            if self._wants_gossip():
                 effects.extend(self._gossip(now))
         delegate = self.delegate
         if type(delegate) is not NullDelegate and delegate.next_deadline() <= now:

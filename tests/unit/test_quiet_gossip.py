@@ -4,6 +4,7 @@ in a quiet cluster); news after a quiet spell goes out at once, then on the beat
 from __future__ import annotations
 
 import dataclasses
+import random
 
 from gossip import wire
 from gossip.config import Config, retransmit_limit
@@ -85,3 +86,16 @@ def test_relay_at_once_off_waits_for_the_next_beat_as_memberlist() -> None:
     beat = b.next_deadline()
     assert now < beat <= now + CONFIG.gossip_interval
     assert [e for e in b.tick(beat) if isinstance(e, Send)]
+
+
+def test_a_lone_node_keeps_its_news_for_its_first_peer_and_sends_it_at_once() -> None:
+    node = Swim(CONFIG, "lone", ("10.0.0.1", 7946), rng=random.Random(3), now=0.0)
+    times = wakeups(node, 0.0, 5.0)  # its own alive is pending, but nobody to tell
+    assert len(times) < 5.0 / CONFIG.gossip_interval / 2
+    now = 5.0 + 0.0123
+    peer = Alive(1, "peer", bytes([10, 0, 0, 2]), 7946, b"")
+    node.handle_packet(now, ("10.0.0.2", 7946), wire.encode(peer))
+    assert node.next_deadline() <= now
+    sent = [e for e in node.tick(now) if isinstance(e, Send)]
+    assert [e.to for e in sent] == [("10.0.0.2", 7946)]
+    assert any(isinstance(m, Alive) and m.node == "lone" for m in wire.decode_packet(sent[0].data, None))
