@@ -290,7 +290,8 @@ class Swim:
         beat = self._next_gossip
         if beat < self._now and not self.config.relay_at_once:
             interval = self.config.gossip_interval
-            beat += (math.floor((self._now - beat) / interval) + 1) * interval
+            while beat <= self._now:
+                beat += interval
             self._next_gossip = beat
         return beat
 
@@ -618,6 +619,11 @@ class Swim:
         effects: list[Effect] = []
         if now > self._now:
             self._now = now
+        # memberlist's timing: a beat that passed while there was no news sent nothing,
+        # even if this tick's timers (a failed probe) make news now; it waits a beat.
+        beat_missed_quietly = (
+            not self.config.relay_at_once and self._next_gossip < now and not self._wants_gossip()
+        )
         timers = self._timers
         pop = heapq.heappop
         while timers and timers[0][0] <= now:
@@ -651,8 +657,11 @@ class Swim:
             # Beats missed while there was no news are dropped, as a Go ticker drops them;
             # news queued after a quiet spell thus goes out at once, then on the beat.
             interval = self.config.gossip_interval
-            self._next_gossip += (math.floor((now - self._next_gossip) / interval) + 1) * interval
-            if self._wants_gossip():
+            beat = self._next_gossip
+            while beat <= now:  # repeated addition, exactly as a re-armed timer would
+                beat += interval
+            self._next_gossip = beat
+            if not beat_missed_quietly and self._wants_gossip():
                 effects.extend(self._gossip(now))
         delegate = self.delegate
         if type(delegate) is not NullDelegate and delegate.next_deadline() <= now:

@@ -135,6 +135,14 @@ class Network:
             return DROPPED
         return self.latency.sample(self.rng) + self.inbound_delay[dst]
 
+    def icmp_transit(self, src: int, dst: int) -> float:
+        """Seconds until an ICMP error from ``src`` reaches ``dst``: the median latency,
+        drawing nothing from the RNG (so runs whose cores ignore ICMP stay identical to
+        runs without it). On a lossy or cut network it is not modelled: ``DROPPED``."""
+        if self.loss or self.cuts:
+            return DROPPED
+        return self.latency.floor + self.latency.median + self.inbound_delay[dst]
+
     def duplicates(self) -> bool:
         """Whether the datagram just sent arrives a second time (caller re-samples transit)."""
         if self.duplicate and self.rng.random() < self.duplicate:

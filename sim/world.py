@@ -291,7 +291,7 @@ class World:
             self.dropped_off += 1
             if node.refuses:
                 # A live host without the process answers ICMP port unreachable.
-                d = self.net.transit(dst, src)
+                d = self.net.icmp_transit(dst, src)
                 if d >= 0.0:
                     self.push(at + d, UNREACHABLE, src, self.nodes[src].gen, node.addr)
 

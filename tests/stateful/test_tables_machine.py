@@ -207,11 +207,13 @@ class TablesMachine(RuleBasedStateMachine):
 
     def _lost_writes(self, node: str) -> None:
         # A network removal that had not left the node when it crashed is lost, like
-        # any write that never reached another node (only endpoints are persisted).
+        # any write that never reached another live node (only endpoints are persisted:
+        # a node that is down holds no tables, so its tombstone does not count).
         for net_id, remover in list(self.removed_nets.items()):
             if remover != node:
                 continue
-            rows = [n.tables.store.networks.get(net_id) for o, n in self.net.nodes.items() if o != node]
+            rows = [n.tables.store.networks.get(net_id) for o, n in self.net.nodes.items()
+                    if o != node and o not in self.net.down]
             if not any(r is not None and r.deleted for r in rows):
                 del self.removed_nets[net_id]
 
