@@ -25,7 +25,8 @@ import types
 AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets", "idna")
 """What the daemon defers (the first four are what maps libcrypto into an agent)."""
 
-_lock = threading.Lock()
+_lock = threading.RLock()
+"""Re-entrant: importing one deferred module may read another (secrets -> hmac)."""
 _LOADING_DUNDERS = frozenset({"__all__", "__file__"})
 """Module dunders that only the real module can answer (``from m import *``)."""
 

@@ -17,7 +17,7 @@ import pytest
 def _run(code: str, cwd: Path | None = None) -> str:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
+        capture_output=True, text=True, timeout=30, check=False, cwd=cwd,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -59,6 +59,19 @@ def test_first_use_loads_the_real_module_and_old_references_keep_working() -> No
         """
     )
     assert out == "ba7816bf8f01cfea True"
+
+
+def test_a_deferred_module_that_imports_another_deferred_one_loads() -> None:
+    # secrets does `from hmac import compare_digest` while it is being loaded.
+    out = _run(
+        """
+        from agent import deferred
+        deferred.defer(*deferred.AGENT_DEFERRED)
+        import secrets
+        print(len(secrets.token_hex(4)), deferred.is_deferred("hmac"), deferred.is_deferred("ssl"))
+        """
+    )
+    assert out == "8 False True"
 
 
 def test_star_import_and_an_already_loaded_module() -> None:
