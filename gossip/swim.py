@@ -1202,9 +1202,7 @@ class Swim:
         config = self.config
         packing = config.enable_compression and config.compressed_packing
         if packing and len(parts) > wire.SERF_SAFE_COMPOUND_PARTS:
-            half = len(parts) // 2
-            self._emit(to, parts[:half], peer, effects)
-            self._emit(to, parts[half:], peer, effects)
+            self._emit_halves(to, parts, peer, effects)
             return
         data = wire.encode_packet(
             parts,
@@ -1218,9 +1216,7 @@ class Swim:
                 # Packed beyond what this content compresses to: send it as two packets
                 # (each stands alone) and pack less from now on.
                 self._squeeze = max(1.0, self._squeeze * _SQUEEZE_MARGIN)
-                half = len(parts) // 2
-                self._emit(to, parts[:half], peer, effects)
-                self._emit(to, parts[half:], peer, effects)
+                self._emit_halves(to, parts, peer, effects)
                 return
             if 2 * raw >= config.udp_buffer_size:  # full enough to tell how news compresses
                 seen = min(_SQUEEZE_MAX, max(1.0, raw / len(data) * _SQUEEZE_MARGIN))
@@ -1228,6 +1224,15 @@ class Swim:
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(data)
         effects.append(Send(to, data))
+
+    def _emit_halves(
+        self, to: Address, parts: list[bytes], peer: Member | None, effects: list[Effect]
+    ) -> None:
+        """Send ``parts`` as two packets (each stands alone; the first keeps a leading
+        ping or ack)."""
+        half = len(parts) // 2
+        self._emit(to, parts[:half], peer, effects)
+        self._emit(to, parts[half:], peer, effects)
 
     def _member_at(self, to: Address) -> Member | None:
         # Replies go to addresses, not names; CRC needs to know the peer's PMax.
