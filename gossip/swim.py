@@ -318,7 +318,8 @@ class Swim:
     def join(self, now: float, seeds: Sequence[Address]) -> list[Effect]:
         """Push/pull (Join=true) with every seed; ``JoinFinished`` reports the outcome.
 
-        The seeds are remembered and re-joined periodically while we are alone.
+        The seeds are remembered: re-joined periodically while we are alone, and while
+        no member is known at a seed's address.
         """
         if now > self._now:
             self._now = now
@@ -1375,7 +1376,8 @@ class Swim:
             self._unshuffled_from = self._probe_index
 
     def _rejoin(self, now: float, effects: list[Effect]) -> None:
-        """Heal partitions: re-join one recently failed member, and seeds when alone."""
+        """Heal partitions: re-join one recently failed member, and a seed when alone
+        or when no member is known at some seed's address."""
         self._schedule(now + self.config.rejoin_interval, _REJOIN_TICK, None)
         if self.leaving:
             return
@@ -1393,6 +1395,22 @@ class Swim:
         if alone and self._seeds:
             seed = self._seeds[self.rng.randrange(len(self._seeds))]
             effects.append(self._push_pull_request(seed, join=True, kind="pushpull"))
+            return
+        # Hosts that started while the network was cut each join the seeds they can
+        # reach and are then not alone: the seeds behind the cut are nobody we know
+        # (not even as failed), so no probe and no failed-member rejoin would ever
+        # reach them.
+        unknown = self._unknown_seeds()
+        if unknown:
+            seed = unknown[self.rng.randrange(len(unknown))]
+            effects.append(self._push_pull_request(seed, join=True, kind="pushpull"))
+
+    def _unknown_seeds(self) -> list[Address]:
+        """Seeds at whose address no member (ourselves included) is known."""
+        if not self._seeds:
+            return []
+        known = {m.address for m in self._members.values()}
+        return [s for s in self._seeds if s not in known]
 
     # ------------------------------------------------------------------ misc
 

@@ -28,6 +28,7 @@ class Harness:
     down: set[str] = field(default_factory=set)
     cut: set[tuple[str, str]] = field(default_factory=set)
     events: list[tuple[float, str, Effect]] = field(default_factory=list)
+    streams: list[tuple[float, str, StreamRequest]] = field(default_factory=list)
     _queue: list[tuple[float, int, str, Address, bytes]] = field(default_factory=list)
     _seq: int = 0
 
@@ -79,6 +80,7 @@ class Harness:
                     self._queue, (self.now + self.latency, self._seq, name, effect.to, effect.data)
                 )
             elif isinstance(effect, StreamRequest):
+                self.streams.append((self.now, name, effect))
                 self._stream(name, effect)
             else:
                 self.events.append((self.now, name, effect))

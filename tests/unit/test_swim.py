@@ -9,7 +9,7 @@ from gossip.config import Config, suspicion_bounds
 from gossip.effects import MemberFailed, MemberLeft, Send
 from gossip.errors import DecodeError
 from gossip.members import ip_bytes
-from gossip.messages import Alive, IndirectPing, Nack, Suspect
+from gossip.messages import Alive, IndirectPing, Nack, PushPull, Suspect
 from tests.unit.swimharness import Harness
 
 NAMES = [f"n{i}" for i in range(5)]
@@ -132,6 +132,48 @@ def test_partition_longer_than_the_suspicion_timeout_heals_by_itself() -> None:
     h.wait(lambda: all(h.status(b, a) == "dead" for a in left for b in right), timeout=60)
     h.heal()
     h.wait(lambda: h.converged(left + right), timeout=60)
+
+
+def _start_during_a_cut(cfg: Config) -> Harness:
+    """Four hosts, each configured with every other as a seed, started while the
+    network is cut in two: each half joins the seeds it can reach and stops there."""
+    h = Harness(cfg, seed=3)
+    for name in NAMES[:4]:
+        h.add(name)
+    h.partition(NAMES[:2], NAMES[2:4])
+    for name in NAMES[:4]:
+        h.perform(name, h.nodes[name].join(h.now, [h.addr(o) for o in NAMES[:4] if o != name]))
+    h.wait(lambda: h.converged(NAMES[:2]) and h.converged(NAMES[2:4]), timeout=5)
+    return h
+
+
+def test_halves_that_started_during_a_cut_merge_once_it_is_removed() -> None:
+    cfg = Config.local().with_(rejoin_interval=5.0)
+    h = _start_during_a_cut(cfg)
+    h.run_for(20)
+    # Neither half knows the other, not even as failed: only the seeds lead there.
+    assert h.status("n0", "n2") is None and h.status("n2", "n0") is None
+    h.heal()
+    took = h.wait(lambda: h.converged(NAMES[:4]), timeout=3 * cfg.rejoin_interval)
+    assert took <= 2 * cfg.rejoin_interval
+
+
+def test_seeds_that_are_known_members_get_no_rejoins() -> None:
+    cfg = Config.local().with_(rejoin_interval=5.0)
+    h = _start_during_a_cut(cfg)
+    h.heal()
+    h.wait(lambda: h.converged(NAMES[:4]), timeout=15)
+    start = h.now
+    h.run_for(60)
+    joins: list[float] = []
+    pushpulls: list[float] = []
+    for at, who, req in h.streams:
+        if who == "n0" and at >= start:
+            msg = wire.decode_stream(req.data, None)
+            assert isinstance(msg, PushPull)
+            (joins if msg.join else pushpulls).append(at)
+    # Every seed is a live member: only the periodic (non-join) push/pulls remain.
+    assert pushpulls and not joins
 
 
 def test_dead_members_are_reaped_after_the_reap_interval() -> None:
