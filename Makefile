@@ -6,7 +6,7 @@ PY := .venv/bin/python
 DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc
 PYTEST_ARGS ?=
 
-.PHONY: setup debs venv vm-image test test-fast lint demo clean-lab
+.PHONY: setup debs venv vm-image test test-fast explore lint demo clean-lab
 
 setup: debs venv vm-image
 
@@ -36,11 +36,24 @@ lint: venv
 	.venv/bin/mypy
 
 # OVERLAY_REQUIRE_NATIVE=1: a test fails if the LZW accelerator was not built.
+# HYPOTHESIS_PROFILE=ci: the same examples every run (tests/conftest.py); new ones
+# are searched by `make explore`.
 test: setup lint
-	OVERLAY_REQUIRE_NATIVE=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	OVERLAY_REQUIRE_NATIVE=1 HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: venv
 	OVERLAY_REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not slow and not netns and not interop and not vm" $(PYTEST_ARGS)
+
+# Hunt for new counterexamples: the pure tiers (the long stateful machine included)
+# with fresh random examples, EXPLORE_ROUNDS times; stops at the first failure.
+EXPLORE_ROUNDS ?= 3
+explore: venv
+	@for i in $$(seq $(EXPLORE_ROUNDS)); do \
+	  echo "explore round $$i/$(EXPLORE_ROUNDS)"; \
+	  HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -p no:cacheprovider -x \
+	    -m "not netns and not interop and not vm" tests/unit tests/property tests/stateful tests/sim \
+	    $(PYTEST_ARGS) || exit 1; \
+	done
 
 demo: debs venv
 	$(PY) -m agent.lab demo

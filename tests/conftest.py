@@ -1,4 +1,10 @@
-"""Session-wide isolation for every test tier.
+"""Session-wide isolation for every test tier, and the hypothesis profiles.
+
+``make test`` (CI) loads the ``ci`` profile: every property and stateful test runs
+the same examples on every run, so CI's verdict depends on the code alone.
+Exploration with fresh random examples is the ``explore`` profile (the default for a
+bare ``pytest``; ``make explore`` runs the pure tiers, slow stateful machine included,
+``EXPLORE_ROUNDS`` times with new examples each round); a failure there prints a ``@reproduce_failure`` blob.
 
 Agents keep per-boot secrets (IPsec keys) under ``$RUNTIME_DIRECTORY`` (else
 ``/run/overlay-agent``, shared by the whole machine). Agents that tests start inherit
@@ -14,6 +20,11 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "explore"))
 
 
 @pytest.fixture(scope="session", autouse=True)

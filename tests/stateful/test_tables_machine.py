@@ -206,12 +206,12 @@ class TablesMachine(RuleBasedStateMachine):
         self.net.heal()
 
     def _lost_writes(self, node: str) -> None:
-        # A network removal that had not left the node when it crashed is lost, like
-        # any write that never reached another live node (only endpoints are persisted:
-        # a node that is down holds no tables, so its tombstone does not count).
-        for net_id, remover in list(self.removed_nets.items()):
-            if remover != node:
-                continue
+        # ``node`` goes down (crash or restart) and forgets its tables: a network
+        # removal whose tombstone no other live node holds is lost, like any write
+        # that never reached another live node. The remover may have spread it to a
+        # node that restarts later, so every removal is checked, not only this node's
+        # (only endpoints are persisted: a node that is down holds no tables).
+        for net_id in list(self.removed_nets):
             rows = [n.tables.store.networks.get(net_id) for o, n in self.net.nodes.items()
                     if o != node and o not in self.net.down]
             if not any(r is not None and r.deleted for r in rows):
