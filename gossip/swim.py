@@ -1392,23 +1392,17 @@ class Swim:
             ours = self.delegate.accepts_user_data(target)
             effects.append(self._push_pull_request(target.address, join=True, kind="pushpull", ours=ours))
         alone = not any(m.status == Status.ALIVE for m in self._others())
-        if alone and self._seeds:
-            seed = self._seeds[self.rng.randrange(len(self._seeds))]
-            effects.append(self._push_pull_request(seed, join=True, kind="pushpull"))
-            return
-        # Hosts that started while the network was cut each join the seeds they can
-        # reach and are then not alone: the seeds behind the cut are nobody we know
-        # (not even as failed), so no probe and no failed-member rejoin would ever
-        # reach them.
-        unknown = self._unknown_seeds()
-        if unknown:
-            seed = unknown[self.rng.randrange(len(unknown))]
+        # Not alone, only seeds nobody is known at: hosts that started while the
+        # network was cut each join the seeds they can reach, and the seeds behind the
+        # cut are nobody they know (not even as failed), so no probe and no
+        # failed-member rejoin would ever reach them.
+        pool = self._seeds if alone else self._unknown_seeds()
+        if pool:
+            seed = pool[self.rng.randrange(len(pool))]
             effects.append(self._push_pull_request(seed, join=True, kind="pushpull"))
 
     def _unknown_seeds(self) -> list[Address]:
         """Seeds at whose address no member (ourselves included) is known."""
-        if not self._seeds:
-            return []
         known = {m.address for m in self._members.values()}
         return [s for s in self._seeds if s not in known]
 

@@ -59,8 +59,8 @@ class TablesMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.removed_eps: dict[str, None] = {}
-        self.removed_nets: dict[str, str] = {}
-        """network id -> the node that removed it"""
+        self.removed_nets: dict[str, None] = {}
+        """ids of networks removed while unused, not (yet) lost"""
 
     @initialize(seed=st.integers(0, 2**16), subnets=st.sampled_from(SUBNETS),
                 holders=st.lists(st.sampled_from(NODES), max_size=4))
@@ -109,7 +109,7 @@ class TablesMachine(RuleBasedStateMachine):
         now = self.net.now
         removed = self._attempt(node, "remove_network", lambda t: t.remove_network(now, name))
         if removed is not None and not self._in_use(removed.id):
-            self.removed_nets[removed.id] = node
+            self.removed_nets[removed.id] = None
 
     def _in_use(self, net_id: str) -> bool:
         """Some node (up or down) has endpoints on it: a removal made now is concurrent
