@@ -2,7 +2,7 @@
 # Both do their own set-up on a fresh machine: Debian packages, then .venv.
 
 PY := .venv/bin/python
-# gcc: builds the optional native LZW accelerator (gossip/_lzw.c) during the venv install.
+# gcc: builds the optional native LZW accelerator (gossip/wire/_lzw.c) during the venv install.
 DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc
 PYTEST_ARGS ?=
 
@@ -23,9 +23,9 @@ debs:
 
 venv: .venv/.installed
 
-# setup.py and gossip/_lzw.c: the editable install builds the native LZW accelerator
-# in place (gossip/_lzw.*.so); a changed C file must rebuild it.
-.venv/.installed: pyproject.toml setup.py gossip/_lzw.c
+# setup.py and gossip/wire/_lzw.c: the editable install builds the native LZW accelerator
+# in place (gossip/wire/_lzw.*.so); a changed C file must rebuild it.
+.venv/.installed: pyproject.toml setup.py gossip/wire/_lzw.c
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,sim]'

@@ -31,7 +31,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     command = cli.parse_command(argv)
     if command.name == "version":
-        from agent.control import agent_version
+        from agent.control.server import agent_version
 
         print(f"overlay-agent {agent_version()}")
         return 0
@@ -54,8 +54,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from agent import log as agent_log
     from agent import service
-    from agent.ipsec import IpsecAgent
-    from agent.overlay import Overlay
+    from agent.overlay.extension import Overlay
+    from agent.overlay.ipsec import IpsecAgent
 
     agent_log.setup(config.log_level, fmt=config.log_format)
     overlay = Overlay()

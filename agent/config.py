@@ -30,10 +30,10 @@ from typing import Any, cast
 from agent.addresses import DEFAULT_PORT as DEFAULT_PORT
 from agent.addresses import UsageError, is_wildcard, parse_address
 from crypto.keyring import decode_key
-from gossip.agenttag import AGENT_TAG, with_agent_tag
 from gossip.config import Config, Profile
 from gossip.effects import Address
-from gossip.serfcompat import encode_tags
+from gossip.serf.payloads import encode_tags
+from gossip.tables.agenttag import AGENT_TAG, with_agent_tag
 
 DEFAULT_CONFIG_FILE = "/etc/overlay-agent/agent.toml"
 CONFIG_ENV = "OVERLAY_AGENT_CONFIG"
@@ -95,7 +95,7 @@ class AgentConfig:
     underlay_interface: str | None = None
     underlay_mtu: int | None = None
     ipsec_rotation_interval: float = 12 * 3600.0
-    """Seconds per IPsec key epoch of encrypted networks (agent/ipsec.py)."""
+    """Seconds per IPsec key epoch of encrypted networks (agent/overlay/ipsec.py)."""
     dataplane: bool = True
     """False: tables only (networks are seen and made here), no kernel programming, no endpoints."""
     metrics_address: Address | None = None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from agent.control import agent_version
+from agent.control.server import agent_version
 from agent.log import kv
 from gossip.members import Status
 

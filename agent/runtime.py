@@ -8,7 +8,7 @@ with STOPPING=1). Extension points for later layers (tables, dataplane):
 - ``status_sections``: callables whose dicts are merged into ``agentctl status``;
 - ``warning_sources``: callables returning operator warnings (status, metrics);
 - ``metric_sources``: callables returning ``agent.metrics.MetricFamily`` values.
-Does not: start tasks (``agent.service``) or serve requests (``agent.control``).
+Does not: start tasks (``agent.service``) or serve requests (``agent.control.server``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agent.config import AgentConfig
-from agent.driver import Driver
 from agent.events import EventHub
-from agent.persist import Persister
+from agent.membership.driver import Driver
 from agent.sdnotify import Notifier
-from agent.state import StateStore
+from agent.store.files import StateStore
+from agent.store.records import Persister
 
 if TYPE_CHECKING:
     from agent.metrics import MetricSource
@@ -114,11 +114,11 @@ class Runtime:
     metric_sources: list[MetricSource] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     queries: Any = None
-    """``agent.queries.QueryBook``, created on the first cluster-wide ``keys`` request."""
+    """``agent.membership.queries.QueryBook``, created on the first cluster-wide ``keys`` request."""
     join_outcome: dict[str, Any] | None = None
     """The last ``JoinFinished``: {"contacted": n, "failed": [...]}."""
     joins: Any = None
-    """``agent.ops.JoinWaiters``, created on the first ``join`` request."""
+    """``agent.control.ops.JoinWaiters``, created on the first ``join`` request."""
 
     def warnings(self) -> list[str]:
         """Things an operator should look at; each a short sentence."""

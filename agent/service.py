@@ -35,21 +35,24 @@ from typing import Protocol
 
 import trio
 
-from agent import control, ops, persist, transport
 from agent.addresses import family_of, format_address
 from agent.config import AgentConfig
-from agent.control import ControlServer
-from agent.driver import Driver
+from agent.control import ops
+from agent.control import server as control
+from agent.control.server import ControlServer
 from agent.events import EventHub
 from agent.log import kv
-from agent.persist import Persister
+from agent.membership import transport
+from agent.membership.driver import Driver
 from agent.runtime import Readiness, Runtime, Shutdown
 from agent.sdnotify import Notifier
-from agent.state import StateError, StateStore
+from agent.store import records as persist
+from agent.store.files import StateError, StateStore
+from agent.store.records import Persister
 from crypto.keyring import Keyring
 from gossip.delegate import Delegate, NullDelegate
 from gossip.effects import Address, Effect, JoinFinished, KeyringChanged
-from gossip.serfcompat import encode_tags
+from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
 
 log = logging.getLogger("agent.service")
@@ -86,7 +89,7 @@ class DelegateProvider(Protocol):
 
 def _delegate(config: AgentConfig, advertise: Address, extensions: Sequence[object] = ()) -> Delegate:
     """The core's delegate: the first extension's that provides one (``make_delegate``,
-    e.g. ``agent.overlay.Overlay``: the tables), else node meta (serf tags) only."""
+    e.g. ``agent.overlay.extension.Overlay``: the tables), else node meta (serf tags) only."""
     for ext in extensions:
         if hasattr(ext, "make_delegate"):
             provider: DelegateProvider = ext  # type: ignore[assignment]

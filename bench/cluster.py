@@ -8,7 +8,7 @@ recording when. Tests use it with generous deadlines; the membership benchmark
 uses the recorded times. Statuses are kept as each agent reports them
 (serf: alive/leaving/left/failed; ours: alive/suspect/dead/left); ``DOWN`` is
 the pair that means "declared failed".
-Does not build the network (bench/lab.py).
+Does not build the network (agent/lab/netlab.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bench.agentnode import AGENT_PORT, PROJECT_ROOT, ControlClient, agent_argv, agentctl_program
-from bench.lab import Host, Lab, LabProc
+from agent.lab.agentnode import (
+    AGENT_PORT,
+    PROJECT_ROOT,
+    ControlClient,
+    agent_argv,
+    agentctl_program,
+)
+from agent.lab.netlab import Host, Lab, LabProc
 from bench.serfnode import SERF_PORT, SerfRpc, serf_argv, serf_binary
 
 Kind = Literal["serf", "ours"]

@@ -45,10 +45,11 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from bench import procstat, summary
-from bench.agentnode import PROJECT_ROOT, ControlClient
+from agent.lab import procstat
+from agent.lab.agentnode import PROJECT_ROOT, ControlClient
+from agent.lab.netlab import Lab, LabError
+from bench import summary
 from bench.cluster import Cluster, ClusterTimeout, Node, all_alive, sees_down
-from bench.lab import Lab, LabError
 from bench.serfnode import SerfRpc, serf_binary
 
 PROFILE = "lan"

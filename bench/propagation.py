@@ -2,7 +2,7 @@
 
 ``python -m bench propagation [--quick] [--json FILE] [--hosts H] [--endpoints N]``
 
-A namespace lab (bench/lab.py) of H hosts (default 10) runs real ``overlay-agent``
+A namespace lab (agent/lab/netlab.py) of H hosts (default 10) runs real ``overlay-agent``
 processes; host0 creates a network and every host one endpoint on it first (a host
 takes part in a network's gossip only while it has an endpoint there, like Docker).
 Then N endpoints (default 100) are created one at a time, round-robin on hosts 1..H-1,
@@ -33,8 +33,8 @@ from typing import Any
 
 import trio
 
-from bench.agentnode import ControlClient, agent_argv
-from bench.lab import Lab, LabError, LabProc
+from agent.lab.agentnode import ControlClient, agent_argv
+from agent.lab.netlab import Lab, LabError, LabProc
 from dataplane.events import FdbEvent, NeighEvent
 from dataplane.kernel import LinuxKernel
 from dataplane.monitor import NetlinkMonitor
@@ -102,7 +102,7 @@ class Cluster:
 
     def make_containers(self) -> None:
         names = [f"{self.lab.prefix}-c{h.index}" for h in self.lab.hosts]
-        # bench.lab has no public call for extra namespaces; these are removed with the lab.
+        # agent.lab.netlab has no public call for extra namespaces; these are removed with the lab.
         self.lab._make_namespaces(names)
         self.containers = names
 

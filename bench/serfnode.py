@@ -3,7 +3,7 @@
 Owns: serf's command line, its native msgpack RPC client (cheap enough to poll
 every 100 ms: ~0.2 ms of CPU per call against ~8 ms for a ``serf members``
 process) and the ``serf members -format=json`` CLI view that tests assert on.
-Does not create hosts (bench/lab.py) or decide what to wait for (bench/cluster.py).
+Does not create hosts (agent/lab/netlab.py) or decide what to wait for (bench/cluster.py).
 Reference: shared/reference/serf-baseline.md §2; memberlist.md §3.6–§3.7 (statuses
 alive/leaving/left/failed, JSON shape, flags).
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from bench.lab import Host, Lab
+from agent.lab.netlab import Host, Lab
 
 SERF_PORT = 7946
 RPC_ADDR = ("127.0.0.1", 7373)

@@ -2,7 +2,7 @@
 
 Owns: the ordered key list (index 0 = primary, the only key used to encrypt), and
 memberlist's versioned AES-GCM blob layout. Does not: decide *when* to encrypt or
-which AAD to use (``gossip/wire.py``), or where keys come from (the agent).
+which AAD to use (``gossip/wire/codec.py``), or where keys come from (the agent).
 
 Layout (memberlist ``security.go``):
 - version 1 (memberlist protocol >= 2, what serf sends): ``[1][nonce 12][ct || tag 16]``.

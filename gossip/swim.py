@@ -36,7 +36,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from crypto.keyring import Keyring
-from gossip import serfcompat, serfquery, wire
 from gossip.broadcasts import Broadcasts
 from gossip.config import (
     Config,
@@ -66,7 +65,11 @@ from gossip.effects import (
 )
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
-from gossip.messages import (
+from gossip.serf import payloads as serfcompat
+from gossip.serf import queries as serfquery
+from gossip.suspicion import Suspicion
+from gossip.wire import codec as wire
+from gossip.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Alive,
@@ -82,7 +85,6 @@ from gossip.messages import (
     Suspect,
     UserMsg,
 )
-from gossip.suspicion import Suspicion
 
 # Timer kinds (heap entries are (at, seq, kind, arg)).
 _PROBE_TICK = 0

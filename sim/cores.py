@@ -75,7 +75,7 @@ class SwimFactory:
     """Builds a real ``gossip.swim.Swim`` per node, seeded by ``f"{seed}:{name}"``."""
 
     def __init__(self, config: Config, seed: int) -> None:
-        from gossip import wire
+        from gossip.wire import codec as wire
 
         # One process decodes every node's copy of the same gossip: a bigger memo of
         # decoded parts pays off here (it only saves work; results are identical).

@@ -4,12 +4,12 @@ Owns: the scenario component, the operator's procedure and what it measures.
 Every node starts with key K1 (encryption on, plaintext refused). At ``at`` the
 operator runs on node ``node``, like ``agentctl keys install|use|remove``:
 
-- query mode (default): the agent's code path (``agent/ops.py`` ``keys_op``):
-  apply the change locally (``gossip.keyops.apply_key``), send the serf key query
+- query mode (default): the agent's code path (``agent/control/ops.py`` ``keys_op``):
+  apply the change locally (``gossip.serf.keyops.apply_key``), send the serf key query
   with ``Swim.send_query`` and the agent's timeout (``keyops.query_timeout``),
   collect ``QueryResponse`` effects like the agent's ``QueryBook``
   (``keyops.QueryTally``) until ``QueryFinished`` and build the agent's report
-  (``keyops.cluster_report``). Members answer and apply in ``gossip/serfquery.py``.
+  (``keyops.cluster_report``). Members answer and apply in ``gossip/serf/queries.py``.
   ``wait=1``: the next step starts ``gap`` s after the command returned (agentctl
   blocks until the query finished); ``wait=0``: steps start ``gap`` s apart.
 - ``loop=1``: the documented fallback, ``agentctl keys ACTION --local`` on every
@@ -35,8 +35,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gossip import keyops
 from gossip.effects import KeyringChanged, QueryFinished, QueryResponse
+from gossip.serf import keyops
 from gossip.swim import Swim
 from sim import metrics as m
 from sim.cores import SwimFactory

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gossip.members import Member, Status
-from gossip.messages import MessageType
+from gossip.wire.messages import MessageType
 from sim.views import Views
 
 JOINED, UPDATED, SUSPECTED, FAILED, LEFT, REAPED = 1, 2, 3, 4, 5, 6

@@ -1,7 +1,7 @@
 """The replicated tables in the simulator: endpoint records spreading per network.
 
 Owns: ``TablesFactory`` (one real ``gossip.swim.Swim`` per node with a real
-``gossip.tables.Tables`` as its delegate, wired as the agent wires them), the
+``gossip.tables.replica.Tables`` as its delegate, wired as the agent wires them), the
 seeded start of the tables (``seed_tables``), the endpoint-creation schedule of
 the ``endpoints`` scenario component (``EndpointsPlan``) and its metrics
 (``RowTracker``): for every endpoint row created during the measurement window,
@@ -45,12 +45,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gossip import netgossip
 from gossip.effects import Address, Effect
 from gossip.members import Member, Status
-from gossip.records import EndpointRow, encode_row
 from gossip.swim import Swim
-from gossip.tables import Tables, TablesConfig
+from gossip.tables import framing as netgossip
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import EndpointRow, encode_row
 from sim.cores import Core, SwimFactory
 from sim.metrics import distribution, time_to_fraction
 from sim.scenarios import COMPONENTS, Component, ScenarioError, Setup

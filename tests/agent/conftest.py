@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent import api, service
+from agent import service
 from agent.cli import AgentOptions
+from agent.control import protocol as api
 from gossip.effects import Address
 
 WAIT = 30.0

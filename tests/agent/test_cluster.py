@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent import ctl, service
+from agent import service
 from agent.cli import AgentOptions
+from agent.ctl import main as ctl
 from tests.agent.conftest import (
     InProcessAgent,
     control_exchange,

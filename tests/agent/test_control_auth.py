@@ -34,7 +34,7 @@ def _gid() -> int:
 # directory nobody cannot read, e.g. under /root, so it cannot be exec'd as nobody).
 AS_NOBODY = """
 import locale, os, sys
-from agent import ctl
+from agent.ctl import main as ctl
 ctl.build_parser().parse_args(["status"])  # loads argparse's lazy imports while still root
 os.setgroups([int(g) for g in sys.argv[1].split(",") if g])
 os.setgid(65534)

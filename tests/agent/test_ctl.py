@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from agent import api, ctl
+from agent.control import protocol as api
+from agent.ctl import main as ctl
 
 MEMBERS: list[dict[str, Any]] = [
     {"name": "h1", "address": "10.0.0.1", "port": 7946, "status": "alive", "incarnation": 3,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent import ctl, ctlnet
+from agent.ctl import main as ctl
+from agent.ctl import network as ctlnet
 
 NET = {"ID": "3b405f72df38" + "0" * 52, "Name": "blue", "Driver": "overlay", "Scope": "global",
        "VNI": 4242, "Subnets": ["10.9.0.0/24", "fd00:9::/64"], "MTU": None, "Encrypted": False,

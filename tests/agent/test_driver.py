@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import trio
 
-from agent import api
-from agent.driver import Driver
+from agent.control import protocol as api
 from agent.events import OVERFLOW, EventHub
+from agent.membership.driver import Driver
 from gossip.config import Config
 from gossip.effects import Address, Effect, MemberFailed, Send, StreamRequest
 from gossip.errors import DecodeError
 from gossip.members import Member, Status
-from gossip.serfcompat import encode_tags
+from gossip.serf.payloads import encode_tags
 
 
 def _member(name: str, status: Status = Status.ALIVE, meta: bytes = b"") -> Member:

@@ -14,8 +14,9 @@ import socket
 import pytest
 import trio
 
-from agent import api, ctl
 from agent.addresses import format_address
+from agent.control import protocol as api
+from agent.ctl import main as ctl
 from tests.agent.conftest import control_exchange, query, start_agent, statuses, wait_until
 
 

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 import trio
 
-from agent import ctl, persist, service
+from agent import service
 from agent.cli import AgentOptions
-from agent.control import ControlServer
+from agent.control.server import ControlServer
+from agent.ctl import main as ctl
 from agent.runtime import Runtime
+from agent.store import records as persist
 from gossip.effects import Effect, KeyringChanged
 from gossip.swim import Swim
 from tests.agent.conftest import query, start_agent, statuses, wait_until
@@ -130,7 +132,7 @@ class _Capture:
         async def hello(rt: Runtime, req: Any, stream: Any) -> Any:
             return {"hello": rt.config.node}
 
-        from agent.control import Op
+        from agent.control.server import Op
 
         server.register("hello", Op(hello, "test op"))
         rt.status_sections.append(lambda: {"extension": "on"})

@@ -73,7 +73,7 @@ async def test_metric_sources_plug_in_and_cannot_break_scrapes(sockdir: str) -> 
     """The hook later layers use (table rows, reconcile duration)."""
     from agent import service
     from agent.cli import AgentOptions
-    from agent.control import ControlServer
+    from agent.control.server import ControlServer
     from agent.runtime import Runtime
 
     class Tables:
@@ -100,6 +100,6 @@ async def test_metric_sources_plug_in_and_cannot_break_scrapes(sockdir: str) -> 
 
 
 def test_prometheus_client_is_imported_only_with_metrics_on() -> None:
-    code = ("import sys, agent.__main__, agent.service, agent.ops; "
+    code = ("import sys, agent.__main__, agent.service, agent.control.ops; "
             "assert 'prometheus_client' not in sys.modules and 'agent.metrics' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

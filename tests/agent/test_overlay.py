@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import trio
 
-from agent import api, service
+from agent import service
 from agent.cli import AgentOptions
-from agent.endpoints import PlumbError, VethSpec, is_host_ifname
-from agent.overlay import READY_CONDITION, Overlay
+from agent.control import protocol as api
+from agent.overlay.extension import READY_CONDITION, Overlay
+from agent.overlay.veths import PlumbError, VethSpec, is_host_ifname
 from dataplane.fake import FakeKernel
 from dataplane.reconciler import ReconcilerConfig
 from gossip.effects import Address
@@ -230,7 +231,7 @@ async def test_encrypted_network_when_the_kernel_supports_ipsec(sockdir: str) ->
         assert net["Encrypted"] is True
         inspect = (await query(a.socket, "network", {"action": "inspect", "ref": "sec"}))[0]
         assert inspect["Options"]["encrypted"] == "" and inspect["MTU"] == 1424
-        # Without the IPsec component (agent.ipsec) there is no per-peer SA view.
+        # Without the IPsec component (agent.overlay.ipsec) there is no per-peer SA view.
         assert "IPsec" not in inspect
         nursery.cancel_scope.cancel()
 

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import pytest
 import trio
 
-from gossip.agenttag import AGENT_TAG, AGENT_TAG_VALUE
+from gossip.tables.agenttag import AGENT_TAG, AGENT_TAG_VALUE
 from tests.agent.conftest import query, statuses, wait_until
 
 PYTHON = sys.executable
@@ -30,7 +30,7 @@ BIN = os.path.dirname(PYTHON)
 
 def agentctl_command() -> list[str]:
     script = os.path.join(BIN, "agentctl")
-    return [script] if os.path.exists(script) else [PYTHON, "-m", "agent.ctl"]
+    return [script] if os.path.exists(script) else [PYTHON, "-m", "agent.ctl.main"]
 
 
 def _open_log(path: str) -> BinaryIO:
@@ -120,7 +120,7 @@ async def test_signals_kill_and_leave(agents: Agents) -> None:
 
     await wait_until(all_alive, "5 agents to see each other alive")
     tags = {m["name"]: m["tags"] for m in await query(a.socket, "members")}
-    # The user's tags, plus the reserved one that marks our agents (gossip/agenttag.py).
+    # The user's tags, plus the reserved one that marks our agents (gossip/tables/agenttag.py).
     assert tags["d"] == {"role": "overlay-agent", "rack": "r7", AGENT_TAG: AGENT_TAG_VALUE}
 
     # SIGTERM without --leave-on-terminate: exit 0, and peers must NOT see "left".

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent import persist, service
+from agent import service
 from agent.cli import AgentOptions
-from agent.state import StateError, StateStore, atomic_write
+from agent.store import records as persist
+from agent.store.files import StateError, StateStore, atomic_write
 from tests.agent.conftest import query, start_agent, statuses, wait_until
 
 KEY_A, KEY_B = bytes(range(16)), bytes(range(1, 33))
@@ -171,8 +172,8 @@ async def test_restart_rejoins_with_a_higher_incarnation(tmp_path: Path, sockdir
 
 WRITER = textwrap.dedent("""
     import sys
-    from agent import persist
-    from agent.state import StateStore
+    from agent.store import records as persist
+    from agent.store.files import StateStore
     store = StateStore(sys.argv[1]).open()
     keys = [bytes([i]) * 16 for i in range(1, 5)]
     n = (store.load_json("incarnation") or {}).get("incarnation", 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.underlay import underlay_mtu
+from agent.overlay.underlay import underlay_mtu
 
 
 def test_loopback_vtep_is_capped_to_the_largest_ip_datagram() -> None:

@@ -12,7 +12,7 @@ import socket
 import pytest
 import trio
 
-from agent import transport
+from agent.membership import transport
 from gossip.config import Config
 from gossip.effects import MemberSuspected
 from tests.unit.swimharness import Harness

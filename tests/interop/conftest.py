@@ -13,8 +13,8 @@ from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
+from agent.lab.netlab import Lab
 from bench.cluster import Cluster
-from bench.lab import Lab
 from bench.serfnode import serf_binary
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
+from agent.lab.netlab import Lab
 from bench.cluster import Cluster, all_alive
-from bench.lab import Lab
 from bench.serfnode import members_cli, serf_binary
 from gossip.config import Config, suspicion_bounds
 

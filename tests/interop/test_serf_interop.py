@@ -1,6 +1,6 @@
 """Interop with real serf: a mixed cluster of 3 Debian serf agents and 3 of ours.
 
-Each agent runs in its own namespace of a lab (bench/lab.py) on <addr>:7946,
+Each agent runs in its own namespace of a lab (agent/lab/netlab.py) on <addr>:7946,
 LAN profile on both sides. What issue 2 asks to show:
 - every agent of both kinds sees all 6 alive; our tags appear in
   ``serf members -format=json``; serf's tags appear in ``agentctl members``;
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.agentnode import parse_members
+from agent.lab.agentnode import parse_members
+from agent.lab.netlab import Host, Lab
 from bench.cluster import Cluster, Node, all_alive, all_of, sees_down, sees_status
-from bench.lab import Host, Lab
 from bench.serfnode import members_cli, serf_binary
 from gossip.config import Config, suspicion_bounds
 

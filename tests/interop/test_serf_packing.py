@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import pytest
 
+from agent.lab.netlab import Lab
 from bench.cluster import Cluster
-from bench.lab import Lab
-from gossip import wire
 from gossip.config import Config
-from gossip.messages import Alive
+from gossip.wire import codec as wire
+from gossip.wire.messages import Alive
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests that build network-namespace labs (bench/lab.py).
+"""Fixtures for tests that build network-namespace labs (agent/lab/netlab.py).
 
 ``lab_factory`` makes labs and tears every one down after the test, then checks
 that none of their namespaces survived. Tests here skip cleanly when not root or
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bench.lab import Lab
+from agent.lab.netlab import Lab
 
 
 def lab_skip_reason() -> str | None:

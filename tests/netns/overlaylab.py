@@ -1,10 +1,10 @@
 """Real overlay agents in a namespace lab: start/kill/restart them, make containers, read kernels.
 
 Used by the netns tests of the overlay (issue 4 item 2, issue 5). Builds on
-``bench.lab.Lab`` (hosts on an underlay bridge, processes by pid, cleanup): every
+``agent.lab.netlab.Lab`` (hosts on an underlay bridge, processes by pid, cleanup): every
 agent runs the installed ``overlay-agent`` inside its host namespace with a state
 dir; containers are extra namespaces registered with the lab, so its cleanup (and
-``python -m bench.cleanup``) removes them too. Kernel state is read with iproute2's
+``python -m agent.lab.cleanup``) removes them too. Kernel state is read with iproute2's
 JSON output (``bridge -j fdb``, ``ip -j neigh``), independently of the agent's code.
 Polling helpers wait for a condition with a deadline; they never assert timing.
 """
@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from agent.ctl import Client, CtlError
-from bench.agentnode import agent_argv, agentctl_program
-from bench.lab import Host, Lab, LabProc
+from agent.ctl.main import Client, CtlError
+from agent.lab.agentnode import agent_argv, agentctl_program
+from agent.lab.netlab import Host, Lab, LabProc
 
 WAIT = 40.0
 """Generous deadline for anything we wait for (never a timing assertion)."""
@@ -187,7 +187,7 @@ class OverlayLab:
         """A fresh namespace (a "container"), deleted with the lab."""
         self._containers += 1
         name = f"{self.lab.prefix}-c{tag or self._containers}"
-        # bench.lab has no public "extra namespace" call; this registers it for cleanup.
+        # agent.lab.netlab has no public "extra namespace" call; this registers it for cleanup.
         self.lab._make_namespaces([name])
         self.lab.batch(name, ["link set lo up"])
         return name

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bench.lab import Lab
+from agent.lab.netlab import Lab
 from dataplane.compile import compile
 from dataplane.kernel import LinuxKernel
 from dataplane.model import EndpointSpec, NetworkSpec, OverlayView

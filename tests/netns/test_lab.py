@@ -1,4 +1,4 @@
-"""Self-tests of the namespace lab harness (bench/lab.py): topology, processes,
+"""Self-tests of the namespace lab harness (agent/lab/netlab.py): topology, processes,
 partitions and cleanup, including cleanup after a harness was SIGKILLed."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import procstat
-from bench.cleanup import cleanup
-from bench.lab import Lab, LabError
-from bench.netns import netns_inode
+from agent.lab import procstat
+from agent.lab.cleanup import cleanup
+from agent.lab.netlab import Lab, LabError
+from agent.lab.netns import netns_inode
 
 pytestmark = pytest.mark.netns
 
@@ -124,7 +124,7 @@ def test_failed_construction_leaves_nothing_behind(lab_factory: LabFactory) -> N
 _CHILD = """
 import sys, time
 from pathlib import Path
-from bench.lab import Lab
+from agent.lab.netlab import Lab
 lab = Lab(2, prefix=sys.argv[1], state_root=Path(sys.argv[2]))
 p = lab.spawn(lab.hosts[1], ["sleep", "600"], name="orphan")
 print(p.pid, flush=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bench.lab import Host, Lab
+from agent.lab.netlab import Host, Lab
 from tests import pcap
 from tests.netns.overlaylab import OverlayLab, percentile, wait_for
 

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from crypto.keyring import Keyring
-from gossip import lzw, wire
 from gossip.errors import DecodeError
-from gossip.messages import (
+from gossip.wire import codec as wire
+from gossip.wire import lzw
+from gossip.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Alive,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from gossip.effects import Address, Effect, MemberJoined, Send, StreamRequest
 from gossip.errors import DecodeError
 from gossip.members import Member, Status
-from gossip.messages import DEFAULT_VSN
+from gossip.wire.messages import DEFAULT_VSN
 from sim.cores import Core, node_addr
 
 

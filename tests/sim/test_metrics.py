@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gossip.members import Member, Status
-from gossip.messages import DEFAULT_VSN
+from gossip.wire.messages import DEFAULT_VSN
 from sim import metrics as m
 from sim.analytic import serf_rounds, serf_time, swim_first_detection_periods
 from sim.metrics import Metrics, distribution, quantile, time_to_fraction

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from gossip.config import Config
 from gossip.effects import Address, Effect, Send, StreamRequest
 from gossip.errors import DecodeError
-from gossip.records import Endpoint, Network
 from gossip.swim import Swim
-from gossip.tables import Tables, TablesConfig
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import Endpoint, Network
 
 T = TypeVar("T")
 

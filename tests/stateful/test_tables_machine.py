@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gossip.config import Config
-from gossip.records import TableError
-from gossip.tables import Tables, TablesConfig
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import TableError
 from tests.stateful.tablesnet import Net, cluster
 
 NODES = ["n0", "n1", "n2", "n3"]

@@ -14,15 +14,15 @@ import random
 import msgpack
 import pytest
 
-from gossip import wire
-from gossip.agenttag import AGENT_TAG, AGENT_TAG_VALUE, has_agent_tag, with_agent_tag
 from gossip.delegate import NullDelegate
 from gossip.effects import Address, Effect
 from gossip.members import Member, Status
-from gossip.messages import DEFAULT_VSN, PushPull, UserMsg
-from gossip.serfcompat import SerfType, decode_tags, encode_tags
+from gossip.serf.payloads import SerfType, decode_tags, encode_tags
 from gossip.swim import Swim
-from gossip.tables import Tables
+from gossip.tables.agenttag import AGENT_TAG, AGENT_TAG_VALUE, has_agent_tag, with_agent_tag
+from gossip.tables.replica import Tables
+from gossip.wire import codec as wire
+from gossip.wire.messages import DEFAULT_VSN, PushPull, UserMsg
 from tests.stateful.tablesnet import Net, Node
 
 SERF_META = encode_tags({"role": "serf"})

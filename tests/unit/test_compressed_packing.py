@@ -13,11 +13,11 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip import wire
 from gossip.config import Config
 from gossip.effects import Send
-from gossip.messages import Alive
 from gossip.swim import Swim
+from gossip.wire import codec as wire
+from gossip.wire.messages import Alive
 
 SRC = ("10.9.0.1", 7946)
 

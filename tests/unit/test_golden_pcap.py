@@ -22,9 +22,11 @@ import msgpack
 import pytest
 
 from crypto.keyring import Keyring, decode_key
-from gossip import lzw, wire
 from gossip.errors import DecodeError
-from gossip.messages import (
+from gossip.serf.payloads import SerfType, decode_serf_message, decode_tags
+from gossip.wire import codec as wire
+from gossip.wire import lzw
+from gossip.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Alive,
@@ -37,7 +39,6 @@ from gossip.messages import (
     Suspect,
     UserMsg,
 )
-from gossip.serfcompat import SerfType, decode_serf_message, decode_tags
 from tests import pcap
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -8,10 +8,10 @@ from functools import partial
 
 import pytest
 
-from gossip import ipam
 from gossip.effects import Effect
-from gossip.records import ClaimRow, Endpoint, TableError
-from gossip.tables import Tables, TablesConfig
+from gossip.tables import ipam
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import ClaimRow, Endpoint, TableError
 from tests.stateful.tablesnet import cluster
 
 # ------------------------------------------------------------------ layout

@@ -1,4 +1,4 @@
-"""agent/ipsec.py + gossip/ipsecrows.py: key rows in the tables, peers of encrypted
+"""agent/overlay/ipsec.py + gossip/tables/ipsecrows.py: key rows in the tables, peers of encrypted
 networks only, SAs that match pairwise, rotation make-before-break, removal of gone
 peers, additive-only start, key file, re-key of a vanished outbound SA. The kernel is a
 fake that interprets the real netlink requests (dataplane/xfrm.py's encoding)."""
@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from agent import ipsec as agent_ipsec
+from agent.overlay import ipsec as agent_ipsec
 from dataplane import xfrm
-from gossip import ipsecrows, netgossip
 from gossip.errors import DecodeError
-from gossip.tables import Tables
+from gossip.tables import framing as netgossip
+from gossip.tables import ipsecrows
+from gossip.tables.replica import Tables
 from tests.stateful.tablesnet import Net, cluster
 
 INTERVAL = 30.0

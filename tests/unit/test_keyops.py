@@ -1,12 +1,13 @@
-"""gossip.keyops: the pure part of a cluster-wide key change (shared by agent and simulator)."""
+"""gossip.serf.keyops: the pure part of a cluster-wide key change (shared by agent and simulator)."""
 
 from __future__ import annotations
 
 import pytest
 
 from crypto.keyring import Keyring
-from gossip import keyops, serfcompat
 from gossip.effects import QueryResponse
+from gossip.serf import keyops
+from gossip.serf import payloads as serfcompat
 
 A, B = b"a" * 32, b"b" * 16
 

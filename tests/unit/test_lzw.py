@@ -13,15 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from gossip import lzw
 from gossip.errors import DecodeError
+from gossip.wire import lzw
 
 
 @pytest.fixture(autouse=True, params=["pure", "native"])
 def codec(request: pytest.FixtureRequest) -> Iterator[str]:
     native = request.param == "native"
     if native and not lzw.native_available():
-        pytest.skip("gossip._lzw not built (no C compiler at install time?)")
+        pytest.skip("gossip.wire._lzw not built (no C compiler at install time?)")
     assert lzw.use_native(native) is native
     try:
         yield request.param

@@ -1,6 +1,6 @@
-"""The native LZW accelerator (gossip/_lzw.c) against the pure-Python reference.
+"""The native LZW accelerator (gossip/wire/_lzw.c) against the pure-Python reference.
 
-gossip/lzw.py's ``_compress`` / ``_decompress`` are the reference (checked against Go in
+gossip/wire/lzw.py's ``_compress`` / ``_decompress`` are the reference (checked against Go in
 test_lzw.py); the extension must give the same bytes and the same errors on any input.
 Skipped when the extension is not built, except ``test_native_extension_is_required``,
 which fails then if ``OVERLAY_REQUIRE_NATIVE=1`` (set by ``make test``).
@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossip import lzw
 from gossip.errors import DecodeError
+from gossip.wire import lzw
 from tests.unit.test_lzw import GO_VECTORS, SERF_BUF, SERF_PLAIN
 
 needs_native = pytest.mark.skipif(
     not lzw.native_available(),
-    reason="gossip._lzw not built (no C compiler at install time?): pure Python only",
+    reason="gossip.wire._lzw not built (no C compiler at install time?): pure Python only",
 )
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -33,7 +33,7 @@ def test_native_extension_is_required() -> None:
     if os.environ.get("OVERLAY_REQUIRE_NATIVE") != "1":
         pytest.skip("OVERLAY_REQUIRE_NATIVE=1 not set (make test sets it)")
     assert lzw.native_available(), (
-        "OVERLAY_REQUIRE_NATIVE=1 but gossip._lzw does not import: "
+        "OVERLAY_REQUIRE_NATIVE=1 but gossip.wire._lzw does not import: "
         "rebuild with `pip install -e .` (needs gcc and Python headers)"
     )
     assert lzw.native_in_use()

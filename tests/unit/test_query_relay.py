@@ -12,12 +12,13 @@ import dataclasses
 
 import pytest
 
-from gossip import serfcompat, wire
 from gossip.config import Config, retransmit_limit
 from gossip.effects import QueryFinished, QueryResponse, Send
 from gossip.members import ip_bytes
-from gossip.messages import UserMsg
+from gossip.serf import payloads as serfcompat
 from gossip.swim import Swim
+from gossip.wire import codec as wire
+from gossip.wire.messages import UserMsg
 from tests.unit.swimharness import Harness
 
 CONFIG = dataclasses.replace(Config.local(), retransmit_mult=4)

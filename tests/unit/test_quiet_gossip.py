@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from gossip import wire
 from gossip.config import Config, retransmit_limit
 from gossip.effects import Send
-from gossip.messages import Alive
 from gossip.swim import Swim
+from gossip.wire import codec as wire
+from gossip.wire.messages import Alive
 from tests.unit.swimharness import Harness
 
 CONFIG = Config.lan()

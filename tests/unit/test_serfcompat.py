@@ -8,8 +8,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from gossip import serfcompat as sc
 from gossip.errors import DecodeError
+from gossip.serf import payloads as sc
 from tests.unit.test_wire import vec
 
 

@@ -5,11 +5,12 @@ import random
 import msgpack
 
 from crypto.keyring import Keyring
-from gossip import serfcompat, wire
 from gossip.config import Config
 from gossip.effects import KeyringChanged, Send
-from gossip.messages import UserMsg
+from gossip.serf import payloads as serfcompat
 from gossip.swim import Swim
+from gossip.wire import codec as wire
+from gossip.wire.messages import UserMsg
 
 KEY1 = bytes(range(16))
 KEY2 = bytes(range(16, 48))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gossip import wire
 from gossip.config import Config, suspicion_bounds
 from gossip.effects import MemberFailed, MemberLeft, Send
 from gossip.errors import DecodeError
 from gossip.members import ip_bytes
-from gossip.messages import Alive, IndirectPing, Nack, PushPull, Suspect
+from gossip.wire import codec as wire
+from gossip.wire.messages import Alive, IndirectPing, Nack, PushPull, Suspect
 from tests.unit.swimharness import Harness
 
 NAMES = [f"n{i}" for i in range(5)]

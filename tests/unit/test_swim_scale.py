@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip import lzw, wire
 from gossip.config import Config
 from gossip.effects import Effect, Log, MemberJoined, MemberSuspected, StreamRequest
 from gossip.members import Member, Status, ip_bytes
-from gossip.messages import DEFAULT_VSN, NodeState, PushNodeState, PushPull
 from gossip.swim import Swim
+from gossip.wire import codec as wire
+from gossip.wire import lzw
+from gossip.wire.messages import DEFAULT_VSN, NodeState, PushNodeState, PushPull
 
 CFG = Config()
 

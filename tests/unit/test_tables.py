@@ -8,10 +8,10 @@ duplicate addresses after a partition, and the change counter.
 
 from __future__ import annotations
 
-from gossip import netgossip
 from gossip.effects import Log, Send
-from gossip.records import EndpointRow, encode_row
-from gossip.tables import Tables, TablesConfig
+from gossip.tables import framing as netgossip
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import EndpointRow, encode_row
 from tests.stateful.tablesnet import Net, cluster
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gossip.effects import Log
-from gossip.records import Endpoint, TableError
-from gossip.tables import Tables
+from gossip.tables.replica import Tables
+from gossip.tables.rows import Endpoint, TableError
 from tests.stateful.tablesnet import cluster
 
 
@@ -186,7 +186,7 @@ def test_constructor_and_config_validation() -> None:
         Tables(node="n0", vtep="nope", rng=random.Random(1))
     with pytest.raises(ValueError, match="node name"):
         Tables(node="", vtep="192.0.2.1", rng=random.Random(1))
-    from gossip.tables import TablesConfig
+    from gossip.tables.replica import TablesConfig
 
     with pytest.raises(ValueError, match="power of two"):
         TablesConfig(ipam_block=12)
@@ -199,7 +199,7 @@ def test_persisted_state_roundtrips_through_plain_dicts() -> None:
     import dataclasses
     import json
 
-    from gossip.records import endpoint_from_dict, network_from_dict
+    from gossip.tables.rows import endpoint_from_dict, network_from_dict
 
     t = _single()
     t.create_endpoint(1.0, "web", name="a")

@@ -7,9 +7,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gossip import ipam
-from gossip.conflicts import resolve_addresses, resolve_networks
-from gossip.records import Endpoint, Network
+from gossip.tables import ipam
+from gossip.tables.conflicts import resolve_addresses, resolve_networks
+from gossip.tables.rows import Endpoint, Network
 
 _NAMES = ["a", "b", "c"]
 _SUBNETS = [("10.1.0.0/24",), ("10.1.0.0/16",), ("10.2.0.0/24",), ("fd00::/64",), ("10.3.0.0/24", "fd00::/64")]

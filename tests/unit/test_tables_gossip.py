@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from gossip import records
 from gossip.config import Config
 from gossip.effects import Effect
 from gossip.members import Status
-from gossip.netsync import NetSync, transmit_limit
-from gossip.records import ClaimRow, EndpointRow, MemberRow, NetworkRow, newer
-from gossip.tables import Tables, TablesConfig
-from gossip.tablesconfig import TablesStats
+from gossip.tables import rows as records
+from gossip.tables.config import TablesStats
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import ClaimRow, EndpointRow, MemberRow, NetworkRow, newer
+from gossip.tables.sync import NetSync, transmit_limit
 from tests.stateful.tablesnet import Net, cluster
 
 NET = "ab" * 32

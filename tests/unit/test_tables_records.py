@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip import netgossip
 from gossip.errors import DecodeError
-from gossip.records import (
+from gossip.tables import framing as netgossip
+from gossip.tables.rows import (
     AnyRow,
     ClaimRow,
     Endpoint,
@@ -25,7 +25,7 @@ from gossip.records import (
     encode_row,
     newer,
 )
-from gossip.tablestore import TableStore
+from gossip.tables.store import TableStore
 
 NET = "ab" * 32
 EP = "cd" * 32

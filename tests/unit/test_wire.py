@@ -13,9 +13,10 @@ import msgpack
 import pytest
 
 from crypto.keyring import Keyring
-from gossip import lzw, wire
 from gossip.errors import DecodeError
-from gossip.messages import (
+from gossip.wire import codec as wire
+from gossip.wire import lzw
+from gossip.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Alive,
@@ -603,8 +604,8 @@ def test_packet_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_part_memo_size_is_settable_and_decoding_is_unchanged() -> None:
-    from gossip import wire as w
-    from gossip.messages import Ping as _Ping
+    from gossip.wire import codec as w
+    from gossip.wire.messages import Ping as _Ping
 
     part = w.encode(_Ping(seq_no=7, node="a"))
     packet = w.encode_packet([part, w.encode(_Ping(seq_no=8, node="b"))], compress=False, crc=False,

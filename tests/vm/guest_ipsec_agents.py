@@ -1,7 +1,7 @@
 """Runs inside the test VM (root, Debian's kernel): REAL agent processes program IPsec.
 
 Owns the in-VM scenario behind tests/vm/test_ipsec_agents_vm.py. Three hosts in
-namespaces on one underlay bridge (bench.lab via tests/netns/overlaylab.py), each
+namespaces on one underlay bridge (agent.lab.netlab via tests/netns/overlaylab.py), each
 running ``python -m agent`` from this checkout's venv with a short key rotation
 (``--ipsec-rotation-interval``). Steps, each a named check in ``$OVM_OUT/results.json``:
 1. an encrypted network with an endpoint ("container") on every host: pings pass;
@@ -10,7 +10,7 @@ running ``python -m agent`` from this checkout's venv with a short key rotation
    peers, all with the agent's reqid;
 3b. host1's out policy toward host2 deleted by hand (``ip xfrm policy delete``): host2
    drops the cleartext VXLAN (ping lost, its XfrmInTmplMismatch grows); host1's agent
-   restores the policy (repair pass, agent/ipsec.py RESYNC) and pings pass again;
+   restores the policy (repair pass, agent/overlay/ipsec.py RESYNC) and pings pass again;
 4. ping at 20/s across >= 3 rotations: 0 lost; several send SPIs seen;
 5. host2 removes its endpoint (no longer shares the network): its SAs and policies
    vanish on host0 and host1, which keep theirs toward each other;
@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.lab import Lab
+from agent.lab.netlab import Lab
 from tests.netns.overlaylab import OverlayLab, wait_for
 from tests.vm.guest_lab import xfrm_stat
 from tests.vm.guest_xfrm import Results, pcap_counts

@@ -1,0 +1,245 @@
+"""``agentctl network``, ``agentctl endpoint`` and ``agentctl dataplane``: sub-commands and output.
+
+Owns: their argument parsers (hooked into ``agent.ctl.main.build_parser``), the requests
+they send (see ``agent.overlay.ops`` for the ops) and the human formats: tables in
+docker's style (``network ls``: ID NAME DRIVER SCOPE VNI SUBNET; ``endpoint ls``: ID
+NAME NETWORK NODE VTEP MAC IPV4 IPV6, ``*`` marking this node), ``network create``
+prints the new network's id, ``endpoint create`` the endpoint as JSON, ``network
+inspect`` a JSON array like ``docker network inspect``, ``dataplane`` the
+reconciler's per-network table (``dataplane.report.render_text``).
+Errors: one line on stderr, exit status 1 (``agent.ctl.main``'s convention).
+Does not: import trio or the agent's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO
+
+from dataplane.report import render_text
+
+
+class _Client(Protocol):
+    def request(self, op: str, args: dict[str, Any] | None = None) -> Any: ...
+
+
+NETWORK_EPILOG = """\
+examples:
+  agentctl network create blue --subnet 10.10.0.0/24                 prints the network id
+  agentctl network create red --subnet 10.20.0.0/24 --subnet fd00:20::/64 --vni 4200 --mtu 1400
+  agentctl network ls
+  agentctl network inspect blue        JSON like 'docker network inspect' (endpoints, peers + VTEPs)
+  agentctl network rm blue             refused while endpoints use it
+"""
+
+ENDPOINT_EPILOG = """\
+examples:
+  ip netns add c1
+  agentctl endpoint create blue --netns c1                 address and MAC allocated
+  agentctl endpoint create blue --netns /proc/4242/ns/net --ip 10.10.0.20 --ifname eth1 --name web
+  agentctl endpoint ls --network blue                      local and remote endpoints with their VTEP
+  agentctl endpoint rm web                                 removes the veth pair and the row
+The container side gets the MAC (default 02:42 + the IPv4 address), the addresses with
+the network's prefix length and the network's MTU, and is brought up; the host side
+(ov-<id>) joins the network's bridge.
+"""
+
+
+def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser], fmt: Any) -> None:
+    """Register the sub-commands on ``agentctl``'s sub-parser object."""
+    raw = argparse.RawDescriptionHelpFormatter
+    n = sub.add_parser("network", help="overlay networks: create, ls, inspect, rm",
+                       epilog=NETWORK_EPILOG, formatter_class=raw)
+    nsub = n.add_subparsers(dest="action", metavar="ACTION", parser_class=parser_class)
+    nsub.required = True
+    nc = nsub.add_parser("create", help="create a network (cluster-wide); prints its id")
+    nc.add_argument("name", metavar="NAME")
+    nc.add_argument("--subnet", action="append", required=True, metavar="CIDR",
+                    help="IPv4 and/or IPv6 subnet (at most one of each)")
+    nc.add_argument("--vni", type=int, metavar="N", help="VXLAN network identifier (default: picked)")
+    nc.add_argument("--encrypted", action="store_true", help="encrypt the network's traffic (IPsec)")
+    nc.add_argument("--mtu", type=int, metavar="N", help="overlay MTU (default: underlay MTU - 50)")
+    nc.set_defaults(run=cmd_network_create)
+    nl = nsub.add_parser("ls", help="list networks")
+    fmt(nl)
+    nl.set_defaults(run=cmd_network_ls)
+    ni = nsub.add_parser("inspect", help="details of networks as a JSON array")
+    ni.add_argument("refs", nargs="+", metavar="NAME|ID|ID-PREFIX")
+    ni.set_defaults(run=cmd_network_inspect)
+    nr = nsub.add_parser("rm", help="remove networks (refused while endpoints exist)")
+    nr.add_argument("refs", nargs="+", metavar="NAME|ID")
+    nr.set_defaults(run=cmd_network_rm)
+
+    e = sub.add_parser("endpoint", help="endpoints (veths in container namespaces): create, ls, rm",
+                       epilog=ENDPOINT_EPILOG, formatter_class=raw)
+    esub = e.add_subparsers(dest="action", metavar="ACTION", parser_class=parser_class)
+    esub.required = True
+    ec = esub.add_parser("create", help="create an endpoint in a network namespace; prints it as JSON")
+    ec.add_argument("network", metavar="NETWORK")
+    ec.add_argument("--netns", required=True, metavar="NAME|PATH",
+                    help="the container's network namespace (name under /run/netns, or a path)")
+    ec.add_argument("--ip", metavar="IP", help="address (IPv4, or IPv6; default: allocated)")
+    ec.add_argument("--ip6", metavar="IP", help="IPv6 address (default: allocated if the network has IPv6)")
+    ec.add_argument("--mac", metavar="MAC", help="MAC address (default: 02:42 + the IPv4 address)")
+    ec.add_argument("--ifname", default="eth0", metavar="NAME", help="interface name inside (default: eth0)")
+    ec.add_argument("--name", metavar="NAME", help="endpoint name (default: ep-<id>)")
+    ec.set_defaults(run=cmd_endpoint_create)
+    el = esub.add_parser("ls", help="list local and remote endpoints with their VTEP")
+    el.add_argument("--network", metavar="NETWORK", help="only this network")
+    fmt(el)
+    el.set_defaults(run=cmd_endpoint_ls)
+    er = esub.add_parser("rm", help="remove local endpoints (interface and row)")
+    er.add_argument("refs", nargs="+", metavar="ID|NAME")
+    er.set_defaults(run=cmd_endpoint_rm)
+
+    d = sub.add_parser("dataplane", help="kernel state vs desired state per network, last reconcile",
+                       epilog="columns: kernel/desired counts of FDB rows, flood rows, neighbours, ports")
+    fmt(d)
+    d.set_defaults(run=cmd_dataplane)
+
+
+# -- formats --------------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    from agent.ctl.main import table
+
+    return table(headers, rows)
+
+
+def format_networks(rows: Sequence[dict[str, Any]]) -> str:
+    return _table(
+        ["ID", "NAME", "DRIVER", "SCOPE", "VNI", "SUBNET"],
+        [[str(r["ID"])[:12], str(r["Name"]), str(r["Driver"]), str(r["Scope"]), str(r["VNI"]),
+          ",".join(r.get("Subnets") or [])] for r in rows],
+    )
+
+
+def format_endpoints(rows: Sequence[dict[str, Any]]) -> str:
+    out = []
+    for r in rows:
+        name = str(r["name"]) + (" (conflict)" if r.get("conflict") else "")
+        node = f"{r['node']} *" if r.get("local") else str(r["node"])
+        out.append([str(r["id"])[:12], name, str(r.get("network_name") or str(r["network"])[:12]), node,
+                    str(r["vtep"]), str(r["mac"]), r.get("ipv4_cidr") or r.get("ipv4") or "-",
+                    r.get("ipv6_cidr") or r.get("ipv6") or "-"])
+    return _table(["ID", "NAME", "NETWORK", "NODE", "VTEP", "MAC", "IPV4", "IPV6"], out)
+
+
+def format_dataplane(report: dict[str, Any]) -> str:
+    shown = dict(report)
+    shown["networks"] = [
+        {**row, "network": row.get("network_name") or str(row.get("network") or "")[:12]}
+        for row in report.get("networks", [])
+    ]
+    text = render_text(shown) + "\n"
+    last = report.get("last_reconcile") or {}
+    if last.get("at"):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last["at"])))
+        text += f"last reconcile started {stamp}"
+        c = report.get("counters") or {}
+        if c:
+            text += (f"; {c.get('reconciles', 0)} passes, {c.get('failures', 0)} failed, "
+                     f"{c.get('monitor_repairs', 0)} triggered by kernel events")
+        text += "\n"
+    if report.get("additive_only"):
+        text += "startup: only adding entries until the cluster view is complete\n"
+    return text
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def _dump(obj: Any, out: TextIO) -> None:
+    out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def cmd_network_create(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    args: dict[str, Any] = {"action": "create", "name": ns.name, "subnets": ns.subnet}
+    if ns.vni is not None:
+        args["vni"] = ns.vni
+    if ns.mtu is not None:
+        args["mtu"] = ns.mtu
+    if ns.encrypted:
+        args["encrypted"] = True
+    result = client.request("network", args)
+    out.write(f"{result['ID']}\n")
+    return 0
+
+
+def cmd_network_ls(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    rows = client.request("network", {"action": "ls"})
+    if ns.format == "json":
+        _dump(rows, out)
+    else:
+        out.write(format_networks(rows))
+    return 0
+
+
+def _each(client: _Client, refs: Sequence[str], op: str, action: str) -> tuple[list[Any], int]:
+    """One request per ref; errors are reported and the rest still run (like docker)."""
+    from agent.ctl.main import CtlError
+
+    results, status = [], 0
+    for ref in refs:
+        try:
+            results.append(client.request(op, {"action": action, "ref": ref}))
+        except CtlError as exc:
+            print(f"agentctl: {exc}", file=sys.stderr)
+            status = 1
+    return results, status
+
+
+def cmd_network_inspect(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    results, status = _each(client, ns.refs, "network", "inspect")
+    _dump([item for r in results for item in r], out)
+    return status
+
+
+def cmd_network_rm(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    results, status = _each(client, ns.refs, "network", "rm")
+    for r in results:
+        out.write(f"{r['Name']}\n")
+    return status
+
+
+def cmd_endpoint_create(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    args: dict[str, Any] = {"action": "create", "network": ns.network, "netns": ns.netns, "ifname": ns.ifname}
+    for key in ("ip", "ip6", "mac", "name"):
+        value = getattr(ns, key)
+        if value is not None:
+            args[key] = value
+    _dump(client.request("endpoint", args), out)
+    return 0
+
+
+def cmd_endpoint_ls(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    args: dict[str, Any] = {"action": "ls"}
+    if ns.network:
+        args["network"] = ns.network
+    rows = client.request("endpoint", args)
+    if ns.format == "json":
+        _dump(rows, out)
+    else:
+        out.write(format_endpoints(rows))
+    return 0
+
+
+def cmd_endpoint_rm(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    results, status = _each(client, ns.refs, "endpoint", "rm")
+    for r in results:
+        out.write(f"{r['id']}\n")
+    return status
+
+
+def cmd_dataplane(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    report = client.request("dataplane")
+    if ns.format == "json":
+        _dump(report, out)
+    else:
+        out.write(format_dataplane(report))
+    return 0

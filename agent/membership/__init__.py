@@ -1,0 +1,1 @@
+"""The shell around the gossip core: driver task, sockets, key management, query collection."""

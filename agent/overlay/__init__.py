@@ -1,0 +1,1 @@
+"""The overlay extension: tables, endpoint veths, the dataplane view and reconciler, IPsec."""

@@ -1,0 +1,505 @@
+"""The overlay layer of the agent: replicated tables, endpoint interfaces and the dataplane reconciler.
+
+Owns (an ``agent.service.Extension``):
+- the gossip delegate: ``gossip.tables.replica.Tables`` wrapped in ``WatchedTables`` so every
+  table change pokes the reconciler (``make_delegate``);
+- this host's endpoints: creating one publishes its row, then builds its veth pair
+  (``agent.overlay.veths``); a failure takes the row back, so nothing half-created stays;
+  removing one deletes the pair, then the row. Local endpoints are persisted in the
+  state dir (record ``endpoints``) and handed back to ``restore_local_endpoints`` on
+  the next start, before the join, so a restarted owner reasserts its rows while the
+  kernel keeps forwarding; an endpoint whose veth vanished meanwhile is dropped, and
+  an orphan veth of ours (a crash between the two steps) is deleted;
+- the reconciler task (``dataplane.reconciler``) fed by ``agent.overlay.view``;
+  ``ready()`` once a join reached a member (or there is nothing to join) and the
+  networks we take part in had their first bulk sync, so a restart deletes nothing
+  on a half-filled view; readiness condition ``dataplane-reconciled`` (READY=1) after
+  the first pass that followed the first join attempt (with the complete view when
+  the join succeeded; with what we have, adding only, when no seed answered);
+- status section, operator warnings and metrics of the layer.
+Encrypted networks: refused with ``dataplane.xfrm.kernel_support_problem()``'s message
+when the kernel lacks ESP/GCM; accepted otherwise, with a warning that IPsec is not
+programmed yet. ``dataplane = false`` keeps the tables (this node sees and creates
+networks) but runs no reconciler and refuses endpoints.
+Does not: parse requests or shape replies (``agent.overlay.ops``), build veths itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agent.config import AgentConfig
+from agent.control import protocol as api
+from agent.control.server import ControlServer
+from agent.log import kv
+from agent.overlay.underlay import underlay_mtu
+from agent.overlay.veths import (
+    LinuxPlumber,
+    Plumber,
+    PlumbError,
+    VethSpec,
+    check_ifname,
+    host_ifname,
+    netns_path,
+    prefixed,
+)
+from agent.overlay.view import ViewSource, WatchedTables
+from dataplane.compile import overlay_mtu
+from dataplane.kernel import Kernel, LinuxKernel
+from dataplane.model import NetworkSpec
+from dataplane.reconciler import Reconciler, ReconcilerConfig
+from gossip.effects import Address, Effect, JoinFinished
+from gossip.serf.payloads import encode_tags
+from gossip.swim import Swim
+from gossip.tables.replica import Tables, TablesConfig
+from gossip.tables.rows import Endpoint, Network, TableError, endpoint_from_dict, network_from_dict
+
+if TYPE_CHECKING:
+    from agent.metrics import MetricFamily
+    from agent.runtime import Runtime
+
+log = logging.getLogger("agent.overlay.extension")
+
+PREFIX = "ov-"
+"""Name prefix of every device the agent owns (bridges, VXLAN devices, endpoint veths)."""
+RECORD = "endpoints"
+"""State-dir record of this host's endpoints."""
+READY_CONDITION = "dataplane-reconciled"
+DEFAULT_UNDERLAY_MTU = 1500
+SYNC_WAIT = 10.0
+"""After the join, how long to wait for the first bulk sync of our networks before
+the reconciler may delete (a peer that never answers must not block it forever)."""
+LOCAL_SETTLE = 5.0
+"""``endpoint create`` waits up to this long for the local pass (bridge, port) to finish."""
+
+
+class Overlay:
+    """See the module docstring. One instance per agent run."""
+
+    def __init__(
+        self,
+        *,
+        kernel_factory: Callable[[str], Kernel] | None = None,
+        plumber: Plumber | None = None,
+        reconciler_config: ReconcilerConfig | None = None,
+        tables_config: TablesConfig | None = None,
+        ipsec_probe: Callable[[], str | None] | None = None,
+        prefix: str = PREFIX,
+        dataplane: bool | None = None,
+    ) -> None:
+        self.kernel_factory = kernel_factory or (lambda p: LinuxKernel(prefix=p))
+        self.ipsec_view: Callable[[str], list[dict[str, Any]]] | None = None
+        """Per-peer SA state of an encrypted network (set by ``agent.overlay.ipsec``), for inspect."""
+        self.plumber: Plumber = plumber or LinuxPlumber()
+        self.reconciler_config = reconciler_config or ReconcilerConfig()
+        self.tables_config = tables_config
+        self.ipsec_probe = ipsec_probe
+        self.prefix = prefix
+        self._dataplane_override = dataplane
+        self.dataplane = True
+        self.tables: Tables | None = None
+        self.watched: WatchedTables | None = None
+        self.rt: Runtime | None = None
+        self.rec: Reconciler | None = None
+        self.vtep = ""
+        self.underlay_mtu = DEFAULT_UNDERLAY_MTU
+        self.underlay_source = "default"
+        self.interfaces: dict[str, dict[str, Any]] = {}
+        """Endpoint id -> {"netns", "ifname", "host_ifname"} of local endpoints."""
+        self._ipsec: list[str | None] = []
+        self._lock = trio.Lock()
+        self._started = trio.Event()
+        self._join_done = trio.Event()
+        """Set by the first join attempt's outcome (or at once without seeds)."""
+        self._joined = trio.Event()
+        """Set once a join reached a member (or at once without seeds)."""
+        self._tables_moved = trio.Event()
+        self.change_listeners: list[Callable[[], None]] = []
+        """Called (in the driver task; must not block) whenever the tables changed."""
+        self._restore_notes: list[str] = []
+
+    # -- wiring (agent.service) -----------------------------------------------------------------
+
+    def make_delegate(self, config: AgentConfig, advertise: Address, rng: random.Random) -> WatchedTables:
+        """The gossip delegate (called by ``service`` before the core exists). ValueError."""
+        self.vtep = str(ipaddress.ip_address(advertise[0]))
+        self.dataplane = config.dataplane if self._dataplane_override is None else self._dataplane_override
+        self.tables = Tables(node=config.node, vtep=self.vtep, rng=rng, config=self.tables_config,
+                             meta=encode_tags(config.tags))
+        self.watched = WatchedTables(self.tables, self._changed)
+        return self.watched
+
+    def setup(self, rt: Runtime, server: ControlServer) -> None:
+        from agent.overlay import ops as netops
+
+        if self.tables is None:
+            raise RuntimeError("Overlay.setup before make_delegate (pass it to service.run)")
+        self.rt = rt
+        self.tables.attach(rt.driver.swim)
+        for name, op in netops.ops(self).items():
+            server.register(name, op)
+        if self.dataplane:
+            rt.readiness.require(READY_CONDITION)
+        rt.driver.on_effect(JoinFinished, self._join_finished)
+        rt.status_sections.append(self.status_section)
+        rt.warning_sources.append(self.warnings)
+        rt.metric_sources.append(self.metrics)
+
+    def _join_finished(self, effect: JoinFinished) -> None:
+        self._join_done.set()
+        if effect.contacted:
+            self._joined.set()
+
+    def _changed(self) -> None:
+        if self.rec is not None:
+            self.rec.poke("tables")
+        self._tables_moved.set()
+        for listener in self.change_listeners:
+            listener()
+
+    async def run(self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not rt.config.join:
+            self._join_done.set()  # nothing to wait for: our view is the cluster's
+            self._joined.set()
+        if rt.config.underlay_mtu:
+            self.underlay_mtu, self.underlay_source = rt.config.underlay_mtu, "underlay_mtu"
+        elif self.dataplane:
+            mtu, source = await trio.to_thread.run_sync(underlay_mtu, self.vtep, rt.config.underlay_interface)
+            if mtu is not None:
+                self.underlay_mtu, self.underlay_source = mtu, source
+            else:
+                self.underlay_source = f"default ({source})"
+                log.warning(kv("underlay-mtu-unknown", reason=source, assumed=DEFAULT_UNDERLAY_MTU))
+        await self._restore(rt)
+        async with trio.open_nursery() as nursery:
+            if self.dataplane:
+                assert self.tables is not None
+                view = ViewSource(self.tables, rt.driver.swim, local_vtep=self.vtep,
+                                  underlay_mtu=self.underlay_mtu, vxlan_port=rt.config.vxlan_port,
+                                  prefix=self.prefix)
+                self.rec = Reconciler(self.kernel_factory(self.prefix), view=view, config=self.reconciler_config)
+                await nursery.start(self.rec.run)
+                nursery.start_soon(self._become_ready, rt)
+            self._started.set()
+            task_status.started()
+
+    async def _become_ready(self, rt: Runtime) -> None:
+        """READY=1 after the first pass that follows the first join attempt; deletions
+        allowed (``ready()``) once a join succeeded and our networks had their first sync."""
+        assert self.rec is not None
+        await self._join_done.wait()
+        if self._joined.is_set():
+            await self._wait_synced()
+        await self.rec.settled()
+        rt.readiness.mark(READY_CONDITION)
+        if not self._joined.is_set():
+            # The seeds did not answer: the reconciler only adds until a later join
+            # (retries, rejoin) succeeds or its startup grace ends.
+            await self._joined.wait()
+            await self._wait_synced()
+
+    async def _wait_synced(self) -> None:
+        assert self.rec is not None
+        with trio.move_on_after(SYNC_WAIT):
+            while not self._synced():
+                self._tables_moved = trio.Event()
+                with trio.move_on_after(0.2):  # peers are also learned without a version bump
+                    await self._tables_moved.wait()
+        self.rec.ready()
+        log.info(kv("dataplane-view-complete", synced=self._synced()))
+
+    def _synced(self) -> bool:
+        """Every network we take part in had its first bulk sync, or has no peer to give one."""
+        assert self.tables is not None
+        t = self.tables
+        return all(j.synced or not t.network_peers(net) for net, j in t.sync.joined.items())
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def _record(self) -> dict[str, Any]:
+        assert self.tables is not None
+        return {
+            "version": 1,
+            "clock": self.tables.clock,
+            "networks": [dataclasses.asdict(n) for n in self.tables.local_networks()],
+            "endpoints": [dataclasses.asdict(e) for e in self.tables.local_endpoints()],
+            "interfaces": self.interfaces,
+        }
+
+    async def _persist(self) -> None:
+        assert self.rt is not None
+        if self.rt.store is not None and not await self.rt.persister.save_json(RECORD, self._record()):
+            log.warning(kv("endpoints-not-persisted", error=self.rt.persister.last_error))
+
+    async def _restore(self, rt: Runtime) -> None:
+        """Persisted endpoints back into the tables (before the join), veths checked."""
+        assert self.tables is not None
+        record = rt.store.load_json(RECORD) if rt.store is not None else None
+        eps: list[Endpoint] = []
+        nets: list[Network] = []
+        clock = 0
+        ifaces: dict[str, dict[str, Any]] = {}
+        if record is not None:
+            try:
+                if not isinstance(record, dict):
+                    raise TableError("not an object")
+                eps = [endpoint_from_dict(d) for d in record.get("endpoints") or []]
+                nets = [network_from_dict(d) for d in record.get("networks") or []]
+                saved = record.get("clock")
+                clock = saved if isinstance(saved, int) and not isinstance(saved, bool) else 0
+                raw = record.get("interfaces")
+                ifaces = {k: v for k, v in raw.items() if isinstance(v, dict)} if isinstance(raw, dict) else {}
+            except TableError as exc:
+                log.warning(kv("endpoints-record-ignored", reason=str(exc)))
+                eps, nets = [], []
+        if self.dataplane and rt.store is not None:
+            eps = await self._check_interfaces(eps)
+        if eps:
+
+            def restore(swim: Swim, now: float) -> tuple[str | None, list[Effect]]:
+                assert self.tables is not None
+                try:
+                    return None, self.tables.restore_local_endpoints(now, eps, nets, clock)
+                except TableError as exc:
+                    return str(exc), []
+
+            problem = await rt.driver.call(restore)
+            if problem is not None:
+                log.warning(kv("endpoints-not-restored", reason=problem))
+                eps = []
+        self.interfaces = {e.id: ifaces.get(e.id, {"host_ifname": host_ifname(self.prefix, e.id)}) for e in eps}
+        if eps:
+            log.info(kv("endpoints-restored", count=len(eps)))
+        if record is not None:
+            await self._persist()
+
+    async def _check_interfaces(self, eps: list[Endpoint]) -> list[Endpoint]:
+        """Keep endpoints whose veth still exists; delete our veths that no endpoint owns."""
+        try:
+            present = set(await trio.to_thread.run_sync(self.plumber.existing, self.prefix))
+        except PlumbError as exc:
+            log.warning(kv("endpoint-interfaces-unknown", reason=str(exc)))
+            return eps
+        keep = [e for e in eps if host_ifname(self.prefix, e.id) in present]
+        for e in eps:
+            if e not in keep:
+                note = f"endpoint {e.name} ({e.id[:12]}) was not restored: its interface is gone"
+                self._restore_notes.append(note)
+                log.warning(kv("endpoint-dropped", endpoint=e.id[:12], name=e.name, reason="interface gone"))
+        wanted = {host_ifname(self.prefix, e.id) for e in keep}
+        for name in sorted(present - wanted):
+            try:
+                await trio.to_thread.run_sync(self.plumber.remove, name)
+                log.warning(kv("orphan-interface-removed", ifname=name))
+            except PlumbError as exc:
+                log.warning(kv("orphan-interface-kept", ifname=name, reason=str(exc)))
+        return keep
+
+    # -- operations (called by agent.overlay.ops) ------------------------------------------------------
+
+    async def _table_call(self, fn: Callable[[Tables, float], tuple[Any, Sequence[Effect]]]) -> Any:
+        """Run ``fn(tables, now)`` in the driver; a TableError becomes the operator's ApiError."""
+        assert self.rt is not None and self.tables is not None
+        tables = self.tables
+
+        def call(swim: Swim, now: float) -> tuple[Any, Sequence[Effect]]:
+            try:
+                return fn(tables, now)
+            except TableError as exc:
+                return exc, []
+
+        result = await self.rt.driver.call(call)
+        if self.watched is not None:
+            self.watched.check()
+        if isinstance(result, TableError):
+            raise api.ApiError(str(result))
+        return result
+
+    async def read(self, fn: Callable[[Tables], Any]) -> Any:
+        """A consistent read of the tables (inside the driver, like every core read)."""
+        return await self._table_call(lambda t, now: (fn(t), []))
+
+    async def ipsec_problem(self) -> str | None:
+        if not self._ipsec:
+            if self.ipsec_probe is not None:
+                probe = self.ipsec_probe
+            else:
+                from dataplane.xfrm import kernel_support_problem as probe
+            self._ipsec.append(await trio.to_thread.run_sync(probe))
+        return self._ipsec[0]
+
+    def effective_mtu(self, net: Network) -> int:
+        """The network's MTU on this host: as set, else from this host's underlay (the
+        reconciler derives the same for the bridge and the VXLAN device)."""
+        v6 = ipaddress.ip_address(self.vtep).version == 6
+        return overlay_mtu(NetworkSpec(net.id, net.vni, net.mtu, net.subnets, net.encrypted), self.underlay_mtu, v6)
+
+    async def create_network(
+        self, name: str, subnets: list[str], vni: int | None, encrypted: bool, mtu: int | None
+    ) -> Network:
+        await self._started.wait()
+        if encrypted:
+            problem = await self.ipsec_problem()
+            if problem is not None:
+                raise api.ApiError(f"cannot create encrypted network {name!r}: {problem}")
+        created_at = time.time()
+        network: Network = await self._table_call(
+            lambda t, now: t.create_network(now, name, subnets, vni, encrypted, mtu, created_at))
+        log.info(kv("network-created", name=network.name, id=network.id[:12], vni=network.vni,
+                    subnets=",".join(network.subnets), encrypted=network.encrypted, mtu=network.mtu))
+        return network
+
+    async def remove_network(self, ref: str) -> Network:
+        network: Network = await self._table_call(lambda t, now: t.remove_network(now, ref))
+        log.info(kv("network-removed", name=network.name, id=network.id[:12]))
+        return network
+
+    async def create_endpoint(
+        self,
+        network: str,
+        netns: str,
+        *,
+        name: str | None,
+        ipv4: str | None,
+        ipv6: str | None,
+        mac: str | None,
+        ifname: str,
+    ) -> Endpoint:
+        if not self.dataplane:
+            raise api.ApiError("this agent runs without a dataplane (dataplane = false): it cannot host endpoints")
+        await self._started.wait()
+        try:
+            check_ifname(ifname)
+            path = netns_path(netns)
+        except PlumbError as exc:
+            raise api.ApiError(str(exc)) from None
+        async with self._lock:
+            try:
+                await trio.to_thread.run_sync(self.plumber.check_target, path, ifname)
+            except PlumbError as exc:
+                raise api.ApiError(str(exc)) from None
+            ep: Endpoint = await self._table_call(
+                lambda t, now: t.create_endpoint(now, network, name, ipv4, ipv6, mac))
+            net: Network = await self.read(lambda t: t.find_network(ep.network))
+            spec = VethSpec(host_ifname(self.prefix, ep.id), path, ifname, ep.mac,
+                            prefixed([(ep.ipv4, net.subnet_v4), (ep.ipv6, net.subnet_v6)]), self.effective_mtu(net))
+            try:
+                await trio.to_thread.run_sync(self.plumber.create, spec)
+            except PlumbError as exc:
+                with trio.CancelScope(shield=True):
+                    await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
+                log.warning(kv("endpoint-create-failed", network=net.name, reason=str(exc)))
+                raise api.ApiError(str(exc)) from None
+            self.interfaces[ep.id] = {"netns": path, "ifname": ifname, "host_ifname": spec.host_ifname}
+            await self._persist()
+        log.info(kv("endpoint-created", id=ep.id[:12], name=ep.name, network=net.name,
+                    ipv4=ep.ipv4, ipv6=ep.ipv6, mac=ep.mac, netns=path, ifname=ifname))
+        if self.rec is not None:
+            with trio.move_on_after(LOCAL_SETTLE):
+                await self.rec.settled()  # the bridge and the port exist when the command returns
+        return ep
+
+    async def remove_endpoint(self, ref: str) -> Endpoint:
+        assert self.tables is not None
+        me = self.tables.node
+        async with self._lock:
+            ep: Endpoint = await self.read(lambda t: t.find_endpoint(ref))
+            if ep.owner != me:
+                raise api.ApiError(f"endpoint {ref} belongs to node {ep.owner}; remove it there")
+            info = self.interfaces.get(ep.id, {})
+            ifname = str(info.get("host_ifname") or host_ifname(self.prefix, ep.id))
+            if self.dataplane:
+                try:
+                    await trio.to_thread.run_sync(self.plumber.remove, ifname)
+                except PlumbError as exc:
+                    raise api.ApiError(str(exc)) from None
+            await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
+            self.interfaces.pop(ep.id, None)
+            await self._persist()
+        log.info(kv("endpoint-removed", id=ep.id[:12], name=ep.name))
+        return ep
+
+    # -- status, warnings, metrics -----------------------------------------------------------------
+
+    def status_section(self) -> dict[str, Any]:
+        assert self.tables is not None
+        t = self.tables
+        local = len(t.local_endpoints())
+        section: dict[str, Any] = {
+            "overlay": {
+                "vtep": self.vtep,
+                "dataplane": self.dataplane,
+                "device_prefix": self.prefix,
+                "underlay_mtu": self.underlay_mtu,
+                "underlay_mtu_source": self.underlay_source,
+                "networks": len(t.networks()),
+                "networks_joined": len(t.sync.joined),
+                "endpoints_local": local,
+                "endpoints_remote": len(t.endpoints()) - local,
+                "conflicts": len(t.conflicts()),
+            },
+        }
+        if self.rec is not None:
+            st = self.rec.status()
+            section["last_reconcile"] = st["last_reconcile"]
+            section["overlay"]["additive_only"] = st["additive_only"]
+        return section
+
+    def warnings(self) -> list[str]:
+        assert self.tables is not None
+        out: list[str] = []
+        conflicts = self.tables.conflicts()
+        out.extend(c.text for c in conflicts[:3])
+        if len(conflicts) > 3:
+            out.append(f"... and {len(conflicts) - 3} more table conflicts (agentctl network inspect)")
+        if self.rec is not None:
+            last = self.rec.status()["last_reconcile"]
+            if last["at"] and not last["ok"]:
+                first = last["errors"][0] if last["errors"] else "unknown error"
+                out.append(f"dataplane: the last reconcile failed ({first}); retrying")
+        if self.dataplane and self.underlay_source.startswith("default"):
+            out.append(f"underlay MTU unknown, assuming {DEFAULT_UNDERLAY_MTU}: {self.underlay_source}; "
+                       "set underlay_mtu")
+        out.extend(self._restore_notes)
+        return out
+
+    def metrics(self) -> list[MetricFamily]:
+        from agent.metrics import MetricFamily
+
+        assert self.tables is not None
+        t = self.tables
+        local = len(t.local_endpoints())
+        fams = [
+            MetricFamily.single("overlay_networks", "gauge", "Networks in force", len(t.networks())),
+            MetricFamily("overlay_endpoints", "gauge", "Visible endpoints by scope",
+                         [({"scope": "local"}, float(local)),
+                          ({"scope": "remote"}, float(len(t.endpoints()) - local))]),
+            MetricFamily.single("overlay_table_conflicts", "gauge", "Unresolved table conflicts",
+                                len(t.conflicts())),
+            MetricFamily.single("overlay_table_rows_applied", "counter", "Remote table rows merged",
+                                t.stats.rows_applied),
+        ]
+        if self.rec is not None:
+            c = self.rec.counters
+            last = self.rec.last
+            desired = self.rec.desired
+            fams += [
+                MetricFamily.single("overlay_dataplane_reconciles", "counter", "Reconcile passes", c.reconciles),
+                MetricFamily.single("overlay_dataplane_reconcile_failures", "counter",
+                                    "Passes with errors", c.failures),
+                MetricFamily.single("overlay_dataplane_last_reconcile_seconds", "gauge",
+                                    "Duration of the last pass", last.duration_s),
+                MetricFamily("overlay_dataplane_entries", "gauge", "Entries the kernel should hold",
+                             [({"table": "fdb"}, float(len(desired.fdb))),
+                              ({"table": "flood"}, float(len(desired.flood))),
+                              ({"table": "neigh"}, float(len(desired.neigh)))]),
+            ]
+        return fams

@@ -1,0 +1,568 @@
+"""IPsec for encrypted overlay networks in the running agent: epoch keys, publication, XFRM.
+
+Owns (an ``agent.service.Extension`` that sits next to ``agent.overlay.extension.Overlay``):
+- this host's per-epoch X25519 keys (``crypto.ipsec.EpochKey``): generated from
+  ``os.urandom`` on the rotation schedule, the private halves kept in memory and in a
+  key file (mode 0600) in a runtime dir, so an agent restart within an epoch derives
+  the very SAs the kernel already holds. The file records the boot id: after a reboot
+  (the kernel's SAs are gone, GCM nonces would restart at 1) old keys are discarded;
+- publication of the public halves as this node's ``IpsecKeysRow`` in the tables
+  (``Tables.publish_ipsec_keys``; no secret ever goes into gossip), from the moment an
+  encrypted network exists in the cluster (a membership-only agent makes no keys);
+- the XFRM task: for every peer that shares at least one encrypted network with us
+  (and only those), ``crypto.ipsec.pair_sas`` for the live epochs, turned into states
+  and policies (``dataplane.xfrm.desired_xfrm``) and synced in a worker thread
+  (``sync_requests`` + ``XfrmSocket.apply``). Level-triggered: on a table or
+  membership change, at ``next_change`` of the schedule, and every ``RESYNC`` seconds
+  (repairs objects removed behind our back). Until the overlay's view is complete
+  after a start (``Reconciler.additive_only``) passes only add, so a restart never
+  tears down SAs of peers we have not heard from yet;
+- re-keying an epoch whose outbound SA vanished after it may have sent packets (a
+  GCM nonce must never repeat under one key): a fresh key pair for that epoch;
+- ``ipsec_peers_view(network_id)``: per peer SPIs, epochs and install times, no keys.
+Does not: decide which networks exist or who takes part (``gossip.tables.replica``), probe
+the kernel (``dataplane.xfrm.kernel_support_problem``, used by the overlay), or
+program VXLAN/bridges (``dataplane.reconciler``).
+References: docs/ipsec.md, crypto/ipsec.py, dataplane/xfrm.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from agent.log import kv
+from crypto import ipsec
+from dataplane import xfrm
+from gossip.effects import Effect
+from gossip.swim import Swim
+from gossip.tables.replica import Tables
+
+if TYPE_CHECKING:
+    from agent.control.server import ControlServer
+    from agent.metrics import MetricFamily
+    from agent.overlay.extension import Overlay
+    from agent.runtime import Runtime
+
+log = logging.getLogger("agent.overlay.ipsec")
+
+DEFAULT_INTERVAL = 12 * 3600.0
+MAX_GRACE = 60.0
+POLL = 0.2
+"""How often the task compares the tables' change counters (an int comparison)."""
+IDLE_POLL = 5.0
+"""The same while it holds no keys and no kernel objects (no encrypted network yet): a
+table change pokes it at once (``Overlay.change_listeners``), so this only saves wake-ups."""
+RESYNC = 5.0
+"""Full read-back at least this often while we hold objects (repairs manual deletions)."""
+RETRY = 2.0
+KEY_FILE = "keys.json"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def rotation_policy(interval: float) -> ipsec.RotationPolicy:
+    """The schedule for ``interval``: grace is a third of it, at most a minute (it must
+    exceed clock skew plus flight time; a short interval is for tests)."""
+    return ipsec.RotationPolicy(interval, min(MAX_GRACE, interval / 3))
+
+
+def default_key_dir(node: str) -> str:
+    """A tmpfs dir: it survives agent restarts and is emptied by a reboot, like the
+    kernel's SAs (systemd's RuntimeDirectory= when set)."""
+    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/run/overlay-agent"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node)
+    return os.path.join(base, f"ipsec-{safe}")
+
+
+def boot_id() -> str:
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------ key storage
+
+
+class KeyStore:
+    """Private epoch keys on disk: one JSON file, mode 0600, replaced atomically."""
+
+    def __init__(self, directory: str | None, boot: str) -> None:
+        self.directory = directory
+        self.boot = boot
+        self.error: str | None = None
+
+    @property
+    def path(self) -> str | None:
+        return os.path.join(self.directory, KEY_FILE) if self.directory else None
+
+    def load(self, vtep: str) -> dict[int, ipsec.EpochKey]:
+        """Keys saved by an earlier run of this boot for this VTEP; {} otherwise."""
+        path = self.path
+        if path is None:
+            return {}
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or data.get("boot") != self.boot or data.get("vtep") != vtep:
+                return {}
+            out: dict[int, ipsec.EpochKey] = {}
+            for epoch, hexkey in dict(data.get("keys") or {}).items():
+                key = ipsec.EpochKey.from_private(int(epoch), bytes.fromhex(hexkey))
+                out[key.epoch] = key
+            return out
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning(kv("ipsec-keys-unreadable", file=path, reason=str(exc)))
+            return {}
+
+    def save(self, vtep: str, keys: dict[int, ipsec.EpochKey]) -> bool:
+        path = self.path
+        if path is None or self.directory is None:
+            return True
+        data = {"version": 1, "boot": self.boot, "vtep": vtep,
+                "keys": {str(e): k.private.hex() for e, k in sorted(keys.items())}}
+        tmp = f"{path}.tmp"
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.error = f"{path}: {exc.strerror or exc}"
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+        self.error = None
+        return True
+
+
+# --------------------------------------------------------------------- kernel
+
+
+class XfrmApplier(Protocol):
+    """What the task needs from the kernel (``dataplane.xfrm.XfrmSocket``; fakes in tests)."""
+
+    def dump_states(self) -> list[xfrm.StateInfo]: ...
+
+    def dump_policies(self) -> list[xfrm.PolicyInfo]: ...
+
+    def apply(self, requests: Sequence[xfrm.Request]) -> list[xfrm.XfrmError | None]: ...
+
+    def close(self) -> None: ...
+
+
+# -------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Peer:
+    node: str
+    vtep: str
+    networks: tuple[str, ...]
+    """Encrypted network ids shared with us."""
+    publics: dict[int, bytes]
+    """The peer's published keys (empty: none yet; traffic to it is dropped)."""
+
+
+def encrypted_peers(tables: Tables) -> list[Peer]:
+    """Peers sharing at least one encrypted network with this node, by node name.
+
+    "Sharing" means both take part in the network (we have a local endpoint, they have
+    a live member row): exactly the hosts VXLAN traffic of that network flows between.
+    """
+    mine = {e.network for e in tables.local_endpoints()}
+    shared: dict[tuple[str, str], list[str]] = {}
+    for net in tables.networks():
+        if net.encrypted and net.id in mine:
+            for node, vtep in tables.network_peers(net.id):
+                shared.setdefault((node, vtep), []).append(net.id)
+    rows = {r.node: r for r in tables.ipsec_rows()}
+    out = []
+    for (node, vtep), nets in sorted(shared.items()):
+        row = rows.get(node)
+        publics = row.publics() if row is not None and row.vtep == vtep else {}
+        out.append(Peer(node, vtep, tuple(nets), publics))
+    return out
+
+
+def spi_hosts(tables: Tables, me: str) -> list[str]:
+    """Every host address with published keys (the SPI table's view; docs/ipsec.md)."""
+    return sorted({me, *(r.vtep for r in tables.ipsec_rows() if r.keys)})
+
+
+# ---------------------------------------------------------------------- state
+
+
+@dataclass
+class PeerState:
+    node: str
+    vtep: str
+    networks: tuple[str, ...]
+    epochs: tuple[int, ...]
+    send_epoch: int | None
+    send_spi: int
+    in_spis: dict[int, int]
+    out_spis: dict[int, int]
+
+
+@dataclass
+class Counters:
+    passes: int = 0
+    failures: int = 0
+    requests: int = 0
+    rekeys: int = 0
+    rotations: int = 0
+
+
+@dataclass
+class PassResult:
+    requests: int
+    errors: list[str]
+    installed: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(dst, SPI) -> add time (kernel clock) of our SAs after the pass."""
+    missing_out: list[tuple[str, int]] = field(default_factory=list)
+    """Outbound (dst, SPI) we wanted that the kernel did not hold before the pass."""
+    held: int = 0
+    """Objects of ours the kernel holds after the pass."""
+
+
+def run_pass(
+    applier: XfrmApplier,
+    states: list[xfrm.XfrmState],
+    policies: list[xfrm.XfrmPolicy],
+    me: str,
+    additive_only: bool,
+) -> PassResult:
+    """One sync in the worker thread: read back, diff, apply, read back again."""
+    have_states = applier.dump_states()
+    have_policies = applier.dump_policies()
+    have_keys = {(s.state.dst, s.state.spi) for s in have_states if s.state.reqid == xfrm.REQID}
+    missing_out = [(s.dst, s.spi) for s in states if s.src == me and (s.dst, s.spi) not in have_keys]
+    reqs = xfrm.sync_requests(states, policies, have_states, have_policies)
+    if additive_only:
+        reqs = [r for r in reqs if r.type not in (xfrm.XFRM_MSG_DELSA, xfrm.XFRM_MSG_DELPOLICY)
+                or _replaced(r, reqs)]
+    errors = [str(e) for e in applier.apply(reqs) if e is not None] if reqs else []
+    after = applier.dump_states() if reqs else have_states
+    pols_after = applier.dump_policies() if reqs else have_policies
+    installed = {(s.state.dst, s.state.spi): s.add_time for s in after if s.state.reqid == xfrm.REQID}
+    held = len(installed) + sum(1 for p in pols_after if xfrm.ours(p))
+    return PassResult(len(reqs), errors, installed, missing_out, held)
+
+
+def _replaced(req: xfrm.Request, reqs: list[xfrm.Request]) -> bool:
+    """A DELSA right before a NEWSA of the same SA is a key change, not a deletion."""
+    i = reqs.index(req)
+    return (req.type == xfrm.XFRM_MSG_DELSA and i + 1 < len(reqs)
+            and reqs[i + 1].type == xfrm.XFRM_MSG_NEWSA and req.payload[:20] == reqs[i + 1].payload[56:76])
+
+
+# ---------------------------------------------------------------- extension
+
+
+class IpsecAgent:
+    """See the module docstring. ``overlay`` supplies the tables, VTEP and readiness."""
+
+    def __init__(
+        self,
+        overlay: Overlay,
+        *,
+        interval: float | None = None,
+        key_dir: str | None = None,
+        applier_factory: Callable[[], XfrmApplier] | None = None,
+        clock: Callable[[], float] = time.time,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        boot: str | None = None,
+    ) -> None:
+        self.overlay = overlay
+        self._interval = interval
+        self._key_dir = key_dir
+        self.applier_factory: Callable[[], XfrmApplier] = applier_factory or xfrm.XfrmSocket.open
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.boot = boot if boot is not None else boot_id()
+        self.policy = rotation_policy(interval or DEFAULT_INTERVAL)
+        self.keys: dict[int, ipsec.EpochKey] = {}
+        self.store = KeyStore(None, self.boot)
+        self.counters = Counters()
+        self.peers: dict[str, PeerState] = {}
+        self.installed: dict[tuple[str, int], int] = {}
+        self.last_error: str | None = None
+        self.last_pass_at: float | None = None
+        self.rt: Runtime | None = None
+        self._applier: XfrmApplier | None = None
+        self._used: set[tuple[int, str]] = set()
+        """(epoch, peer VTEP) whose outbound SA may have sent with the current key."""
+        self._restored: set[int] = set()
+        self._held = 1  # assume leftovers until the first pass says otherwise
+        self._wake = trio.Event()
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    @property
+    def tables(self) -> Tables:
+        tables = self.overlay.tables
+        if tables is None:
+            raise RuntimeError("IpsecAgent needs the overlay's tables (Overlay.make_delegate first)")
+        return tables
+
+    def setup(self, rt: Runtime, server: ControlServer) -> None:
+        self.rt = rt
+        interval = self._interval or float(getattr(rt.config, "ipsec_rotation_interval", 0) or DEFAULT_INTERVAL)
+        self.policy = rotation_policy(interval)
+        node = rt.config.node
+        self.store = KeyStore(self._key_dir or default_key_dir(node), self.boot)
+        self.overlay.ipsec_view = self.ipsec_peers_view
+        self.overlay.change_listeners.append(self.poke)
+        rt.status_sections.append(self.status_section)
+        rt.warning_sources.append(self.warnings)
+        rt.metric_sources.append(self.metrics)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not self.overlay.dataplane:
+            task_status.started()
+            return
+        vtep = self.overlay.vtep
+        self.keys = await trio.to_thread.run_sync(self.store.load, vtep)
+        self._restored = set(self.keys)
+        if self.keys:
+            log.info(kv("ipsec-keys-restored", epochs=",".join(map(str, sorted(self.keys)))))
+        task_status.started()
+        try:
+            await self._loop(rt)
+        finally:
+            if self._applier is not None:
+                self._applier.close()
+
+    async def _loop(self, rt: Runtime) -> None:
+        seen: tuple[object, ...] | None = None
+        next_full = -math.inf
+        while True:
+            # A fresh wake event before reading any state: a poke while this pass awaits
+            # the driver or the kernel must end the wait below, not be lost with an old event.
+            self._wake = trio.Event()
+            now = self.clock()
+            key = (self.tables.version, self.tables.ipsec.version, self._additive_only())
+            due = trio.current_time() >= next_full
+            changed = await self._rotate_keys(rt, now)
+            if key != seen or due or changed:
+                seen = key
+                ok = await self._pass(rt, now)
+                next_full = trio.current_time() + (RESYNC if ok else RETRY)
+            poll = IDLE_POLL if not self.keys and self._held == 0 else POLL
+            wait = min(poll, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
+            with trio.move_on_after(wait):
+                await self._wake.wait()
+
+    def _additive_only(self) -> bool:
+        rec = self.overlay.rec
+        return rec is None or rec.additive_only
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    async def _rotate_keys(self, rt: Runtime, now: float, rekey: Sequence[int] = ()) -> bool:
+        """Hold the keys the schedule wants (fresh ones for ``rekey``), save them, and
+        make sure the tables publish exactly their public halves. True if keys changed."""
+        if not rekey and not self._keys_needed():
+            return False
+        keep = ipsec.epochs_to_keep(now, self.policy)
+        changed = False
+        for epoch in ipsec.epochs_to_publish(now, self.policy):
+            if epoch not in self.keys or epoch in rekey:
+                self.keys[epoch] = ipsec.EpochKey.generate(epoch, self.random_bytes)
+                self._restored.discard(epoch)
+                self._used = {u for u in self._used if u[0] != epoch}
+                changed = True
+                if epoch in rekey:
+                    self.counters.rekeys += 1
+                    log.warning(kv("ipsec-rekey", epoch=epoch, reason="outbound SA vanished"))
+                else:
+                    self.counters.rotations += 1
+        for epoch in [e for e in self.keys if e not in keep]:
+            del self.keys[epoch]  # forward secrecy: the private half is gone for good
+            self._used = {u for u in self._used if u[0] != epoch}
+            changed = True
+        if changed and not await trio.to_thread.run_sync(self.store.save, self.overlay.vtep, dict(self.keys)):
+            log.warning(kv("ipsec-keys-not-saved", reason=self.store.error))
+        want = tuple((e, k.public) for e, k in sorted(self.keys.items()))
+        row = self.tables.ipsec.get(self.tables.node)
+        if row is not None and row.keys == want and row.vtep == self.tables.vtep:
+            return changed
+
+        def publish(swim: Swim, t: float) -> tuple[None, list[Effect]]:
+            tables = self.tables
+            row = tables.ipsec.get(tables.node)
+            if row is None or row.keys != want or row.vtep != tables.vtep:
+                return None, tables.publish_ipsec_keys(t, want)
+            return None, []
+
+        await rt.driver.call(publish)
+        if self.overlay.watched is not None:
+            self.overlay.watched.check()
+        return changed
+
+    def _keys_needed(self) -> bool:
+        """Keys are made and published once any encrypted network exists in the cluster
+        (or we hold some, e.g. restored after a restart). Every node learns of a network
+        when it is created, before anyone can add an endpoint to it, so keys are out in
+        time; until then a membership-only agent never loads the X25519 code."""
+        return bool(self.keys) or any(n.encrypted for n in self.tables.networks())
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def desired(self, now: float) -> tuple[list[PeerState], list[xfrm.XfrmState], list[xfrm.XfrmPolicy]]:
+        """What the kernel should hold now (called in the trio thread: reads the tables)."""
+        tables = self.tables
+        me = self.overlay.vtep
+        peers = encrypted_peers(tables)
+        spis = ipsec.SpiTable(spi_hosts(tables, me))
+        pairs: list[ipsec.PairSAs] = []
+        states: list[PeerState] = []
+        for p in peers:
+            try:
+                pair = ipsec.pair_sas(me, self.keys, p.vtep, p.publics, now, self.policy, spis)
+            except ipsec.IpsecError as exc:  # a bad public key: fail closed for that peer
+                log.warning(kv("ipsec-peer-unusable", peer=p.node, reason=str(exc)))
+                pair = ipsec.PairSAs(p.vtep, (), (), None)
+            pairs.append(pair)
+            states.append(PeerState(
+                p.node, p.vtep, p.networks, tuple(sa.epoch for sa in pair.outbound),
+                pair.send.epoch if pair.send else None, pair.send.spi if pair.send else 0,
+                {sa.epoch: sa.spi for sa in pair.inbound}, {sa.epoch: sa.spi for sa in pair.outbound}))
+        want_states, want_policies = xfrm.desired_xfrm(me, pairs)
+        return states, want_states, want_policies
+
+    async def _pass(self, rt: Runtime, now: float) -> bool:
+        peers, states, policies = self.desired(now)
+        if not states and not policies and self._held == 0:
+            self.peers = {}
+            return True  # nothing wanted, nothing held: leave the kernel alone
+        additive = self._additive_only()
+        try:
+            result = await trio.to_thread.run_sync(self._sync_in_thread, states, policies, additive)
+        except (OSError, ValueError) as exc:
+            self._fail(str(exc))
+            return False
+        self.counters.passes += 1
+        self.counters.requests += result.requests
+        self.installed = result.installed
+        self._held = result.held
+        self.peers = {p.node: p for p in peers}
+        self.last_pass_at = time.time()
+        epoch_of = {(p.vtep, spi): e for p in peers for e, spi in p.out_spis.items()}
+        rekey = sorted({epoch_of[m] for m in result.missing_out if m in epoch_of
+                        and (epoch_of[m] in self._restored or (epoch_of[m], m[0]) in self._used)})
+        self._used |= {(e, p.vtep) for p in peers for e in p.out_spis}
+        if not additive:
+            # Restored keys may have sent before the restart: until the view is complete,
+            # any outbound SA of theirs that the kernel lacks gets a fresh key instead.
+            self._restored.clear()
+        if result.requests:
+            log.info(kv("ipsec-synced", requests=result.requests, peers=len(peers), additive_only=additive,
+                        errors=len(result.errors)))
+        if result.errors:
+            self._fail("; ".join(result.errors[:3]))
+            return False
+        self.last_error = None
+        if rekey:
+            # The kernel lost an outbound SA that may have sent packets: re-adding its key
+            # would repeat GCM nonces, so those epochs get fresh keys (and SAs) instead.
+            await self._rotate_keys(rt, now, rekey)
+            self.poke()
+        return True
+
+    def _sync_in_thread(self, states: list[xfrm.XfrmState], policies: list[xfrm.XfrmPolicy],
+                        additive: bool) -> PassResult:
+        if self._applier is None:
+            self._applier = self.applier_factory()
+        try:
+            return run_pass(self._applier, states, policies, self.overlay.vtep, additive)
+        except OSError:
+            self._applier.close()  # a fresh socket next time
+            self._applier = None
+            raise
+
+    def _fail(self, reason: str) -> None:
+        self.counters.failures += 1
+        if reason != self.last_error:
+            log.warning(kv("ipsec-sync-failed", reason=reason))
+        self.last_error = reason
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def ipsec_peers_view(self, network_id: str) -> list[dict[str, Any]]:
+        """Per peer of an encrypted network: SPIs per epoch, the epoch and SPI in use, and
+        when the kernel installed each SA (no key material), by node name."""
+        out = []
+        for p in sorted(self.peers.values(), key=lambda p: p.node):
+            if network_id not in p.networks:
+                continue
+            sas = []
+            for epoch in p.epochs:
+                for direction, spi, dst in (("in", p.in_spis.get(epoch), self.overlay.vtep),
+                                            ("out", p.out_spis.get(epoch), p.vtep)):
+                    if spi is None:
+                        continue
+                    added = self.installed.get((dst, spi))
+                    sas.append({"direction": direction, "epoch": epoch, "spi": f"0x{spi:08x}",
+                                "installed_at": added if added else None})
+            out.append({"node": p.node, "vtep": p.vtep, "send_epoch": p.send_epoch,
+                        "send_spi": f"0x{p.send_spi:08x}", "keys_published": bool(p.epochs),
+                        "sas": sas})
+        return out
+
+    def status_section(self) -> dict[str, Any]:
+        return {"ipsec": {
+            "rotation_interval": self.policy.interval,
+            "grace": self.policy.grace,
+            "epoch": self.policy.epoch_at(self.clock()),
+            "epochs_held": sorted(self.keys),
+            "peers": len(self.peers),
+            "sas_installed": len(self.installed),
+            "last_pass_at": self.last_pass_at,
+            "last_error": self.last_error,
+            "key_file": self.store.path,
+        }}
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.last_error:
+            out.append(f"ipsec: the last XFRM sync failed ({self.last_error}); retrying")
+        if self.store.error:
+            out.append(f"ipsec: keys not saved ({self.store.error}); a restart re-keys")
+        waiting = sorted(p.node for p in self.peers.values() if p.send_epoch is None)
+        if waiting:
+            out.append(f"ipsec: no usable keys from {', '.join(waiting[:5])} yet: traffic to them is dropped")
+        return out
+
+    def metrics(self) -> list[MetricFamily]:
+        from agent.metrics import MetricFamily
+
+        c = self.counters
+        return [
+            MetricFamily.single("overlay_ipsec_passes", "counter", "XFRM sync passes", c.passes),
+            MetricFamily.single("overlay_ipsec_failures", "counter", "XFRM sync passes with errors", c.failures),
+            MetricFamily.single("overlay_ipsec_requests", "counter", "XFRM requests sent", c.requests),
+            MetricFamily.single("overlay_ipsec_rekeys", "counter", "Epochs re-keyed after a lost SA", c.rekeys),
+            MetricFamily.single("overlay_ipsec_peers", "gauge", "Peers sharing an encrypted network",
+                                len(self.peers)),
+            MetricFamily.single("overlay_ipsec_sas", "gauge", "SAs of ours in the kernel", len(self.installed)),
+        ]

@@ -1,0 +1,301 @@
+"""Control ops of the overlay layer: ``network``, ``endpoint``, ``dataplane``.
+
+Owns: the arguments each op accepts (checked here, so bad input is one error line
+and nothing changes) and the JSON shapes of the replies: ``network inspect`` is
+shaped like ``docker network inspect`` (Name, Id, Created, Scope, Driver, IPAM.Config,
+Options with the VNI, Containers keyed by endpoint id, Peers with their VTEPs); rows of
+``network ls`` / ``endpoint ls`` and the endpoint object are documented in
+docs/operations.md. Requests:
+
+    {"op": "network",  "args": {"action": "create", "name": N, "subnets": [CIDR...],
+                                "vni": int?, "encrypted": bool?, "mtu": int?}}
+    {"op": "network",  "args": {"action": "ls" | "inspect" | "rm", "ref": NAME|ID|PREFIX}}
+    {"op": "endpoint", "args": {"action": "create", "network": REF, "netns": NAME|PATH,
+                                "ip": IP?, "ip6": IP?, "mac": MAC?, "ifname": "eth0", "name": N?}}
+    {"op": "endpoint", "args": {"action": "ls", "network": REF?} | {"action": "rm", "ref": ID|NAME}}
+    {"op": "dataplane"}
+
+Does not: change state itself (``agent.overlay.extension``) or format text (``agent.ctl.network``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agent.control import protocol as api
+from agent.control.server import Op
+from agent.overlay.veths import host_ifname
+from gossip.tables.replica import Tables
+from gossip.tables.rows import Endpoint, Network
+
+if TYPE_CHECKING:
+    from agent.overlay.extension import Overlay
+    from agent.runtime import Runtime
+
+DRIVER = "overlay"
+SCOPE = "global"
+VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
+MTU_OPTION = "com.docker.network.driver.mtu"
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+
+def _opt_str(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise api.ApiError(f"{key!r} must be a non-empty string")
+    return value
+
+
+def _str(args: dict[str, Any], key: str, what: str) -> str:
+    value = _opt_str(args, key)
+    if value is None:
+        raise api.ApiError(f"missing {what}")
+    return value
+
+
+def _opt_int(args: dict[str, Any], key: str) -> int | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise api.ApiError(f"{key!r} must be an integer")
+    return value
+
+
+def _action(args: dict[str, Any], known: tuple[str, ...]) -> str:
+    action = args.get("action", "ls")
+    if action not in known:
+        raise api.ApiError(f"unknown action {action!r} (known: {', '.join(known)})")
+    return str(action)
+
+
+def _split_ips(args: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``ip`` and ``ip6``; an IPv6 address given as ``ip`` counts as ``ip6``."""
+    ip, ip6 = _opt_str(args, "ip"), _opt_str(args, "ip6")
+    if ip is not None and ":" in ip:
+        if ip6 is not None:
+            raise api.ApiError("two IPv6 addresses given (--ip and --ip6)")
+        ip, ip6 = None, ip
+    return ip, ip6
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+
+
+def _timestamp(epoch: float) -> str:
+    """RFC 3339 in UTC, like Docker's ``Created``."""
+    whole = int(epoch)
+    micro = min(999999, round((epoch - whole) * 1e6))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micro:06d}Z"
+
+
+def _cidr(addr: str | None, subnet: str | None) -> str:
+    if addr is None or subnet is None:
+        return ""
+    return f"{addr}/{ipaddress.ip_network(subnet).prefixlen}"
+
+
+def network_row(n: Network) -> dict[str, Any]:
+    """One ``network ls --format json`` row."""
+    return {
+        "ID": n.id,
+        "Name": n.name,
+        "Driver": DRIVER,
+        "Scope": SCOPE,
+        "VNI": n.vni,
+        "Subnets": list(n.subnets),
+        "MTU": n.mtu,
+        "Encrypted": n.encrypted,
+        "Created": _timestamp(n.created_at),
+    }
+
+
+def endpoint_json(ep: Endpoint, net: Network | None, me: str, iface: dict[str, Any] | None = None,
+                  prefix: str = "ov-", mtu: int | None = None) -> dict[str, Any]:
+    """The endpoint object (``endpoint create``, ``endpoint ls --format json``)."""
+    out: dict[str, Any] = {
+        "id": ep.id,
+        "name": ep.name,
+        "network": ep.network,
+        "network_name": net.name if net is not None else "",
+        "node": ep.owner,
+        "vtep": ep.vtep,
+        "local": ep.owner == me,
+        "mac": ep.mac,
+        "ipv4": ep.ipv4,
+        "ipv6": ep.ipv6,
+        "ipv4_cidr": _cidr(ep.ipv4, net.subnet_v4 if net else None) or None,
+        "ipv6_cidr": _cidr(ep.ipv6, net.subnet_v6 if net else None) or None,
+        "conflict": ep.conflict,
+    }
+    if ep.owner == me:
+        iface = iface or {}
+        out.update({
+            "netns": iface.get("netns"),
+            "ifname": iface.get("ifname"),
+            "host_ifname": iface.get("host_ifname") or host_ifname(prefix, ep.id),
+            "mtu": mtu,
+        })
+    return out
+
+
+def inspect_json(t: Tables, n: Network, mtu: int) -> dict[str, Any]:
+    """``docker network inspect``-shaped object of one network, as this node sees it."""
+    me = t.node
+    joined = n.id in t.sync.joined
+    containers: dict[str, Any] = {}
+    for ep in t.endpoints(n.id) if joined else []:
+        containers[ep.id] = {
+            "Name": ep.name,
+            "EndpointID": ep.id,
+            "MacAddress": ep.mac,
+            "IPv4Address": _cidr(ep.ipv4, n.subnet_v4),
+            "IPv6Address": _cidr(ep.ipv6, n.subnet_v6),
+            "Node": ep.owner,
+            "VTEP": ep.vtep,
+            "Local": ep.owner == me,
+            "Conflict": ep.conflict,
+        }
+    peers = [{"Name": node, "IP": vtep} for node, vtep in t.network_peers(n.id)]
+    if joined:
+        peers.append({"Name": me, "IP": t.vtep})
+    peers.sort(key=lambda p: p["Name"])
+    options = {VNI_OPTION: str(n.vni)}
+    if n.mtu is not None:
+        options[MTU_OPTION] = str(n.mtu)
+    if n.encrypted:
+        options["encrypted"] = ""
+    in_force = any(w.id == n.id for w in t.networks())
+    return {
+        "Name": n.name,
+        "Id": n.id,
+        "Created": _timestamp(n.created_at),
+        "Scope": SCOPE,
+        "Driver": DRIVER,
+        "EnableIPv6": n.subnet_v6 is not None,
+        "IPAM": {
+            "Driver": "default",
+            "Options": None,
+            "Config": [{"Subnet": s, "Gateway": g} for s, g in n.gateways()],
+        },
+        "Internal": False,
+        "Attachable": True,
+        "Ingress": False,
+        "ConfigOnly": False,
+        "Containers": containers,
+        "Options": options,
+        "Labels": {},
+        "Peers": peers,
+        "Creator": n.creator,
+        "MTU": mtu,
+        "InForce": in_force,
+        "Conflicts": [c.text for c in t.conflicts() if n.id in (c.network, c.winner, c.loser)],
+    }
+
+
+# -- handlers ---------------------------------------------------------------------------------------
+
+
+class _Handlers:
+    def __init__(self, overlay: Overlay) -> None:
+        self.o = overlay
+
+    async def network(self, rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+        args = req.args
+        action = _action(args, ("ls", "create", "inspect", "rm"))
+        if action == "ls":
+            nets: list[Network] = await self.o.read(lambda t: t.networks())
+            return [network_row(n) for n in nets]
+        if action == "create":
+            name = _str(args, "name", "network name")
+            subnets = args.get("subnets")
+            if not isinstance(subnets, list) or not subnets or not all(isinstance(s, str) for s in subnets):
+                raise api.ApiError("at least one --subnet CIDR is required")
+            encrypted = args.get("encrypted", False)
+            if not isinstance(encrypted, bool):
+                raise api.ApiError("'encrypted' must be true or false")
+            n = await self.o.create_network(name, subnets, _opt_int(args, "vni"), encrypted,
+                                            _opt_int(args, "mtu"))
+            return network_row(n)
+        ref = _str(args, "ref", "network name or id")
+        if action == "inspect":
+            o = self.o
+            def view(t: Tables) -> list[dict[str, Any]]:
+                n = t.find_network(ref)
+                out = inspect_json(t, n, o.effective_mtu(n))
+                if n.encrypted and o.ipsec_view is not None:
+                    out["IPsec"] = {"Peers": o.ipsec_view(n.id)}
+                return [out]
+
+            return await o.read(view)
+        n = await self.o.remove_network(ref)
+        return network_row(n)
+
+    async def endpoint(self, rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+        args = req.args
+        action = _action(args, ("ls", "create", "rm"))
+        o = self.o
+        if action == "ls":
+            ref = _opt_str(args, "network")
+
+            def rows(t: Tables) -> list[dict[str, Any]]:
+                names = {n.id: n for n in t.networks()}
+                if ref is not None:
+                    only = t.find_network(ref)
+                    names[only.id] = only
+                    eps = t.endpoints(only.id) if only.id in t.sync.joined else []
+                else:
+                    eps = t.endpoints()
+                out = []
+                for e in eps:
+                    net = names.get(e.network)
+                    mtu = o.effective_mtu(net) if net is not None else None
+                    out.append(endpoint_json(e, net, t.node, o.interfaces.get(e.id), o.prefix, mtu))
+                return out
+
+            return await o.read(rows)
+        if action == "create":
+            ip, ip6 = _split_ips(args)
+            ifname = _opt_str(args, "ifname") or "eth0"
+            ep = await o.create_endpoint(
+                _str(args, "network", "network name or id"), _str(args, "netns", "--netns NAME|PATH"),
+                name=_opt_str(args, "name"), ipv4=ip, ipv6=ip6, mac=_opt_str(args, "mac"), ifname=ifname)
+        else:
+            ep = await o.remove_endpoint(_str(args, "ref", "endpoint id or name"))
+
+        def shape(t: Tables) -> dict[str, Any]:
+            net = next((n for n in t.networks() if n.id == ep.network), None)
+            return endpoint_json(ep, net, t.node, o.interfaces.get(ep.id), o.prefix,
+                                 o.effective_mtu(net) if net is not None else None)
+
+        result = await o.read(shape)
+        if action == "rm":
+            result.update({"netns": None, "ifname": None})
+        return result
+
+    async def dataplane(self, rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+        rec = self.o.rec
+        if rec is None:
+            raise api.ApiError("this agent runs without a dataplane (dataplane = false)")
+        report = await rec.inspect()
+        names: dict[str, str] = await self.o.read(lambda t: {n.id: n.name for n in t.networks()})
+        for row in report["networks"]:
+            row["network_name"] = names.get(row["network"], "")
+        return report
+
+
+def ops(overlay: Overlay) -> dict[str, Op]:
+    h = _Handlers(overlay)
+    return {
+        "network": Op(h.network, "overlay networks: create, ls, inspect, rm"),
+        "endpoint": Op(h.endpoint, "endpoints (veths in container namespaces): create, ls, rm"),
+        "dataplane": Op(h.dataplane, "kernel state vs desired state, last reconcile"),
+    }

@@ -1,0 +1,112 @@
+"""Answers to serf's internal queries, so `serf reachability` and `serf keys` count us.
+
+Owns: deciding whether a query is addressed to this node (serf's filters) and the
+response payloads for ``_serf_ping`` and the four key-management queries. The
+keyring operations are applied here, on the core's keyring, because serf sends the
+same queries to every member and expects each one to apply them.
+Does not: relay queries (``Swim._serf_query`` re-broadcasts every new one, addressed
+to us or not, as serf members do) or send any I/O.
+Reference: shared/reference/memberlist.md §3.3, §3.6; serf internal_query.go.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgpack
+
+from crypto.keyring import Keyring, encode_key
+from gossip.errors import DecodeError
+from gossip.serf import payloads as serfcompat
+from gossip.serf.payloads import Query
+
+_FILTER_NODE = 0
+_FILTER_TAG = 1
+_KEY_QUERIES = ("_serf_install-key", "_serf_use-key", "_serf_remove-key", "_serf_list-keys")
+MODE_QUERY = "_overlay_keys-mode"
+"""Our own query (serf members ignore it): switch the encryption roll-out phase."""
+MODES = ("encrypt", "require", "allow-plaintext")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    ack: bool
+    """Send an ack (the querier asked for one)."""
+    response: bytes | None
+    """Response payload to send, or None for no response."""
+    keyring_changed: bool = False
+    mode: str | None = None
+    """An encryption roll-out phase to switch to (``MODES``), for the core to apply."""
+
+
+def addressed_to_us(query: Query, name: str, tags: Mapping[str, str]) -> bool:
+    """serf's filters: every filter must match (node list, or tag regex)."""
+    for raw in query.filters:
+        if not raw:
+            return False
+        try:
+            body = msgpack.unpackb(raw[1:], raw=False)
+        except Exception:
+            return False
+        if raw[0] == _FILTER_NODE:
+            if not isinstance(body, list) or name not in body:
+                return False
+        elif raw[0] == _FILTER_TAG:
+            if not isinstance(body, dict):
+                return False
+            tag, expr = body.get("Tag"), body.get("Expr")
+            if not isinstance(tag, str) or not isinstance(expr, str) or tag not in tags:
+                return False
+            try:
+                if re.search(expr, tags[tag]) is None:
+                    return False
+            except re.error:
+                return False
+        else:
+            return False
+    return True
+
+
+def answer(query: Query, keyring: Keyring | None) -> QueryAnswer:
+    """What to answer to a query addressed to us (``addressed_to_us`` already checked)."""
+    if query.name == "_serf_ping":
+        return QueryAnswer(query.wants_ack, b"")
+    if query.name in _KEY_QUERIES:
+        return _key_query(query, keyring)
+    if query.name == MODE_QUERY:
+        mode = query.payload.decode("ascii", "replace")
+        if mode not in MODES:
+            return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(False, f"unknown mode {mode!r}"))
+        if keyring is None or keyring.primary is None:
+            return QueryAnswer(
+                query.wants_ack, serfcompat.encode_key_response(False, "no key installed")
+            )
+        return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, ""), mode=mode)
+    # A user query we have no handler for: ack it so the querier sees us, no response.
+    return QueryAnswer(query.wants_ack, None)
+
+
+def _key_query(query: Query, keyring: Keyring | None) -> QueryAnswer:
+    if keyring is None or (keyring.primary is None and query.name != "_serf_install-key"):
+        return QueryAnswer(
+            query.wants_ack,
+            serfcompat.encode_key_response(False, "No keyring to modify (encryption not enabled)"),
+        )
+    if query.name == "_serf_list-keys":
+        keys = [encode_key(k) for k in keyring.keys]
+        primary = encode_key(keyring.primary) if keyring.primary else ""
+        return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, "", keys, primary))
+    try:
+        key = serfcompat.decode_key_request(query.payload)
+        if query.name == "_serf_install-key":
+            if key not in keyring.keys:
+                keyring.install(key)
+        elif query.name == "_serf_use-key":
+            keyring.use(key)
+        else:
+            keyring.remove(key)
+    except (DecodeError, ValueError) as exc:
+        return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(False, str(exc)))
+    return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, ""), True)

@@ -1,0 +1,872 @@
+"""Replicated ``networks`` and ``endpoints`` tables on the gossip core's delegate seam.
+
+Owns: one node's replica (cluster-wide network, member and claim rows; endpoint
+rows of the networks it takes part in), the Lamport clock, the merge rules,
+owner authority, visibility, and the synchronous API the agent calls. Sans-IO:
+every entry point takes ``now`` and returns effects; randomness only from ``rng``.
+
+Delegates to: ``tablestore`` (rows and LWW merge), ``netsync`` (network-scoped
+gossip and bulk sync), ``blocks``/``ipam`` (addresses), ``conflicts``
+(deterministic winners), ``tableinput`` (validation, lookups), ``records`` and
+``netgossip`` (bytes). Does not touch the kernel: the dataplane watches ``version``.
+
+Rules in one place (docs/tables.md has the why):
+- Every row is last-writer-wins by (lamport, writer); the clock witnesses every
+  received row. Member, claim and endpoint rows are written only by their owner.
+- Owner authority: an owner that hears a version of its own row newer than the
+  one it holds (a life before a restart, a lost delete) re-publishes its truth
+  above it, so peers converge on what the owner really has.
+- An endpoint row is visible when its owner is alive or suspect, has joined the
+  network, and the network exists; rows of owners gone ``owner_reap`` are dropped.
+- A node takes part in a network while it has a local endpoint there; only then
+  it stores, gossips and bulk-syncs that network's endpoint rows.
+
+Wiring: ``tables = Tables(node=..., vtep=..., rng=...)``;
+``swim = Swim(..., delegate=tables)``; ``tables.attach(swim)``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from gossip.broadcasts import Broadcasts
+from gossip.config import retransmit_limit
+from gossip.effects import Effect, Log
+from gossip.errors import DecodeError
+from gossip.members import Member, Status
+from gossip.tables import agenttag, blocks, conflicts, ipam, ipsecrows
+from gossip.tables import framing as netgossip
+from gossip.tables import validation as tableinput
+from gossip.tables.blocks import Block
+from gossip.tables.config import TablesConfig, TablesStats
+from gossip.tables.rows import (
+    AnyRow,
+    ClaimRow,
+    Conflict,
+    Endpoint,
+    EndpointRow,
+    MemberRow,
+    Network,
+    NetworkRow,
+    TableError,
+    check_name,
+    encode_row,
+    newer,
+)
+from gossip.tables.store import TableStore
+from gossip.tables.sync import NetSync
+
+if TYPE_CHECKING:
+    from gossip.swim import Swim
+
+__all__ = ["Block", "Conflict", "Endpoint", "Network", "TableError", "Tables", "TablesConfig"]
+
+_UP = (Status.ALIVE, Status.SUSPECT)
+
+
+class Tables:
+    """One node's replica and API. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        vtep: str,
+        rng: random.Random,
+        config: TablesConfig | None = None,
+        meta: bytes = b"",
+    ) -> None:
+        if not node:
+            raise ValueError("node name must not be empty")
+        try:
+            self.vtep = str(ipaddress.ip_address(vtep))
+        except ValueError:
+            raise ValueError(f"invalid VTEP address {vtep!r}") from None
+        self.node = node
+        self.rng = rng
+        self.config = config or TablesConfig()
+        self.meta = agenttag.with_agent_tag(meta)
+        """Node meta (serf tags) advertised through Swim, always with the agent tag that
+        tells our agents from serf's (``gossip.tables.agenttag``). ValueError if over 512 bytes."""
+        self.swim: Swim | None = None
+        self.clock = 0
+        """Lamport clock of this node's writes (persist it with the local endpoints)."""
+        self.version = 0
+        """Incremented on every change that may alter a view (networks, endpoints,
+        peers, conflicts): the dataplane reconciler watches it."""
+        self.stats = TablesStats()
+        self.store = TableStore()
+        self.sync = NetSync(node, rng, self.config, self.stats, self._peers, self._sync_rows)
+        self._now = -math.inf
+        self._local: dict[str, Endpoint] = {}
+        self._bcast = Broadcasts()
+        self._gone: dict[str, float] = {}
+        self._unconfirmed: dict[str, float] = {}
+        """Networks re-published from local state that no peer has mentioned since,
+        with when we stop waiting for one."""
+        self._net_view: tuple[list[Network], list[Conflict]] | None = None
+        self._addr_views: dict[str, tuple[dict[str, str], list[Conflict]]] = {}
+        self._peer_cache: dict[str, list[str]] = {}
+        """net -> sorted names of the other live participants; dropped when a member row
+        of the network changes or a member goes up or down (``_touch_all``). Names only:
+        a simulator holds 1,000 replicas × 20 networks × 1,000 peers of these."""
+        self._reported: dict[str, Conflict] = {}
+        self._reported_version = 0
+        self._reap_at = -math.inf
+        self.ipsec = ipsecrows.IpsecKeyStore()
+        """Every node's IPsec public-key row (``gossip.tables.ipsecrows``); ``ipsec_rows()`` hides
+        those of members that are not up. Its own ``version`` signals changes."""
+
+    def attach(self, swim: Swim) -> None:
+        """Second wiring step: the core this delegate sends through."""
+        self.swim = swim
+        self.sync.swim = swim
+        self._peer_cache.clear()  # who is up is the core's to say from now on
+
+    # ================================================================ delegate
+
+    def node_meta(self, limit: int) -> bytes:
+        return self.meta[:limit]
+
+    def accepts_user_data(self, peer: Member) -> bool:
+        return agenttag.has_agent_tag(peer.meta)
+
+    def on_user_message(self, now: float, data: bytes) -> list[Effect]:
+        self._now = now
+        effects: list[Effect] = []
+        try:
+            if data[:1] == bytes([ipsecrows.IPSEC_EVENT]):
+                self._merge_ipsec(now, ipsecrows.decode_event(data), effects, rebroadcast=True)
+                return effects
+            msg = netgossip.decode(data, now)
+            extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
+        except DecodeError as exc:
+            self._bad_input(exc, effects)
+            return effects
+        for ipsec_row in extra:
+            self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
+        if isinstance(msg, netgossip.Event):
+            self._merge_cluster(now, msg.row, effects, rebroadcast=True)
+        elif isinstance(msg, netgossip.NetGossip):
+            self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=True)
+        elif isinstance(msg, netgossip.BulkSync):
+            if msg.net in self.sync.joined:
+                self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=False)
+                self.sync.on_bulk_sync(now, msg, effects)
+        elif isinstance(msg, netgossip.State):
+            for row in msg.rows:
+                self._merge_cluster(now, row, effects, rebroadcast=False)
+        self._finish(effects)
+        return effects
+
+    def has_broadcasts(self) -> bool:
+        return bool(self._bcast)
+
+    def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
+        if self.swim is None or not self._bcast:
+            return []
+        limit = retransmit_limit(self.swim.config, self.swim.num_members())
+        return self._bcast.take(overhead, budget, limit)
+
+    def local_state(self, join: bool) -> bytes:
+        rows = [
+            encode_row(r, self._now)
+            for r in self.store.cluster_rows()
+            if isinstance(r, NetworkRow) or not self._reaped(r.writer)
+        ]
+        keys = [r for r in self.ipsec if not self._reaped(r.node)]
+        extra = [ipsecrows.state_field(keys)] if keys else []
+        # Nothing to say: stay silent (serf peers log user state they cannot parse).
+        return netgossip.encode_state(rows, extra) if rows or extra else b""
+
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
+        self._now = now
+        effects: list[Effect] = []
+        try:
+            msg = netgossip.decode(data, now)
+            extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
+        except DecodeError as exc:
+            self._bad_input(exc, effects)
+            return effects
+        for ipsec_row in extra:
+            self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
+        if isinstance(msg, netgossip.State):
+            for row in msg.rows:
+                self._merge_cluster(now, row, effects, rebroadcast=False)
+        self._finish(effects)
+        return effects
+
+    def on_member_change(self, now: float, old: Member | None, new: Member) -> list[Effect]:
+        self._now = now
+        effects: list[Effect] = []
+        name = new.name
+        if name == self.node:
+            return effects
+        was_up = old is not None and old.status in _UP
+        if new.status in _UP:
+            self._gone.pop(name, None)
+            if not was_up:
+                self._touch_all()
+                # A member (re)appeared: exchange the networks we share with it now
+                # rather than at the next anti-entropy round (networkdb does the same).
+                for net in self.sync.joined:
+                    if self.store.joined(net, name):
+                        self.sync.bulk_sync(now, net, name, True, effects)
+        else:
+            self._gone.setdefault(name, now)
+            if was_up:
+                self._gone[name] = now
+                self._touch_all()
+        self._finish(effects)
+        return effects
+
+    def next_deadline(self) -> float:
+        return min(self._reap_at, self.sync.next_deadline())
+
+    def tick(self, now: float) -> list[Effect]:
+        self._now = now
+        effects: list[Effect] = []
+        if self._reap_at <= now:
+            self._reap_at = now + self.config.reap_period
+            self._reap(now)
+        self.sync.tick(now, effects)
+        self._finish(effects)
+        return effects
+
+    # ============================================================== agent API
+
+    def networks(self) -> list[Network]:
+        """Networks in force (conflict losers are left out; see ``conflicts``), by name."""
+        return list(self._networks_view()[0])
+
+    def find_network(self, ref: str) -> Network:
+        """By exact id, name, or unique id prefix (losers by id too). Raises TableError."""
+        return tableinput.find_network(self._live_networks(), self._networks_view()[0], ref)
+
+    def create_network(
+        self,
+        now: float,
+        name: str,
+        subnets: Sequence[str],
+        vni: int | None = None,
+        encrypted: bool = False,
+        mtu: int | None = None,
+        created_at: float | None = None,
+    ) -> tuple[Network, list[Effect]]:
+        """A new cluster-wide network (``created_at``: the agent's wall-clock time, shown
+        by inspect). It spreads with the gossip. Raises TableError."""
+        self._now = now
+        live = self._live_networks()
+        nets, mtu = tableinput.check_new_network(live, name, subnets, vni, mtu, self.config.default_mtu)
+        net_id = self._new_id(lambda i: i in self.store.networks)
+        if vni is None:
+            vni = ipam.pick_vni(net_id, {n.vni for n in live}, self.config.vni_min, self.config.vni_max)
+        created = self._tick()
+        network = Network(net_id, name, nets, vni, bool(encrypted), mtu,
+                          float(now if created_at is None else created_at), self.node, created)
+        row = NetworkRow(net_id, created, self.node, False, network)
+        self._write(now, row)
+        effects = self._push_now(now, row)
+        self._follow_unscoped(now, net_id, effects)
+        self._finish(effects)
+        return network, effects
+
+    def remove_network(self, now: float, ref: str) -> tuple[Network, list[Effect]]:
+        """Delete a network; refused while any endpoint or node uses it. Raises TableError."""
+        self._now = now
+        network = self.find_network(ref)
+        if self._unconfirmed.get(network.id, -math.inf) > now:
+            # Our version came from our own state file and may be older than the
+            # cluster's; a delete written now could lose to it (LWW).
+            raise TableError(
+                f"network {network.name!r} was restored from local state and is not confirmed "
+                "by the cluster yet; try again in a few seconds"
+            )
+        users = [e.owner for e in self._local.values() if e.network == network.id]
+        users += [e.owner for e in self._visible_remote(network.id)]
+        nodes = sorted({*users, *self._peers(network.id)})
+        if nodes:
+            where = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+            raise TableError(f"network {network.name!r} is in use by endpoints on {where}; remove them first")
+        row = NetworkRow(network.id, self._tick(), self.node, True, network, now + self.config.tombstone_ttl)
+        self._write(now, row)
+        effects = self._push_now(now, row)
+        self._follow_unscoped(now, network.id, effects)
+        self._finish(effects)
+        return network, effects
+
+    def create_endpoint(
+        self,
+        now: float,
+        network: str,
+        name: str | None = None,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        mac: str | None = None,
+    ) -> tuple[Endpoint, list[Effect]]:
+        """A local endpoint; addresses are allocated when not given, the MAC defaults to
+        Docker's 02:42 + IPv4. Its row goes to the network's peers. Raises TableError."""
+        self._now = now
+        net = self.find_network(network)
+        winners, lost = self._networks_view()
+        if all(w.id != net.id for w in winners):
+            why = next((c for c in lost if c.loser == net.id), None)
+            detail = f": {why.text}" if why else ""
+            raise TableError(f"network {net.name!r} ({net.id[:12]}) is disabled{detail}")
+        if name is not None:
+            check_name(name, "endpoint")
+            if any(e.name == name for e in self._local.values()):
+                raise TableError(f"an endpoint named {name!r} already exists on this node")
+        # Addresses held by any row we know, hidden ones too: their owner may come back.
+        known = [*self.stored_endpoints(net.id), *self._local_on(net.id)]
+        used = blocks.used_addresses(known)
+        claims = self.store.claims.get(net.id, {}).values()
+        addrs: dict[int, str | None] = {4: None, 6: None}
+        for family, given, subnet in ((4, ipv4, net.subnet_v4), (6, ipv6, net.subnet_v6)):
+            if given is not None:
+                addr = ipam.parse_address(given, subnet, family)
+                if int(addr) in used[family]:
+                    raise TableError(f"address {addr} is already in use in network {net.name!r}")
+                addrs[family] = str(addr)
+            elif subnet is not None:
+                addrs[family] = blocks.allocate(claims, self.node, net, family, used[family], self.config)
+        mac = ipam.default_mac(addrs[4], addrs[6]) if mac is None else ipam.parse_mac(mac)
+        if any(e.mac == mac for e in known):
+            raise TableError(f"MAC address {mac} is already in use in network {net.name!r}")
+        ep_id = self._new_id(lambda i: i in self._local)
+        effects: list[Effect] = []
+        if net.id not in self.sync.joined:
+            self._join(now, net.id, effects)
+        created = self._tick()
+        ep = Endpoint(ep_id, name or f"ep-{ep_id[:12]}", net.id, addrs[4], addrs[6], mac,
+                      self.node, self.vtep, created)
+        self._local[ep_id] = ep
+        self._write(now, EndpointRow(net.id, self.node, ep_id, created, False, ep, since=now))
+        self._tidy_claims(now, net.id)
+        self.sync.gossip(now, net.id, effects)
+        self._finish(effects)
+        return ep, effects
+
+    def remove_endpoint(self, now: float, ref: str) -> tuple[Endpoint, list[Effect]]:
+        """Remove a local endpoint (by id, id prefix or name). Raises TableError."""
+        self._now = now
+        ep = self._find_local(ref)
+        del self._local[ep.id]
+        effects: list[Effect] = []
+        self._write(now, self._endpoint_tombstone(now, ep.network, ep.id))
+        self.sync.gossip(now, ep.network, effects)
+        if self._local_on(ep.network) or not self._scoped(ep.network):
+            self._tidy_claims(now, ep.network)
+        else:
+            self._leave(now, ep.network)
+        self._finish(effects)
+        return ep, effects
+
+    def endpoints(self, network: str | None = None) -> list[Endpoint]:
+        """Visible endpoints (local and remote) of the networks this node takes part in;
+        ``conflict`` is set on rows that lost an address/MAC conflict."""
+        nets = [self.find_network(network).id] if network is not None else list(self.sync.joined)
+        out: list[Endpoint] = []
+        for net in nets:
+            losers = self._address_view(net)[0]
+            for ep in self._visible(net):
+                out.append(replace(ep, conflict=True) if ep.id in losers else ep)
+        out.sort(key=lambda e: (e.network, e.owner, e.name, e.id))
+        return out
+
+    def find_endpoint(self, ref: str) -> Endpoint:
+        """A visible endpoint by exact id, local name, or unique id prefix. Raises TableError."""
+        return tableinput.find_endpoint(self.endpoints(), ref, self.node)
+
+    def local_endpoints(self) -> list[Endpoint]:
+        """This node's endpoints: what the agent persists (with ``clock`` and
+        ``local_networks()``) and hands back to ``restore_local_endpoints``."""
+        return sorted(self._local.values(), key=lambda e: (e.network, e.name, e.id))
+
+    def local_networks(self) -> list[Network]:
+        """Definitions of the networks the local endpoints are on (for persistence)."""
+        out = []
+        for net in sorted({e.network for e in self._local.values()}):
+            r = self.store.networks.get(net)
+            if r is not None and r.value is not None:
+                out.append(r.value)
+        return out
+
+    def network_peers(self, network: str) -> list[tuple[str, str]]:
+        """(node, VTEP) of the other live nodes taking part in the network, by node name."""
+        net = network if network in self.store.members else self.find_network(network).id
+        return self._peer_rows(net)
+
+    def conflicts(self) -> list[Conflict]:
+        """Network conflicts, then address conflicts of the networks this node is in."""
+        out = list(self._networks_view()[1])
+        for net in self.sync.joined:
+            out.extend(self._address_view(net)[1])
+        return out
+
+    def claims(self, network: str) -> list[Block]:
+        """The IPAM block claims of a network, by block."""
+        net = self.find_network(network)
+        return blocks.block_view(self.store.claims.get(net.id, {}).values(), net, self.config)
+
+    def stored_endpoints(self, network: str) -> list[Endpoint]:
+        """Every live endpoint row held for a network, hidden ones included (diagnostics)."""
+        rows = self.store.endpoints.get(network, {})
+        return [r.value for r in rows.values() if r.value is not None and not r.deleted]
+
+    def restore_local_endpoints(
+        self,
+        now: float,
+        endpoints: Iterable[Endpoint],
+        networks: Iterable[Network] = (),
+        clock: int = 0,
+    ) -> list[Effect]:
+        """After a restart: re-publish this node's persisted endpoints with fresh Lamport
+        times (owner, VTEP and conflict flag become this node's). ``networks`` are their
+        definitions (``local_networks()``), so a network deleted meanwhile comes back
+        while in use; ``clock`` is the persisted ``clock``. Call before ``Swim.join``.
+        Raises TableError, restoring nothing, if any row is malformed."""
+        self._now = now
+        eps, nets = list(endpoints), list(networks)
+        tableinput.check_restored(eps, nets)
+        if isinstance(clock, int) and not isinstance(clock, bool):
+            self.clock = max(self.clock, clock)
+        self.clock = max([self.clock, *(e.created for e in eps), *(n.created for n in nets)])
+        in_use = {e.network for e in eps}
+        for n in nets:
+            if n.id not in self.store.networks and n.id in in_use:
+                # Published at once: if it was deleted (or even forgotten) meanwhile, it
+                # comes back because it is in use; any other version is the same network.
+                self._write(now, NetworkRow(n.id, self._tick(), self.node, False, n))
+                # The join push/pull brings the cluster's version if anyone has one.
+                self._unconfirmed[n.id] = now + 2 * self.sync.push_pull_interval()
+        effects: list[Effect] = []
+        touched: dict[str, None] = {}
+        for e in eps:
+            if e.id in self._local:
+                continue
+            ep = replace(e, owner=self.node, vtep=self.vtep, conflict=False)
+            if ep.network not in self.sync.joined:
+                self._join(now, ep.network, effects)
+            self._local[ep.id] = ep
+            self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
+            touched[ep.network] = None
+        for net in touched:
+            self._tidy_claims(now, net)
+            self._keep_in_use(now, net, effects)
+        self._finish(effects)
+        return effects
+
+    def bootstrap_rows(self, rows: Iterable[AnyRow]) -> None:
+        """Install rows as an already converged start, without traffic: for simulators
+        and tests only (the counterpart of ``Swim.bootstrap_members``); a real node learns
+        rows from gossip and push/pull.
+
+        Rows are merged by the usual order and held as given, not copied, so replicas may
+        share them (no replica mutates a live row it holds). The clock witnesses every
+        row. Skipped: rows this node writes (its own truth comes from its API calls) and
+        endpoint rows of networks it does not take part in. Owners are taken to be up.
+        Nothing is queued for gossip and no effect results; views are recomputed.
+        """
+        clock = self.clock
+        merge = self.store.merge
+        joined = self.sync.joined
+        for row in rows:
+            if row.lamport > clock:
+                clock = row.lamport
+            if row.writer == self.node or (isinstance(row, EndpointRow) and row.net not in joined):
+                continue
+            merge(row)
+        self.clock = clock
+        self._touch_all()
+
+    def publish_ipsec_keys(self, now: float, keys: Sequence[tuple[int, bytes]]) -> list[Effect]:
+        """This node's IPsec public keys, (epoch, X25519 public) ascending: replaces the
+        previous row cluster-wide (an empty list: no keys). Raises TableError."""
+        self._now = now
+        try:
+            row = ipsecrows.IpsecKeysRow(self.node, self._tick(), self.vtep, tuple(keys))
+            ipsecrows.row_from_obj(ipsecrows.state_field([row])[0])  # same checks as a receiver's
+        except DecodeError as exc:
+            raise TableError(str(exc)) from None
+        self._store_ipsec(row)
+        return []
+
+    def ipsec_rows(self) -> list[ipsecrows.IpsecKeysRow]:
+        """IPsec key rows of this node and of members that are alive or suspect, by node."""
+        return [r for r in self.ipsec if self._up(r.node)]
+
+    def _store_ipsec(self, row: ipsecrows.IpsecKeysRow) -> None:
+        merged = self.ipsec.merge(row)
+        assert merged, f"local write did not supersede: {row}"
+        self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
+
+    def _merge_ipsec(
+        self, now: float, row: ipsecrows.IpsecKeysRow, effects: list[Effect], *, rebroadcast: bool
+    ) -> None:
+        self._witness(row.lamport)
+        if row.node == self.node:
+            # Owner authority: a row of ours we do not hold (a life before a restart)
+            # is superseded by our current keys, or by "no keys" if we have none yet.
+            cur = self.ipsec.get(self.node)
+            if cur is None or ipsecrows.newer(row, cur):
+                self.stats.reasserts += 1
+                self._store_ipsec(ipsecrows.IpsecKeysRow(
+                    self.node, self._tick(), self.vtep, cur.keys if cur is not None else ()))
+            return
+        if self._reaped(row.node) or not self.ipsec.merge(row):
+            return
+        self.stats.rows_applied += 1
+        self._note_owner(row.node, now)
+        if rebroadcast:
+            self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
+
+    def check_invariants(self) -> None:
+        """For tests: internal consistency."""
+        nets = {e.network for e in self._local.values()}
+        if self.config.scoped:
+            assert nets == set(self.sync.joined), (nets, set(self.sync.joined))
+        assert nets <= set(self.sync.joined)
+        assert set(self.store.endpoints) == set(self.sync.joined)
+        for ep in self._local.values():
+            row = self.store.endpoints[ep.network].get((self.node, ep.id))
+            assert row is not None and not row.deleted and row.value == ep, ep
+            assert self.store.joined(ep.network, self.node)
+        for net in self.sync.joined:
+            for (owner, _), row in self.store.endpoints[net].items():
+                if owner == self.node and not row.deleted:
+                    assert row.id in self._local
+        assert self.clock >= max((r.lamport for r in self.store.cluster_rows()), default=0)
+
+    # ========================================================== merge (remote)
+
+    def _merge_cluster(
+        self, now: float, row: netgossip.ClusterRow, effects: list[Effect], *, rebroadcast: bool
+    ) -> None:
+        self._witness(row.lamport)
+        if isinstance(row, NetworkRow):
+            self._unconfirmed.pop(row.id, None)  # the cluster's version is known now
+        else:
+            if row.writer == self.node:
+                self._own_echo(now, row, effects)
+                return
+            if self._reaped(row.writer):
+                return
+        if not self.store.merge(row):
+            return
+        self.stats.rows_applied += 1
+        if rebroadcast:
+            self._bcast.queue(_key(row), netgossip.encode_event(encode_row(row, now)))
+        if isinstance(row, NetworkRow):
+            self._touch(row.id, networks=True)
+            self._keep_in_use(now, row.id, effects)
+            if not row.deleted:
+                self._tidy_claims(now, row.id)
+            self._follow_unscoped(now, row.id, effects)
+        elif isinstance(row, ClaimRow):
+            self._note_owner(row.writer, now)
+            self._tidy_claims(now, row.net)
+        else:
+            self._note_owner(row.writer, now)
+            self._peer_cache.pop(row.net, None)
+            self._touch(row.net)
+            if not row.deleted and self._up(row.node):
+                self.sync.new_peer(now, row.net, row.node, effects)
+
+    def _merge_endpoints(
+        self, now: float, net: str, rows: Sequence[EndpointRow], effects: list[Effect], *, rebroadcast: bool
+    ) -> None:
+        if net not in self.sync.joined:
+            return  # scoping: we do not take part in this network
+        changed = False
+        for row in rows:
+            self._witness(row.lamport)
+            if row.owner == self.node:
+                self._own_echo(now, row, effects)
+                continue
+            if self._reaped(row.owner):
+                continue
+            row.since = now
+            if not self.store.merge(row):
+                continue
+            self.stats.rows_applied += 1
+            self._note_owner(row.owner, now)
+            changed = True
+            if rebroadcast:  # not rows from a bulk sync: that is anti-entropy already
+                self.sync.queue(now, net, _key(row), encode_row(row, now))
+        if changed:
+            self._touch(net)
+
+    def _own_echo(self, now: float, row: AnyRow, effects: list[Effect]) -> None:
+        """Owner authority: a version of our own row we do not hold supersedes ours
+        (a life before a restart, or a delete whose tombstone we reaped): publish
+        our truth above it."""
+        cur = self.store.current(row)
+        if cur is not None and not newer(row, cur):
+            return
+        self.stats.reasserts += 1
+        if isinstance(row, MemberRow):
+            joined = row.net in self.sync.joined
+            self._write(now, self._member_row(now, row.net, joined))
+            if joined and row.deleted:
+                # Peers dropped our rows older than that leave: publish them above it.
+                for ep in self._local_on(row.net):
+                    self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
+                self.sync.gossip(now, row.net, effects)
+        elif isinstance(row, ClaimRow):
+            live = cur is not None and not cur.deleted
+            self._write(now, self._claim_row(now, row.net, row.family, row.block, live))
+        elif isinstance(row, EndpointRow):
+            mine = self._local.get(row.id)
+            if mine is not None and mine.network == row.net:
+                self._write(now, EndpointRow(row.net, self.node, mine.id, self._tick(), False, mine, since=now))
+            else:
+                self._write(now, self._endpoint_tombstone(now, row.net, row.id))
+
+    def _keep_in_use(self, now: float, net: str, effects: list[Effect]) -> None:
+        """A network deleted elsewhere while we have endpoints on it is re-published
+        (in use wins over a concurrent delete)."""
+        row = self.store.networks.get(net)
+        if row is None or not row.deleted or row.value is None or not self._local_on(net):
+            return
+        self._write(now, NetworkRow(net, self._tick(), self.node, False, row.value))
+        effects.append(Log("warning", f"tables: network {row.value.name!r} ({net[:12]}) was removed "
+                                      "elsewhere while local endpoints use it; re-published it"))
+
+    # ========================================================= local writes
+
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def _witness(self, lamport: int) -> None:
+        if lamport > self.clock:
+            self.clock = lamport
+
+    def _write(self, now: float, row: AnyRow) -> None:
+        """Store a row we wrote and queue it for gossip (cluster-wide or network-scoped)."""
+        stored = self.store.merge(row)
+        assert stored, f"local write did not supersede: {row}"
+        if isinstance(row, EndpointRow):
+            self.sync.queue(now, row.net, _key(row), encode_row(row, now))
+            self._touch(row.net)
+            return
+        self._bcast.queue(_key(row), netgossip.encode_event(encode_row(row, now)))
+        if isinstance(row, NetworkRow):
+            self._touch(row.id, networks=True)
+        elif isinstance(row, MemberRow):
+            self._peer_cache.pop(row.net, None)
+            self._touch(row.net)
+        # Claims change no view: no version bump.
+
+    def _member_row(self, now: float, net: str, joined: bool) -> MemberRow:
+        if joined:
+            return MemberRow(net, self.node, self._tick(), False, self.vtep)
+        return MemberRow(net, self.node, self._tick(), True, "", now + self.config.tombstone_ttl)
+
+    def _claim_row(self, now: float, net: str, family: int, block: int, live: bool) -> ClaimRow:
+        return ClaimRow(net, family, block, self.node, self._tick(), not live,
+                        math.inf if live else now + self.config.tombstone_ttl)
+
+    def _endpoint_tombstone(self, now: float, net: str, ep_id: str) -> EndpointRow:
+        return EndpointRow(net, self.node, ep_id, self._tick(), True, None, now + self.config.tombstone_ttl, now)
+
+    def _join(self, now: float, net: str, effects: list[Effect]) -> None:
+        self.store.endpoints.setdefault(net, {})
+        self._write(now, self._member_row(now, net, True))
+        self.sync.join(now, net, effects)
+
+    def _leave(self, now: float, net: str) -> None:
+        # Our tombstones went out already; the leave obsoletes our rows at every peer
+        # even if that gossip is lost.
+        self._write(now, self._member_row(now, net, False))
+        for c in list(self.store.claims.get(net, {}).values()):
+            if c.node == self.node and not c.deleted:
+                self._write(now, self._claim_row(now, net, c.family, c.block, False))
+        self.sync.leave(net)
+        self.store.forget_endpoints(net)
+        self._addr_views.pop(net, None)
+
+    def _scoped(self, net: str) -> bool:
+        return self.config.scoped or not self.store.live_network(net)
+
+    def _follow_unscoped(self, now: float, net: str, effects: list[Effect]) -> None:
+        """Without scoping, take part in every live network (and leave deleted ones)."""
+        if self.config.scoped:
+            return
+        if self.store.live_network(net) and net not in self.sync.joined:
+            self._join(now, net, effects)
+        elif not self.store.live_network(net) and net in self.sync.joined and not self._local_on(net):
+            self._leave(now, net)
+
+    def _tidy_claims(self, now: float, net: str) -> None:
+        """Make our claims on a network we take part in what ``blocks.claim_changes`` wants."""
+        row = self.store.networks.get(net)
+        if net not in self.sync.joined or row is None or row.value is None:
+            return
+        claims = self.store.claims.get(net, {})
+        take, drop = blocks.claim_changes(claims, self.node, row.value, self._local_on(net), self.config)
+        for family, block in drop:
+            self._write(now, self._claim_row(now, net, family, block, False))
+        for family, block in take:
+            self._write(now, self._claim_row(now, net, family, block, True))
+
+    def _push_now(self, now: float, row: NetworkRow) -> list[Effect]:
+        """A network change goes to a few members at once, so an agent that dies right
+        after the call has probably not lost it."""
+        if self.swim is None:
+            return []
+        others = sorted(m.name for m in self.swim.members()
+                        if m.name != self.node and m.status in _UP and self.accepts_user_data(m))
+        return self.sync.push(netgossip.encode_event(encode_row(row, now)), others)
+
+    # ============================================================ visibility
+
+    def _up(self, node: str) -> bool:
+        if node == self.node:
+            return True
+        m = self.swim.member(node) if self.swim is not None else None
+        return m is not None and m.status in _UP
+
+    def _note_owner(self, node: str, now: float) -> None:
+        if not self._up(node):
+            self._gone.setdefault(node, now)
+
+    def _reaped(self, node: str) -> bool:
+        since = self._gone.get(node)
+        return since is not None and self._now - since >= self.config.owner_reap and not self._up(node)
+
+    def _peers(self, net: str) -> list[str]:
+        """Names of the other live participants, sorted. Cached, because every gossip
+        round of every network asks (see ``_peer_cache``); callers must not mutate it."""
+        names = self._peer_cache.get(net)
+        if names is None:
+            names = self._peer_cache[net] = sorted(
+                node
+                for node, m in self.store.members.get(net, {}).items()
+                if not m.deleted and node != self.node and self._up(node)
+            )
+        return names
+
+    def _peer_rows(self, net: str) -> list[tuple[str, str]]:
+        """(node, VTEP) of the other live participants, by node."""
+        members = self.store.members.get(net, {})
+        return [(node, members[node].vtep) for node in self._peers(net)]
+
+    def _sync_rows(self, net: str, now: float) -> list[bytes]:
+        """What a bulk sync carries: our rows of the network, tombstones included,
+        except those of owners we consider gone."""
+        return [
+            encode_row(r, now)
+            for (owner, _), r in self.store.endpoints.get(net, {}).items()
+            if self._up(owner)
+        ]
+
+    def _local_on(self, net: str) -> list[Endpoint]:
+        return [e for e in self._local.values() if e.network == net]
+
+    def _live_networks(self) -> list[Network]:
+        return [r.value for r in self.store.networks.values() if not r.deleted and r.value]
+
+    def _visible_remote(self, net: str) -> list[Endpoint]:
+        if not self.store.live_network(net):
+            return []
+        return [
+            row.value
+            for (owner, _), row in self.store.endpoints.get(net, {}).items()
+            if owner != self.node and row.value is not None and not row.deleted
+            and self._up(owner) and self.store.joined(net, owner)
+        ]
+
+    def _visible(self, net: str) -> list[Endpoint]:
+        return self._local_on(net) + self._visible_remote(net)
+
+    def _networks_view(self) -> tuple[list[Network], list[Conflict]]:
+        if self._net_view is None:
+            self._net_view = conflicts.resolve_networks(self._live_networks())
+        return self._net_view
+
+    def _address_view(self, net: str) -> tuple[dict[str, str], list[Conflict]]:
+        view = self._addr_views.get(net)
+        if view is None:
+            view = self._addr_views[net] = conflicts.resolve_addresses(self._visible(net))
+        return view
+
+    def _touch(self, net: str, *, networks: bool = False) -> None:
+        self.version += 1
+        self._addr_views.pop(net, None)
+        if networks:
+            self._net_view = None
+
+    def _touch_all(self) -> None:
+        self.version += 1
+        self._addr_views.clear()
+        self._net_view = None
+        self._peer_cache.clear()
+
+    def _finish(self, effects: list[Effect]) -> None:
+        """Log conflicts that appeared or went away since the last entry point."""
+        if self.version == self._reported_version:
+            return
+        self._reported_version = self.version
+        current = {c.text: c for c in self.conflicts()}
+        for text in current:
+            if text not in self._reported:
+                effects.append(Log("warning", f"tables: {text}"))
+        for text in self._reported:
+            if text not in current:
+                effects.append(Log("info", f"tables: resolved: {text}"))
+        self._reported = current
+
+    # ================================================================== misc
+
+    def _reap(self, now: float) -> None:
+        if self.store.reap(now, self._reaped, now - self.config.owner_reap, self.node):
+            self._touch_all()
+        self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and self._reaped(r.node)])
+        horizon = 2 * self.config.owner_reap
+        for node in [n for n, t in self._gone.items() if now - t >= horizon]:
+            if self.swim is None or self.swim.member(node) is None:
+                del self._gone[node]
+        for net in [n for n, t in self._unconfirmed.items() if t <= now]:
+            del self._unconfirmed[net]
+        self.sync.prune(now)
+
+    def _bad_input(self, exc: DecodeError, effects: list[Effect]) -> None:
+        self.stats.decode_errors += 1
+        n = self.stats.decode_errors
+        if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th, ...: a bad peer cannot flood the log
+            effects.append(Log("warning", f"tables: dropped a malformed message ({n} so far): {exc}"))
+
+    def _new_id(self, taken: object) -> str:
+        assert callable(taken)
+        while True:
+            ident = f"{self.rng.getrandbits(256):064x}"
+            if not taken(ident):
+                return ident
+
+    def _find_local(self, ref: str) -> Endpoint:
+        try:
+            return tableinput.find_endpoint(self.local_endpoints(), ref, self.node)
+        except TableError:
+            prefix = ref.lower() if isinstance(ref, str) and ref else None
+            remote = next((e for e in self.endpoints() if prefix and e.id.startswith(prefix)), None)
+            if remote is not None:
+                raise TableError(f"endpoint {ref} belongs to node {remote.owner}; remove it there") from None
+            raise
+
+
+def _key(row: AnyRow) -> str:
+    """Broadcast-queue key: news about a row replaces older news about it."""
+    if isinstance(row, NetworkRow):
+        return f"n\0{row.id}"
+    if isinstance(row, MemberRow):
+        return f"m\0{row.net}\0{row.node}"
+    if isinstance(row, ClaimRow):
+        return f"c\0{row.net}\0{row.family}\0{row.block}\0{row.node}"
+    return f"e\0{row.owner}\0{row.id}"

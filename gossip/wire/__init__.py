@@ -1,0 +1,1 @@
+"""The memberlist wire format: message values, the codec, LZW (pure and native)."""
