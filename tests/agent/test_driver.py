@@ -1,4 +1,4 @@
-"""The driver contract (models-and-layout §4.3) against a scripted fake core, plus pub/sub and API framing."""
+"""The driver contract (docs/design.md, "The core's contract") against a scripted fake core, plus pub/sub and API framing."""
 
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ def test_traffic_rates_per_node_second() -> None:
 
 
 def test_analytic_reference_numbers() -> None:
-    # memberlist.md §3.9: e/(e-1) ≈ 1.58 periods; §3.8: serf's page table.
+    # SWIM paper: e/(e-1) ≈ 1.58 periods; serf's convergence page table (docs/simulation.md).
     assert swim_first_detection_periods() == pytest.approx(1.582, abs=1e-3)
     from gossip.config import Config
 

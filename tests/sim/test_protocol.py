@@ -1,7 +1,7 @@
 """The simulator driving the real gossip core: bounds that must hold, and determinism.
 
 These runs are small (N = 20…200, tens of simulated seconds) and take seconds.
-Bounds come from the configuration (memberlist.md §2.2), not from timing.
+Bounds come from the configuration (memberlist's formulas, docs/wire.md), not from timing.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Golden tests against real serf 0.9.4 traffic (3 agents: join, user event, a kill).
 
-Captures: tests/data/serf-gossip-plain.pcap (decoded by the reference tool into
-serf-gossip-plain.decoded.txt) and serf-gossip-encrypted.pcap (same scenario with the
-throwaway key from shared/reference/serf-baseline.md §5). Every memberlist datagram
-and TCP stream must decode, match the reference decode, and re-encode to the very
+Captures: tests/data/serf-gossip-plain.pcap (decoded by a standalone decoder into
+serf-gossip-plain.decoded.txt) and serf-gossip-encrypted.pcap (same scenario with a
+throwaway key, ``CAPTURE_KEY``); how they were made: tests/data/README.md. Every
+memberlist datagram and TCP stream must decode, match the reference decode, and re-encode to the very
 same bytes (framing, LZW, CRC and msgpack are all deterministic in Go for these).
 """
 
@@ -45,7 +45,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 PLAIN = DATA / "serf-gossip-plain.pcap"
 ENCRYPTED = DATA / "serf-gossip-encrypted.pcap"
 DECODED = DATA / "serf-gossip-plain.decoded.txt"
-CAPTURE_KEY = "95wXk3AC1OzDpN7Xxh652tjDdunrR6WGklV+7aqUz3M="  # throwaway, serf-baseline §5
+CAPTURE_KEY = "95wXk3AC1OzDpN7Xxh652tjDdunrR6WGklV+7aqUz3M="  # throwaway, tests/data/README.md
 PORT = 7946
 NODES = {"sb000": "192.0.2.1", "sb001": "192.0.2.2", "sb002": "192.0.2.3"}
 
@@ -263,7 +263,8 @@ def test_plain_datagrams_reencode_byte_identical() -> None:
 
 def test_crc_usage_matches_memberlist_quirk() -> None:
     # serf's pings/acks/nacks/indirect pings travel without CRC (sent by address,
-    # memberlist.md §1.1); gossip and the buddy-system ping+suspect compound carry it.
+    # memberlist 0.2.2 net.go; docs/wire.md); gossip and the buddy-system ping+suspect
+    # compound carry it.
     dgs, _ = capture(PLAIN)
     counts: collections.Counter[str] = collections.Counter()
     for d in dgs:

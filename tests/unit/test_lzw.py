@@ -29,7 +29,7 @@ def codec(request: pytest.FixtureRequest) -> Iterator[str]:
         lzw.use_native(True)
 
 
-# Captured from serf 0.9.4 (memberlist.md §1.8): the compressed TCP ack.
+# Captured from serf 0.9.4 (docs/wire.md, "Sources"): the compressed TCP ack.
 SERF_BUF = bytes.fromhex("0005083a05254c1e366fc29001566a4a99384ede140808")
 SERF_PLAIN = b"\x02\x82\xa7Payload\xc0\xa5SeqNo\x05"
 

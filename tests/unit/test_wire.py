@@ -1,6 +1,7 @@
 """Wire codec unit tests: Appendix A vectors, Go-dialect tolerance, framing rules.
 
-Vectors are the annotated hex dumps of shared/reference/memberlist.md Appendix A.
+Vectors are hex dumps of messages captured from Debian's serf 0.9.4 (memberlist 0.2.2)
+on loopback, annotated field by field; docs/wire.md, "Sources", says how they were taken.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ KEY = bytes(range(16))
 
 
 def vec(spec: str) -> bytes:
-    """Hex tokens and "quoted ASCII" tokens, as written in memberlist.md Appendix A."""
+    """Hex tokens and "quoted ASCII" tokens: ``vec('a4"Node"')`` is ``a4 4e 6f 64 65``."""
     out = bytearray()
     for text, hx in re.findall(r'"([^"]*)"|([0-9a-fA-F]+)', spec):
         out += text.encode() if text else bytes.fromhex(hx)
@@ -170,7 +171,8 @@ def test_ping_without_source_fields_omits_them() -> None:
 
 
 def test_tcp_ack_compressed_matches_serf_lzw_vector() -> None:
-    # serf's TCP ack grew from 18 to 36 bytes when compressed (memberlist.md §1.8).
+    # serf's TCP ack grew from 18 to 36 bytes when compressed: memberlist 0.2.2 wraps
+    # every stream in compress when compression is on (docs/wire.md).
     data = wire.encode_stream(Ack(5, None), compress=True, keyring=None)
     assert data == vec('09 82 a4"Algo" 00 a3"Buf" b7') + LZW_ACK_BUF
     assert len(data) == 36
@@ -244,7 +246,7 @@ def test_decode_is_type_strict(body: dict[str, object]) -> None:
 
 @pytest.mark.parametrize("vsn_len", [1, 3, 5])
 def test_short_vsn_is_refused_both_ways(vsn_len: int) -> None:
-    # A 1..5-byte Vsn crashes serf 0.9.4 (memberlist.md §1.16).
+    # A 1..5-byte Vsn crashes serf 0.9.4 (docs/wire.md, "Serf hazards").
     bad = Alive(1, "a", LOCAL, 1, b"", bytes(vsn_len))
     with pytest.raises(ValueError):
         wire.encode(bad)

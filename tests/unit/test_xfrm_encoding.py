@@ -2,7 +2,7 @@
 parsing of dump replies, the sync diff, batching; plus (marker ``netns``) a round trip
 of policies through this machine's kernel and the ESP/GCM probe.
 
-Layouts: include/uapi/linux/xfrm.h; offsets as in shared/reference/dataplane.md §4.6.
+Layouts: include/uapi/linux/xfrm.h (x86-64 offsets, listed in docs/ipsec.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The guest runs as root in its own kernel, chrooted into this host's root file sy
 paths. It has no network device: all traffic stays in namespaces inside the VM.
 Under TCG every process start costs ~0.1 s and Python start-up ~1 s: run one VM with
 many checks, not one VM per check.
-References: shared/reference/kvm-ipsec.md.
+References: docs/ipsec.md, "The VM: recipe and pitfalls".
 """
 
 from __future__ import annotations

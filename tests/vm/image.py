@@ -16,7 +16,7 @@ Guest contract of ``/init`` (kernel command line): ``ovm.cmd=ABSPATH`` is run wi
 with a throwaway tmpfs overlay on top, so every host path works unchanged);
 ``ovm.out=ABSDIR`` is a writable 9p share mounted at the same path. ``/init``
 prints ``OVM_EXIT=<status>`` on the console and powers off.
-References: shared/reference/kvm-ipsec.md (recipe and pitfalls).
+References: docs/ipsec.md, "The VM: recipe and pitfalls" (Debian bookworm linux-image 6.1).
 """
 
 from __future__ import annotations
