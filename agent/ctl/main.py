@@ -1,9 +1,13 @@
 """``agentctl``: the operator's command line for a running agent (over the control API).
 
-Owns: subcommands, the blocking client for the control socket, and the human
-output formats (a ``docker node ls``-like table; ``--format json`` for scripts).
-Errors are one line on stderr with exit status 1 (agent missing, down, refusing);
-bad usage is exit status 2. Does not: import trio or touch gossip state.
+Owns: the entry point (``main``), the parser with every sub-command (the network,
+endpoint and dataplane ones are added by ``agent.ctl.network``), the membership and
+key commands (``members``, ``status``, ``join``, ``leave``, ``events``, ``keys``) with
+their human formats (a ``docker node ls``-like table; ``--format json`` for scripts),
+and the bash completion script. Errors are one line on stderr with exit status 1
+(agent missing, down, refusing: ``agent.ctl.client.CtlError``); bad usage is exit
+status 2. Does not: talk to the socket itself (``agent.ctl.client``), import trio or
+touch gossip state.
 """
 
 from __future__ import annotations
@@ -11,131 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from agent.addresses import DEFAULT_PORT, UsageError, format_address, parse_address
-from agent.control import protocol as api
-
-SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
-DEFAULT_SOCKET = "/run/overlay-agent/agent.sock"
-MAX_REPLY = 64 * 1024 * 1024
-
-
-class CtlError(RuntimeError):
-    """A failure to report as one line, exit status 1."""
-
-
-# -- client ------------------------------------------------------------------------
-
-
-class Client:
-    def __init__(self, path: str, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except FileNotFoundError:
-            sock.close()
-            raise CtlError(
-                f"no agent control socket at {self.path} (is overlay-agent running? "
-                f"choose another with --socket or ${SOCKET_ENV})"
-            ) from None
-        except ConnectionRefusedError:
-            sock.close()
-            raise CtlError(f"the agent is not running (connection refused on {self.path})") from None
-        except PermissionError:
-            sock.close()
-            raise CtlError(f"permission denied on {self.path} (run as root or as a member of the "
-                           f"agent's control_group)") from None
-        except OSError as exc:
-            sock.close()
-            raise CtlError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
-        return sock
-
-    def _lines(self, sock: socket.socket) -> Iterator[dict[str, Any]]:
-        buf = bytearray()
-        while True:
-            end = buf.find(b"\n")
-            if end >= 0:
-                line = bytes(buf[:end])
-                del buf[: end + 1]
-                yield self._decode(line)
-                continue
-            if len(buf) > MAX_REPLY:
-                raise CtlError("reply from the agent is too large")
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                raise CtlError(f"the agent did not answer within {self.timeout:g}s ({self.path})") from None
-            except OSError as exc:
-                raise CtlError(f"connection to the agent failed: {exc.strerror or exc}") from None
-            if not chunk:
-                if buf.strip():
-                    yield self._decode(bytes(buf))
-                return
-            buf += chunk
-
-    def _decode(self, line: bytes) -> dict[str, Any]:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise CtlError("malformed reply from the agent") from None
-        if not isinstance(obj, dict):
-            raise CtlError("malformed reply from the agent")
-        if obj.get("v") != api.VERSION:
-            raise CtlError(f"the agent speaks control API version {obj.get('v')!r}, agentctl {api.VERSION}")
-        if not obj.get("ok"):
-            raise CtlError(f"agent: {obj.get('error', 'unknown error')}")
-        return obj
-
-    def request(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        with self._connect() as sock:
-            try:
-                sock.sendall(api.request_line(op, args))
-            except OSError as exc:
-                raise CtlError(f"connection to the agent failed: {exc.strerror or exc}") from None
-            for reply in self._lines(sock):
-                return reply.get("result")
-        raise CtlError("the agent closed the connection without a reply")
-
-    def stream(self, op: str) -> Iterator[dict[str, Any]]:
-        """A streaming op: the first reply acknowledges, then one event per line."""
-        with self._connect() as sock:
-            sock.sendall(api.request_line(op))
-            lines = self._lines(sock)
-            if next(lines, None) is None:
-                raise CtlError("the agent closed the connection without a reply")
-            sock.settimeout(None)  # events may be far apart
-            for reply in lines:
-                if "event" in reply:
-                    yield reply["event"]
-
+from agent.ctl import network
+from agent.ctl.client import DEFAULT_SOCKET, SOCKET_ENV, Client, CtlError
+from agent.ctl.output import dump, table
 
 # -- formats -----------------------------------------------------------------------
 
 
 def _tags_text(tags: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by 3 spaces (docker's tabwriter style)."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = []
-    for row in [list(headers), *rows]:
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        lines.append("   ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
 
 
 def format_members(members: Sequence[dict[str, Any]]) -> str:
@@ -285,14 +179,10 @@ def format_event(ev: dict[str, Any]) -> str:
 # -- commands ----------------------------------------------------------------------
 
 
-def _dump(obj: Any, out: TextIO) -> None:
-    out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
 def cmd_members(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     members = client.request("members")
     if ns.format == "json":
-        _dump(members, out)
+        dump(members, out)
     else:
         out.write(format_members(members))
     return 0
@@ -301,7 +191,7 @@ def cmd_members(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
 def cmd_status(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     st = client.request("status")
     if ns.format == "json":
-        _dump(st, out)
+        dump(st, out)
     else:
         out.write(format_status(st))
     return 0
@@ -318,7 +208,7 @@ def cmd_join(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     contacted = int(result.get("contacted") or 0)
     failed = [str(a) for a in result.get("failed") or []]
     if ns.format == "json":
-        _dump(result, out)
+        dump(result, out)
     else:
         out.write(f"Successfully joined cluster by contacting {contacted} nodes.\n" if contacted else "")
         for addr in failed:
@@ -331,7 +221,7 @@ def cmd_join(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
 def cmd_leave(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     result = client.request("leave") or {}
     if ns.format == "json":
-        _dump(result, out)
+        dump(result, out)
     elif result.get("announced", True):
         out.write("Graceful leave complete\n")
     else:
@@ -363,7 +253,7 @@ def cmd_keys(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
         args["local"] = True
     result = client.request("keys", args) or {}
     if ns.format == "json":
-        _dump(result, out)
+        dump(result, out)
         return 0
     out.write(format_keys(result) if ns.action == "list" else format_key_change(result))
     if "cluster" in result:
@@ -534,9 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="apply on this node only (do not ask the other members)")
     k.set_defaults(run=cmd_keys)
 
-    from agent.ctl import network as ctlnet  # imports agent.ctl.main back: only once it is complete
-
-    ctlnet.add_commands(sub, _Parser, _format)
+    network.add_commands(sub, _Parser, _format)
 
     c = sub.add_parser("completion", help="print a shell completion script",
                        epilog="example: agentctl completion bash > /etc/bash_completion.d/agentctl")

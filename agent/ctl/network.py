@@ -7,19 +7,21 @@ NAME NETWORK NODE VTEP MAC IPV4 IPV6, ``*`` marking this node), ``network create
 prints the new network's id, ``endpoint create`` the endpoint as JSON, ``network
 inspect`` a JSON array like ``docker network inspect``, ``dataplane`` the
 reconciler's per-network table (``dataplane.report.render_text``).
-Errors: one line on stderr, exit status 1 (``agent.ctl.main``'s convention).
-Does not: import trio or the agent's state.
+Errors: one line on stderr, exit status 1 (``agent.ctl.client.CtlError``); for several
+refs each is tried and reported, like docker. Does not: talk to the socket itself
+(``agent.ctl.client``), import trio or the agent's state.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
+from agent.ctl.client import CtlError
+from agent.ctl.output import dump, table
 from dataplane.report import render_text
 
 
@@ -105,14 +107,8 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser], fmt: Any
 # -- formats --------------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    from agent.ctl.main import table
-
-    return table(headers, rows)
-
-
 def format_networks(rows: Sequence[dict[str, Any]]) -> str:
-    return _table(
+    return table(
         ["ID", "NAME", "DRIVER", "SCOPE", "VNI", "SUBNET"],
         [[str(r["ID"])[:12], str(r["Name"]), str(r["Driver"]), str(r["Scope"]), str(r["VNI"]),
           ",".join(r.get("Subnets") or [])] for r in rows],
@@ -127,7 +123,7 @@ def format_endpoints(rows: Sequence[dict[str, Any]]) -> str:
         out.append([str(r["id"])[:12], name, str(r.get("network_name") or str(r["network"])[:12]), node,
                     str(r["vtep"]), str(r["mac"]), r.get("ipv4_cidr") or r.get("ipv4") or "-",
                     r.get("ipv6_cidr") or r.get("ipv6") or "-"])
-    return _table(["ID", "NAME", "NETWORK", "NODE", "VTEP", "MAC", "IPV4", "IPV6"], out)
+    return table(["ID", "NAME", "NETWORK", "NODE", "VTEP", "MAC", "IPV4", "IPV6"], out)
 
 
 def format_dataplane(report: dict[str, Any]) -> str:
@@ -154,10 +150,6 @@ def format_dataplane(report: dict[str, Any]) -> str:
 # -- commands ---------------------------------------------------------------------------------------
 
 
-def _dump(obj: Any, out: TextIO) -> None:
-    out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
 def cmd_network_create(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
     args: dict[str, Any] = {"action": "create", "name": ns.name, "subnets": ns.subnet}
     if ns.vni is not None:
@@ -174,7 +166,7 @@ def cmd_network_create(client: _Client, ns: argparse.Namespace, out: TextIO) -> 
 def cmd_network_ls(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
     rows = client.request("network", {"action": "ls"})
     if ns.format == "json":
-        _dump(rows, out)
+        dump(rows, out)
     else:
         out.write(format_networks(rows))
     return 0
@@ -182,8 +174,6 @@ def cmd_network_ls(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
 
 def _each(client: _Client, refs: Sequence[str], op: str, action: str) -> tuple[list[Any], int]:
     """One request per ref; errors are reported and the rest still run (like docker)."""
-    from agent.ctl.main import CtlError
-
     results, status = [], 0
     for ref in refs:
         try:
@@ -196,7 +186,7 @@ def _each(client: _Client, refs: Sequence[str], op: str, action: str) -> tuple[l
 
 def cmd_network_inspect(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
     results, status = _each(client, ns.refs, "network", "inspect")
-    _dump([item for r in results for item in r], out)
+    dump([item for r in results for item in r], out)
     return status
 
 
@@ -213,7 +203,7 @@ def cmd_endpoint_create(client: _Client, ns: argparse.Namespace, out: TextIO) ->
         value = getattr(ns, key)
         if value is not None:
             args[key] = value
-    _dump(client.request("endpoint", args), out)
+    dump(client.request("endpoint", args), out)
     return 0
 
 
@@ -223,7 +213,7 @@ def cmd_endpoint_ls(client: _Client, ns: argparse.Namespace, out: TextIO) -> int
         args["network"] = ns.network
     rows = client.request("endpoint", args)
     if ns.format == "json":
-        _dump(rows, out)
+        dump(rows, out)
     else:
         out.write(format_endpoints(rows))
     return 0
@@ -239,7 +229,7 @@ def cmd_endpoint_rm(client: _Client, ns: argparse.Namespace, out: TextIO) -> int
 def cmd_dataplane(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
     report = client.request("dataplane")
     if ns.format == "json":
-        _dump(report, out)
+        dump(report, out)
     else:
         out.write(format_dataplane(report))
     return 0

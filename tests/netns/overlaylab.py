@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agent.ctl.main import Client, CtlError
+from agent.ctl.client import Client, CtlError
 from agent.lab.agentnode import agent_argv, agentctl_program
 from agent.lab.netlab import Host, Lab, LabProc
 

@@ -10,6 +10,7 @@ import pytest
 
 from agent.ctl import main as ctl
 from agent.ctl import network as ctlnet
+from agent.ctl.client import CtlError
 
 NET = {"ID": "3b405f72df38" + "0" * 52, "Name": "blue", "Driver": "overlay", "Scope": "global",
        "VNI": 4242, "Subnets": ["10.9.0.0/24", "fd00:9::/64"], "MTU": None, "Encrypted": False,
@@ -83,7 +84,7 @@ def test_rm_reports_each_failure_and_exits_1(capsys: pytest.CaptureFixture[str])
         def request(self, op: str, args: dict[str, Any] | None = None) -> Any:
             assert args is not None
             if args["ref"] == "bad":
-                raise ctl.CtlError("agent: no such network: bad")
+                raise CtlError("agent: no such network: bad")
             return NET
 
     code, out = run(["network", "rm", "blue", "bad"], Partial({}))
