@@ -4,6 +4,12 @@ Commands: ``[run] FLAGS`` (the default) and ``check-config [FLAGS] [--show]``.
 Exit status: 0 after a requested stop (signal or ``agentctl leave``) or a valid
 configuration; 1 when the agent cannot start (one line on stderr); 2 for bad
 flags or configuration (one line on stderr).
+
+Owns: the process entry point: which extensions the product runs
+(``agent.overlay.extension.Overlay`` and ``agent.overlay.ipsec.IpsecAgent``), module
+loading order (``agent.deferred`` before trio; nothing heavy for ``check-config``)
+and the exit status. Does not: define flags (``agent.cli``) or start anything itself
+(``agent.service.run``).
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
     command = cli.parse_command(argv)
     if command.name == "version":
-        from agent.control.server import agent_version
+        from agent import __version__
 
-        print(f"overlay-agent {agent_version()}")
+        print(f"overlay-agent {__version__}")
         return 0
     assert command.loaded is not None
     config = command.loaded.config

@@ -1,54 +1,38 @@
 """Prometheus metrics: what the agent exposes and a small HTTP endpoint on the event loop.
 
-Owns: the metric names (``overlay_*``), ``MetricFamily`` (a neutral value
-that other layers return from a ``Runtime.metric_sources`` callable, so they
-need not import prometheus_client: table rows, reconcile duration/errors and
-programmed entries plug in there), and ``serve``: an HTTP/1.0 server task
+Owns: the names of the core's metrics (``overlay_*``: membership, gossip traffic,
+agent health), the bridge from ``agent.runtime.MetricFamily`` values (the core's
+and those that other layers return from ``Runtime.metric_sources``: table rows,
+reconcile duration/errors, programmed entries, IPsec) to prometheus_client, and
+``serve``: an HTTP/1.0 server task
 answering ``GET /metrics``. Values are read at scrape time from the driver's
 counters and the core's stats, inside the event loop, so a scrape sees one
 consistent state and costs nothing between scrapes; a wedged loop also stops
 answering scrapes, which is what an alert should see.
 prometheus_client (~11 MiB of RSS) is imported only when metrics are on.
-Does not: bind the listening socket (``service`` does, so errors are start-up
-errors) or decide what a healthy value is.
+Does not: bind the listening socket (``agent.service`` does, so errors are start-up
+errors), define the value type other layers return (``agent.runtime``, so that a
+layer never needs this module or prometheus_client) or decide what a healthy value is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import trio
 
-from agent.control.server import agent_version
+from agent import __version__
 from agent.log import kv
+from agent.runtime import MetricFamily, MetricSource, Runtime
 from gossip.members import Status
-
-if TYPE_CHECKING:
-    from agent.runtime import Runtime
 
 log = logging.getLogger("agent.metrics")
 
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
-
-
-@dataclass(frozen=True)
-class MetricFamily:
-    name: str
-    kind: Literal["gauge", "counter"]
-    help: str
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
-
-    @classmethod
-    def single(cls, name: str, kind: Literal["gauge", "counter"], help: str, value: float) -> MetricFamily:
-        return cls(name, kind, help, [({}, float(value))])
-
-
-MetricSource = Callable[[], Iterable[MetricFamily]]
 
 
 def core_families(rt: Runtime) -> list[MetricFamily]:
@@ -108,7 +92,7 @@ def core_families(rt: Runtime) -> list[MetricFamily]:
         MetricFamily.single("overlay_gossip_keyring_keys", g, "Keys in the gossip keyring",
                             len(swim.keyring.keys) if swim.keyring is not None else 0),
         MetricFamily("overlay_agent_info", g, "Constant 1, labelled with the version and node", [
-            ({"version": agent_version(), "node": swim.name, "node_id": rt.node_id},
+            ({"version": __version__, "node": swim.name, "node_id": rt.node_id},
              1.0),
         ]),
     ]

@@ -7,7 +7,8 @@ with STOPPING=1). Extension points for later layers (tables, dataplane):
 - ``readiness.require("dataplane-reconciled")`` before start, ``mark`` it later;
 - ``status_sections``: callables whose dicts are merged into ``agentctl status``;
 - ``warning_sources``: callables returning operator warnings (status, metrics);
-- ``metric_sources``: callables returning ``agent.metrics.MetricFamily`` values.
+- ``metric_sources``: callables returning ``MetricFamily`` values (defined here, so a
+  layer reports metrics without loading ``agent.metrics`` or prometheus_client).
 Does not: start tasks (``agent.service``) or serve requests (``agent.control.server``).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import trio
 
@@ -27,11 +28,27 @@ from agent.sdnotify import Notifier
 from agent.store.files import StateStore
 from agent.store.records import Persister
 
-if TYPE_CHECKING:
-    from agent.metrics import MetricSource
-
 READY_CONDITIONS = ("sockets-bound", "control-api", "first-join")
 """What READY=1 waits for today; the lead adds e.g. "dataplane-reconciled"."""
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """One metric and its samples (labels -> value): what a ``metric_sources`` callable
+    returns. A neutral value, so a layer reports metrics without importing
+    prometheus_client or ``agent.metrics`` (loaded only when metrics are on)."""
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    help: str
+    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
+
+    @classmethod
+    def single(cls, name: str, kind: Literal["gauge", "counter"], help: str, value: float) -> MetricFamily:
+        return cls(name, kind, help, [({}, float(value))])
+
+
+MetricSource = Callable[[], Iterable[MetricFamily]]
 
 
 class Readiness:

@@ -16,9 +16,10 @@ from typing import Any
 
 import trio
 
+from agent import __version__
 from agent.addresses import DEFAULT_PORT, Address, UsageError, format_address, parse_address
 from agent.control import protocol as api
-from agent.control.server import Op, agent_version
+from agent.control.server import Op
 from agent.events import OVERFLOW
 from agent.log import kv
 from agent.membership.queries import QueryBook
@@ -66,7 +67,7 @@ async def status(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> An
     result.update(rt.info)
     result.update({
         "node_id": rt.node_id,
-        "version": agent_version(),
+        "version": __version__,
         "uptime": round(time.time() - rt.started_at, 1),
         "ready": rt.readiness.ready,
         "waiting_for": rt.readiness.pending,

@@ -47,12 +47,6 @@ class ControlError(RuntimeError):
     """The control socket cannot be set up; the message says why."""
 
 
-def agent_version() -> str:
-    from agent import __version__
-
-    return __version__
-
-
 # -- the socket file ------------------------------------------------------------------------
 
 

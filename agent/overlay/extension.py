@@ -40,6 +40,7 @@ from agent.config import AgentConfig
 from agent.control import protocol as api
 from agent.control.server import ControlServer
 from agent.log import kv
+from agent.overlay import ops as netops
 from agent.overlay.underlay import underlay_mtu
 from agent.overlay.veths import (
     LinuxPlumber,
@@ -63,8 +64,7 @@ from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import Endpoint, Network, TableError, endpoint_from_dict, network_from_dict
 
 if TYPE_CHECKING:
-    from agent.metrics import MetricFamily
-    from agent.runtime import Runtime
+    from agent.runtime import MetricFamily, Runtime
 
 log = logging.getLogger("agent.overlay.extension")
 
@@ -138,8 +138,6 @@ class Overlay:
         return self.watched
 
     def setup(self, rt: Runtime, server: ControlServer) -> None:
-        from agent.overlay import ops as netops
-
         if self.tables is None:
             raise RuntimeError("Overlay.setup before make_delegate (pass it to service.run)")
         self.rt = rt
@@ -472,7 +470,7 @@ class Overlay:
         return out
 
     def metrics(self) -> list[MetricFamily]:
-        from agent.metrics import MetricFamily
+        from agent.runtime import MetricFamily
 
         assert self.tables is not None
         t = self.tables

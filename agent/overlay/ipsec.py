@@ -49,9 +49,8 @@ from gossip.tables.replica import Tables
 
 if TYPE_CHECKING:
     from agent.control.server import ControlServer
-    from agent.metrics import MetricFamily
     from agent.overlay.extension import Overlay
-    from agent.runtime import Runtime
+    from agent.runtime import MetricFamily, Runtime
 
 log = logging.getLogger("agent.overlay.ipsec")
 
@@ -554,7 +553,7 @@ class IpsecAgent:
         return out
 
     def metrics(self) -> list[MetricFamily]:
-        from agent.metrics import MetricFamily
+        from agent.runtime import MetricFamily
 
         c = self.counters
         return [

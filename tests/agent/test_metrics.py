@@ -8,7 +8,7 @@ import sys
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import MetricFamily
+from agent.runtime import MetricFamily
 from tests.agent.conftest import query, start_agent, statuses, wait_until
 
 
