@@ -2,7 +2,7 @@
 
 ``python -m bench propagation [--quick] [--json FILE] [--hosts H] [--endpoints N]``
 
-A namespace lab (agent/lab/netlab.py) of H hosts (default 10) runs real ``overlay-agent``
+A namespace lab (``agent.lab.netlab``) of H hosts (default 10) runs real ``overlay-agent``
 processes; host0 creates a network and every host one endpoint on it first (a host
 takes part in a network's gossip only while it has an endpoint there, like Docker).
 Then N endpoints (default 100) are created one at a time, round-robin on hosts 1..H-1,
@@ -15,7 +15,11 @@ back and must hold exactly the expected entries.
 
 Figures: ``p50_ms``, ``p99_ms`` (raw), min/mean/max, the samples; ``ratios.p99_vs_target``
 = p99 / 500 ms (the issue's target). ``--quick``: 5 hosts, 30 endpoints (< 60 s).
-Needs root. Does not import the agent: it drives the installed programs like a user.
+Needs root.
+
+Owns: the benchmark's steps, the observer on host0 and the JSON report. Does not:
+import the agent's runtime modules (it drives the installed programs like a user,
+through ``agent.lab``) or build the lab (``agent.lab.netlab``).
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ class Cluster:
     def make_containers(self) -> None:
         names = [f"{self.lab.prefix}-c{h.index}" for h in self.lab.hosts]
         # agent.lab.netlab has no public call for extra namespaces; these are removed with the lab.
-        self.lab._make_namespaces(names)
+        self.lab.add_namespaces(names)
         self.containers = names
 
     def create(self, i: int, ifname: str) -> dict[str, Any]:

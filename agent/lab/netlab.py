@@ -3,18 +3,19 @@
 Owns: creating and deleting the lab's namespaces, links, addresses and static
 neighbour entries; launching processes inside a host (setns in the child, so the
 recorded pid is the program's own); partitions between sets of hosts; a state
-file per lab so that ``python -m agent.lab.cleanup [PREFIX]`` (agent/lab/cleanup.py) can remove
-what a killed harness left behind. Used by the netns/interop tests and the benchmarks;
-a later dataplane issue runs VXLAN hosts on the same underlay.
-Does not know about serf or our agent (bench/serfnode.py, agent/lab/agentnode.py).
+file per lab so that ``python -m agent.lab.cleanup [PREFIX]`` (``agent.lab.cleanup``)
+can remove what a killed harness left behind. Used by the demo (``agent.lab.demo``),
+the netns/interop/vm tests and the benchmarks; VXLAN hosts run on the same underlay.
+Does not know about serf or our agent (``bench.serfnode``, ``agent.lab.agentnode``).
 
 Topology (all outside the root namespace, which gets no interface or route):
   ``PREFIX-hub``  bridge ``br0``, port ``vI`` per host, plus a dead-end ``sink`` port
   ``PREFIX-I``    ``eth0`` (veth peer of ``vI``) with ADDR/PREFIXLEN, ``lo`` up,
                   IPv6 off, permanent neighbour entries for every other host.
-IPv6 off and static neighbours come from the serf baseline
-(shared/reference/serf-baseline.md §3.4): with many ports on one bridge, router
-solicitations, MLD and ARP floods overflow the kernel's input backlog.
+IPv6 off and static neighbours are needed at scale (docs/benchmarks.md, "The serf
+baseline", testbed pitfalls): with many ports on one bridge, router solicitations,
+MLD and ARP floods overflow the kernel's input backlog and 100 serf agents never
+converged.
 
 Partitions: this kernel has nftables but no ``nft``/``iptables``/``ebtables``
 binaries, and tc has no drop action (no act_gact/flower). So a cut is made in
@@ -195,7 +196,9 @@ class Lab:
         os.replace(tmp, self.state_path)
 
     # -- namespaces --------------------------------------------------------------------------
-    def _make_namespaces(self, names: list[str]) -> None:
+    def add_namespaces(self, names: list[str]) -> None:
+        """Create namespaces owned by the lab (its hosts, or "containers" a test or the
+        demo adds): recorded in the state file, deleted with the lab."""
         # Record first: a harness killed between the two steps still leaves a trail.
         self._state.namespaces.extend(names)
         self._save_state()
@@ -207,7 +210,7 @@ class Lab:
                 write_sysctl(netns_path(n), f"net/ipv6/conf/{scope}/disable_ipv6", "1")
 
     def _make_hub(self) -> None:
-        self._make_namespaces([self.hub])
+        self.add_namespaces([self.hub])
         self.batch(
             self.hub,
             [
@@ -243,7 +246,7 @@ class Lab:
             )
             for i in range(first, first + count)
         ]
-        self._make_namespaces([h.netns for h in new])
+        self.add_namespaces([h.netns for h in new])
         hub_lines: list[str] = []
         for h in new:
             # Both veth ends are created inside lab namespaces: the root namespace is untouched.

@@ -188,7 +188,7 @@ class OverlayLab:
         self._containers += 1
         name = f"{self.lab.prefix}-c{tag or self._containers}"
         # agent.lab.netlab has no public "extra namespace" call; this registers it for cleanup.
-        self.lab._make_namespaces([name])
+        self.lab.add_namespaces([name])
         self.lab.batch(name, ["link set lo up"])
         return name
 

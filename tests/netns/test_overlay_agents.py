@@ -372,7 +372,7 @@ def test_continuous_ping_across_agent_restarts_loses_nothing(lab_factory: LabFac
 def _routed_hosts(lab: Lab) -> list[Host]:
     """Two hosts on different L3 subnets joined by a router namespace (no shared L2, no multicast)."""
     names = [f"{lab.prefix}-r", f"{lab.prefix}-ra", f"{lab.prefix}-rb"]
-    lab._make_namespaces(names)  # registered with the lab: deleted with it
+    lab.add_namespaces(names)  # registered with the lab: deleted with it
     router, a, b = names
     lab.batch(router, [
         f"link add ra type veth peer name eth0 netns {a}",
@@ -467,7 +467,7 @@ def test_three_way_partition_heals_to_one_state_everywhere(lab_factory: LabFacto
 def _ipv6_hosts(lab: Lab) -> list[Host]:
     """Two hosts on an IPv6-only point-to-point underlay (2001:db8::/64)."""
     a, b = f"{lab.prefix}-6a", f"{lab.prefix}-6b"
-    lab._make_namespaces([a, b])  # registered with the lab: deleted with it
+    lab.add_namespaces([a, b])  # registered with the lab: deleted with it
     hosts = []
     for i, ns in enumerate((a, b)):
         lab.run(ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0",
