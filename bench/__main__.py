@@ -4,7 +4,7 @@ Owns: the registry of benchmarks (name -> module with ``main(argv) -> int``).
 Modules are imported only when chosen, so one benchmark's dependencies never
 stop another from running. Convention for every benchmark: ``--quick`` finishes
 within 60 s on the project machine; the JSON holds the raw figures and a
-``ratios`` object (metric -> ours / reference).
+``ratios`` object (metric -> ours / reference). Does not: measure anything itself.
 """
 
 from __future__ import annotations

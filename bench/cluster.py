@@ -8,7 +8,7 @@ recording when. Tests use it with generous deadlines; the membership benchmark
 uses the recorded times. Statuses are kept as each agent reports them
 (serf: alive/leaving/left/failed; ours: alive/suspect/dead/left); ``DOWN`` is
 the pair that means "declared failed".
-Does not build the network (agent/lab/netlab.py).
+Does not build the network (``agent.lab.netlab``).
 """
 
 from __future__ import annotations

@@ -24,8 +24,12 @@ Polling is cheap on both sides (serf native RPC; our control socket, one JSON
 line), at most one sweep per 100 ms, converged agents are not polled again;
 times are poll completion times, i.e. upper bounds with one sweep's resolution.
 ``ratios`` = ours / serf per metric, the worst (largest) over the sizes run;
-``ratios_by_n`` has each size. Reference figures and method:
-shared/reference/serf-baseline.md (§2, §3).
+``ratios_by_n`` has each size. Method, figures and serf's own baseline:
+docs/benchmarks.md ("Membership: our agent against serf", "The serf baseline").
+
+Owns: the benchmark's steps, timing and JSON report. Does not: build labs
+(``agent.lab.netlab``), start or poll agents (``bench.cluster``, ``bench.serfnode``)
+or render the summary table (``bench.summary``).
 """
 
 from __future__ import annotations

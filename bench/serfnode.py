@@ -3,9 +3,14 @@
 Owns: serf's command line, its native msgpack RPC client (cheap enough to poll
 every 100 ms: ~0.2 ms of CPU per call against ~8 ms for a ``serf members``
 process) and the ``serf members -format=json`` CLI view that tests assert on.
-Does not create hosts (agent/lab/netlab.py) or decide what to wait for (bench/cluster.py).
-Reference: shared/reference/serf-baseline.md §2; memberlist.md §3.6–§3.7 (statuses
-alive/leaving/left/failed, JSON shape, flags).
+Does not create hosts (``agent.lab.netlab``) or decide what to wait for (``bench.cluster``).
+
+Facts about Debian's serf 0.9.4 this relies on (checked on this machine kind, 2026;
+docs/benchmarks.md, "The serf baseline", has the command line and the method): one
+agent per ``-node``/``-bind``/``-rpc-addr`` (RPC default 127.0.0.1:7373, so one per
+namespace is fine); statuses are alive, leaving, left and failed (serf never shows
+suspect); ``serf members -format=json`` prints ``{"members": [{"name", "addr":
+"ip:port", "port", "tags", "status", "protocol"}]}``, rows and tags in random order.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Owns: reducing per-run result dicts (each with ``kind`` and ``n``) to
 median/min/max per metric, the ``ratios`` convention every benchmark's JSON
 follows (metric -> ours / reference, computed on medians; the headline value is
-the worst over the sizes run) and the plain-text table. Knows nothing about
-what was measured.
+the worst over the sizes run) and the plain-text table. Does not: know what
+was measured.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ Owns: the ``overlay-agent`` / ``agentctl`` command lines the lab launches and a
 minimal client of the control API (one JSON line per request on the Unix
 socket: ``{"v":1,"op":"members"}`` -> ``{"v":1,"ok":true,"result":[...]}``),
 used instead of spawning ``agentctl`` so that polling stays as cheap as serf's
-native RPC. Does not import the agent package: the harness tests the installed
-programs as a user would run them.
-Reference: issue 2 ("agent/" flags, agentctl JSON fields).
+native RPC. Does not import the rest of the agent package: the lab runs the
+installed programs as a user would. Flags and JSON fields: docs/operations.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """The shell around the sans-IO core: the one task that owns ``Swim``.
 
 Owns: the inbox (a bounded trio memory channel fed by the UDP reader, the TCP
-server, outbound stream tasks and the control API), the deadline loop, and
-performing effects in order. Obeys the driver contract of
-shared/design/models-and-layout.md §4.3: one caller at a time, calls never
-await, ``now`` is ``trio.current_time()``, effects are performed in order,
-``tick`` runs when ``next_deadline()`` passes, and decode errors are counted
-and logged in exactly one place (``note_decode_error``).
-Does not: bind sockets (``transport``), parse control requests (``control``),
-or decide anything about members (the core does).
+server, outbound stream tasks and the control API), the deadline loop, performing
+effects in order, the agent's gossip counters, and publishing member events to the
+``agent.events.EventHub``. Obeys the driver contract of docs/design.md ("Driver
+obligations"): one caller at a time, calls never await, ``now`` is
+``trio.current_time()``, effects are performed in order, ``tick`` runs when
+``next_deadline()`` passes, and decode errors are counted and logged in exactly one
+place (``note_decode_error``). Other layers reach the core only through ``Driver.call``
+and ``Driver.on_effect``.
+Does not: bind sockets (``agent.membership.transport``), parse control requests
+(``agent.control``), assemble the agent (``agent.service``), hold what extensions share
+(``agent.runtime``), or decide anything about members (the core does).
 """
 
 from __future__ import annotations

@@ -6,8 +6,16 @@ sees plain text addresses), the inbound stream server (read one complete
 message, hand it on, write the reply, close; at most ``STREAM_LIMIT`` at once),
 and outbound stream requests. Every socket operation has a deadline; no socket
 error escapes as an exception. Does not: interpret messages beyond framing
-(``gossip.wire.codec.stream_message_size``), or decide anything about members.
-Reference: shared/reference/memberlist.md §1.1 and §1.10.
+(``gossip.wire.codec.stream_message_size``), parse addresses (``agent.addresses``),
+or decide anything about members.
+
+memberlist 0.2.2's transport, which this one matches (docs/wire.md, "memberlist 0.2.2
+facts the code relies on"; from its ``net.go``/``net_transport.go`` and checked
+against serf 0.9.4): one port for UDP and TCP; a TCP connection carries one request
+and its reply under one deadline, then closes; the Go side never half-closes (it keeps
+writing open while it waits), so a reader must stop at the end of the declared
+message instead of waiting for EOF; it reads datagrams into 64 KiB, asks for a 2 MiB
+receive buffer, ignores empty datagrams and drops inbound push/pulls beyond 128 at once.
 """
 
 from __future__ import annotations
