@@ -82,6 +82,10 @@ class TablesStats:
     gossip_bytes: int = 0
     bulk_sent: int = 0
     bulk_bytes: int = 0
+    piggyback_bytes: int = 0
+    """Broadcasts handed to the core to piggyback, with its per-part framing overhead."""
+    state_bytes: int = 0
+    """Push/pull user state handed to the core."""
     rows_applied: int = 0
     reasserts: int = 0
     decode_errors: int = 0

@@ -2,13 +2,15 @@
 
 Owns: one node's replica (cluster-wide network, member and claim rows; endpoint
 rows of the networks it takes part in), the Lamport clock, the merge rules,
-owner authority, visibility, and the synchronous API the agent calls. Sans-IO:
-every entry point takes ``now`` and returns effects; randomness only from ``rng``.
+owner authority, the change counter ``version`` and the synchronous API the agent
+calls. Sans-IO: every entry point takes ``now`` and returns effects; randomness
+only from ``rng``.
 
-Delegates to: ``tablestore`` (rows and LWW merge), ``netsync`` (network-scoped
-gossip and bulk sync), ``blocks``/``ipam`` (addresses), ``conflicts``
-(deterministic winners), ``tableinput`` (validation, lookups), ``records`` and
-``netgossip`` (bytes). Does not touch the kernel: the dataplane watches ``version``.
+Delegates to: ``store`` (rows and LWW merge), ``visibility`` (what this node
+shows, owner liveness, cached views), ``sync`` (network-scoped gossip and bulk
+sync), ``blocks``/``ipam`` (addresses), ``conflicts`` (deterministic winners),
+``validation`` (checks, lookups), ``rows``, ``framing`` and ``ipsecrows`` (bytes).
+Does not touch the kernel: the dataplane watches ``version``.
 
 Rules in one place (docs/tables.md has the why):
 - Every row is last-writer-wins by (lamport, writer); the clock witnesses every
@@ -16,8 +18,9 @@ Rules in one place (docs/tables.md has the why):
 - Owner authority: an owner that hears a version of its own row newer than the
   one it holds (a life before a restart, a lost delete) re-publishes its truth
   above it, so peers converge on what the owner really has.
-- An endpoint row is visible when its owner is alive or suspect, has joined the
-  network, and the network exists; rows of owners gone ``owner_reap`` are dropped.
+- Visibility (``gossip.tables.visibility``): an endpoint row is shown when its owner
+  is alive or suspect, has joined the network, and the network exists; rows of
+  owners gone ``owner_reap`` are dropped.
 - A node takes part in a network while it has a local endpoint there; only then
   it stores, gossips and bulk-syncs that network's endpoint rows.
 
@@ -38,11 +41,12 @@ from gossip.broadcasts import Broadcasts
 from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
-from gossip.members import Member, Status
-from gossip.tables import agenttag, blocks, conflicts, ipam, ipsecrows
+from gossip.members import Member
+from gossip.tables import agenttag, blocks, ipam, ipsecrows
 from gossip.tables import framing as netgossip
 from gossip.tables import validation as tableinput
 from gossip.tables.blocks import Block
+from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
 from gossip.tables.rows import (
     AnyRow,
@@ -60,13 +64,12 @@ from gossip.tables.rows import (
 )
 from gossip.tables.store import TableStore
 from gossip.tables.sync import NetSync
+from gossip.tables.visibility import UP, Visibility
 
 if TYPE_CHECKING:
     from gossip.swim import Swim
 
 __all__ = ["Block", "Conflict", "Endpoint", "Network", "TableError", "Tables", "TablesConfig"]
-
-_UP = (Status.ALIVE, Status.SUSPECT)
 
 
 class Tables:
@@ -96,37 +99,40 @@ class Tables:
         self.swim: Swim | None = None
         self.clock = 0
         """Lamport clock of this node's writes (persist it with the local endpoints)."""
-        self.version = 0
-        """Incremented on every change that may alter a view (networks, endpoints,
-        peers, conflicts): the dataplane reconciler watches it."""
         self.stats = TablesStats()
         self.store = TableStore()
-        self.sync = NetSync(node, rng, self.config, self.stats, self._peers, self._sync_rows)
-        self._now = -math.inf
         self._local: dict[str, Endpoint] = {}
+        self.visibility = Visibility(node, self.store, self._local, self.config.owner_reap)
+        """Who is up, what this node shows, the cached views (``gossip.tables.visibility``)."""
+        self.sync = NetSync(node, rng, self.config, self.stats, self.visibility.peers, self._sync_rows)
+        self._now = -math.inf
         self._bcast = Broadcasts()
-        self._gone: dict[str, float] = {}
         self._unconfirmed: dict[str, float] = {}
         """Networks re-published from local state that no peer has mentioned since,
         with when we stop waiting for one."""
-        self._net_view: tuple[list[Network], list[Conflict]] | None = None
-        self._addr_views: dict[str, tuple[dict[str, str], list[Conflict]]] = {}
-        self._peer_cache: dict[str, list[str]] = {}
-        """net -> sorted names of the other live participants; dropped when a member row
-        of the network changes or a member goes up or down (``_touch_all``). Names only:
-        a simulator holds 1,000 replicas × 20 networks × 1,000 peers of these."""
-        self._reported: dict[str, Conflict] = {}
-        self._reported_version = 0
         self._reap_at = -math.inf
         self.ipsec = ipsecrows.IpsecKeyStore()
         """Every node's IPsec public-key row (``gossip.tables.ipsecrows``); ``ipsec_rows()`` hides
         those of members that are not up. Its own ``version`` signals changes."""
+        self.changes = Changes(self.ipsec)
+        """The change signal: ``version`` and the subscribers (``gossip.tables.changes``)."""
 
     def attach(self, swim: Swim) -> None:
         """Second wiring step: the core this delegate sends through."""
         self.swim = swim
         self.sync.swim = swim
-        self._peer_cache.clear()  # who is up is the core's to say from now on
+        self.visibility.attach(swim)
+
+    @property
+    def version(self) -> int:
+        """Incremented on every change that may alter a view (networks, endpoints,
+        peers, conflicts)."""
+        return self.changes.version
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(now)`` at the end of every entry point (delegate or API call)
+        after which ``version`` or ``ipsec.version`` moved: the dataplane's change signal."""
+        self.changes.subscribe(listener)
 
     # ================================================================ delegate
 
@@ -137,57 +143,18 @@ class Tables:
         return agenttag.has_agent_tag(peer.meta)
 
     def on_user_message(self, now: float, data: bytes) -> list[Effect]:
+        return self._receive(now, data, push_pull=False)
+
+    def _receive(self, now: float, data: bytes, *, push_pull: bool) -> list[Effect]:
+        """A user message, or (``push_pull``) the user state of a push/pull, which
+        carries only a STATE message (anything else there is ignored)."""
         self._now = now
         effects: list[Effect] = []
         try:
-            if data[:1] == bytes([ipsecrows.IPSEC_EVENT]):
+            if not push_pull and data[:1] == bytes([ipsecrows.IPSEC_EVENT]):
                 self._merge_ipsec(now, ipsecrows.decode_event(data), effects, rebroadcast=True)
+                self._finish(effects)
                 return effects
-            msg = netgossip.decode(data, now)
-            extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
-        except DecodeError as exc:
-            self._bad_input(exc, effects)
-            return effects
-        for ipsec_row in extra:
-            self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
-        if isinstance(msg, netgossip.Event):
-            self._merge_cluster(now, msg.row, effects, rebroadcast=True)
-        elif isinstance(msg, netgossip.NetGossip):
-            self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=True)
-        elif isinstance(msg, netgossip.BulkSync):
-            if msg.net in self.sync.joined:
-                self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=False)
-                self.sync.on_bulk_sync(now, msg, effects)
-        elif isinstance(msg, netgossip.State):
-            for row in msg.rows:
-                self._merge_cluster(now, row, effects, rebroadcast=False)
-        self._finish(effects)
-        return effects
-
-    def has_broadcasts(self) -> bool:
-        return bool(self._bcast)
-
-    def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
-        if self.swim is None or not self._bcast:
-            return []
-        limit = retransmit_limit(self.swim.config, self.swim.num_members())
-        return self._bcast.take(overhead, budget, limit)
-
-    def local_state(self, join: bool) -> bytes:
-        rows = [
-            encode_row(r, self._now)
-            for r in self.store.cluster_rows()
-            if isinstance(r, NetworkRow) or not self._reaped(r.writer)
-        ]
-        keys = [r for r in self.ipsec if not self._reaped(r.node)]
-        extra = [ipsecrows.state_field(keys)] if keys else []
-        # Nothing to say: stay silent (serf peers log user state they cannot parse).
-        return netgossip.encode_state(rows, extra) if rows or extra else b""
-
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
-        self._now = now
-        effects: list[Effect] = []
-        try:
             msg = netgossip.decode(data, now)
             extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
         except DecodeError as exc:
@@ -198,8 +165,44 @@ class Tables:
         if isinstance(msg, netgossip.State):
             for row in msg.rows:
                 self._merge_cluster(now, row, effects, rebroadcast=False)
+        elif push_pull:
+            pass  # push/pull state carries STATE only
+        elif isinstance(msg, netgossip.Event):
+            self._merge_cluster(now, msg.row, effects, rebroadcast=True)
+        elif isinstance(msg, netgossip.NetGossip):
+            self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=True)
+        elif isinstance(msg, netgossip.BulkSync) and msg.net in self.sync.joined:
+            self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=False)
+            self.sync.on_bulk_sync(now, msg, effects)
         self._finish(effects)
         return effects
+
+    def has_broadcasts(self) -> bool:
+        return bool(self._bcast)
+
+    def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
+        if self.swim is None or not self._bcast:
+            return []
+        limit = retransmit_limit(self.swim.config, self.swim.num_members())
+        parts = self._bcast.take(overhead, budget, limit)
+        self.stats.piggyback_bytes += sum(len(p) for p in parts) + overhead * len(parts)
+        return parts
+
+    def local_state(self, join: bool) -> bytes:
+        rows = [
+            encode_row(r, self._now)
+            for r in self.store.cluster_rows()
+            if isinstance(r, NetworkRow) or not self.visibility.reaped(r.writer, self._now)
+        ]
+        keys = [r for r in self.ipsec if not self.visibility.reaped(r.node, self._now)]
+        extra = [ipsecrows.state_field(keys)] if keys else []
+        # Nothing to say: stay silent (serf peers log user state they cannot parse).
+        data = netgossip.encode_state(rows, extra) if rows or extra else b""
+        self.stats.state_bytes += len(data)
+        return data
+
+    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
+        return self._receive(now, data, push_pull=True)
 
     def on_member_change(self, now: float, old: Member | None, new: Member) -> list[Effect]:
         self._now = now
@@ -207,21 +210,15 @@ class Tables:
         name = new.name
         if name == self.node:
             return effects
-        was_up = old is not None and old.status in _UP
-        if new.status in _UP:
-            self._gone.pop(name, None)
-            if not was_up:
-                self._touch_all()
+        up = new.status in UP
+        if self.visibility.owner_changed(now, name, was_up=old is not None and old.status in UP, up=up):
+            self._touch_all()
+            if up:
                 # A member (re)appeared: exchange the networks we share with it now
                 # rather than at the next anti-entropy round (networkdb does the same).
                 for net in self.sync.joined:
                     if self.store.joined(net, name):
                         self.sync.bulk_sync(now, net, name, True, effects)
-        else:
-            self._gone.setdefault(name, now)
-            if was_up:
-                self._gone[name] = now
-                self._touch_all()
         self._finish(effects)
         return effects
 
@@ -242,11 +239,11 @@ class Tables:
 
     def networks(self) -> list[Network]:
         """Networks in force (conflict losers are left out; see ``conflicts``), by name."""
-        return list(self._networks_view()[0])
+        return list(self.visibility.networks_view()[0])
 
     def find_network(self, ref: str) -> Network:
         """By exact id, name, or unique id prefix (losers by id too). Raises TableError."""
-        return tableinput.find_network(self._live_networks(), self._networks_view()[0], ref)
+        return tableinput.find_network(self.visibility.live_networks(), self.visibility.networks_view()[0], ref)
 
     def create_network(
         self,
@@ -261,7 +258,7 @@ class Tables:
         """A new cluster-wide network (``created_at``: the agent's wall-clock time, shown
         by inspect). It spreads with the gossip. Raises TableError."""
         self._now = now
-        live = self._live_networks()
+        live = self.visibility.live_networks()
         nets, mtu = tableinput.check_new_network(live, name, subnets, vni, mtu, self.config.default_mtu)
         net_id = self._new_id(lambda i: i in self.store.networks)
         if vni is None:
@@ -288,8 +285,8 @@ class Tables:
                 "by the cluster yet; try again in a few seconds"
             )
         users = [e.owner for e in self._local.values() if e.network == network.id]
-        users += [e.owner for e in self._visible_remote(network.id)]
-        nodes = sorted({*users, *self._peers(network.id)})
+        users += [e.owner for e in self.visibility.visible_remote(network.id)]
+        nodes = sorted({*users, *self.visibility.peers(network.id)})
         if nodes:
             where = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
             raise TableError(f"network {network.name!r} is in use by endpoints on {where}; remove them first")
@@ -313,7 +310,7 @@ class Tables:
         Docker's 02:42 + IPv4. Its row goes to the network's peers. Raises TableError."""
         self._now = now
         net = self.find_network(network)
-        winners, lost = self._networks_view()
+        winners, lost = self.visibility.networks_view()
         if all(w.id != net.id for w in winners):
             why = next((c for c in lost if c.loser == net.id), None)
             detail = f": {why.text}" if why else ""
@@ -323,7 +320,7 @@ class Tables:
             if any(e.name == name for e in self._local.values()):
                 raise TableError(f"an endpoint named {name!r} already exists on this node")
         # Addresses held by any row we know, hidden ones too: their owner may come back.
-        known = [*self.stored_endpoints(net.id), *self._local_on(net.id)]
+        known = [*self.stored_endpoints(net.id), *self.visibility.local_on(net.id)]
         used = blocks.used_addresses(known)
         claims = self.store.claims.get(net.id, {}).values()
         addrs: dict[int, str | None] = {4: None, 6: None}
@@ -360,7 +357,7 @@ class Tables:
         effects: list[Effect] = []
         self._write(now, self._endpoint_tombstone(now, ep.network, ep.id))
         self.sync.gossip(now, ep.network, effects)
-        if self._local_on(ep.network) or not self._scoped(ep.network):
+        if self.visibility.local_on(ep.network) or not self._scoped(ep.network):
             self._tidy_claims(now, ep.network)
         else:
             self._leave(now, ep.network)
@@ -373,8 +370,8 @@ class Tables:
         nets = [self.find_network(network).id] if network is not None else list(self.sync.joined)
         out: list[Endpoint] = []
         for net in nets:
-            losers = self._address_view(net)[0]
-            for ep in self._visible(net):
+            losers = self.visibility.address_view(net)[0]
+            for ep in self.visibility.visible(net):
                 out.append(replace(ep, conflict=True) if ep.id in losers else ep)
         out.sort(key=lambda e: (e.network, e.owner, e.name, e.id))
         return out
@@ -400,13 +397,13 @@ class Tables:
     def network_peers(self, network: str) -> list[tuple[str, str]]:
         """(node, VTEP) of the other live nodes taking part in the network, by node name."""
         net = network if network in self.store.members else self.find_network(network).id
-        return self._peer_rows(net)
+        return self.visibility.peer_rows(net)
 
     def conflicts(self) -> list[Conflict]:
         """Network conflicts, then address conflicts of the networks this node is in."""
-        out = list(self._networks_view()[1])
+        out = list(self.visibility.networks_view()[1])
         for net in self.sync.joined:
-            out.extend(self._address_view(net)[1])
+            out.extend(self.visibility.address_view(net)[1])
         return out
 
     def claims(self, network: str) -> list[Block]:
@@ -484,6 +481,7 @@ class Tables:
             merge(row)
         self.clock = clock
         self._touch_all()
+        self.changes.announce(self._now)
 
     def publish_ipsec_keys(self, now: float, keys: Sequence[tuple[int, bytes]]) -> list[Effect]:
         """This node's IPsec public keys, (epoch, X25519 public) ascending: replaces the
@@ -495,11 +493,12 @@ class Tables:
         except DecodeError as exc:
             raise TableError(str(exc)) from None
         self._store_ipsec(row)
+        self.changes.announce(now)
         return []
 
     def ipsec_rows(self) -> list[ipsecrows.IpsecKeysRow]:
         """IPsec key rows of this node and of members that are alive or suspect, by node."""
-        return [r for r in self.ipsec if self._up(r.node)]
+        return [r for r in self.ipsec if self.visibility.up(r.node)]
 
     def _store_ipsec(self, row: ipsecrows.IpsecKeysRow) -> None:
         merged = self.ipsec.merge(row)
@@ -519,10 +518,10 @@ class Tables:
                 self._store_ipsec(ipsecrows.IpsecKeysRow(
                     self.node, self._tick(), self.vtep, cur.keys if cur is not None else ()))
             return
-        if self._reaped(row.node) or not self.ipsec.merge(row):
+        if self.visibility.reaped(row.node, now) or not self.ipsec.merge(row):
             return
         self.stats.rows_applied += 1
-        self._note_owner(row.node, now)
+        self.visibility.note_owner(row.node, now)
         if rebroadcast:
             self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
 
@@ -555,7 +554,7 @@ class Tables:
             if row.writer == self.node:
                 self._own_echo(now, row, effects)
                 return
-            if self._reaped(row.writer):
+            if self.visibility.reaped(row.writer, now):
                 return
         if not self.store.merge(row):
             return
@@ -569,13 +568,13 @@ class Tables:
                 self._tidy_claims(now, row.id)
             self._follow_unscoped(now, row.id, effects)
         elif isinstance(row, ClaimRow):
-            self._note_owner(row.writer, now)
+            self.visibility.note_owner(row.writer, now)
             self._tidy_claims(now, row.net)
         else:
-            self._note_owner(row.writer, now)
-            self._peer_cache.pop(row.net, None)
+            self.visibility.note_owner(row.writer, now)
+            self.visibility.forget_peers(row.net)
             self._touch(row.net)
-            if not row.deleted and self._up(row.node):
+            if not row.deleted and self.visibility.up(row.node):
                 self.sync.new_peer(now, row.net, row.node, effects)
 
     def _merge_endpoints(
@@ -589,13 +588,13 @@ class Tables:
             if row.owner == self.node:
                 self._own_echo(now, row, effects)
                 continue
-            if self._reaped(row.owner):
+            if self.visibility.reaped(row.owner, now):
                 continue
             row.since = now
             if not self.store.merge(row):
                 continue
             self.stats.rows_applied += 1
-            self._note_owner(row.owner, now)
+            self.visibility.note_owner(row.owner, now)
             changed = True
             if rebroadcast:  # not rows from a bulk sync: that is anti-entropy already
                 self.sync.queue(now, net, _key(row), encode_row(row, now))
@@ -615,7 +614,7 @@ class Tables:
             self._write(now, self._member_row(now, row.net, joined))
             if joined and row.deleted:
                 # Peers dropped our rows older than that leave: publish them above it.
-                for ep in self._local_on(row.net):
+                for ep in self.visibility.local_on(row.net):
                     self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
                 self.sync.gossip(now, row.net, effects)
         elif isinstance(row, ClaimRow):
@@ -632,7 +631,7 @@ class Tables:
         """A network deleted elsewhere while we have endpoints on it is re-published
         (in use wins over a concurrent delete)."""
         row = self.store.networks.get(net)
-        if row is None or not row.deleted or row.value is None or not self._local_on(net):
+        if row is None or not row.deleted or row.value is None or not self.visibility.local_on(net):
             return
         self._write(now, NetworkRow(net, self._tick(), self.node, False, row.value))
         effects.append(Log("warning", f"tables: network {row.value.name!r} ({net[:12]}) was removed "
@@ -660,7 +659,7 @@ class Tables:
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
         elif isinstance(row, MemberRow):
-            self._peer_cache.pop(row.net, None)
+            self.visibility.forget_peers(row.net)
             self._touch(row.net)
         # Claims change no view: no version bump.
 
@@ -690,7 +689,7 @@ class Tables:
                 self._write(now, self._claim_row(now, net, c.family, c.block, False))
         self.sync.leave(net)
         self.store.forget_endpoints(net)
-        self._addr_views.pop(net, None)
+        self.visibility.forget(net)
 
     def _scoped(self, net: str) -> bool:
         return self.config.scoped or not self.store.live_network(net)
@@ -701,7 +700,7 @@ class Tables:
             return
         if self.store.live_network(net) and net not in self.sync.joined:
             self._join(now, net, effects)
-        elif not self.store.live_network(net) and net in self.sync.joined and not self._local_on(net):
+        elif not self.store.live_network(net) and net in self.sync.joined and not self.visibility.local_on(net):
             self._leave(now, net)
 
     def _tidy_claims(self, now: float, net: str) -> None:
@@ -710,7 +709,7 @@ class Tables:
         if net not in self.sync.joined or row is None or row.value is None:
             return
         claims = self.store.claims.get(net, {})
-        take, drop = blocks.claim_changes(claims, self.node, row.value, self._local_on(net), self.config)
+        take, drop = blocks.claim_changes(claims, self.node, row.value, self.visibility.local_on(net), self.config)
         for family, block in drop:
             self._write(now, self._claim_row(now, net, family, block, False))
         for family, block in take:
@@ -722,41 +721,10 @@ class Tables:
         if self.swim is None:
             return []
         others = sorted(m.name for m in self.swim.members()
-                        if m.name != self.node and m.status in _UP and self.accepts_user_data(m))
+                        if m.name != self.node and m.status in UP and self.accepts_user_data(m))
         return self.sync.push(netgossip.encode_event(encode_row(row, now)), others)
 
-    # ============================================================ visibility
-
-    def _up(self, node: str) -> bool:
-        if node == self.node:
-            return True
-        m = self.swim.member(node) if self.swim is not None else None
-        return m is not None and m.status in _UP
-
-    def _note_owner(self, node: str, now: float) -> None:
-        if not self._up(node):
-            self._gone.setdefault(node, now)
-
-    def _reaped(self, node: str) -> bool:
-        since = self._gone.get(node)
-        return since is not None and self._now - since >= self.config.owner_reap and not self._up(node)
-
-    def _peers(self, net: str) -> list[str]:
-        """Names of the other live participants, sorted. Cached, because every gossip
-        round of every network asks (see ``_peer_cache``); callers must not mutate it."""
-        names = self._peer_cache.get(net)
-        if names is None:
-            names = self._peer_cache[net] = sorted(
-                node
-                for node, m in self.store.members.get(net, {}).items()
-                if not m.deleted and node != self.node and self._up(node)
-            )
-        return names
-
-    def _peer_rows(self, net: str) -> list[tuple[str, str]]:
-        """(node, VTEP) of the other live participants, by node."""
-        members = self.store.members.get(net, {})
-        return [(node, members[node].vtep) for node in self._peers(net)]
+    # ============================================================ what changed
 
     def _sync_rows(self, net: str, now: float) -> list[bytes]:
         """What a bulk sync carries: our rows of the network, tombstones included,
@@ -764,75 +732,29 @@ class Tables:
         return [
             encode_row(r, now)
             for (owner, _), r in self.store.endpoints.get(net, {}).items()
-            if self._up(owner)
+            if self.visibility.up(owner)
         ]
-
-    def _local_on(self, net: str) -> list[Endpoint]:
-        return [e for e in self._local.values() if e.network == net]
-
-    def _live_networks(self) -> list[Network]:
-        return [r.value for r in self.store.networks.values() if not r.deleted and r.value]
-
-    def _visible_remote(self, net: str) -> list[Endpoint]:
-        if not self.store.live_network(net):
-            return []
-        return [
-            row.value
-            for (owner, _), row in self.store.endpoints.get(net, {}).items()
-            if owner != self.node and row.value is not None and not row.deleted
-            and self._up(owner) and self.store.joined(net, owner)
-        ]
-
-    def _visible(self, net: str) -> list[Endpoint]:
-        return self._local_on(net) + self._visible_remote(net)
-
-    def _networks_view(self) -> tuple[list[Network], list[Conflict]]:
-        if self._net_view is None:
-            self._net_view = conflicts.resolve_networks(self._live_networks())
-        return self._net_view
-
-    def _address_view(self, net: str) -> tuple[dict[str, str], list[Conflict]]:
-        view = self._addr_views.get(net)
-        if view is None:
-            view = self._addr_views[net] = conflicts.resolve_addresses(self._visible(net))
-        return view
 
     def _touch(self, net: str, *, networks: bool = False) -> None:
-        self.version += 1
-        self._addr_views.pop(net, None)
-        if networks:
-            self._net_view = None
+        self.changes.bump()
+        self.visibility.forget(net, networks=networks)
 
     def _touch_all(self) -> None:
-        self.version += 1
-        self._addr_views.clear()
-        self._net_view = None
-        self._peer_cache.clear()
+        self.changes.bump()
+        self.visibility.forget_all()
 
     def _finish(self, effects: list[Effect]) -> None:
-        """Log conflicts that appeared or went away since the last entry point."""
-        if self.version == self._reported_version:
-            return
-        self._reported_version = self.version
-        current = {c.text: c for c in self.conflicts()}
-        for text in current:
-            if text not in self._reported:
-                effects.append(Log("warning", f"tables: {text}"))
-        for text in self._reported:
-            if text not in current:
-                effects.append(Log("info", f"tables: resolved: {text}"))
-        self._reported = current
+        """End of an entry point: log conflict news, tell the subscribers."""
+        self.changes.finish(self._now, self.conflicts, effects)
 
     # ================================================================== misc
 
     def _reap(self, now: float) -> None:
-        if self.store.reap(now, self._reaped, now - self.config.owner_reap, self.node):
+        vis = self.visibility
+        if self.store.reap(now, lambda node: vis.reaped(node, now), now - self.config.owner_reap, self.node):
             self._touch_all()
-        self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and self._reaped(r.node)])
-        horizon = 2 * self.config.owner_reap
-        for node in [n for n, t in self._gone.items() if now - t >= horizon]:
-            if self.swim is None or self.swim.member(node) is None:
-                del self._gone[node]
+        self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and vis.reaped(r.node, now)])
+        vis.forget_gone(now)
         for net in [n for n, t in self._unconfirmed.items() if t <= now]:
             del self._unconfirmed[net]
         self.sync.prune(now)

@@ -182,7 +182,7 @@ def test_the_peer_cache_follows_member_rows_and_liveness() -> None:
         net.call(node, lambda t: t.create_endpoint(net.now, web))
     # ... and refreshed by the member rows (joins) that arrive.
     net.wait(lambda: _cache_agrees(net, web) and peers() == ["n2", "n3"], timeout=60)
-    assert t1._peers(web) is t1._peers(web)  # served from the cache
+    assert t1.visibility.peers(web) is t1.visibility.peers(web)  # served from the cache
     net.call("n3", lambda t: t.remove_endpoint(net.now, t.local_endpoints()[0].id))  # a leave
     net.wait(lambda: _cache_agrees(net, web) and peers() == ["n2"], timeout=60)
     net.crash("n2")  # down: out at once when declared dead
