@@ -12,13 +12,14 @@ Does not own: the scenario language (``scenarios.py`` declares the component and
 calls ``prepare``/``install`` here), files and plots (``tablesplots.py``), the
 world's mechanics (``world.py``).
 
-How visibility is observed without polling: every node's delegate is wrapped
-(``_Watched``); after each entry point that moved ``Tables.version`` (the
-tables' change signal, docs/tables.md §2), the tracker checks only the rows
-still pending in the networks that node takes part in, with the same rule as
-``Tables.endpoints()``: a live row is held, its owner is up and has joined the
-network, and the network exists. Tests check the tracker against
-``Tables.endpoints()``.
+How visibility is observed without polling: the tracker subscribes to every
+node's tables (``Tables.subscribe``, the tables' change signal, docs/tables.md §2);
+after each entry point that changed them, it checks only the rows still pending
+in the networks that node takes part in, with the tables' own rule
+(``gossip.tables.visibility.Visibility.shows``, what ``Tables.endpoints()``
+applies). Tests check the tracker against ``Tables.endpoints()``. The tables'
+bytes that ride on membership messages come from the tables' own counters
+(``TablesStats.piggyback_bytes``, ``state_bytes``).
 
 The seeded start (docs/simulation.md, "Endpoint records per network"): at t = 0
 every replica is made consistent without traffic, like ``converged`` does for
@@ -40,13 +41,11 @@ from __future__ import annotations
 import functools
 import math
 import random
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gossip.effects import Address, Effect
-from gossip.members import Member, Status
+from gossip.effects import Address
 from gossip.swim import Swim
 from gossip.tables import framing as netgossip
 from gossip.tables.replica import Tables, TablesConfig
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 
     from sim.world import World
 
-_UP = (Status.ALIVE, Status.SUSPECT)
 INF = math.inf
 MAX_NETWORKS = 190
 """Networks get 10.(60+k).0.0/16 each (4,096 IPAM blocks of 16: never exhausted here)."""
@@ -68,71 +66,6 @@ MAX_NETWORKS = 190
 
 class SetupError(ValueError):
     """The endpoints scenario does not fit the run (reported as a scenario error)."""
-
-
-# ------------------------------------------------------------------ delegate wrap
-
-
-class _Watched:
-    """The delegate Swim calls: forwards to ``Tables``, tells the tracker when the
-    tables changed and counts the tables' bytes that ride on membership messages."""
-
-    __slots__ = ("idx", "tables", "tracker", "version")
-
-    def __init__(self, tables: Tables, idx: int, tracker: RowTracker) -> None:
-        self.tables = tables
-        self.idx = idx
-        self.tracker = tracker
-        self.version = tables.version
-
-    def _moved(self, now: float) -> None:
-        v = self.tables.version
-        if v != self.version:
-            self.version = v
-            self.tracker.check(self.idx, now)
-
-    def node_meta(self, limit: int) -> bytes:
-        return self.tables.node_meta(limit)
-
-    def accepts_user_data(self, peer: Member) -> bool:
-        return self.tables.accepts_user_data(peer)
-
-    def on_user_message(self, now: float, data: bytes) -> list[Effect]:
-        effects = self.tables.on_user_message(now, data)
-        self._moved(now)
-        return effects
-
-    def has_broadcasts(self) -> bool:
-        return self.tables.has_broadcasts()
-
-    def take_broadcasts(self, overhead: int, budget: int) -> list[bytes]:
-        parts = self.tables.take_broadcasts(overhead, budget)
-        if parts:
-            self.tracker.piggyback[self.idx] += sum(len(p) for p in parts) + overhead * len(parts)
-        return parts
-
-    def local_state(self, join: bool) -> bytes:
-        data = self.tables.local_state(join)
-        self.tracker.user_state[self.idx] += len(data)
-        return data
-
-    def merge_remote_state(self, now: float, data: bytes, join: bool) -> list[Effect]:
-        effects = self.tables.merge_remote_state(now, data, join)
-        self._moved(now)
-        return effects
-
-    def on_member_change(self, now: float, old: Member | None, new: Member) -> list[Effect]:
-        effects = self.tables.on_member_change(now, old, new)
-        self._moved(now)
-        return effects
-
-    def next_deadline(self) -> float:
-        return self.tables.next_deadline()
-
-    def tick(self, now: float) -> list[Effect]:
-        effects = self.tables.tick(now)
-        self._moved(now)
-        return effects
 
 
 # ------------------------------------------------------------------------ factory
@@ -158,8 +91,12 @@ class TablesFactory:
         tables = Tables(node=name, vtep=addr[0], rng=random.Random(f"{self.seed}:{name}{suffix}:tables"),
                         config=self.tables_config)
         swim = Swim(self.config, name, addr, rng=random.Random(f"{self.seed}:{name}{suffix}"), now=now,
-                    delegate=_Watched(tables, idx, self.tracker))
+                    delegate=tables)
         tables.attach(swim)
+        tables.subscribe(functools.partial(self.tracker.check, idx))
+        old = self.tables[idx]
+        if old is not None:
+            self.tracker.retire(old)
         self.tables[idx] = tables
         return swim
 
@@ -225,20 +162,15 @@ class RowTracker:
     rows: list[_Row] = field(default_factory=list)
     pending: dict[str, list[_Row]] = field(default_factory=dict)
     """Network id -> rows not yet seen by every participant (kept small: done rows leave)."""
-    piggyback: array[int] = field(default_factory=lambda: array("q"))
-    """Per node: tables bytes piggybacked on membership packets (payload + framing)."""
-    user_state: array[int] = field(default_factory=lambda: array("q"))
-    """Per node: tables bytes in push/pull user state sent."""
+    retired: _Totals = field(default_factory=lambda: _Totals())
+    """Piggybacked and push/pull state bytes of replicas replaced by a restart (their
+    net-gossip and bulk bytes are not carried over: the figures always left them out)."""
     checks: int = 0
     window: tuple[_Totals, _Totals] | None = None
     """Totals when the window opened and when it closed (creations stopped)."""
     window_end: float | None = None
     seconds: list[tuple[float, _Totals, int]] = field(default_factory=list)
     start_check: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.piggyback = array("q", [0]) * self.n
-        self.user_state = array("q", [0]) * self.n
 
     # -- rows -------------------------------------------------------------------
 
@@ -256,6 +188,11 @@ class RowTracker:
         if row.left:
             self.pending.setdefault(net, []).append(row)
 
+    def retire(self, tables: Tables) -> None:
+        """A restarted node's replica is replaced: keep the bytes it counted."""
+        self.retired.piggyback += tables.stats.piggyback_bytes
+        self.retired.user_state += tables.stats.state_bytes
+
     def check(self, idx: int, now: float) -> None:
         """Node ``idx``'s tables changed: which pending rows can it see now?"""
         pending = self.pending
@@ -270,20 +207,14 @@ class RowTracker:
         if not nets:
             return
         self.checks += 1
-        store = t.store
+        shows = t.visibility.shows
         assert self.plan is not None
         is_member = self.plan.is_member
         for net in nets:
-            held = store.endpoints.get(net)
-            if not held or not store.live_network(net):
-                continue
             rows = pending[net]
             done = False
             for r in rows:
-                if r.seen[idx] != 1:
-                    continue
-                row = held.get(r.key)
-                if row is None or row.deleted or not _visible(t, net, r.key[0]):
+                if r.seen[idx] != 1 or not shows(net, *r.key):
                     continue
                 r.seen[idx] = 2
                 r.left -= 1
@@ -301,12 +232,14 @@ class RowTracker:
     def totals(self) -> _Totals:
         assert self.world is not None and self.factory is not None
         met = self.world.metrics
-        tot = _Totals(udp=sum(met.sent_bytes), tcp=met.tcp_bytes, piggyback=sum(self.piggyback),
-                      user_state=sum(self.user_state))
+        tot = _Totals(udp=sum(met.sent_bytes), tcp=met.tcp_bytes, piggyback=self.retired.piggyback,
+                      user_state=self.retired.user_state)
         for t in self.factory.tables:
             if t is not None:
                 tot.gossip += t.stats.gossip_bytes
                 tot.bulk += t.stats.bulk_bytes
+                tot.piggyback += t.stats.piggyback_bytes
+                tot.user_state += t.stats.state_bytes
         return tot
 
     def sample(self, now: float) -> None:
@@ -404,15 +337,6 @@ class RowTracker:
         from sim import tablesplots
 
         return tablesplots.run_plot(out, result, self)
-
-
-def _visible(t: Tables, net: str, owner: str) -> bool:
-    """``Tables.endpoints()``'s rule for a held live row (docs/tables.md §2, Visibility)."""
-    if not t.store.joined(net, owner):
-        return False
-    swim = t.swim
-    m = swim.member(owner) if swim is not None else None
-    return m is not None and m.status in _UP
 
 
 # -------------------------------------------------------------------------- plan
@@ -565,10 +489,8 @@ def seed_tables(world: World, factory: TablesFactory, plan: EndpointsPlan) -> No
     rows_all = list(t0.store.cluster_rows())
     for t in tables[1:]:
         t.bootstrap_rows(rows_all)
-    for node in world.nodes:
-        w = node.core.delegate if isinstance(node.core, Swim) else None
-        if isinstance(w, _Watched):
-            w.version = w.tables.version
+    for t in tables:
+        t.stats.state_bytes = 0  # the ``local_state`` calls above are not traffic
 
 
 def start_check(factory: TablesFactory, plan: EndpointsPlan) -> dict[str, Any]:
