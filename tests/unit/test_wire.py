@@ -56,7 +56,7 @@ def counter_nonce() -> Keyring:
     return Keyring([KEY], source)
 
 
-# ---------------------------------------------------------------- Appendix A vectors
+# ------------------------------- single messages captured from serf (docs/wire.md, Sources)
 
 PING = vec(
     '00 85 a4"Node" a3"pyn" a5"SeqNo" 01 aa"SourceAddr" a4 7f000001 '
