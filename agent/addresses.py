@@ -2,7 +2,8 @@
 
 Owns: parsing ``IP``, ``IP:PORT``, ``[IPv6]``, ``[IPv6]:PORT``; printing addresses the
 same way; and the IPv4-mapped IPv6 <-> plain IPv4 mapping between dual-stack
-sockets and the core, which only ever sees plain text addresses.
+sockets and the core, which only ever sees plain text addresses. Does not: bind
+or resolve anything (numeric addresses only; ``agent.membership.transport`` binds).
 """
 
 from __future__ import annotations

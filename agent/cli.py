@@ -4,7 +4,8 @@ Owns: the flag set (one flag per config key, see ``agent.config.KEYS``), the
 sub-commands, and the rule that a bad flag or configuration is one line on
 stderr and exit status 2 (no usage dump, no traceback). Does not: read the
 config file or validate values itself (``agent.config`` does), open sockets or
-start anything (``service``).
+start anything (``agent.service``). Not ``agentctl``'s command line: that is
+``agent.ctl``.
 """
 
 from __future__ import annotations

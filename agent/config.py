@@ -1,11 +1,11 @@
 """The agent's configuration: TOML file, environment and flags merged into ``AgentConfig``.
 
 Owns: the set of configuration keys (one table, ``KEYS``, that the file, the
-environment and ``cli`` all follow), how each layer is read, the precedence
+environment and ``agent.cli`` all follow), how each layer is read, the precedence
 flags > environment (``OVERLAY_AGENT_*``) > file > defaults, and validation with
 messages that name where the bad value came from (``--bind``,
 ``OVERLAY_AGENT_BIND`` or ``agent.toml: key 'bind'``) and what is wrong with it.
-Does not: parse the command line (``cli`` hands over the flag values), open
+Does not: parse the command line (``agent.cli`` hands over the flag values), open
 sockets, or touch the state directory.
 
 Merging: a key set by a higher layer replaces the lower layers' value, lists

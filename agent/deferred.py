@@ -11,7 +11,8 @@ first hash, for instance) and the placeholder then holds all of its attributes, 
 code that kept a reference to the placeholder keeps working.
 
 Only the process entry point (``agent.__main__``) calls this, before trio is imported;
-a module that is already loaded is left alone. Owns nothing else.
+a module that is already loaded is left alone. Owns: ``defer`` and the list of modules
+the daemon defers. Does not: decide anything else about start-up.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""In-process publish/subscribe of agent events (member changes now; endpoints later).
+"""In-process publish/subscribe of agent events (member changes).
 
 Owns: ``EventHub``. The driver publishes synchronously (it never waits on a
 reader); each subscriber has its own bounded channel. A subscriber that falls
 behind by more than its buffer is cut off (its channel is closed after an
 ``overflow`` marker) rather than slowing the membership loop or growing memory.
 Used by the control API's ``events`` stream (``agentctl events --follow``).
+Does not: decide what is an event (``agent.membership.driver`` publishes) or
+serialise it (``agent.control.protocol``). Not the core's effects
+(``gossip.effects``) nor the dataplane's kernel events (``dataplane.events``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
-"""The running agent's shared context: what control ops, tasks and plug-ins get to use.
+"""The running agent's shared context: what control ops, tasks and extensions get to use.
+
+Not to be confused with ``agent.service`` (builds the agent, fills a ``Runtime`` and
+runs it) or ``agent.membership.driver`` (the task that owns the gossip core; reached
+here as ``Runtime.driver``).
 
 Owns: ``Runtime`` (config, core driver, event hub, persistence, readiness,
 shutdown, and the extension hooks), ``Readiness`` (named conditions that must
 all hold before systemd hears READY=1) and ``Shutdown`` (one stop request,
-with STOPPING=1). Extension points for later layers (tables, dataplane):
+with STOPPING=1). Extension points for the layers above membership (the overlay,
+IPsec):
 - ``readiness.require("dataplane-reconciled")`` before start, ``mark`` it later;
 - ``status_sections``: callables whose dicts are merged into ``agentctl status``;
 - ``warning_sources``: callables returning operator warnings (status, metrics);
 - ``metric_sources``: callables returning ``MetricFamily`` values (defined here, so a
   layer reports metrics without loading ``agent.metrics`` or prometheus_client).
-Does not: start tasks (``agent.service``) or serve requests (``agent.control.server``).
+Does not: start tasks (``agent.service``), serve requests (``agent.control.server``) or
+touch the core except through the driver.
 """
 
 from __future__ import annotations

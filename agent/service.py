@@ -1,5 +1,10 @@
 """Assemble and run one agent: state, sockets, core, driver, control API, metrics, systemd.
 
+Of the three names a newcomer meets first: this module builds the agent and runs it
+until it stops; ``agent.runtime.Runtime`` is the context it hands to control ops and
+extensions; ``agent.membership.driver.Driver`` is the one task that owns the gossip
+core.
+
 Owns: start-up order (state dir and every socket before announcing anything;
 READY=1 only when every ``Readiness`` condition holds), the one nursery, and
 the stop policy:
@@ -17,7 +22,8 @@ sources before anything starts; ``run`` is started in the agent's nursery
 right after the built-in tasks (before the join, so a layer can restore its state
 first). The gossip delegate is made in ``_delegate``: an extension with
 ``make_delegate`` (``DelegateProvider``) supplies it.
-Does not: parse flags (``cli``), set up logging, or implement ops (``ops``).
+Does not: parse flags (``agent.cli``), set up logging (``agent.__main__``), choose the
+extensions (``agent.__main__`` too), or implement ops (``agent.control.ops``).
 """
 
 from __future__ import annotations
@@ -38,15 +44,14 @@ import trio
 from agent.addresses import family_of, format_address
 from agent.config import AgentConfig
 from agent.control import ops
-from agent.control import server as control
-from agent.control.server import ControlServer
+from agent.control.server import ControlError, ControlServer, open_socket
 from agent.events import EventHub
 from agent.log import kv
 from agent.membership import transport
 from agent.membership.driver import Driver
 from agent.runtime import Readiness, Runtime, Shutdown
 from agent.sdnotify import Notifier
-from agent.store import records as persist
+from agent.store import records
 from agent.store.files import StateError, StateStore
 from agent.store.records import Persister
 from crypto.keyring import Keyring
@@ -234,8 +239,8 @@ async def run(
         gossip_config = config.gossip_config()
         store = _open_state(config, stack)
         try:
-            startup = persist.load_startup(store, config)
-        except persist.PersistError as exc:
+            startup = records.load_startup(store, config)
+        except records.PersistError as exc:
             raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"state dir {config.state_dir}: {exc.strerror or exc}") from None
@@ -269,8 +274,8 @@ async def run(
             raise StartupError(str(exc)) from None
         swim.require_encryption = config.require_encryption
         try:
-            ctl_sock = control.open_socket(config.control_socket, config.control_gid)
-        except control.ControlError as exc:
+            ctl_sock = open_socket(config.control_socket, config.control_gid)
+        except ControlError as exc:
             raise StartupError(str(exc)) from None
         metrics_sock = _bind_metrics(config.metrics_address) if config.metrics_address else None
         if metrics_sock is not None:

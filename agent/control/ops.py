@@ -3,8 +3,9 @@
 Owns: what each op does and the shape of its result (see ``agent.control.protocol`` for the
 framing). Core state is read and changed only through ``Driver.call`` so that
 an op is atomic with respect to gossip. Later layers add ops of their own with
-``ControlServer.register`` (networks, endpoints, dataplane).
-Does not: parse or frame requests (``agent.control.server``).
+``ControlServer.register`` (``agent.overlay.ops``: network, endpoint, dataplane).
+Does not: parse or frame requests (``agent.control.server``) or print anything
+(``agent.ctl``).
 """
 
 from __future__ import annotations

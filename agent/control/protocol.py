@@ -1,4 +1,4 @@
-"""The control API's wire format, shared by the agent (``control``) and ``agentctl``.
+"""The control API's wire format, shared by the agent (``agent.control.server``) and ``agentctl``.
 
 Versioned JSON, one object per line, over a Unix stream socket:
 
@@ -11,7 +11,9 @@ Versioned JSON, one object per line, over a Unix stream socket:
 A connection may carry several requests in turn. A request line is at most
 ``MAX_REQUEST`` bytes. New fields may be added to results; clients ignore
 unknown fields. Breaking changes bump ``VERSION``.
-Owns: framing, validation of requests, and the JSON view of a member.
+Owns: framing, validation of requests (``ApiError`` for a bad one), and the JSON
+view of a member (also used for the ``events`` stream). Does not: touch sockets
+(``agent.control.server``, ``agent.ctl.client``) or implement any op.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Collects the answers to serf queries this agent sends (``agentctl keys`` cluster-wide).
 
 Owns: matching ``QueryResponse``/``QueryFinished`` effects to the control request
-that sent the query. The core sends the query and times it out; this only waits.
+that sent the query. Does not: send the query or time it out (the core does), or
+decide what an answer means (``gossip.serf.keyops``); this only waits.
 """
 
 from __future__ import annotations

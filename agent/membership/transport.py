@@ -1,8 +1,9 @@
 """Gossip sockets: UDP datagrams and memberlist's one-message-per-connection TCP streams.
 
 Owns: binding the UDP + TCP pair on one port (IPv4, IPv6, dual-stack wildcard),
-address normalisation (IPv4-mapped IPv6 <-> plain IPv4, so the core only ever
-sees plain text addresses), the inbound stream server (read one complete
+applying ``agent.addresses``' IPv4-mapped <-> plain IPv4 mapping to every datagram and
+stream (so the core only ever sees plain text addresses), ICMP port-unreachable
+reports from the socket error queue, the inbound stream server (read one complete
 message, hand it on, write the reply, close; at most ``STREAM_LIMIT`` at once),
 and outbound stream requests. Every socket operation has a deadline; no socket
 error escapes as an exception. Does not: interpret messages beyond framing
