@@ -16,6 +16,8 @@ docs/operations.md. Requests:
     {"op": "dataplane"}
 
 Does not: change state itself (``agent.overlay.extension``) or format text (``agent.ctl.network``).
+The membership ops (members, status, join, ...) are ``agent.control.ops``; both sets are
+registered with the same ``agent.control.server.ControlServer``.
 """
 
 from __future__ import annotations
