@@ -157,7 +157,7 @@ async def test_remote_keyring_change_is_persisted(sockdir: str, tmp_path: Path) 
 
         def remote_install(swim: Swim, now: float) -> tuple[None, list[Effect]]:
             assert swim.keyring is not None
-            swim.keyring.install(KEY_B)  # what gossip/serfquery does for _serf_install-key
+            swim.keyring.install(KEY_B)  # what gossip.serf.queries does for _serf_install-key
             return None, [KeyringChanged()]
 
         await ext.rt.driver.call(remote_install)
