@@ -1,8 +1,8 @@
 """The overlay layer of the agent: replicated tables, endpoint interfaces and the dataplane reconciler.
 
 Owns (an ``agent.service.Extension``):
-- the gossip delegate: ``gossip.tables.replica.Tables`` wrapped in ``WatchedTables`` so every
-  table change pokes the reconciler (``make_delegate``);
+- the gossip delegate: ``gossip.tables.replica.Tables``, whose change signal
+  (``Tables.subscribe``) pokes the reconciler on every table change (``make_delegate``);
 - this host's endpoints: creating one publishes its row, then builds its veth pair
   (``agent.overlay.veths``); a failure takes the row back, so nothing half-created stays;
   removing one deletes the pair, then the row. Local endpoints are persisted in the
@@ -10,7 +10,7 @@ Owns (an ``agent.service.Extension``):
   the next start, before the join, so a restarted owner reasserts its rows while the
   kernel keeps forwarding; an endpoint whose veth vanished meanwhile is dropped, and
   an orphan veth of ours (a crash between the two steps) is deleted;
-- the reconciler task (``dataplane.reconciler``) fed by ``agent.overlay.view``;
+- the reconciler task (``dataplane.reconciler``) fed by ``gossip.tables.view``;
   ``ready()`` once a join reached a member (or there is nothing to join) and the
   networks we take part in had their first bulk sync, so a restart deletes nothing
   on a half-filled view; readiness condition ``dataplane-reconciled`` (READY=1) after
@@ -27,6 +27,7 @@ Does not: parse requests or shape replies (``agent.overlay.ops``), build veths i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import random
@@ -52,7 +53,6 @@ from agent.overlay.veths import (
     netns_path,
     prefixed,
 )
-from agent.overlay.view import ViewSource, WatchedTables
 from dataplane.compile import overlay_mtu
 from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
@@ -62,6 +62,7 @@ from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import Endpoint, Network, TableError, endpoint_from_dict, network_from_dict
+from gossip.tables.view import ViewSource
 
 if TYPE_CHECKING:
     from agent.runtime import MetricFamily, Runtime
@@ -106,7 +107,6 @@ class Overlay:
         self._dataplane_override = dataplane
         self.dataplane = True
         self.tables: Tables | None = None
-        self.watched: WatchedTables | None = None
         self.rt: Runtime | None = None
         self.rec: Reconciler | None = None
         self.vtep = ""
@@ -128,14 +128,14 @@ class Overlay:
 
     # -- wiring (agent.service) -----------------------------------------------------------------
 
-    def make_delegate(self, config: AgentConfig, advertise: Address, rng: random.Random) -> WatchedTables:
+    def make_delegate(self, config: AgentConfig, advertise: Address, rng: random.Random) -> Tables:
         """The gossip delegate (called by ``service`` before the core exists). ValueError."""
         self.vtep = str(ipaddress.ip_address(advertise[0]))
         self.dataplane = config.dataplane if self._dataplane_override is None else self._dataplane_override
         self.tables = Tables(node=config.node, vtep=self.vtep, rng=rng, config=self.tables_config,
                              meta=encode_tags(config.tags))
-        self.watched = WatchedTables(self.tables, self._changed)
-        return self.watched
+        self.tables.subscribe(lambda now: self._changed())
+        return self.tables
 
     def setup(self, rt: Runtime, server: ControlServer) -> None:
         if self.tables is None:
@@ -180,9 +180,9 @@ class Overlay:
         async with trio.open_nursery() as nursery:
             if self.dataplane:
                 assert self.tables is not None
-                view = ViewSource(self.tables, rt.driver.swim, local_vtep=self.vtep,
+                view = ViewSource(self.tables, rt.driver.swim.members, local_vtep=self.vtep,
                                   underlay_mtu=self.underlay_mtu, vxlan_port=rt.config.vxlan_port,
-                                  prefix=self.prefix)
+                                  prefix=self.prefix, ifname=functools.partial(host_ifname, self.prefix))
                 self.rec = Reconciler(self.kernel_factory(self.prefix), view=view, config=self.reconciler_config)
                 await nursery.start(self.rec.run)
                 nursery.start_soon(self._become_ready, rt)
@@ -315,8 +315,6 @@ class Overlay:
                 return exc, []
 
         result = await self.rt.driver.call(call)
-        if self.watched is not None:
-            self.watched.check()
         if isinstance(result, TableError):
             raise api.ApiError(str(result))
         return result

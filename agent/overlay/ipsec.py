@@ -414,8 +414,6 @@ class IpsecAgent:
             return None, []
 
         await rt.driver.call(publish)
-        if self.overlay.watched is not None:
-            self.overlay.watched.check()
         return changed
 
     def _keys_needed(self) -> bool:
