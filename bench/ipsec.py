@@ -33,7 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from crypto import ipsec
-from dataplane import xfrm
+from dataplane.xfrm import codec
+from dataplane.xfrm.compile import desired_xfrm
+from dataplane.xfrm.kernel import XfrmSocket
+from dataplane.xfrm.model import XfrmPolicy, XfrmState
+from dataplane.xfrm.probe import kernel_support_problem
 
 PEERS = 100
 ME = "10.1.0.1"
@@ -44,7 +48,7 @@ def peer_addrs(n: int) -> list[str]:
     return [f"10.1.{(i + 2) // 250}.{(i + 2) % 250 + 1}" for i in range(n)]
 
 
-def derive_for_peers(n: int) -> tuple[list[xfrm.XfrmState], list[xfrm.XfrmPolicy], float]:
+def derive_for_peers(n: int) -> tuple[list[XfrmState], list[XfrmPolicy], float]:
     """Everything one host programs for ``n`` peers at one instant, and the seconds it took."""
     policy = ipsec.RotationPolicy(interval=3600, grace=60)
     now = 1000 * 3600 + 100.0
@@ -58,16 +62,16 @@ def derive_for_peers(n: int) -> tuple[list[xfrm.XfrmState], list[xfrm.XfrmPolicy
     t0 = time.perf_counter()
     table = ipsec.SpiTable([ME, *peers])
     pairs = [ipsec.pair_sas(ME, mine, p, theirs[p], now, policy, table) for p in peers]
-    states, policies = xfrm.desired_xfrm(ME, pairs)
+    states, policies = desired_xfrm(ME, pairs)
     return states, policies, time.perf_counter() - t0
 
 
 def program(netns: str, n: int, with_states: bool) -> dict[str, Any]:
     """Program (and read back) ``n`` peers' objects in the existing namespace ``netns``."""
     states, policies, t_derive = derive_for_peers(n)
-    reqs = [xfrm.add_state(s) for s in states] if with_states else []
-    reqs += [xfrm.add_policy(p, update=True) for p in policies]
-    with xfrm.XfrmSocket.open(netns) as xs:
+    reqs = [codec.add_state(s) for s in states] if with_states else []
+    reqs += [codec.add_policy(p, update=True) for p in policies]
+    with XfrmSocket.open(netns) as xs:
         t0 = time.perf_counter()
         errors = [e for e in xs.apply(reqs) if e is not None]
         t_apply = time.perf_counter() - t0
@@ -75,10 +79,10 @@ def program(netns: str, n: int, with_states: bool) -> dict[str, Any]:
         got = len(xs.dump_states()) + len(xs.dump_policies())
         t_dump = time.perf_counter() - t0
         # one request per sendmsg, for comparison with batching
-        xs.apply([xfrm.delete_policy(p) for p in policies])
+        xs.apply([codec.delete_policy(p) for p in policies])
         t0 = time.perf_counter()
         for p in policies:
-            xs.request(xfrm.add_policy(p, update=True))
+            xs.request(codec.add_policy(p, update=True))
         t_single = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
@@ -197,7 +201,7 @@ def guest_main(out: Path, seconds: float) -> int:
         for a in agents:
             a.tick(now)
         doc["encrypted_bps"] = _tcp_rate(lab, seconds)
-        with xfrm.XfrmSocket.open(lab.ns(2)) as xs:
+        with XfrmSocket.open(lab.ns(2)) as xs:
             doc["esp_packets_received"] = sum(
                 s.packets for s in xs.dump_states() if s.state.dst == underlay(2)
             )
@@ -218,7 +222,7 @@ def host_main(args: argparse.Namespace) -> int:
         "method": __doc__.split("\n\n")[0] if __doc__ else "",
     }
     # native: derivation + policies (this host's kernel may lack ESP)
-    problem = xfrm.kernel_support_problem() if os.geteuid() == 0 else "not root"
+    problem = kernel_support_problem() if os.geteuid() == 0 else "not root"
     doc["host_kernel_problem"] = problem
     if os.geteuid() == 0 and shutil.which("ip"):
         name = f"bench-xfrm-{os.getpid()}"

@@ -18,13 +18,13 @@ Owns (pure, sans-IO; randomness and ``now`` are arguments):
   (make-before-break: epoch x+1 is published and installed one interval before anyone
   sends with it; epoch x-1 is removed ``grace`` seconds after the switch);
 - the ESP overhead for the overlay MTU.
-Does not: touch the kernel (dataplane/xfrm.py), store keys (the agent keeps private keys
+Does not: touch the kernel (dataplane/xfrm/), store keys (the agent keeps private keys
 in a tmpfs state dir so a reboot, which also empties the kernel's SA database, starts
 from fresh keys: never re-add an outbound SA with a key that already sent packets, GCM
 nonces come from the sequence number), or decide which peers share an encrypted
 network (the compile step).
-References: docs/ipsec.md; shared/reference/dataplane.md §1.4 (Docker's scheme and its
-failures), §4.6; RFC 4106 (GCM in ESP), RFC 4303 (ESP, ESN), RFC 5869 (HKDF),
+References: docs/ipsec.md (the scheme, where Docker's differs and how it failed, the
+XFRM messages); RFC 4106 (GCM in ESP), RFC 4303 (ESP, ESN), RFC 5869 (HKDF),
 RFC 7748 (X25519).
 """
 

@@ -1,6 +1,7 @@
-"""dataplane/xfrm.py: byte-level encoding against the kernel's x86-64 struct layouts,
-parsing of dump replies, the sync diff, batching; plus (marker ``netns``) a round trip
-of policies through this machine's kernel and the ESP/GCM probe.
+"""dataplane/xfrm/: byte-level encoding against the kernel's x86-64 struct layouts
+(codec), parsing of dump replies, the sync diff (compile, plan), batching (kernel);
+plus (marker ``netns``) a round trip of policies through this machine's kernel and the
+ESP/GCM probe.
 
 Layouts: include/uapi/linux/xfrm.h (x86-64 offsets, listed in docs/ipsec.md).
 """
@@ -18,8 +19,12 @@ from typing import cast
 import pytest
 
 from crypto import ipsec
-from dataplane import xfrm
-from dataplane.xfrm import Direction, XfrmPolicy, XfrmState
+from dataplane.xfrm import codec
+from dataplane.xfrm.compile import desired_xfrm
+from dataplane.xfrm.kernel import XfrmSocket
+from dataplane.xfrm.model import AEAD_NAME, REQID, Direction, XfrmError, XfrmPolicy, XfrmState
+from dataplane.xfrm.plan import ours, sync_requests
+from dataplane.xfrm.probe import kernel_support_problem
 
 SRC, DST = "192.0.2.1", "198.51.100.2"
 KEY = bytes(range(1, 21))
@@ -36,8 +41,8 @@ def state(**kw: object) -> XfrmState:
 
 
 def test_selector_layout() -> None:
-    sel = xfrm.pack_selector(SRC, DST, proto=17, dport=4789)
-    assert len(sel) == xfrm.SELECTOR_SIZE == 56
+    sel = codec.pack_selector(SRC, DST, proto=17, dport=4789)
+    assert len(sel) == codec.SELECTOR_SIZE == 56
     assert sel[0:4] == socket.inet_aton(DST) and sel[4:16] == bytes(12)  # daddr
     assert sel[16:20] == socket.inet_aton(SRC) and sel[20:32] == bytes(12)  # saddr
     assert sel[32:34] == b"\x12\xb5" and sel[34:36] == b"\xff\xff"  # dport 4789, mask (BE)
@@ -45,22 +50,22 @@ def test_selector_layout() -> None:
     assert struct.unpack_from("=H", sel, 40)[0] == socket.AF_INET
     assert (sel[42], sel[43], sel[44]) == (32, 32, 17)  # prefixlen_d, prefixlen_s, proto
     assert sel[45:56] == bytes(11)  # pad, ifindex, user
-    wild = xfrm.pack_selector(family=socket.AF_INET6)
+    wild = codec.pack_selector(family=socket.AF_INET6)
     assert wild[:40] == bytes(40) and struct.unpack_from("=H", wild, 40)[0] == socket.AF_INET6
 
 
 def test_ipv6_selector_uses_full_prefix() -> None:
-    sel = xfrm.pack_selector("2001:db8::1", "2001:db8::2", 17, 4789)
+    sel = codec.pack_selector("2001:db8::1", "2001:db8::2", 17, 4789)
     assert sel[0:16] == socket.inet_pton(socket.AF_INET6, "2001:db8::2")
     assert (sel[42], sel[43]) == (128, 128)
     with pytest.raises(ValueError, match="families differ"):
-        xfrm.pack_selector("192.0.2.1", "2001:db8::2")
+        codec.pack_selector("192.0.2.1", "2001:db8::2")
 
 
 def test_usersa_info_layout() -> None:
-    info = xfrm.pack_usersa_info(state(reqid=0x55667788))
-    assert len(info) == xfrm.USERSA_INFO_SIZE == 224
-    assert info[0:56] == xfrm.pack_selector(family=socket.AF_INET)  # wildcard selector
+    info = codec.pack_usersa_info(state(reqid=0x55667788))
+    assert len(info) == codec.USERSA_INFO_SIZE == 224
+    assert info[0:56] == codec.pack_selector(family=socket.AF_INET)  # wildcard selector
     assert info[56:60] == socket.inet_aton(DST)  # id.daddr
     assert info[72:76] == b"\x11\x22\x33\x44"  # id.spi, network order
     assert info[76] == 50 and info[77:80] == bytes(3)  # id.proto ESP
@@ -68,33 +73,33 @@ def test_usersa_info_layout() -> None:
     assert info[96:128] == INF8 * 4 and info[128:160] == bytes(32)  # lft: no limits
     assert info[160:204] == bytes(44)  # curlft + stats
     assert struct.unpack_from("=IIH", info, 204) == (0, 0x55667788, socket.AF_INET)
-    assert (info[214], info[215], info[216]) == (0, 0, xfrm.XFRM_STATE_ESN)  # transport
+    assert (info[214], info[215], info[216]) == (0, 0, codec.XFRM_STATE_ESN)  # transport
     assert info[217:224] == bytes(7)
 
 
 def test_usersa_info_without_esn_uses_legacy_window() -> None:
-    info = xfrm.pack_usersa_info(state(esn=False, replay_window=64))
+    info = codec.pack_usersa_info(state(esn=False, replay_window=64))
     assert (info[215], info[216]) == (32, 0)
 
 
 def test_algo_aead_and_replay_esn_layouts() -> None:
-    aead = xfrm.pack_algo_aead("rfc4106(gcm(aes))", KEY, 128)
-    assert len(aead) == xfrm.ALGO_AEAD_HDR + 20
+    aead = codec.pack_algo_aead("rfc4106(gcm(aes))", KEY, 128)
+    assert len(aead) == codec.ALGO_AEAD_HDR + 20
     assert aead[:17] == b"rfc4106(gcm(aes))" and aead[17:64] == bytes(47)
     assert struct.unpack_from("=II", aead, 64) == (160, 128) and aead[72:] == KEY
-    esn = xfrm.pack_replay_esn(1024, oseq=(5 << 32) | 7, seq=(1 << 32) | 2)
-    assert len(esn) == xfrm.REPLAY_ESN_HDR + 32 * 4
+    esn = codec.pack_replay_esn(1024, oseq=(5 << 32) | 7, seq=(1 << 32) | 2)
+    assert len(esn) == codec.REPLAY_ESN_HDR + 32 * 4
     assert struct.unpack_from("=6I", esn) == (32, 7, 2, 5, 1, 1024)
     assert esn[24:] == bytes(128)
-    assert struct.unpack_from("=I", xfrm.pack_replay_esn(33))[0] == 2  # ceil(33 / 32)
+    assert struct.unpack_from("=I", codec.pack_replay_esn(33))[0] == 2  # ceil(33 / 32)
     for bad in (0, 32769):
         with pytest.raises(ValueError):
-            xfrm.pack_replay_esn(bad)
+            codec.pack_replay_esn(bad)
 
 
 def test_user_tmpl_layout() -> None:
-    tmpl = xfrm.pack_user_tmpl(SRC, DST, 0xABCD, 0x4F5645)
-    assert len(tmpl) == xfrm.USER_TMPL_SIZE == 64
+    tmpl = codec.pack_user_tmpl(SRC, DST, 0xABCD, 0x4F5645)
+    assert len(tmpl) == codec.USER_TMPL_SIZE == 64
     assert tmpl[0:4] == socket.inet_aton(DST) and tmpl[16:20] == b"\x00\x00\xab\xcd"
     assert tmpl[20] == 50  # id.proto
     assert struct.unpack_from("=H", tmpl, 24)[0] == socket.AF_INET
@@ -106,54 +111,54 @@ def test_user_tmpl_layout() -> None:
 
 def test_userpolicy_info_and_id_layouts() -> None:
     pol = XfrmPolicy(SRC, DST, Direction.OUT, spi=0x1234, priority=7)
-    info = xfrm.pack_userpolicy_info(pol)
-    assert len(info) == xfrm.USERPOLICY_INFO_SIZE == 168
-    assert info[0:56] == xfrm.pack_selector(SRC, DST, 17, 4789)
+    info = codec.pack_userpolicy_info(pol)
+    assert len(info) == codec.USERPOLICY_INFO_SIZE == 168
+    assert info[0:56] == codec.pack_selector(SRC, DST, 17, 4789)
     assert info[56:88] == INF8 * 4 and info[88:152] == bytes(64)
     assert struct.unpack_from("=II", info, 152) == (7, 0)  # priority, index
     assert (info[160], info[161], info[162], info[163]) == (1, 0, 0, 0)  # dir out, allow
-    pid = xfrm.pack_userpolicy_id(XfrmPolicy(DST, SRC, Direction.IN))
-    assert len(pid) == xfrm.USERPOLICY_ID_SIZE == 64
-    assert pid[0:56] == xfrm.pack_selector(DST, SRC, 17, 4789) and pid[60] == 0
-    sid = xfrm.pack_usersa_id(DST, 0x01020304)
-    assert len(sid) == xfrm.USERSA_ID_SIZE == 24
+    pid = codec.pack_userpolicy_id(XfrmPolicy(DST, SRC, Direction.IN))
+    assert len(pid) == codec.USERPOLICY_ID_SIZE == 64
+    assert pid[0:56] == codec.pack_selector(DST, SRC, 17, 4789) and pid[60] == 0
+    sid = codec.pack_usersa_id(DST, 0x01020304)
+    assert len(sid) == codec.USERSA_ID_SIZE == 24
     assert sid[16:20] == b"\x01\x02\x03\x04"
     assert struct.unpack_from("=HB", sid, 20) == (socket.AF_INET, 50)
 
 
 def test_full_newsa_message() -> None:
-    req = xfrm.add_state(state())
-    msg = xfrm.pack_nlmsg(req, seq=9)
+    req = codec.add_state(state())
+    msg = codec.pack_nlmsg(req, seq=9)
     length, kind, flags, seq, pid = struct.unpack_from("=IHHII", msg)
     assert (length, kind, flags, seq, pid) == (len(msg), 0x10, 0x5, 9, 0)
     body = msg[16:]
-    assert body[:224] == xfrm.pack_usersa_info(state())
+    assert body[:224] == codec.pack_usersa_info(state())
     # XFRMA_ALG_AEAD (18): 4 + 72 + 20 = 96 bytes, already aligned
     assert struct.unpack_from("=HH", body, 224) == (96, 18)
-    assert body[228:320] == xfrm.pack_algo_aead(xfrm.AEAD_NAME, KEY, 128)
+    assert body[228:320] == codec.pack_algo_aead(AEAD_NAME, KEY, 128)
     # XFRMA_REPLAY_ESN_VAL (23): 4 + 24 + 128
     assert struct.unpack_from("=HH", body, 320) == (156, 23)
-    assert body[324:] == xfrm.pack_replay_esn(1024)
-    assert xfrm.add_state(state(), update=True).type == xfrm.XFRM_MSG_UPDSA
+    assert body[324:] == codec.pack_replay_esn(1024)
+    assert codec.add_state(state(), update=True).type == codec.XFRM_MSG_UPDSA
 
 
 def test_full_newpolicy_and_delete_messages() -> None:
     pol = XfrmPolicy(SRC, DST, Direction.OUT, spi=0x42)
-    body = xfrm.add_policy(pol).payload
-    assert body[:168] == xfrm.pack_userpolicy_info(pol)
+    body = codec.add_policy(pol).payload
+    assert body[:168] == codec.pack_userpolicy_info(pol)
     assert struct.unpack_from("=HH", body, 168) == (68, 5)  # XFRMA_TMPL
-    assert body[172:] == xfrm.pack_user_tmpl(SRC, DST, 0x42, xfrm.REQID)
-    assert xfrm.add_policy(pol, update=True).type == xfrm.XFRM_MSG_UPDPOLICY
-    assert xfrm.delete_policy(pol).payload == xfrm.pack_userpolicy_id(pol)
-    d = xfrm.delete_state(DST, 0x42, SRC)
-    assert d.type == xfrm.XFRM_MSG_DELSA and d.payload[:24] == xfrm.pack_usersa_id(DST, 0x42)
+    assert body[172:] == codec.pack_user_tmpl(SRC, DST, 0x42, REQID)
+    assert codec.add_policy(pol, update=True).type == codec.XFRM_MSG_UPDPOLICY
+    assert codec.delete_policy(pol).payload == codec.pack_userpolicy_id(pol)
+    d = codec.delete_state(DST, 0x42, SRC)
+    assert d.type == codec.XFRM_MSG_DELSA and d.payload[:24] == codec.pack_usersa_id(DST, 0x42)
     assert struct.unpack_from("=HH", d.payload, 24) == (20, 13)  # XFRMA_SRCADDR
     with pytest.raises(ValueError):
-        xfrm.add_state(state(spi=0))
+        codec.add_state(state(spi=0))
 
 
 def test_attr_padding() -> None:
-    assert xfrm.pack_attr(1, b"abc") == b"\x07\x00\x01\x00abc\x00"
+    assert codec.pack_attr(1, b"abc") == b"\x07\x00\x01\x00abc\x00"
 
 
 # ------------------------------------------------------------------- parsing
@@ -161,42 +166,42 @@ def test_attr_padding() -> None:
 
 def dumped_state(st: XfrmState, packets: int = 0) -> bytes:
     """A NEWSA dump body as the kernel sends it (counters filled in)."""
-    info = bytearray(xfrm.pack_usersa_info(st))
+    info = bytearray(codec.pack_usersa_info(st))
     struct.pack_into("=QQ", info, 160, packets * 100, packets)
     return (
         bytes(info)
-        + xfrm.pack_attr(xfrm.XFRMA_ALG_AEAD, xfrm.pack_algo_aead(st.aead, st.key, st.icv_bits))
-        + xfrm.pack_attr(15, bytes(8))  # XFRMA_LASTUSED: ignored
-        + xfrm.pack_attr(xfrm.XFRMA_REPLAY_ESN_VAL, xfrm.pack_replay_esn(1024, oseq=(1 << 32) + 3))
+        + codec.pack_attr(codec.XFRMA_ALG_AEAD, codec.pack_algo_aead(st.aead, st.key, st.icv_bits))
+        + codec.pack_attr(15, bytes(8))  # XFRMA_LASTUSED: ignored
+        + codec.pack_attr(codec.XFRMA_REPLAY_ESN_VAL, codec.pack_replay_esn(1024, oseq=(1 << 32) + 3))
     )
 
 
 def test_parse_state_round_trip() -> None:
     st = state()
-    info = xfrm.parse_state(dumped_state(st, packets=12))
+    info = codec.parse_state(dumped_state(st, packets=12))
     assert info.state == st and info.state.key == KEY
     assert (info.packets, info.bytes, info.oseq, info.mode) == (12, 1200, (1 << 32) + 3, 0)
     v6 = state(src="2001:db8::1", dst="2001:db8::2")
-    assert xfrm.parse_state(dumped_state(v6)).state == v6
+    assert codec.parse_state(dumped_state(v6)).state == v6
     with pytest.raises(ValueError):
-        xfrm.parse_state(b"\0" * 100)
+        codec.parse_state(b"\0" * 100)
 
 
 def test_parse_policy_round_trip() -> None:
     pol = XfrmPolicy(SRC, DST, Direction.IN, spi=0, priority=3)
-    info = xfrm.parse_policy(xfrm.add_policy(pol).payload)
+    info = codec.parse_policy(codec.add_policy(pol).payload)
     assert info.policy == pol
     assert (info.prefixlen_s, info.prefixlen_d, info.templates) == (32, 32, 1)
-    assert xfrm.ours(info) and not xfrm.ours(info, reqid=1)
+    assert ours(info) and not ours(info, reqid=1)
 
 
 def test_parse_error_with_extended_ack() -> None:
     inner = struct.pack("=IHHII", 500, 0x10, 5, 3, 0)
     msg = b"Requested AEAD algorithm not found\0"
-    body = struct.pack("=i", -38) + inner + xfrm.pack_attr(xfrm.NLMSGERR_ATTR_MSG, msg)
-    flags = xfrm.NLM_F_CAPPED | xfrm.NLM_F_ACK_TLVS
-    assert xfrm.parse_error(body, flags) == (38, "Requested AEAD algorithm not found")
-    assert xfrm.parse_error(struct.pack("=i", 0) + inner, 0) == (0, "")
+    body = struct.pack("=i", -38) + inner + codec.pack_attr(codec.NLMSGERR_ATTR_MSG, msg)
+    flags = codec.NLM_F_CAPPED | codec.NLM_F_ACK_TLVS
+    assert codec.parse_error(body, flags) == (38, "Requested AEAD algorithm not found")
+    assert codec.parse_error(struct.pack("=i", 0) + inner, 0) == (0, "")
 
 
 # ------------------------------------------------------------- desired + diff
@@ -221,40 +226,40 @@ def pairs_for(now: float = 105.0) -> tuple[list[ipsec.PairSAs], ipsec.SpiTable]:
 
 def test_desired_xfrm_states_and_policies() -> None:
     pairs, _ = pairs_for()
-    states, policies = xfrm.desired_xfrm("192.0.2.1", pairs)
+    states, policies = desired_xfrm("192.0.2.1", pairs)
     assert len(states) == 8 and len({(s.dst, s.spi) for s in states}) == 8
     outs = [p for p in policies if p.direction == Direction.OUT]
     assert [(p.dst, p.spi) for p in outs] == [(pr.peer, pr.send.spi) for pr in pairs if pr.send]
     ins = [p for p in policies if p.direction == Direction.IN]
     assert all(p.spi == 0 and p.dst == "192.0.2.1" for p in ins) and len(ins) == 2
     dead = ipsec.PairSAs("192.0.2.9", (), (), None)
-    _, pols = xfrm.desired_xfrm("192.0.2.1", [dead])
+    _, pols = desired_xfrm("192.0.2.1", [dead])
     assert [p.spi for p in pols] == [0, 0]  # policies stay: fail closed, never clear text
 
 
 def as_dump(states: list[XfrmState], policies: list[XfrmPolicy]) -> tuple[list, list]:  # type: ignore[type-arg]
     return (
-        [xfrm.parse_state(dumped_state(s)) for s in states],
-        [xfrm.parse_policy(xfrm.add_policy(p).payload) for p in policies],
+        [codec.parse_state(dumped_state(s)) for s in states],
+        [codec.parse_policy(codec.add_policy(p).payload) for p in policies],
     )
 
 
 def test_sync_requests_converges_and_orders_make_before_break() -> None:
     pairs, _ = pairs_for(105.0)
-    want_s, want_p = xfrm.desired_xfrm("192.0.2.1", pairs)
+    want_s, want_p = desired_xfrm("192.0.2.1", pairs)
     have_s, have_p = as_dump(want_s, want_p)
-    assert xfrm.sync_requests(want_s, want_p, have_s, have_p) == []
+    assert sync_requests(want_s, want_p, have_s, have_p) == []
     # next epoch: new SAs, switched out policies, no deletions yet (grace)
     later, _ = pairs_for(110.5)
-    new_s, new_p = xfrm.desired_xfrm("192.0.2.1", later)
-    reqs = xfrm.sync_requests(new_s, new_p, have_s, have_p)
+    new_s, new_p = desired_xfrm("192.0.2.1", later)
+    reqs = sync_requests(new_s, new_p, have_s, have_p)
     kinds = [r.type for r in reqs]
-    assert kinds == sorted(kinds, key=[xfrm.XFRM_MSG_NEWSA, xfrm.XFRM_MSG_UPDPOLICY].index)
-    assert kinds.count(xfrm.XFRM_MSG_UPDPOLICY) == 2  # only the out policies change
+    assert kinds == sorted(kinds, key=[codec.XFRM_MSG_NEWSA, codec.XFRM_MSG_UPDPOLICY].index)
+    assert kinds.count(codec.XFRM_MSG_UPDPOLICY) == 2  # only the out policies change
     # removal: everything goes, policies before SAs
-    gone = xfrm.sync_requests([], [], have_s, have_p)
+    gone = sync_requests([], [], have_s, have_p)
     kinds = [r.type for r in gone]
-    assert kinds == [xfrm.XFRM_MSG_DELPOLICY] * 4 + [xfrm.XFRM_MSG_DELSA] * 8
+    assert kinds == [codec.XFRM_MSG_DELPOLICY] * 4 + [codec.XFRM_MSG_DELSA] * 8
 
 
 def test_sync_requests_rekeys_and_leaves_foreign_objects_alone() -> None:
@@ -263,9 +268,9 @@ def test_sync_requests_rekeys_and_leaves_foreign_objects_alone() -> None:
     other_pol = XfrmPolicy(SRC, DST, Direction.OUT, spi=5, reqid=7)
     have_s, have_p = as_dump([mine, foreign], [other_pol])
     rekeyed = state(key=b"\x01" * 20)
-    reqs = xfrm.sync_requests([rekeyed], [], have_s, have_p)
-    assert [r.type for r in reqs] == [xfrm.XFRM_MSG_DELSA, xfrm.XFRM_MSG_NEWSA]
-    assert reqs[1].payload == xfrm.add_state(rekeyed).payload
+    reqs = sync_requests([rekeyed], [], have_s, have_p)
+    assert [r.type for r in reqs] == [codec.XFRM_MSG_DELSA, codec.XFRM_MSG_NEWSA]
+    assert reqs[1].payload == codec.add_state(rekeyed).payload
 
 
 # ---------------------------------------------------------------- batching
@@ -284,7 +289,7 @@ class FakeKernel:
         while off < len(data):
             length, kind, _fl, seq, _pid = struct.unpack_from("=IHHII", data, off)
             body = data[off + 16 : off + length]
-            spi = struct.unpack_from(">I", body, 72)[0] if kind == xfrm.XFRM_MSG_NEWSA else 0
+            spi = struct.unpack_from(">I", body, 72)[0] if kind == codec.XFRM_MSG_NEWSA else 0
             err = -17 if spi in self.fail else 0
             ack = struct.pack("=i", err) + data[off : off + 16]
             self.replies.append(struct.pack("=IHHII", 16 + len(ack), 2, 0x100, seq, 0) + ack)
@@ -304,14 +309,14 @@ class FakeKernel:
 
 def test_apply_batches_and_reports_per_request() -> None:
     fake = FakeKernel(fail={0x105})
-    xs = xfrm.XfrmSocket(cast(socket.socket, fake))
-    reqs = [xfrm.add_state(state(spi=0x100 + i)) for i in range(300)]
+    xs = XfrmSocket(cast(socket.socket, fake))
+    reqs = [codec.add_state(state(spi=0x100 + i)) for i in range(300)]
     results = xs.apply(reqs)
     assert len(fake.sends) > 1 and sum(fake.sends) == 300  # several sendmsg, all sent
     assert [i for i, r in enumerate(results) if r is not None] == [5]
     err = results[5]
     assert err is not None and err.errno == 17 and "spi 0x00000105" in str(err)
-    with pytest.raises(xfrm.XfrmError):
+    with pytest.raises(XfrmError):
         xs.request(reqs[5])
 
 
@@ -343,9 +348,9 @@ def scratch_ns() -> Iterator[str]:
 def test_policies_round_trip_through_the_kernel(scratch_ns: str) -> None:
     out = XfrmPolicy(SRC, DST, Direction.OUT, spi=0x1001)
     inn = XfrmPolicy(DST, SRC, Direction.IN)
-    with xfrm.XfrmSocket.open(scratch_ns) as xs:
-        assert xs.apply([xfrm.add_policy(out), xfrm.add_policy(inn)]) == [None, None]
-        dup = xs.apply([xfrm.add_policy(out)])[0]
+    with XfrmSocket.open(scratch_ns) as xs:
+        assert xs.apply([codec.add_policy(out), codec.add_policy(inn)]) == [None, None]
+        dup = xs.apply([codec.add_policy(out)])[0]
         assert dup is not None and dup.errno == 17
         text = subprocess.run(
             ["ip", "-n", scratch_ns, "xfrm", "policy"], capture_output=True, text=True, check=True
@@ -355,23 +360,23 @@ def test_policies_round_trip_through_the_kernel(scratch_ns: str) -> None:
         assert "spi 0x00001001 reqid 5199429 mode transport" in text
         got = {(p.policy.direction, p.policy.spi) for p in xs.dump_policies()}
         assert got == {(Direction.OUT, 0x1001), (Direction.IN, 0)}
-        assert all(xfrm.ours(p) for p in xs.dump_policies())
+        assert all(ours(p) for p in xs.dump_policies())
         # UPDPOLICY switches the pinned SA in place
-        xs.request(xfrm.add_policy(XfrmPolicy(SRC, DST, Direction.OUT, spi=0x2002), update=True))
+        xs.request(codec.add_policy(XfrmPolicy(SRC, DST, Direction.OUT, spi=0x2002), update=True))
         assert {p.policy.spi for p in xs.dump_policies()} == {0x2002, 0}
-        assert xs.apply([xfrm.delete_policy(out), xfrm.delete_policy(inn)]) == [None, None]
-        missing = xs.apply([xfrm.delete_policy(out)])[0]
+        assert xs.apply([codec.delete_policy(out), codec.delete_policy(inn)]) == [None, None]
+        missing = xs.apply([codec.delete_policy(out)])[0]
         assert missing is not None and missing.errno == 2
         assert xs.dump_policies() == []
-        gone = xs.apply([xfrm.delete_state(DST, 0x4242)])[0]
+        gone = xs.apply([codec.delete_state(DST, 0x4242)])[0]
         assert gone is not None and gone.errno == 3  # ESRCH
 
 
 @pytest.mark.netns
 def test_kernel_probe_says_what_is_missing(scratch_ns: str) -> None:
-    problem = xfrm.kernel_support_problem()
-    with xfrm.XfrmSocket.open(scratch_ns) as xs:
-        res = xs.apply([xfrm.add_state(state())])[0]
+    problem = kernel_support_problem()
+    with XfrmSocket.open(scratch_ns) as xs:
+        res = xs.apply([codec.add_state(state())])[0]
         if problem is None:  # a kernel with ESP + GCM: the SA really is there
             assert res is None
             (info,) = xs.dump_states()
@@ -379,7 +384,7 @@ def test_kernel_probe_says_what_is_missing(scratch_ns: str) -> None:
         else:
             assert res is not None
             assert problem.startswith("IPsec unavailable: this kernel lacks")
-            assert "ESP" in problem or xfrm.AEAD_NAME in problem
+            assert "ESP" in problem or AEAD_NAME in problem
             assert xs.dump_states() == []
     # the probe ran in its own namespace: nothing leaked into ours
     assert (

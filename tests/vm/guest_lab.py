@@ -8,7 +8,7 @@ FDB and neighbour entries for every peer), built with plain iproute2 in one
 under TCG); ping helpers; and ``KeyAgent``, which does per host what the real
 agent's IPsec part does: keep per-epoch X25519 keys, publish the public halves on
 a shared board (standing in for the gossip tables, with a visibility delay), derive
-pair SAs with crypto/ipsec.py and converge the kernel with dataplane/xfrm.py.
+pair SAs with crypto/ipsec.py and converge the kernel with dataplane/xfrm/.
 Does not: assert anything (tests/vm/guest_xfrm.py, bench/ipsec.py do).
 Only used inside the throwaway VM: nothing here runs on the host.
 """
@@ -22,7 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from crypto import ipsec
-from dataplane import xfrm
+from dataplane.xfrm import codec
+from dataplane.xfrm.compile import desired_xfrm
+from dataplane.xfrm.kernel import XfrmSocket
+from dataplane.xfrm.model import XfrmPolicy, XfrmState
+from dataplane.xfrm.plan import sync_requests
 
 VNI = 100
 VXLAN_MTU_PLAIN = 1450
@@ -172,13 +176,13 @@ class KeyAgent:
     skew: float = 0.0  # this host's clock minus true time
     random_bytes: Callable[[int], bytes] = os.urandom
     keys: dict[int, ipsec.EpochKey] = field(default_factory=dict)
-    sock: xfrm.XfrmSocket | None = None
+    sock: XfrmSocket | None = None
     applied: int = 0  # requests sent so far
     deleted_states: int = 0
     last_send: dict[str, int] = field(default_factory=dict)  # peer -> send SPI
 
     def open(self) -> None:
-        self.sock = xfrm.XfrmSocket.open(self.netns)
+        self.sock = XfrmSocket.open(self.netns)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -198,7 +202,7 @@ class KeyAgent:
 
     def desired(
         self, true_now: float
-    ) -> tuple[list[xfrm.XfrmState], list[xfrm.XfrmPolicy], list[ipsec.PairSAs]]:
+    ) -> tuple[list[XfrmState], list[XfrmPolicy], list[ipsec.PairSAs]]:
         """What the kernel should hold; rotation follows this host's (skewed) clock,
         key visibility follows true time (gossip delay)."""
         now = true_now + self.skew
@@ -209,22 +213,22 @@ class KeyAgent:
             for p in self.peers
             if p in view
         ]
-        states, policies = xfrm.desired_xfrm(self.addr, pairs)
+        states, policies = desired_xfrm(self.addr, pairs)
         return states, policies, pairs
 
-    def tick(self, true_now: float) -> list[xfrm.Request]:
+    def tick(self, true_now: float) -> list[codec.Request]:
         """One reconcile pass; returns the requests it had to send (none when converged)."""
         assert self.sock is not None
         self.rotate_keys(true_now)
         states, policies, pairs = self.desired(true_now)
-        reqs = xfrm.sync_requests(
+        reqs = sync_requests(
             states, policies, self.sock.dump_states(), self.sock.dump_policies()
         )
         errors = [e for e in self.sock.apply(reqs) if e is not None]
         if errors:
             raise RuntimeError(f"{self.netns}: {'; '.join(map(str, errors))}")
         self.applied += len(reqs)
-        self.deleted_states += sum(r.type == xfrm.XFRM_MSG_DELSA for r in reqs)
+        self.deleted_states += sum(r.type == codec.XFRM_MSG_DELSA for r in reqs)
         for pair in pairs:
             if pair.send is not None:
                 self.last_send[pair.peer] = pair.send.spi

@@ -4,7 +4,7 @@ Owns the in-VM scenario behind tests/vm/test_xfrm_vm.py. Each step records a nam
 check ({ok, detail}) in ``$OVM_OUT/results.json``; the host-side tests assert them one
 by one, so a failure names the step. Steps:
 1. the kernel probe finds ESP + GCM; the overlay pings in clear before IPsec;
-2. ``KeyAgent`` (crypto/ipsec.py + dataplane/xfrm.py) programs SAs and policies; a second
+2. ``KeyAgent`` (crypto/ipsec.py + dataplane/xfrm/) programs SAs and policies; a second
    pass sends nothing (read-back equals desired);
 3. pings between all pairs pass, also a full-size DF ping at the encrypted MTU; tcpdump
    on the underlay bridge sees ESP only: no UDP 4789, no ICMP, no payload marker;
@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from crypto import ipsec
-from dataplane import xfrm
+from dataplane.xfrm import codec
+from dataplane.xfrm.model import REQID
+from dataplane.xfrm.probe import kernel_support_problem
 from tests.vm.guest_lab import Board, KeyAgent, Lab, ping_counts, sh, underlay, xfrm_stat
 
 INTERVAL = 2.5
@@ -187,7 +189,7 @@ def check_ip_xfrm(
                 "mode transport",
                 "flag esn",
                 "replay_window 1024",
-                f"reqid {xfrm.REQID}",
+                f"reqid {REQID}",
             ):
                 if needle not in b:
                     problems.append(f"h{i}: state lacks {needle!r}: {b.splitlines()[0]}")
@@ -222,7 +224,7 @@ def main() -> int:
     t_start = time.monotonic()
     res.info("kernel", os.uname().release)
 
-    problem = xfrm.kernel_support_problem()
+    problem = kernel_support_problem()
     res.check("kernel_support", problem is None, problem or "ESP + rfc4106(gcm(aes)) available")
     if problem:
         return 1
@@ -313,7 +315,7 @@ def main() -> int:
         _, got, _ = lab.ping(1, 2, 2, interval=0.2)
         res.check(
             "policy_restored",
-            [r.type for r in fixed] == [xfrm.XFRM_MSG_UPDPOLICY] and got == 2,
+            [r.type for r in fixed] == [codec.XFRM_MSG_UPDPOLICY] and got == 2,
             f"one agent pass sent {[r.what for r in fixed]}; then {got}/2 pings answered",
         )
 

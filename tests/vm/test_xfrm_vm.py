@@ -1,4 +1,4 @@
-"""Real ESP on Debian's stock kernel: SAs and policies programmed with dataplane/xfrm.py
+"""Real ESP on Debian's stock kernel: SAs and policies programmed with dataplane/xfrm/
 from keys derived by crypto/ipsec.py, between 3 hosts in namespaces inside one VM.
 
 One VM run (~25 s under TCG) executes tests/vm/guest_xfrm.py, which records each step
