@@ -201,14 +201,15 @@ def repair_latency(b: Bench, samples: int) -> list[float]:
     periodic resync is set to an hour). All entries programmed, reconciler threaded."""
     import trio
 
-    from dataplane.reconciler import Reconciler, ReconcilerConfig
+    from dataplane.reconciler import ReconcilerConfig
+    from dataplane.target import VxlanReconciler, VxlanTarget
 
     fdb_keys = list(b.desired.fdb)
     neigh_keys = list(b.desired.neigh)
     out: list[float] = []
 
     async def main() -> None:
-        rec = Reconciler(LinuxKernel(b.ns), lambda: b.view, ReconcilerConfig(resync_interval=3600))
+        rec = VxlanReconciler(VxlanTarget(LinuxKernel(b.ns)), lambda: b.view, ReconcilerConfig(resync_interval=3600))
         rec.ready()
         async with trio.open_nursery() as nursery:
             await nursery.start(rec.run)

@@ -1,22 +1,28 @@
-"""Reconciler: the trio task that keeps the kernel equal to the compiled view.
+"""Reconciler: the trio task that keeps one kind of kernel objects equal to a desired state.
 
-Owns: when to reconcile (coalesced pokes, the monitor, the resync timer, retries),
-running compile -> read -> plan -> apply, and the counters behind
-``agentctl dataplane``. Owns the kernel it is given (closes it when ``run`` ends).
-Does not know the tables: it calls the ``view`` function it was given.
+Owns: when to reconcile (coalesced pokes, the target's kernel monitor if it has one,
+the resync timer, retries with backoff, the startup grace), running
+source -> compile -> read -> plan -> apply, and the counters behind
+``agentctl dataplane``. Generic: a ``Target`` supplies compile/read/plan/apply for
+one kind of kernel object. Two kinds run it: VXLAN devices, bridges, FDB rows and
+neighbours (``dataplane.target.VxlanTarget``) and IPsec SAs and policies
+(``dataplane.xfrm.target.XfrmTarget``). Owns the target it is given (closes it when
+``run`` ends). Does not know the tables: it calls the ``source`` function it was
+given; does not know what it programs: the target does.
 
 Driver obligations (the agent):
-  * construct ``Reconciler(kernel, view)``, where ``view()`` returns the current
-    ``OverlayView`` (cheap, called in the trio thread, at most once per reconcile);
+  * construct ``Reconciler(target, source)``, where ``source()`` returns the current
+    input of ``target.compile`` (for VXLAN an ``OverlayView``; cheap, called in the
+    trio thread, at most once per reconcile);
   * ``await nursery.start(reconciler.run)``; ``run`` returns only when cancelled;
-  * call ``reconciler.poke()`` after every change that can alter the view (table
-    rows, membership, local config). Pokes are cheap and coalesced: a burst is
+  * call ``reconciler.poke()`` after every change that can alter the source (table
+    rows, membership, local config, keys). Pokes are cheap and coalesced: a burst is
     flushed after ``quiescent`` seconds without a poke, or ``max_quantum`` after its
     first poke, whichever comes first (serf's coalescer);
   * call ``reconciler.ready()`` once the tables have caught up with the cluster
     (first successful join/push-pull, or "alone" decided). Until then, or until
     ``startup_grace`` seconds have passed, passes only add and replace: a restarted
-    agent adopts the kernel's entries and removes nothing on an incomplete view, so
+    agent adopts the kernel's objects and removes nothing on an incomplete view, so
     traffic across an agent restart loses no packet;
   * for ``agentctl dataplane``: ``await reconciler.inspect()`` (fresh kernel read) or
     ``reconciler.status()`` (counters only, no I/O).
@@ -26,9 +32,9 @@ applies the difference, so missed events and crashes heal); a full pass at start
 (adopts what a previous run left), at least every ``resync_interval``, after every
 relevant monitor event (an entry deleted by someone else is back in ~quiescent +
 one pass, well under 1 s), and after failures with exponential backoff. One task,
-one kernel thread: no locks. With a LinuxKernel, compile/read/plan/apply run in a
-dedicated worker thread (pyroute2's transport is thread-local; the agent's trio
-thread stays responsive during a 20,000-entry apply).
+one kernel thread: no locks. With a blocking target (a real kernel),
+compile/read/plan/apply run in a dedicated worker thread (pyroute2's transport is
+thread-local; the agent's trio thread stays responsive during a 20,000-entry apply).
 """
 
 from __future__ import annotations
@@ -37,22 +43,116 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from dataplane.compile import compile as compile_view
-from dataplane.events import Monitor, diverges
-from dataplane.kernel import ApplyResult, Kernel
-from dataplane.model import EMPTY, OverlayView, State
-from dataplane.plan import Op, additive, plan
-from dataplane.report import summarize
-
 log = logging.getLogger("dataplane.reconciler")
 T = TypeVar("T")
+V_contra = TypeVar("V_contra", contravariant=True)
+V = TypeVar("V")
+D = TypeVar("D")
+A = TypeVar("A")
+O = TypeVar("O")  # noqa: E741 - one operation of a target
+
+
+class Outcome(Protocol):
+    """What ``Target.apply`` reports (``dataplane.kernel.ApplyResult`` for VXLAN)."""
+
+    @property
+    def applied(self) -> int:
+        """Operations sent (successful or not)."""
+        ...
+
+    @property
+    def errors(self) -> Sequence[object]:
+        """One entry per refused operation; ``str()`` of each is shown to operators."""
+        ...
+
+    @property
+    def lost(self) -> bool:
+        """Some outcomes are unknown (e.g. netlink receive overflow): re-read first."""
+        ...
+
+    @property
+    def ok(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NothingApplied:
+    """The outcome of a pass with no operation to apply."""
+
+    applied: int = 0
+    errors: tuple[()] = ()
+    lost: bool = False
+    ok: bool = True
+
+
+class EventSource(Protocol):
+    """A kernel monitor, used from the trio thread (``dataplane.events.Monitor``)."""
+
+    async def next_events(self) -> Sequence[Any] | None:
+        """The next batch of events; None when some were lost (caller must resync)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Target(Protocol[V_contra, D, A, O]):
+    """One kind of kernel object: how to compile, read, plan and apply it.
+
+    ``compile``/``read``/``plan``/``apply``/``open_monitor``/``close`` run in the
+    reconciler's worker thread when ``blocking`` (else in the trio thread);
+    ``diverges``, ``problems`` and ``additive`` run in the trio thread and must be cheap.
+    """
+
+    @property
+    def blocking(self) -> bool:
+        """Its calls do kernel I/O: run them in a dedicated worker thread."""
+        ...
+
+    def empty(self) -> D:
+        """The desired state before the first pass."""
+        ...
+
+    def compile(self, source: V_contra) -> D: ...
+
+    def read(self, desired: D) -> A:
+        """Our objects in the kernel now (``desired`` hints where to look)."""
+        ...
+
+    def plan(self, desired: D, actual: A) -> list[O]:
+        """The ordered operations that turn ``actual`` into ``desired``; [] when equal."""
+        ...
+
+    def additive(self, ops: list[O]) -> list[O]:
+        """``ops`` without deletions (replacements stay), for the startup grace."""
+        ...
+
+    def apply(self, ops: list[O]) -> Outcome:
+        """Perform ``ops`` in order; never raises for a refused operation."""
+        ...
+
+    def open_monitor(self) -> EventSource | None:
+        """A kernel change monitor, or None where there is none (blocking to open)."""
+        ...
+
+    def diverges(self, desired: D, event: Any) -> bool:
+        """Does this monitor event move the kernel away from ``desired``?"""
+        ...
+
+    def problems(self, desired: D) -> list[str]:
+        """Input rows that were ignored while compiling ``desired`` (for ``status()``)."""
+        ...
+
+    def report(self, desired: D, actual: A) -> dict[str, Any]:
+        """What ``inspect()`` shows besides ``status()`` (JSON-ready)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +165,8 @@ class ReconcilerConfig:
     startup_grace: float = 15.0
     """Seconds after start during which nothing is deleted, unless ``ready()`` comes first."""
     keep_errors: int = 20
+    read_back: bool = False
+    """Re-read the kernel after a pass that applied something (``PassReport.after``)."""
 
 
 @dataclass(slots=True)
@@ -92,11 +194,28 @@ class LastPass:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class PassReport(Generic[D, A]):
+    """What one pass saw and did, for the ``after_pass`` hook (called in the trio thread)."""
+
+    desired: D
+    actual: A
+    """The kernel as read before the apply."""
+    after: A
+    """The kernel after the apply: re-read with ``read_back`` when something was
+    applied, else ``actual``."""
+    ops: int
+    """Operations applied (after the ``additive`` filter)."""
+    errors: tuple[str, ...]
+    """What went wrong, as ``status()`` shows it (empty: a clean pass)."""
+    additive_only: bool
+
+
 class _Worker:
     """One dedicated thread; ``await run(fn)`` calls fn there and returns its result."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def run(self, fn: Callable[[], T]) -> T:
         token = trio.lowlevel.current_trio_token()
@@ -115,28 +234,32 @@ class _Worker:
         self._pool.shutdown(wait=False)
 
 
-class Reconciler:
+class Reconciler(Generic[V, D, A, O]):
+    """See the module docstring. ``name`` labels log lines and the worker thread."""
+
     def __init__(
         self,
-        kernel: Kernel,
-        view: Callable[[], OverlayView],
+        target: Target[V, D, A, O],
+        source: Callable[[], V],
         config: ReconcilerConfig | None = None,
         *,
         threaded: bool | None = None,
         wall_clock: Callable[[], float] = time.time,
+        name: str = "dataplane",
+        after_pass: Callable[[PassReport[D, A]], Awaitable[None]] | None = None,
     ) -> None:
-        from dataplane.kernel import LinuxKernel
-
-        self.kernel = kernel
+        self.target = target
         self.config = config or ReconcilerConfig()
-        self._view = view
+        self.name = name
+        self._source = source
         self._wall = wall_clock
-        self._threaded = isinstance(kernel, LinuxKernel) if threaded is None else threaded
-        self._worker: _Worker | None = _Worker() if self._threaded else None
+        self._after_pass = after_pass
+        self._threaded = target.blocking if threaded is None else threaded
+        self._worker: _Worker | None = _Worker(name) if self._threaded else None
         self.counters = Counters()
         self.last = LastPass()
-        self.desired: State = EMPTY
-        self.actual: State = EMPTY
+        self.desired: D = target.empty()
+        self.actual: A | None = None
         """Kernel state read by the last pass (before its apply)."""
         self._dirty = True  # the first pass runs at once
         self._trigger = "start"
@@ -149,9 +272,8 @@ class Reconciler:
         self._passes_done = 0
         self._pass_done = trio.Event()
         self._in_pass = False
-        self._prefix = "ov-"
-        self._compiled: tuple[OverlayView, State] | None = None
         self._ready = False
+        self._complete = trio.Event()
         self._grace_until = math.inf
 
     # -- API ------------------------------------------------------------------------------------
@@ -177,7 +299,12 @@ class Reconciler:
         """The view is complete: from now on passes may delete (and one runs soon)."""
         if not self._ready:
             self._ready = True
+            self._complete.set()
             self._mark("ready")
+
+    async def wait_complete(self) -> None:
+        """Return once passes may delete: ``ready()`` was called or the startup grace ended."""
+        await self._complete.wait()
 
     @property
     def additive_only(self) -> bool:
@@ -215,7 +342,7 @@ class Reconciler:
             "pending": self._dirty,
             "retry_in_s": self._retry_in(),
             "additive_only": self.additive_only,
-            "problems": list(self.desired.problems),
+            "problems": list(self.target.problems(self.desired)),
         }
 
     def _retry_in(self) -> float | None:
@@ -227,21 +354,26 @@ class Reconciler:
             return None
 
     async def inspect(self) -> dict[str, Any]:
-        """Per network: what the kernel holds now vs what it should hold, plus ``status()``."""
+        """The target's report of a fresh kernel read against the desired state (for
+        VXLAN, per network), plus ``status()``."""
         desired = self.desired
-        actual = await self._call(lambda: self.kernel.read(desired))
-        return {"networks": summarize(desired, actual), **self.status()}
+        actual = await self._call(lambda: self.target.read(desired))
+        return {**self.target.report(desired, actual), **self.status()}
+
+    async def pass_now(self, trigger: str = "manual") -> bool:
+        """Run one pass at once and say whether it was clean (tests and tools; not
+        while ``run`` is active: passes never overlap)."""
+        await self._pass(trigger)
+        return self.last.ok
 
     # -- the task -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        monitor: Monitor | None = None
+        monitor: EventSource | None = None
         try:
-            opener = getattr(self.kernel, "open_monitor", None)
-            if opener is not None:
-                try:
-                    monitor = await self._call(opener)
-                except Exception as e:  # the reconciler still works, only slower to repair
-                    log.warning("dataplane: no kernel monitor (%s); relying on resyncs", e)
+            try:
+                monitor = await self._call(self.target.open_monitor)
+            except Exception as e:  # the reconciler still works, only slower to repair
+                log.warning("%s: no kernel monitor (%s); relying on resyncs", self.name, e)
             async with trio.open_nursery() as nursery:
                 if monitor is not None:
                     nursery.start_soon(self._watch, monitor)
@@ -251,7 +383,7 @@ class Reconciler:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 if monitor is not None:
                     monitor.close()
-                await self._call(self.kernel.close)
+                await self._call(self.target.close)
             if self._worker is not None:
                 self._worker.shutdown()
 
@@ -260,20 +392,20 @@ class Reconciler:
             return fn()
         return await self._worker.run(fn)
 
-    async def _watch(self, monitor: Monitor) -> None:
+    async def _watch(self, monitor: EventSource) -> None:
         while True:
             try:
                 events = await monitor.next_events()
             except OSError as e:
-                log.warning("dataplane: monitor failed (%s); relying on resyncs", e)
+                log.warning("%s: monitor failed (%s); relying on resyncs", self.name, e)
                 return
             if events is None:
                 self.counters.monitor_overflows += 1
                 self._mark("monitor-overflow")
                 continue
             self.counters.monitor_events += len(events)
-            desired, prefix = self.desired, self._prefix
-            if any(diverges(desired, ev, prefix) for ev in events):
+            desired, diverges = self.desired, self.target.diverges
+            if any(diverges(desired, ev) for ev in events):
                 self.counters.monitor_repairs += 1
                 self._mark("kernel-changed")
 
@@ -302,6 +434,7 @@ class Reconciler:
                 continue
             if trigger == "grace-over":
                 grace_pending = False
+                self._complete.set()
             if trigger == "resync":
                 self.counters.resyncs += 1
             elif trigger == "retry":
@@ -317,16 +450,18 @@ class Reconciler:
         errors: list[str] = []
         ok = False
         try:
-            view = self._view()
-            self._prefix = view.prefix
-            desired, actual, ops = await self._call(lambda: self._prepare(view))
+            source = self._source()
+            desired, actual, ops = await self._call(lambda: self._prepare(source))
             self.desired, self.actual = desired, actual
-            if self.additive_only:
+            additive = self.additive_only
+            if additive:
                 held = len(ops)
-                ops = additive(ops)
+                ops = self.target.additive(ops)
                 if held != len(ops):
-                    log.info("dataplane: %d deletion(s) held until ready", held - len(ops))
-            result = await self._call(lambda: self._apply(ops)) if ops else ApplyResult()
+                    log.info("%s: %d deletion(s) held until ready", self.name, held - len(ops))
+            result: Outcome = (
+                await self._call(lambda: self.target.apply(ops)) if ops else NothingApplied()
+            )
             self.last.ops = len(ops)
             self.counters.ops_applied += result.applied
             self.counters.op_errors += len(result.errors)
@@ -336,9 +471,16 @@ class Reconciler:
             if result.lost:
                 errors.append("netlink replies lost (receive overflow): state re-read next pass")
             ok = result.ok
+            if self._after_pass is not None:
+                after = actual
+                if ops and cfg.read_back:
+                    after = await self._call(lambda: self.target.read(desired))
+                report = PassReport(desired, actual, after, len(ops), tuple(errors), additive)
+                await self._after_pass(report)
         except Exception as e:  # never let a kernel or input problem kill the agent
             errors = [f"{type(e).__name__}: {e}"]
-            log.warning("dataplane: reconcile failed: %s", errors[0])
+            ok = False
+            log.warning("%s: reconcile failed: %s", self.name, errors[0])
         end = trio.current_time()
         self.counters.reconciles += 1
         self.last.duration_s = end - t0
@@ -354,7 +496,8 @@ class Reconciler:
             self._backoff = min(self._backoff * 2, cfg.backoff_max)
             if errors:
                 log.info(
-                    "dataplane: %d error(s), retry in %.2fs: %s",
+                    "%s: %d error(s), retry in %.2fs: %s",
+                    self.name,
                     len(errors),
                     self._retry_at - end,
                     errors[0],
@@ -364,21 +507,8 @@ class Reconciler:
         self._pass_done.set()
         self._pass_done = trio.Event()
 
-    def _prepare(self, view: OverlayView) -> tuple[State, State, list[Op]]:
-        kernel_prefix = getattr(self.kernel, "prefix", view.prefix)
-        if kernel_prefix != view.prefix:
-            raise ValueError(
-                f"device prefix {view.prefix!r} differs from the kernel's {kernel_prefix!r}"
-            )
-        # An unchanged view compiles to the same state: skip the ~30 ms for 10k rows.
-        last = self._compiled
-        if last is not None and (view is last[0] or view == last[0]):
-            desired = last[1]
-        else:
-            desired = compile_view(view)
-            self._compiled = (view, desired)
-        actual = self.kernel.read(desired)
-        return desired, actual, plan(desired, actual, view.prefix)
-
-    def _apply(self, ops: list[Op]) -> ApplyResult:
-        return self.kernel.apply(ops)
+    def _prepare(self, source: V) -> tuple[D, A, list[O]]:
+        target = self.target
+        desired = target.compile(source)
+        actual = target.read(desired)
+        return desired, actual, target.plan(desired, actual)

@@ -9,21 +9,23 @@ Owns (an ``agent.service.Extension`` that sits next to ``agent.overlay.extension
 - publication of the public halves as this node's ``IpsecKeysRow`` in the tables
   (``Tables.publish_ipsec_keys``; no secret ever goes into gossip), from the moment an
   encrypted network exists in the cluster (a membership-only agent makes no keys);
-- the XFRM task: for every peer that shares at least one encrypted network with us
-  (and only those), ``crypto.ipsec.pair_sas`` for the live epochs, turned into states
-  and policies (``dataplane.xfrm.desired_xfrm``) and synced in a worker thread
-  (``sync_requests`` + ``XfrmSocket.apply``). Level-triggered: on a table or
-  membership change, at ``next_change`` of the schedule, and every ``RESYNC`` seconds
-  (repairs objects removed behind our back). Until the overlay's view is complete
-  after a start (``Reconciler.additive_only``) passes only add, so a restart never
-  tears down SAs of peers we have not heard from yet;
+- the source of the XFRM reconciler (``dataplane.reconciler.Reconciler`` over
+  ``dataplane.xfrm.target.XfrmTarget``, the same task that runs VXLAN): for every peer
+  that shares at least one encrypted network with us (and only those),
+  ``crypto.ipsec.pair_sas`` for the live epochs, which the target compiles into states
+  and policies and syncs in its worker thread. The key schedule pokes it on a table or
+  membership change and whenever keys change (``next_change`` of the schedule); it
+  resyncs every ``RESYNC`` seconds (repairs objects removed behind our back). Until
+  the overlay's view is complete after a start (the VXLAN reconciler's
+  ``wait_complete``) passes only add, so a restart never tears down SAs of peers we
+  have not heard from yet;
 - re-keying an epoch whose outbound SA vanished after it may have sent packets (a
   GCM nonce must never repeat under one key): a fresh key pair for that epoch;
 - ``ipsec_peers_view(network_id)``: per peer SPIs, epochs and install times, no keys.
 Does not: decide which networks exist or who takes part (``gossip.tables.replica``), probe
-the kernel (``dataplane.xfrm.kernel_support_problem``, used by the overlay), or
-program VXLAN/bridges (``dataplane.reconciler``).
-References: docs/ipsec.md, crypto/ipsec.py, dataplane/xfrm.py.
+the kernel (``dataplane.xfrm.probe``, used by the overlay), pack XFRM messages or
+diff the kernel (``dataplane.xfrm``), or program VXLAN/bridges (``dataplane.target``).
+References: docs/ipsec.md, crypto/ipsec.py, dataplane/xfrm/.
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from agent.log import kv
 from crypto import ipsec
-from dataplane import xfrm
+from dataplane.reconciler import PassReport, Reconciler, ReconcilerConfig
+from dataplane.xfrm.codec import Request
+from dataplane.xfrm.kernel import XfrmApplier
+from dataplane.xfrm.model import REQID, XfrmActual, XfrmDesired, XfrmView
+from dataplane.xfrm.target import XfrmTarget
 from gossip.effects import Effect
 from gossip.swim import Swim
 from gossip.tables.replica import Tables
@@ -64,6 +70,14 @@ table change pokes it at once (``Overlay.change_listeners``), so this only saves
 RESYNC = 5.0
 """Full read-back at least this often while we hold objects (repairs manual deletions)."""
 RETRY = 2.0
+"""Seconds before a failed pass is retried (no backoff: a few objects, a cheap pass)."""
+RECONCILER_CONFIG = ReconcilerConfig(
+    resync_interval=RESYNC,
+    backoff_initial=RETRY,
+    backoff_max=RETRY,
+    startup_grace=math.inf,  # deletions wait for the overlay's view (``_follow_overlay``)
+    read_back=True,  # install times for ``ipsec_peers_view``, held objects for the target
+)
 KEY_FILE = "keys.json"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -150,21 +164,6 @@ class KeyStore:
         return True
 
 
-# --------------------------------------------------------------------- kernel
-
-
-class XfrmApplier(Protocol):
-    """What the task needs from the kernel (``dataplane.xfrm.XfrmSocket``; fakes in tests)."""
-
-    def dump_states(self) -> list[xfrm.StateInfo]: ...
-
-    def dump_policies(self) -> list[xfrm.PolicyInfo]: ...
-
-    def apply(self, requests: Sequence[xfrm.Request]) -> list[xfrm.XfrmError | None]: ...
-
-    def close(self) -> None: ...
-
-
 # -------------------------------------------------------------------- planning
 
 
@@ -221,54 +220,10 @@ class PeerState:
 
 @dataclass
 class Counters:
-    passes: int = 0
-    failures: int = 0
-    requests: int = 0
+    """Key events; passes, failures and requests are the reconciler's counters."""
+
     rekeys: int = 0
     rotations: int = 0
-
-
-@dataclass
-class PassResult:
-    requests: int
-    errors: list[str]
-    installed: dict[tuple[str, int], int] = field(default_factory=dict)
-    """(dst, SPI) -> add time (kernel clock) of our SAs after the pass."""
-    missing_out: list[tuple[str, int]] = field(default_factory=list)
-    """Outbound (dst, SPI) we wanted that the kernel did not hold before the pass."""
-    held: int = 0
-    """Objects of ours the kernel holds after the pass."""
-
-
-def run_pass(
-    applier: XfrmApplier,
-    states: list[xfrm.XfrmState],
-    policies: list[xfrm.XfrmPolicy],
-    me: str,
-    additive_only: bool,
-) -> PassResult:
-    """One sync in the worker thread: read back, diff, apply, read back again."""
-    have_states = applier.dump_states()
-    have_policies = applier.dump_policies()
-    have_keys = {(s.state.dst, s.state.spi) for s in have_states if s.state.reqid == xfrm.REQID}
-    missing_out = [(s.dst, s.spi) for s in states if s.src == me and (s.dst, s.spi) not in have_keys]
-    reqs = xfrm.sync_requests(states, policies, have_states, have_policies)
-    if additive_only:
-        reqs = [r for r in reqs if r.type not in (xfrm.XFRM_MSG_DELSA, xfrm.XFRM_MSG_DELPOLICY)
-                or _replaced(r, reqs)]
-    errors = [str(e) for e in applier.apply(reqs) if e is not None] if reqs else []
-    after = applier.dump_states() if reqs else have_states
-    pols_after = applier.dump_policies() if reqs else have_policies
-    installed = {(s.state.dst, s.state.spi): s.add_time for s in after if s.state.reqid == xfrm.REQID}
-    held = len(installed) + sum(1 for p in pols_after if xfrm.ours(p))
-    return PassResult(len(reqs), errors, installed, missing_out, held)
-
-
-def _replaced(req: xfrm.Request, reqs: list[xfrm.Request]) -> bool:
-    """A DELSA right before a NEWSA of the same SA is a key change, not a deletion."""
-    i = reqs.index(req)
-    return (req.type == xfrm.XFRM_MSG_DELSA and i + 1 < len(reqs)
-            and reqs[i + 1].type == xfrm.XFRM_MSG_NEWSA and req.payload[:20] == reqs[i + 1].payload[56:76])
 
 
 # ---------------------------------------------------------------- extension
@@ -291,7 +246,11 @@ class IpsecAgent:
         self.overlay = overlay
         self._interval = interval
         self._key_dir = key_dir
-        self.applier_factory: Callable[[], XfrmApplier] = applier_factory or xfrm.XfrmSocket.open
+        # A fake kernel (tests) runs in the trio thread; the real socket in a worker thread.
+        self.xfrm = (XfrmTarget() if applier_factory is None
+                     else XfrmTarget(applier_factory, blocking=False))
+        self.rec: Reconciler[XfrmView, XfrmDesired, XfrmActual, Request] = Reconciler(
+            self.xfrm, self.source, RECONCILER_CONFIG, name="ipsec", after_pass=self._after_pass)
         self.clock = clock
         self.random_bytes = random_bytes
         self.boot = boot if boot is not None else boot_id()
@@ -301,14 +260,10 @@ class IpsecAgent:
         self.counters = Counters()
         self.peers: dict[str, PeerState] = {}
         self.installed: dict[tuple[str, int], int] = {}
-        self.last_error: str | None = None
-        self.last_pass_at: float | None = None
         self.rt: Runtime | None = None
-        self._applier: XfrmApplier | None = None
         self._used: set[tuple[int, str]] = set()
         """(epoch, peer VTEP) whose outbound SA may have sent with the current key."""
         self._restored: set[int] = set()
-        self._held = 1  # assume leftovers until the first pass says otherwise
         self._wake = trio.Event()
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -339,41 +294,47 @@ class IpsecAgent:
         if not self.overlay.dataplane:
             task_status.started()
             return
-        vtep = self.overlay.vtep
-        self.keys = await trio.to_thread.run_sync(self.store.load, vtep)
+        await self.restore_keys()
+        # Keys first, so the reconciler's first pass already has them.
+        await self._rotate_keys(rt, self.clock())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.rec.run)
+            nursery.start_soon(self._follow_overlay)
+            task_status.started()
+            await self._keep_keys(rt)
+
+    async def restore_keys(self) -> None:
+        """Keys an earlier run of this boot saved for this VTEP (they may have sent already)."""
+        self.keys = await trio.to_thread.run_sync(self.store.load, self.overlay.vtep)
         self._restored = set(self.keys)
         if self.keys:
             log.info(kv("ipsec-keys-restored", epochs=",".join(map(str, sorted(self.keys)))))
-        task_status.started()
-        try:
-            await self._loop(rt)
-        finally:
-            if self._applier is not None:
-                self._applier.close()
 
-    async def _loop(self, rt: Runtime) -> None:
-        seen: tuple[object, ...] | None = None
-        next_full = -math.inf
+    async def _keep_keys(self, rt: Runtime) -> None:
+        """The key schedule: rotate at ``next_change``, and poke the reconciler when keys
+        changed or the tables moved (a table change wakes this loop at once through
+        ``Overlay.change_listeners``; the poll is a safety net)."""
+        seen: tuple[int, int] | None = None
         while True:
-            # A fresh wake event before reading any state: a poke while this pass awaits
-            # the driver or the kernel must end the wait below, not be lost with an old event.
+            # A fresh wake event before reading any state: a poke while this awaits the
+            # driver must end the wait below, not be lost with an old event.
             self._wake = trio.Event()
-            now = self.clock()
-            key = (self.tables.version, self.tables.ipsec.version, self._additive_only())
-            due = trio.current_time() >= next_full
-            changed = await self._rotate_keys(rt, now)
-            if key != seen or due or changed:
-                seen = key
-                ok = await self._pass(rt, now)
-                next_full = trio.current_time() + (RESYNC if ok else RETRY)
-            poll = IDLE_POLL if not self.keys and self._held == 0 else POLL
+            changed = await self._rotate_keys(rt, self.clock())
+            key = (self.tables.version, self.tables.ipsec.version)
+            if changed or (seen is not None and key != seen):
+                self.rec.poke("keys" if changed else "tables")
+            seen = key
+            poll = IDLE_POLL if not self.keys and self.xfrm.held == 0 else POLL
             wait = min(poll, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
             with trio.move_on_after(wait):
                 await self._wake.wait()
 
-    def _additive_only(self) -> bool:
-        rec = self.overlay.rec
-        return rec is None or rec.additive_only
+    async def _follow_overlay(self) -> None:
+        """Deletions wait until the overlay's view is complete, like the VXLAN side's."""
+        vxlan = self.overlay.rec
+        if vxlan is not None:
+            await vxlan.wait_complete()
+            self.rec.ready()
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -425,7 +386,7 @@ class IpsecAgent:
 
     # -- one pass -------------------------------------------------------------------------------
 
-    def desired(self, now: float) -> tuple[list[PeerState], list[xfrm.XfrmState], list[xfrm.XfrmPolicy]]:
+    def desired(self, now: float) -> tuple[list[PeerState], XfrmView]:
         """What the kernel should hold now (called in the trio thread: reads the tables)."""
         tables = self.tables
         me = self.overlay.vtep
@@ -444,64 +405,56 @@ class IpsecAgent:
                 p.node, p.vtep, p.networks, tuple(sa.epoch for sa in pair.outbound),
                 pair.send.epoch if pair.send else None, pair.send.spi if pair.send else 0,
                 {sa.epoch: sa.spi for sa in pair.inbound}, {sa.epoch: sa.spi for sa in pair.outbound}))
-        want_states, want_policies = xfrm.desired_xfrm(me, pairs)
-        return states, want_states, want_policies
+        return states, XfrmView(me, tuple(pairs))
 
-    async def _pass(self, rt: Runtime, now: float) -> bool:
-        peers, states, policies = self.desired(now)
-        if not states and not policies and self._held == 0:
-            self.peers = {}
-            return True  # nothing wanted, nothing held: leave the kernel alone
-        additive = self._additive_only()
-        try:
-            result = await trio.to_thread.run_sync(self._sync_in_thread, states, policies, additive)
-        except (OSError, ValueError) as exc:
-            self._fail(str(exc))
-            return False
-        self.counters.passes += 1
-        self.counters.requests += result.requests
-        self.installed = result.installed
-        self._held = result.held
+    def source(self) -> XfrmView:
+        """The reconciler's source: the SAs to hold now; the peers behind them are kept
+        for the views (a pass never overlaps another, so ``_after_pass`` sees these)."""
+        peers, view = self.desired(self.clock())
         self.peers = {p.node: p for p in peers}
-        self.last_pass_at = time.time()
+        return view
+
+    async def _after_pass(self, report: PassReport[XfrmDesired, XfrmActual]) -> None:
+        """Install times for the views, and a fresh key for an epoch whose outbound SA
+        vanished after it may have sent packets (a GCM nonce must never repeat)."""
+        me = self.overlay.vtep
+        had = {(s.state.dst, s.state.spi) for s in report.actual.states if s.state.reqid == REQID}
+        missing_out = [(s.dst, s.spi) for s in report.desired.states if s.src == me and (s.dst, s.spi) not in had]
+        self.installed = {(s.state.dst, s.state.spi): s.add_time for s in report.after.states
+                          if s.state.reqid == REQID}
+        peers = list(self.peers.values())
         epoch_of = {(p.vtep, spi): e for p in peers for e, spi in p.out_spis.items()}
-        rekey = sorted({epoch_of[m] for m in result.missing_out if m in epoch_of
+        rekey = sorted({epoch_of[m] for m in missing_out if m in epoch_of
                         and (epoch_of[m] in self._restored or (epoch_of[m], m[0]) in self._used)})
         self._used |= {(e, p.vtep) for p in peers for e in p.out_spis}
-        if not additive:
+        if not report.additive_only:
             # Restored keys may have sent before the restart: until the view is complete,
             # any outbound SA of theirs that the kernel lacks gets a fresh key instead.
             self._restored.clear()
-        if result.requests:
-            log.info(kv("ipsec-synced", requests=result.requests, peers=len(peers), additive_only=additive,
-                        errors=len(result.errors)))
-        if result.errors:
-            self._fail("; ".join(result.errors[:3]))
-            return False
-        self.last_error = None
+        if report.ops:
+            log.info(kv("ipsec-synced", requests=report.ops, peers=len(peers),
+                        additive_only=report.additive_only, errors=len(report.errors)))
+        if report.errors:
+            reason = "; ".join(report.errors[:3])
+            if reason != self.last_error:
+                log.warning(kv("ipsec-sync-failed", reason=reason))
+            return
         if rekey:
             # The kernel lost an outbound SA that may have sent packets: re-adding its key
             # would repeat GCM nonces, so those epochs get fresh keys (and SAs) instead.
-            await self._rotate_keys(rt, now, rekey)
-            self.poke()
-        return True
+            assert self.rt is not None
+            await self._rotate_keys(self.rt, self.clock(), rekey)
+            self.rec.poke("rekey")
 
-    def _sync_in_thread(self, states: list[xfrm.XfrmState], policies: list[xfrm.XfrmPolicy],
-                        additive: bool) -> PassResult:
-        if self._applier is None:
-            self._applier = self.applier_factory()
-        try:
-            return run_pass(self._applier, states, policies, self.overlay.vtep, additive)
-        except OSError:
-            self._applier.close()  # a fresh socket next time
-            self._applier = None
-            raise
+    @property
+    def last_error(self) -> str | None:
+        """Why the last pass failed (None: it did not)."""
+        last = self.rec.last
+        return None if last.ok else "; ".join(last.errors[:3]) or "unknown error"
 
-    def _fail(self, reason: str) -> None:
-        self.counters.failures += 1
-        if reason != self.last_error:
-            log.warning(kv("ipsec-sync-failed", reason=reason))
-        self.last_error = reason
+    @property
+    def last_pass_at(self) -> float | None:
+        return self.rec.last.at or None
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -553,12 +506,13 @@ class IpsecAgent:
     def metrics(self) -> list[MetricFamily]:
         from agent.runtime import MetricFamily
 
-        c = self.counters
+        c = self.rec.counters
         return [
-            MetricFamily.single("overlay_ipsec_passes", "counter", "XFRM sync passes", c.passes),
+            MetricFamily.single("overlay_ipsec_passes", "counter", "XFRM sync passes", c.reconciles),
             MetricFamily.single("overlay_ipsec_failures", "counter", "XFRM sync passes with errors", c.failures),
-            MetricFamily.single("overlay_ipsec_requests", "counter", "XFRM requests sent", c.requests),
-            MetricFamily.single("overlay_ipsec_rekeys", "counter", "Epochs re-keyed after a lost SA", c.rekeys),
+            MetricFamily.single("overlay_ipsec_requests", "counter", "XFRM requests sent", c.ops_applied),
+            MetricFamily.single("overlay_ipsec_rekeys", "counter", "Epochs re-keyed after a lost SA",
+                                self.counters.rekeys),
             MetricFamily.single("overlay_ipsec_peers", "gauge", "Peers sharing an encrypted network",
                                 len(self.peers)),
             MetricFamily.single("overlay_ipsec_sas", "gauge", "SAs of ours in the kernel", len(self.installed)),

@@ -17,9 +17,10 @@ from dataplane.compile import compile
 from dataplane.kernel import LinuxKernel
 from dataplane.model import EndpointSpec, NetworkSpec, OverlayView, State
 from dataplane.plan import plan
-from dataplane.reconciler import Reconciler, ReconcilerConfig
+from dataplane.reconciler import ReconcilerConfig
 from dataplane.samples import docker_mac
 from dataplane.scratch import Scratch, ScratchError, skip_reason
+from dataplane.target import VxlanReconciler, VxlanTarget
 
 pytestmark = pytest.mark.netns
 
@@ -258,7 +259,7 @@ def test_ipv6_underlay(ns: tuple[Scratch, str]) -> None:
     assert seen["links"]["ov-vx-100"]["linkinfo"]["info_data"]["local6"] == "2001:db8::1"
 
 
-async def until(rec: Reconciler, predicate: Callable[[], bool]) -> None:
+async def until(rec: VxlanReconciler, predicate: Callable[[], bool]) -> None:
     """Wait, pass by pass, until ``predicate()`` holds (the deadline only bounds a broken run)."""
     with trio.fail_after(20):
         while not predicate():
@@ -270,7 +271,7 @@ async def test_reconciler_repairs_what_an_operator_breaks(ns: tuple[Scratch, str
     view = two_networks()
     desired = compile(view)
     cfg = ReconcilerConfig(resync_interval=3600)  # repairs below can only come from the monitor
-    rec = Reconciler(LinuxKernel(name), lambda: view, cfg)
+    rec = VxlanReconciler(VxlanTarget(LinuxKernel(name)), lambda: view, cfg)
     rec.ready()
 
     def fdb_rows() -> list[dict[str, Any]]:

@@ -12,11 +12,12 @@ import trio.testing
 
 from dataplane.compile import compile
 from dataplane.fake import FakeKernel
-from dataplane.model import Link, OverlayView
+from dataplane.model import Link, OverlayView, State
 from dataplane.plan import FdbSet, plan
-from dataplane.reconciler import Reconciler, ReconcilerConfig
+from dataplane.reconciler import PassReport, ReconcilerConfig
 from dataplane.report import render_text
 from dataplane.samples import bulk_view
+from dataplane.target import VxlanReconciler, VxlanTarget
 
 VX, BR = "ov-vx-4242", "ov-br-4242"
 
@@ -36,8 +37,8 @@ class Views:
 @asynccontextmanager
 async def running(
     kernel: FakeKernel, views: Callable[[], OverlayView], ready: bool = True, **cfg: float
-) -> AsyncIterator[Reconciler]:
-    rec = Reconciler(kernel, views, ReconcilerConfig(**cfg), threaded=False)  # type: ignore[arg-type]
+) -> AsyncIterator[VxlanReconciler]:
+    rec = VxlanReconciler(VxlanTarget(kernel), views, ReconcilerConfig(**cfg), threaded=False)  # type: ignore[arg-type]
     if ready:  # the tables are complete from the start (tests of the steady state)
         rec.ready()
     async with trio.open_nursery() as nursery:
@@ -90,9 +91,12 @@ async def test_a_restarted_agent_deletes_nothing_until_its_view_is_ready(
     # Nobody says "ready": the grace period ends and deletions go through.
     kernel.create_link(Link("ov-br-7", "bridge", 1450))
     async with running(kernel, Views(full), ready=False, startup_grace=15.0) as rec:
-        await trio.sleep(10)
-        assert "ov-br-7" in kernel.links
-        await trio.sleep(6)
+        with trio.move_on_after(10):
+            await rec.wait_complete()
+        assert "ov-br-7" in kernel.links and rec.additive_only
+        await rec.wait_complete()  # the grace ends (what the XFRM reconciler follows)
+        assert trio.current_time() >= 15 and not rec.additive_only
+        await trio.sleep(1)
         assert "ov-br-7" not in kernel.links
 
 
@@ -196,7 +200,7 @@ async def test_silent_drift_is_repaired_by_the_periodic_resync(
 async def test_monitor_overflow_forces_a_resync(autojump_clock: trio.testing.MockClock) -> None:
     view = bulk_view(10, 2)
     kernel = FakeKernel()
-    rec = Reconciler(kernel, Views(view), ReconcilerConfig(resync_interval=3600), threaded=False)
+    rec = VxlanReconciler(VxlanTarget(kernel), Views(view), ReconcilerConfig(resync_interval=3600), threaded=False)
     kernel_open = kernel.open_monitor
     kernel.open_monitor = lambda capacity=2: kernel_open(2)  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
@@ -273,3 +277,25 @@ async def test_settled_waits_for_a_fresh_pass(autojump_clock: trio.testing.MockC
         views.view = bulk_view(8, 2)
         await rec.settled()
         assert in_sync(kernel, views.view)
+
+
+async def test_after_pass_sees_the_kernel_before_and_after_the_apply(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reports: list[PassReport[State, State]] = []
+
+    async def seen(report: PassReport[State, State]) -> None:
+        reports.append(report)
+
+    view = bulk_view(5, 1)
+    kernel = FakeKernel()
+    rec = VxlanReconciler(VxlanTarget(kernel), Views(view), ReconcilerConfig(read_back=True),
+                          threaded=False, after_pass=seen)
+    assert await rec.pass_now()  # additive (not ready): adds only, which is all there is
+    first = reports[0]
+    assert first.additive_only and first.ops == rec.last.ops > 0 and first.errors == ()
+    assert first.actual.entry_count() == 0 and first.after == kernel.read(first.desired)
+    rec.ready()
+    assert await rec.pass_now()
+    assert reports[1].ops == 0 and reports[1].after is reports[1].actual
+    assert not reports[1].additive_only

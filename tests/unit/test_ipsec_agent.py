@@ -1,7 +1,7 @@
 """agent/overlay/ipsec.py + gossip/tables/ipsecrows.py: key rows in the tables, peers of encrypted
 networks only, SAs that match pairwise, rotation make-before-break, removal of gone
 peers, additive-only start, key file, re-key of a vanished outbound SA. The kernel is a
-fake that interprets the real netlink requests (dataplane/xfrm.py's encoding)."""
+fake that interprets the real netlink requests (dataplane/xfrm/codec.py's encoding)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from agent.overlay import ipsec as agent_ipsec
-from dataplane import xfrm
+from dataplane.xfrm import codec
+from dataplane.xfrm.kernel import XfrmApplier
+from dataplane.xfrm.model import Direction, PolicyInfo, StateInfo, XfrmError, XfrmPolicy, XfrmState
 from gossip.errors import DecodeError
 from gossip.tables import framing as netgossip
 from gossip.tables import ipsecrows
@@ -31,69 +35,73 @@ class FakeXfrm:
     """An SA/policy database driven by the real request bytes."""
 
     def __init__(self) -> None:
-        self.states: dict[tuple[str, int], xfrm.XfrmState] = {}
+        self.states: dict[tuple[str, int], XfrmState] = {}
         self.added: dict[tuple[str, int], int] = {}
-        self.policies: dict[tuple[str, str, int], xfrm.XfrmPolicy] = {}
+        self.policies: dict[tuple[str, str, int], XfrmPolicy] = {}
         self.log: list[int] = []
         self.clock = 1000
 
-    def apply(self, requests: Sequence[xfrm.Request]) -> list[xfrm.XfrmError | None]:
-        out: list[xfrm.XfrmError | None] = []
+    def apply(self, requests: Sequence[codec.Request]) -> list[XfrmError | None]:
+        out: list[XfrmError | None] = []
         for r in requests:
             self.log.append(r.type)
             out.append(self._one(r))
         return out
 
-    def _one(self, r: xfrm.Request) -> xfrm.XfrmError | None:
-        if r.type == xfrm.XFRM_MSG_NEWSA:
-            st = xfrm.parse_state(r.payload).state
+    def _one(self, r: codec.Request) -> XfrmError | None:
+        if r.type == codec.XFRM_MSG_NEWSA:
+            st = codec.parse_state(r.payload).state
             if (st.dst, st.spi) in self.states:
-                return xfrm.XfrmError(17, r.what)
+                return XfrmError(17, r.what)
             self.states[(st.dst, st.spi)] = st
             self.clock += 1
             self.added[(st.dst, st.spi)] = self.clock
-        elif r.type == xfrm.XFRM_MSG_DELSA:
+        elif r.type == codec.XFRM_MSG_DELSA:
             fam = struct.unpack_from("=H", r.payload, 20)[0]
-            dst = xfrm._unpack_address(r.payload[:16], fam)
+            dst = codec.unpack_address(r.payload[:16], fam)
             spi = struct.unpack_from(">I", r.payload, 16)[0]
             if self.states.pop((dst, spi), None) is None:
-                return xfrm.XfrmError(3, r.what)
-        elif r.type == xfrm.XFRM_MSG_UPDPOLICY:
-            pol = xfrm.parse_policy(r.payload).policy
+                return XfrmError(3, r.what)
+        elif r.type == codec.XFRM_MSG_UPDPOLICY:
+            pol = codec.parse_policy(r.payload).policy
             self.policies[(pol.src, pol.dst, int(pol.direction))] = pol
-        elif r.type == xfrm.XFRM_MSG_DELPOLICY:
+        elif r.type == codec.XFRM_MSG_DELPOLICY:
             fam = struct.unpack_from("=H", r.payload, 40)[0]
-            dst = xfrm._unpack_address(r.payload[0:16], fam)
-            src = xfrm._unpack_address(r.payload[16:32], fam)
+            dst = codec.unpack_address(r.payload[0:16], fam)
+            src = codec.unpack_address(r.payload[16:32], fam)
             direction = r.payload[60]
             if self.policies.pop((src, dst, direction), None) is None:
-                return xfrm.XfrmError(2, r.what)
+                return XfrmError(2, r.what)
         else:  # pragma: no cover - the agent sends nothing else
             raise AssertionError(r.what)
         return None
 
-    def dump_states(self) -> list[xfrm.StateInfo]:
-        return [xfrm.StateInfo(s, 0, 0, self.added[k], 0, 0, 0, 0, 0, 0, xfrm.XFRM_STATE_ESN)
+    def dump_states(self) -> list[StateInfo]:
+        return [StateInfo(s, 0, 0, self.added[k], 0, 0, 0, 0, 0, 0, codec.XFRM_STATE_ESN)
                 for k, s in self.states.items()]
 
-    def dump_policies(self) -> list[xfrm.PolicyInfo]:
+    def dump_policies(self) -> list[PolicyInfo]:
         full = 32
-        return [xfrm.PolicyInfo(p, full, full, 1, 0, 0) for p in self.policies.values()]
+        return [PolicyInfo(p, full, full, 1, 0, 0) for p in self.policies.values()]
 
     def close(self) -> None:
         pass
 
 
 class Host:
-    """One node's IpsecAgent over the simulated cluster, with a fake kernel and clock."""
+    """One node's IpsecAgent over the simulated cluster, with a fake kernel and clock.
 
-    def __init__(self, net: Net, name: str, key_dir: Path, clock: list[float], rec: Any = None) -> None:
+    ``ready``: the overlay's view is complete (the steady state), so passes may delete;
+    otherwise the agent is in its start-up, additive-only phase."""
+
+    def __init__(self, net: Net, name: str, key_dir: Path, clock: list[float],
+                 kernel: FakeXfrm | None = None, ready: bool = True) -> None:
         self.net = net
         self.name = name
-        self.kernel = FakeXfrm()
+        self.kernel = kernel or FakeXfrm()
         node = net.nodes[name]
         self.overlay = SimpleNamespace(tables=node.tables, vtep=node.tables.vtep, dataplane=True,
-                                       rec=rec or SimpleNamespace(additive_only=False), watched=None)
+                                       rec=None)
         self.agent = agent_ipsec.IpsecAgent(
             self.overlay,  # type: ignore[arg-type]
             interval=INTERVAL, key_dir=str(key_dir / name), applier_factory=lambda: self.kernel,
@@ -106,14 +114,18 @@ class Host:
             return value
 
         self.rt = SimpleNamespace(driver=SimpleNamespace(call=call))
+        self.agent.rt = self.rt  # type: ignore[assignment]
+        if ready:
+            self.agent.rec.ready()
 
     @property
     def vtep(self) -> str:
         return str(self.overlay.vtep)
 
     async def step(self, now: float) -> bool:
+        """What the running agent does on a change: keys first, then one reconcile pass."""
         await self.agent._rotate_keys(self.rt, now)  # type: ignore[arg-type]
-        return await self.agent._pass(self.rt, now)  # type: ignore[arg-type]
+        return await self.agent.rec.pass_now("test")
 
 
 def _setup(tmp_path: Path, n: int = 4) -> tuple[Net, dict[str, Host], list[float]]:
@@ -187,14 +199,14 @@ async def test_keys_spread_and_only_encrypted_peers_get_sas(tmp_path: Path) -> N
         assert [e for e, _ in row.keys] == [1000, 1001]
     v = {n: h.vtep for n, h in hosts.items()}
     k0 = hosts["n0"].kernel
-    peers_with_policies = sorted({p.dst for p in k0.policies.values() if p.direction == xfrm.Direction.OUT})
+    peers_with_policies = sorted({p.dst for p in k0.policies.values() if p.direction == Direction.OUT})
     assert peers_with_policies == sorted([v["n1"], v["n2"]])
     assert all(v["n3"] not in (s.src, s.dst) for s in k0.states.values())
     assert hosts["n3"].kernel.states == {} and hosts["n3"].kernel.policies == {}
     assert len(k0.states) == 2 * 2 * 2  # 2 peers x 2 epochs x 2 directions
     # Pairwise agreement: every SA n0 sends with exists at the receiver with the same key.
     for name in ("n1", "n2"):
-        out = k0.policies[(v["n0"], v[name], int(xfrm.Direction.OUT))]
+        out = k0.policies[(v["n0"], v[name], int(Direction.OUT))]
         assert out.spi != 0
         mine = k0.states[(v[name], out.spi)]
         theirs = hosts[name].kernel.states[(v[name], out.spi)]
@@ -220,7 +232,7 @@ async def test_rotation_is_make_before_break_and_drops_old_epoch(tmp_path: Path)
         for h in hosts.values():
             await h.step(t)
         net.run_for(0.5)
-        out = hosts["n0"].kernel.policies[(v["n0"], v["n1"], int(xfrm.Direction.OUT))]
+        out = hosts["n0"].kernel.policies[(v["n0"], v["n1"], int(Direction.OUT))]
         seen_spis.add(out.spi)
         assert (v["n1"], out.spi) in hosts["n1"].kernel.states
     assert len(seen_spis) == 3  # epochs 1000, 1001, 1002
@@ -257,12 +269,33 @@ async def test_additive_only_start_keeps_unknown_peers(tmp_path: Path) -> None:
     held = dict(k0.states)
     net.crash("n1")
     net.run_for(30)
-    hosts["n0"].overlay.rec = SimpleNamespace(additive_only=True)
-    assert await hosts["n0"].step(clock[0])
+    # n0's agent restarts: the kernel and the key file stay, its view may be incomplete.
+    restarted = Host(net, "n0", tmp_path, clock, kernel=k0, ready=False)
+    await restarted.agent.restore_keys()
+    assert restarted.agent.rec.additive_only
+    assert await restarted.step(clock[0])
     assert k0.states == held  # nothing deleted while the view may be incomplete
-    hosts["n0"].overlay.rec = SimpleNamespace(additive_only=False)
-    assert await hosts["n0"].step(clock[0])
+    assert restarted.agent.counters.rekeys == 0  # every restored SA was still there
+    restarted.agent.rec.ready()
+    assert await restarted.step(clock[0])
     assert len(k0.states) == len(held) // 2
+
+
+async def test_deletions_wait_for_the_overlays_view(tmp_path: Path) -> None:
+    net, _hosts, clock = _setup(tmp_path, 2)
+    agent = Host(net, "n0", tmp_path, clock, ready=False).agent
+    complete = trio.Event()
+
+    async def wait_complete() -> None:
+        await complete.wait()
+
+    agent.overlay.rec = SimpleNamespace(wait_complete=wait_complete)  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent._follow_overlay)
+        await trio.testing.wait_all_tasks_blocked()
+        assert agent.rec.additive_only
+        complete.set()
+    assert not agent.rec.additive_only
 
 
 async def test_vanished_outbound_sa_gets_a_fresh_key_not_the_old_one(tmp_path: Path) -> None:
@@ -270,7 +303,7 @@ async def test_vanished_outbound_sa_gets_a_fresh_key_not_the_old_one(tmp_path: P
     await _converge(net, hosts, clock)
     v = {n: h.vtep for n, h in hosts.items()}
     k0 = hosts["n0"].kernel
-    out = k0.policies[(v["n0"], v["n1"], int(xfrm.Direction.OUT))]
+    out = k0.policies[(v["n0"], v["n1"], int(Direction.OUT))]
     old = k0.states.pop((v["n1"], out.spi))  # someone flushed it behind our back
     old_public = hosts["n0"].agent.keys[1000].public
     await _converge(net, hosts, clock, rounds=3)
@@ -320,10 +353,10 @@ async def test_peers_view_shows_spis_and_install_times_without_keys(tmp_path: Pa
 async def test_sync_failure_is_reported_not_raised(tmp_path: Path) -> None:
     _net, hosts, clock = _setup(tmp_path, 2)
 
-    def broken() -> agent_ipsec.XfrmApplier:
-        raise xfrm.XfrmError(93, "open NETLINK_XFRM socket", "no xfrm_user")
+    def broken() -> XfrmApplier:
+        raise XfrmError(93, "open NETLINK_XFRM socket", "no xfrm_user")
 
-    hosts["n0"].agent.applier_factory = broken
+    hosts["n0"].agent.xfrm.open_socket = broken
     assert not await hosts["n0"].step(clock[0])
     assert "NETLINK_XFRM" in (hosts["n0"].agent.last_error or "")
     assert any("XFRM sync failed" in w for w in hosts["n0"].agent.warnings())
