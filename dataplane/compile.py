@@ -12,7 +12,7 @@ last local endpoint leaving tears them down):
   * one unicast FDB row per remote endpoint MAC -> its VTEP;
   * one permanent neighbour per remote endpoint IPv4/IPv6 -> MAC, on the VXLAN
     device, where the VXLAN proxy answers ARP/NS from it (so no ARP crosses the
-    underlay; Docker does the same, shared/reference/dataplane.md §1.3, §5.2).
+    underlay; Docker does the same; docs/dataplane.md, "Kernel facts").
 
 Isolation of overlapping subnets: every network gets its own bridge and VXLAN
 device in the host namespace and no address on either, so the host routes no

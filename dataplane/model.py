@@ -11,8 +11,8 @@ IP addresses are what ``socket.inet_ntop`` prints (``canonical_ip``), which is
 also what the kernel dump parser produces.
 
 State layout (one entry per kernel object; dict keys are the kernel's own keys,
-so a cache keyed by a convenient field cannot fight the kernel, see
-shared/reference/dataplane.md §3, calico#9450):
+so a cache keyed by a convenient field cannot fight the kernel, as Calico's did in
+projectcalico/calico#9450):
 
 * ``links``: our bridges and VXLAN devices, by name.
 * ``ports``: endpoint (host-side veth) interfaces we attach to our bridges, by name.

@@ -5,7 +5,7 @@ ifindex -> name map needed to name neighbour events, and cheap decoding of the
 notifications. Does not decide what is relevant (``events.diverges``) and never
 writes to the kernel.
 
-Facts it relies on (shared/reference/dataplane.md §4.3): our own writes and other
+Facts it relies on (docs/dataplane.md, "Kernel facts"): our own writes and other
 people's writes/deletes both arrive as RTM_NEWNEIGH/RTM_DELNEIGH (an ``ip neigh
 del`` is preceded by a NEWNEIGH in NUD_FAILED); a burst of 10,000 changes overflows
 the default receive buffer, so the buffer is raised (SO_RCVBUFFORCE as root) and

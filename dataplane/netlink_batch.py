@@ -6,7 +6,7 @@ ACKs, and mapping the kernel's error replies back to entries by sequence number.
 Does not decide what to write (``plan``) or how to resolve names (``kernel``).
 
 Why: pyroute2 costs ~270 µs per request; a struct-packed 48-byte message costs
-~1 µs and the kernel ~2-3 µs (shared/reference/dataplane.md §4.5). rtnetlink
+~1 µs and the kernel ~2-3 µs (docs/dataplane.md, "Bulk programming"). rtnetlink
 handles every message of one sendmsg synchronously in the sender's context, so
 when ``send`` returns, every error reply of the chunk is already queued: a
 non-blocking drain after each chunk collects them. Without NLM_F_ACK only

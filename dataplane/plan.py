@@ -17,7 +17,7 @@ Design notes
   to a new VTEP or an IP to a new MAC in one step, with no window without an entry.
   Deletes of unicast FDB rows carry the destination we saw, so a delete can never
   remove a newer mapping (the kernel ignores a dst-guarded delete that does not
-  match, shared/reference/dataplane.md §0 item 2).
+  match: docs/dataplane.md, "Kernel facts").
 * Order (make before break):
   1. delete links that must be re-created (kind or immutable VXLAN attributes differ);
   2. create/fix bridges, then VXLAN devices (parents before children);

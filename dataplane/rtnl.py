@@ -7,7 +7,7 @@ straight into the canonical strings of ``dataplane.model``. Does not decide what
 to read or write (``kernel.py``) and does not batch writes (``netlink_batch.py``).
 
 Why not pyroute2 for reads: its parser costs ~50 µs per FDB/neighbour message
-(shared/reference/dataplane.md §4.5); a no-change resync of 20,000 entries must
+(docs/dataplane.md, "Kernel facts"); a no-change resync of 20,000 entries must
 fit in 50 ms, which leaves ~1 µs per entry, so dumps are parsed here with
 ``struct`` at known offsets. Constants come from the uapi headers (linux/netlink.h,
 linux/rtnetlink.h, linux/neighbour.h, linux/if_link.h); the values are ABI.
