@@ -39,8 +39,8 @@ from gossip.effects import KeyringChanged, QueryFinished, QueryResponse
 from gossip.serf import keyops
 from gossip.swim import Swim
 from sim import metrics as m
+from sim.components import Component, ScenarioError, Setup
 from sim.cores import SwimFactory
-from sim.scenarios import COMPONENTS, Component, ScenarioError, Setup
 from sim.world import UP, World
 
 STEPS = ("install", "use", "remove")
@@ -343,6 +343,3 @@ def summary(section: dict[str, Any]) -> list[str]:
 
 def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
-
-
-COMPONENTS[KeyRotate.name] = KeyRotate

@@ -8,9 +8,10 @@ the ``endpoints`` scenario component (``EndpointsPlan``) and its metrics
 when each node taking part in its network can see it, and the bytes the nodes
 send, split into membership and tables traffic.
 
-Does not own: the scenario language (``scenarios.py`` declares the component and
-calls ``prepare``/``install`` here), files and plots (``tablesplots.py``), the
-world's mechanics (``world.py``).
+The ``endpoints`` component (``Endpoints``) is defined here and registered in the
+scenario language by ``scenarios.py``, which imports this module (never the reverse).
+Does not own: the scenario language (``scenarios.py``), files and plots
+(``tablesplots.py``), the world's mechanics (``world.py``).
 
 How visibility is observed without polling: the tracker subscribes to every
 node's tables (``Tables.subscribe``, the tables' change signal, docs/tables.md §2);
@@ -50,9 +51,9 @@ from gossip.swim import Swim
 from gossip.tables import framing as netgossip
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import EndpointRow, encode_row
+from sim.components import Component, ScenarioError, Setup
 from sim.cores import Core, SwimFactory
 from sim.metrics import distribution, time_to_fraction
-from sim.scenarios import COMPONENTS, Component, ScenarioError, Setup
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -552,6 +553,3 @@ class Endpoints(Component):
             install(s.world, tracker, plan, s.rng)
         except SetupError as e:
             raise ScenarioError(str(e)) from None
-
-
-COMPONENTS[Endpoints.name] = Endpoints

@@ -7,9 +7,10 @@ import random
 import pytest
 
 from sim import scenarios
+from sim.components import Bootstrap, Converged, Crash, Loss, ScenarioError
 from sim.metrics import Metrics
 from sim.network import Network
-from sim.scenarios import Bootstrap, Converged, Crash, Loss, ScenarioError, parse
+from sim.scenarios import parse
 from sim.world import OFF, PAUSED, UP, World
 from tests.sim.fakecore import FakeFactory
 
