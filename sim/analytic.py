@@ -1,8 +1,10 @@
 """Closed-form predictions the simulator's measurements are compared with.
 
-Owns: the SWIM paper's expected time to first detection, serf's convergence
-simulator formula, and memberlist's suspicion timeouts for N. Reference:
-shared/reference/memberlist.md §2.2, §3.8 and §3.9.
+Owns: the SWIM paper's expected time to first detection (Das, Gupta, Motivala,
+DSN 2002), the formula of serf's convergence simulator page (serf's documentation, a
+JavaScript model, not a measurement) and memberlist's suspicion timeouts, retransmit
+limit and push/pull interval for N (``gossip.config``, memberlist's formulas).
+docs/simulation.md §5 compares them with what the simulator measures.
 """
 
 from __future__ import annotations

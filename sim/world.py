@@ -3,7 +3,7 @@
 Owns: the heap of ``(at, seq, kind, a, b, c)`` tuples (``seq`` is a global
 counter, so ties break by scheduling order and nothing else), each node's life
 (not started, up, paused, down) and the interpretation of effects, following
-the driver contract of docs/design (shared/design/models-and-layout.md §4.3):
+the driver contract (docs/design.md, "The core's contract"):
 after every call into a core, perform its effects in order, re-read
 ``next_deadline()`` and keep one pending wake per node (stale wakes are skipped
 by comparing with the stored ``wake_at``).
