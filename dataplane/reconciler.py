@@ -166,7 +166,8 @@ class ReconcilerConfig:
     """Seconds after start during which nothing is deleted, unless ``ready()`` comes first."""
     keep_errors: int = 20
     read_back: bool = False
-    """Re-read the kernel after a pass that applied something (``PassReport.after``)."""
+    """Re-read the kernel after a pass that applied something, for the ``after_pass``
+    hook (``PassReport.after``)."""
 
 
 @dataclass(slots=True)
@@ -235,7 +236,9 @@ class _Worker:
 
 
 class Reconciler(Generic[V, D, A, O]):
-    """See the module docstring. ``name`` labels log lines and the worker thread."""
+    """See the module docstring. ``name`` labels log lines and the worker thread;
+    ``after_pass``, if given, is awaited in the trio thread after every pass that got
+    through its apply (an exception there fails the pass, like a refused operation)."""
 
     def __init__(
         self,
