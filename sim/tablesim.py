@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossip.effects import Address
 from gossip.swim import Swim
-from gossip.tables import framing as netgossip
+from gossip.tables import framing
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import EndpointRow, encode_row
 from sim.components import Component, ScenarioError, Setup
@@ -472,7 +472,7 @@ def seed_tables(world: World, factory: TablesFactory, plan: EndpointsPlan) -> No
         for i in members:
             t = tables[i]
             if claims:
-                t.merge_remote_state(now, netgossip.encode_state(claims), False)
+                t.merge_remote_state(now, framing.encode_state(claims), False)
             t.create_endpoint(now, net)
             claims += [encode_row(c, now) for c in t.store.claims.get(net, {}).values() if c.node == t.node]
     # 3. Endpoint rows: one bulk sync per network to every node taking part.
@@ -480,7 +480,7 @@ def seed_tables(world: World, factory: TablesFactory, plan: EndpointsPlan) -> No
         net = plan.net_ids[k]
         rows = [encode_row(r, now) for i in members for r in tables[i].store.endpoints[net].values()
                 if r.owner == tables[i].node]
-        payload = netgossip.encode_bulk_sync(net, tables[members[0]].node, False, rows)
+        payload = framing.encode_bulk_sync(net, tables[members[0]].node, False, rows)
         for t in tables:
             if net in t.sync.joined:
                 t.on_user_message(now, payload)

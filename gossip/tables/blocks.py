@@ -3,7 +3,7 @@
 Owns: the allocation policy (own blocks first, then a free block found from a
 per-node starting point) and the claim policy (hold a claim on every block with
 a local address plus one spare owned block per family; release the rest).
-Pure functions of the rows given; ``tables.py`` stores and gossips the claims.
+Pure functions of the rows given; ``replica.py`` stores and gossips the claims.
 Address math is in ``ipam.py``; the scheme is described in docs/tables.md.
 """
 

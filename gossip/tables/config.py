@@ -28,7 +28,7 @@ class TablesConfig:
     gossip_miss: float = 1e-3
     """Target probability that network gossip leaves some member of a network without a
     row (it then waits for the bulk sync): each node sends a row at least as often as
-    ``netsync.transmit_limit`` derives from it (about ln((n-1)/gossip_miss) times)."""
+    ``sync.transmit_limit`` derives from it (about ln((n-1)/gossip_miss) times)."""
     gossip_coalesce: float = 0.02
     """An event queued on an idle network queue goes out this long after it was queued
     (rows arriving together share a message), but never less than one gossip interval

@@ -3,7 +3,7 @@
 Owns: which of several live networks keeps a contested name, VNI or subnet, and
 which of several visible endpoints keeps a contested IPv4, IPv6 or MAC address.
 Pure functions of the rows alone (never of arrival order), so nodes holding the
-same rows agree. Does not: hide anything (``tables.py`` uses the result).
+same rows agree. Does not: hide anything (``visibility.py`` uses the result).
 
 Precedence: the earlier creation in Lamport order, then the node name, then the
 id — i.e. the lowest ``(created, node, id)`` keeps the value.

@@ -2,7 +2,7 @@
 
 Owns: the private type bytes and the byte layout of the four messages, and
 packing a compound of pre-encoded rows into a byte budget. Does not: decide
-what to send to whom (``tables.py``) or encode a single row (``records.py``).
+what to send to whom (``replica.py``) or encode a single row (``rows.py``).
 
 Every payload starts with a private type byte >= 0x80: the core hands those to
 our delegate, and serf (which sees the piggybacked cluster-wide events) ignores
@@ -100,7 +100,7 @@ def _pack(obj: Any) -> bytes:
 
 
 def _rows_array(items: Sequence[bytes]) -> bytes:
-    # Rows are encoded once (records.encode_row) and spliced in as they are.
+    # Rows are encoded once (rows.encode_row) and spliced in as they are.
     return _array_header(len(items)) + b"".join(items)
 
 

@@ -3,7 +3,7 @@
 Owns: parsing and validating subnets, addresses and MACs; cutting a subnet into
 blocks; deciding which claimant owns a block; picking a free block and a free
 address; Docker's MAC convention; picking a VNI. Pure functions, no state.
-Does not: store or gossip claims (``tables.py`` does, as ``ClaimRow``s).
+Does not: store or gossip claims (``replica.py`` does, as ``ClaimRow``s).
 
 The scheme (docs/tables.md §IPAM): a subnet is cut into equal power-of-two
 blocks. A node allocates only inside blocks it owns; it claims a free block

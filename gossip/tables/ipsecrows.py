@@ -9,7 +9,7 @@ Does not: decide visibility (rows of members that are not alive/suspect are hidd
 ``gossip.tables.replica.Tables``), hold private keys (never: the agent keeps them,
 ``agent/overlay/ipsec.py``), or derive SAs (``crypto/ipsec.py``).
 
-Why separate messages rather than a fifth row kind in ``records.py``: an agent that
+Why separate messages rather than a fifth row kind in ``rows.py``: an agent that
 does not know this row ignores a message with an unknown private type byte and an
 extra trailing field of the push/pull state, whereas an unknown row kind would make it
 drop the whole message (networks and members included). Mixed versions keep working;

@@ -42,9 +42,7 @@ from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
 from gossip.members import Member
-from gossip.tables import agenttag, blocks, ipam, ipsecrows
-from gossip.tables import framing as netgossip
-from gossip.tables import validation as tableinput
+from gossip.tables import agenttag, blocks, framing, ipam, ipsecrows, validation
 from gossip.tables.blocks import Block
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
@@ -155,23 +153,23 @@ class Tables:
                 self._merge_ipsec(now, ipsecrows.decode_event(data), effects, rebroadcast=True)
                 self._finish(effects)
                 return effects
-            msg = netgossip.decode(data, now)
-            extra = ipsecrows.rows_in_state(data) if isinstance(msg, netgossip.State) else []
+            msg = framing.decode(data, now)
+            extra = ipsecrows.rows_in_state(data) if isinstance(msg, framing.State) else []
         except DecodeError as exc:
             self._bad_input(exc, effects)
             return effects
         for ipsec_row in extra:
             self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
-        if isinstance(msg, netgossip.State):
+        if isinstance(msg, framing.State):
             for row in msg.rows:
                 self._merge_cluster(now, row, effects, rebroadcast=False)
         elif push_pull:
             pass  # push/pull state carries STATE only
-        elif isinstance(msg, netgossip.Event):
+        elif isinstance(msg, framing.Event):
             self._merge_cluster(now, msg.row, effects, rebroadcast=True)
-        elif isinstance(msg, netgossip.NetGossip):
+        elif isinstance(msg, framing.NetGossip):
             self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=True)
-        elif isinstance(msg, netgossip.BulkSync) and msg.net in self.sync.joined:
+        elif isinstance(msg, framing.BulkSync) and msg.net in self.sync.joined:
             self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=False)
             self.sync.on_bulk_sync(now, msg, effects)
         self._finish(effects)
@@ -197,7 +195,7 @@ class Tables:
         keys = [r for r in self.ipsec if not self.visibility.reaped(r.node, self._now)]
         extra = [ipsecrows.state_field(keys)] if keys else []
         # Nothing to say: stay silent (serf peers log user state they cannot parse).
-        data = netgossip.encode_state(rows, extra) if rows or extra else b""
+        data = framing.encode_state(rows, extra) if rows or extra else b""
         self.stats.state_bytes += len(data)
         return data
 
@@ -243,7 +241,7 @@ class Tables:
 
     def find_network(self, ref: str) -> Network:
         """By exact id, name, or unique id prefix (losers by id too). Raises TableError."""
-        return tableinput.find_network(self.visibility.live_networks(), self.visibility.networks_view()[0], ref)
+        return validation.find_network(self.visibility.live_networks(), self.visibility.networks_view()[0], ref)
 
     def create_network(
         self,
@@ -259,7 +257,7 @@ class Tables:
         by inspect). It spreads with the gossip. Raises TableError."""
         self._now = now
         live = self.visibility.live_networks()
-        nets, mtu = tableinput.check_new_network(live, name, subnets, vni, mtu, self.config.default_mtu)
+        nets, mtu = validation.check_new_network(live, name, subnets, vni, mtu, self.config.default_mtu)
         net_id = self._new_id(lambda i: i in self.store.networks)
         if vni is None:
             vni = ipam.pick_vni(net_id, {n.vni for n in live}, self.config.vni_min, self.config.vni_max)
@@ -378,7 +376,7 @@ class Tables:
 
     def find_endpoint(self, ref: str) -> Endpoint:
         """A visible endpoint by exact id, local name, or unique id prefix. Raises TableError."""
-        return tableinput.find_endpoint(self.endpoints(), ref, self.node)
+        return validation.find_endpoint(self.endpoints(), ref, self.node)
 
     def local_endpoints(self) -> list[Endpoint]:
         """This node's endpoints: what the agent persists (with ``clock`` and
@@ -430,7 +428,7 @@ class Tables:
         Raises TableError, restoring nothing, if any row is malformed."""
         self._now = now
         eps, nets = list(endpoints), list(networks)
-        tableinput.check_restored(eps, nets)
+        validation.check_restored(eps, nets)
         if isinstance(clock, int) and not isinstance(clock, bool):
             self.clock = max(self.clock, clock)
         self.clock = max([self.clock, *(e.created for e in eps), *(n.created for n in nets)])
@@ -545,7 +543,7 @@ class Tables:
     # ========================================================== merge (remote)
 
     def _merge_cluster(
-        self, now: float, row: netgossip.ClusterRow, effects: list[Effect], *, rebroadcast: bool
+        self, now: float, row: framing.ClusterRow, effects: list[Effect], *, rebroadcast: bool
     ) -> None:
         self._witness(row.lamport)
         if isinstance(row, NetworkRow):
@@ -560,7 +558,7 @@ class Tables:
             return
         self.stats.rows_applied += 1
         if rebroadcast:
-            self._bcast.queue(_key(row), netgossip.encode_event(encode_row(row, now)))
+            self._bcast.queue(_key(row), framing.encode_event(encode_row(row, now)))
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
             self._keep_in_use(now, row.id, effects)
@@ -655,7 +653,7 @@ class Tables:
             self.sync.queue(now, row.net, _key(row), encode_row(row, now))
             self._touch(row.net)
             return
-        self._bcast.queue(_key(row), netgossip.encode_event(encode_row(row, now)))
+        self._bcast.queue(_key(row), framing.encode_event(encode_row(row, now)))
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
         elif isinstance(row, MemberRow):
@@ -722,7 +720,7 @@ class Tables:
             return []
         others = sorted(m.name for m in self.swim.members()
                         if m.name != self.node and m.status in UP and self.accepts_user_data(m))
-        return self.sync.push(netgossip.encode_event(encode_row(row, now)), others)
+        return self.sync.push(framing.encode_event(encode_row(row, now)), others)
 
     # ============================================================ what changed
 
@@ -774,7 +772,7 @@ class Tables:
 
     def _find_local(self, ref: str) -> Endpoint:
         try:
-            return tableinput.find_endpoint(self.local_endpoints(), ref, self.node)
+            return validation.find_endpoint(self.local_endpoints(), ref, self.node)
         except TableError:
             prefix = ref.lower() if isinstance(ref, str) and ref else None
             remote = next((e for e in self.endpoints() if prefix and e.id.startswith(prefix)), None)

@@ -4,8 +4,8 @@ Owns: the value types the agent sees (``Network``, ``Endpoint``, ``Conflict``),
 the stored row types with their version (``NetworkRow``, ``MemberRow``,
 ``ClaimRow``, ``EndpointRow``), the one last-writer-wins order (``newer``) and
 the bytes of one row on the wire. Does not: decide what a row means for
-visibility, scoping or IPAM (``tables.py``, ``ipam.py``), frame messages
-(``netgossip.py``).
+visibility, scoping or IPAM (``replica.py``, ``visibility.py``, ``ipam.py``), frame messages
+(``framing.py``).
 
 Four kinds of rows, each keyed and versioned by ``(lamport, writer)``:
 

@@ -7,8 +7,8 @@ an idle queue fills, then every interval; queued events to up to
 messages that fit one UDP packet); bulk syncs over TCP (on joining a network
 until one arrives, with a member that came back, and periodically with one
 random peer); the timers of all that.
-Does not: decide what rows mean or which peers exist (``tables.py`` passes
-``peers`` and ``rows`` in), encode messages (``netgossip.py``).
+Does not: decide what rows mean or which peers exist (``replica.py`` passes
+``peers`` and ``rows`` in), encode messages (``framing.py``).
 Reference: networkdb's per-network gossip and bulk sync (memberlist.md §5).
 """
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from gossip.broadcasts import Broadcasts
 from gossip.config import retransmit_limit
 from gossip.effects import Effect
-from gossip.tables import framing as netgossip
+from gossip.tables import framing
 from gossip.tables.config import TablesConfig, TablesStats
 
 if TYPE_CHECKING:
@@ -132,12 +132,12 @@ class NetSync:
                                self.config.gossip_nodes, self.config.gossip_miss)
         self._last_round = now
         budget = min(self.config.udp_payload, swim.config.udp_buffer_size - 100)
-        budget -= netgossip.NET_GOSSIP_OVERHEAD
+        budget -= framing.NET_GOSSIP_OVERHEAD
         for peer in self.rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
             items = joined.queue.take(0, budget, limit)
             if not items:
                 break
-            payload = netgossip.encode_net_gossip(net, items)
+            payload = framing.encode_net_gossip(net, items)
             self.stats.gossip_sent += 1
             self.stats.gossip_bytes += len(payload)
             effects.extend(swim.send_user(peer, payload))
@@ -148,14 +148,14 @@ class NetSync:
         """Everything we hold for the network, over TCP (the peer answers an unsolicited one)."""
         if self.swim is None:
             return
-        payload = netgossip.encode_bulk_sync(net, self.node, unsolicited, self._rows(net, now))
+        payload = framing.encode_bulk_sync(net, self.node, unsolicited, self._rows(net, now))
         self.stats.bulk_sent += 1
         self.stats.bulk_bytes += len(payload)
         if unsolicited:
             self._recent[(net, peer)] = now
         effects.extend(self.swim.stream_user(peer, payload))
 
-    def on_bulk_sync(self, now: float, msg: netgossip.BulkSync, effects: list[Effect]) -> None:
+    def on_bulk_sync(self, now: float, msg: framing.BulkSync, effects: list[Effect]) -> None:
         """After its rows were merged: we are synced; answer an unsolicited one."""
         joined = self.joined.get(msg.net)
         if joined is None:

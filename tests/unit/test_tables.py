@@ -9,7 +9,7 @@ duplicate addresses after a partition, and the change counter.
 from __future__ import annotations
 
 from gossip.effects import Log, Send
-from gossip.tables import framing as netgossip
+from gossip.tables import framing
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import EndpointRow, encode_row
 from tests.stateful.tablesnet import Net, cluster
@@ -62,7 +62,7 @@ def test_endpoint_rows_reach_network_peers_and_deletes_stick() -> None:
     assert _names(net.nodes["n2"].tables) == [("n2", "b")]
     # A stale copy of the live row arriving late does not resurrect it.
     stale = EndpointRow(a.network, "n1", a.id, a.created, False, a)
-    payload = netgossip.encode_net_gossip(a.network, [encode_row(stale, net.now)])
+    payload = framing.encode_net_gossip(a.network, [encode_row(stale, net.now)])
     net.perform("n2", net.nodes["n2"].tables.on_user_message(net.now, payload))
     assert _names(net.nodes["n2"].tables) == [("n2", "b")]
 

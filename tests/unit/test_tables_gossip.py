@@ -16,7 +16,7 @@ import pytest
 from gossip.config import Config
 from gossip.effects import Effect
 from gossip.members import Status
-from gossip.tables import rows as records
+from gossip.tables import rows
 from gossip.tables.config import TablesStats
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import ClaimRow, EndpointRow, MemberRow, NetworkRow, newer
@@ -196,12 +196,12 @@ def test_the_peer_cache_follows_member_rows_and_liveness() -> None:
 # ------------------------------------------------------------ newer, cheaply
 
 
-def _endpoint(ipv4: str = "10.1.0.5") -> records.Endpoint:
-    return records.Endpoint("cd" * 32, "a", NET, ipv4, None, "02:42:0a:01:00:05", "n1", "192.0.2.1", 4)
+def _endpoint(ipv4: str = "10.1.0.5") -> rows.Endpoint:
+    return rows.Endpoint("cd" * 32, "a", NET, ipv4, None, "02:42:0a:01:00:05", "n1", "192.0.2.1", 4)
 
 
-def _network(name: str = "web") -> records.Network:
-    return records.Network(NET, name, ("10.1.0.0/24",), 5000, False, None, 1.0, "n1", 3)
+def _network(name: str = "web") -> rows.Network:
+    return rows.Network(NET, name, ("10.1.0.0/24",), 5000, False, None, 1.0, "n1", 3)
 
 
 def test_a_duplicate_is_recognised_without_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,14 +217,14 @@ def test_a_duplicate_is_recognised_without_encoding(monkeypatch: pytest.MonkeyPa
         def refuse(row: object) -> bytes:
             raise AssertionError("encoded a duplicate")
 
-        m.setattr(records, "_content", refuse)
+        m.setattr(rows, "_content", refuse)
         for a, b in pairs:
             assert not newer(a, b) and not newer(b, a)
     # True ties of different content are still broken by the encoded content, both ways.
     x = EndpointRow(NET, "n1", "cd" * 32, 5, False, _endpoint("10.1.0.5"))
     y = EndpointRow(NET, "n1", "cd" * 32, 5, False, _endpoint("10.1.0.6"))
     assert newer(x, y) != newer(y, x)
-    assert newer(y, x) == (records._content(y) > records._content(x))
+    assert newer(y, x) == (rows._content(y) > rows._content(x))
     u = MemberRow(NET, "n1", 5, False, "192.0.2.1")
     v = MemberRow(NET, "n1", 5, False, "192.0.2.2")
     assert newer(v, u) and not newer(u, v)
@@ -238,16 +238,16 @@ def test_bootstrap_rows_installs_a_converged_start_without_traffic() -> None:
     t1 = Tables(node="n1", vtep="192.0.2.2", rng=random.Random(2))
     network, _ = t0.create_network(0.0, "web", ["10.1.0.0/24"])
     t0.create_endpoint(0.0, "web")
-    rows = list(t0.store.cluster_rows())
+    cluster = list(t0.store.cluster_rows())
     mine = MemberRow(network.id, "n1", 999, True, "", 50.0)  # "n1" is t1: its own truth
     other = EndpointRow(network.id, "n0", "ef" * 32, 7, False, None)  # a network t1 is not in
     version = t1.version
-    t1.bootstrap_rows([*rows, mine, other])
+    t1.bootstrap_rows([*cluster, mine, other])
     assert t1.networks() == [network] and t1.version > version
-    assert t1.store.networks[network.id] is rows[0]  # held as given, shared
+    assert t1.store.networks[network.id] is cluster[0]  # held as given, shared
     assert t1.store.member(network.id, "n0") is not None and t1.store.member(network.id, "n1") is None
     assert t1.store.endpoints == {} and t1.clock == 999
     assert len(t1._bcast) == 0 and not any(j.queue for j in t1.sync.joined.values())
     # Idempotent, and bootstrapping what a replica holds changes nothing.
-    t1.bootstrap_rows(rows)
-    assert t1.networks() == [network] and len(list(t1.store.cluster_rows())) == len(rows)
+    t1.bootstrap_rows(cluster)
+    assert t1.networks() == [network] and len(list(t1.store.cluster_rows())) == len(cluster)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossip.errors import DecodeError
-from gossip.tables import framing as netgossip
+from gossip.tables import framing
 from gossip.tables.rows import (
     AnyRow,
     ClaimRow,
@@ -113,20 +113,20 @@ def test_malformed_rows_raise_decode_error(obj: object) -> None:
 def test_arbitrary_payloads_raise_only_decode_error(data: bytes) -> None:
     for kind in (0x90, 0x91, 0x92, 0x93):
         with contextlib.suppress(DecodeError):
-            netgossip.decode(bytes([kind]) + data, 0.0)
+            framing.decode(bytes([kind]) + data, 0.0)
 
 
 def test_messages_roundtrip() -> None:
     ep = EndpointRow(NET, "n1", EP, 9, False, _endpoint(), since=5.0)
     items = [encode_row(ep, 5.0)]
-    gossip = netgossip.decode(netgossip.encode_net_gossip(NET, items), 5.0)
-    assert gossip == netgossip.NetGossip(NET, (ep,))
-    bulk = netgossip.decode(netgossip.encode_bulk_sync(NET, "n1", True, items * 20), 5.0)
-    assert bulk == netgossip.BulkSync(NET, "n1", True, (ep,) * 20)
+    gossip = framing.decode(framing.encode_net_gossip(NET, items), 5.0)
+    assert gossip == framing.NetGossip(NET, (ep,))
+    bulk = framing.decode(framing.encode_bulk_sync(NET, "n1", True, items * 20), 5.0)
+    assert bulk == framing.BulkSync(NET, "n1", True, (ep,) * 20)
     member = MemberRow(NET, "n1", 6, False, "192.0.2.1")
-    state = netgossip.decode(netgossip.encode_state([encode_row(member, 5.0)] * 17), 5.0)
-    assert state == netgossip.State((member,) * 17)
-    assert netgossip.decode(b"\xfe\x00", 0.0) is None  # a private type that is not ours
+    state = framing.decode(framing.encode_state([encode_row(member, 5.0)] * 17), 5.0)
+    assert state == framing.State((member,) * 17)
+    assert framing.decode(b"\xfe\x00", 0.0) is None  # a private type that is not ours
 
 
 # --------------------------------------------------------------- LWW order
