@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gossip.tables.view import ViewSource
 from sim import scenarios
 from sim.__main__ import main
 from sim.run import Outcome, RunSpec, execute
@@ -74,12 +75,18 @@ def test_tracker_agrees_with_the_tables_own_view(mode: str, request: pytest.Fixt
             ids = {x.id for x in t.factory.at(i).endpoints(r.net)}
             assert r.key[1] in ids, (r.index, i)
         assert r.left == 0
-    # Every member ends up with every endpoint of its network.
+    # Every member ends up with every endpoint of its network, in what its dataplane
+    # would be told too (the agent's view builder, run on the simulated replica).
     for k, members in enumerate(t.plan.members):
         net = t.plan.net_ids[k]
         created = 10 + sum(1 for r in t.rows if r.net_index == k)
         for i in members:
-            assert len(t.factory.at(i).endpoints(net)) == created
+            replica = t.factory.at(i)
+            assert len(replica.endpoints(net)) == created
+            assert replica.swim is not None
+            view = ViewSource(replica, replica.swim.members, local_vtep=replica.vtep, underlay_mtu=1500,
+                              vxlan_port=4789, prefix="ov-", ifname=lambda ep_id: "ov-" + ep_id[:12])()
+            assert sum(1 for e in view.endpoints if e.network_id == net) == created
 
 
 def test_scoped_rows_stay_inside_their_network(scoped: Outcome) -> None:
