@@ -168,7 +168,7 @@ def import_graph(root: Path) -> dict[str, dict[str, int]]:
         for imported in imports_of(module, path):
             target = resolve(imported.module, modules)
             if target is not None and target != module:
-                edges.setdefault(target, imported.line)
+                edges[target] = min(edges.get(target, imported.line), imported.line)
         graph[module] = edges
     return graph
 
@@ -203,6 +203,16 @@ def _aliases(tree: ast.AST, target: str) -> set[str]:
     return names
 
 
+def _annotations(tree: ast.AST) -> Iterator[ast.expr]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            yield node.annotation
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+            yield node.returns
+        elif isinstance(node, ast.AnnAssign):
+            yield node.annotation
+
+
 def impurities(module: str, path: Path, forbidden: frozenset[str] = IMPURE_MODULES) -> list[str]:
     """Why ``module`` is not sans-IO: clock/thread/IO imports, global random, sockets."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -213,7 +223,10 @@ def impurities(module: str, path: Path, forbidden: frozenset[str] = IMPURE_MODUL
             found.append(f"{module}:{imported.line} imports {imported.module}")
     random_names = _aliases(tree, "random")
     socket_names = _aliases(tree, "socket")
+    in_annotations = {id(n) for a in _annotations(tree) for n in ast.walk(a)}
     for node in runtime_nodes(tree):
+        if id(node) in in_annotations:
+            continue  # ``sock: socket.socket`` names a type, it makes no socket
         if isinstance(node, ast.ImportFrom) and node.level == 0:
             for alias in node.names:
                 if node.module == "random" and alias.name not in RANDOM_ALLOWED:
@@ -406,6 +419,11 @@ PURITY_CASES = {
         True,
     ),
     "random.Random is fine": ("gossip/core.py", "import random\nr = random.Random(1)\n", False),
+    "a socket type in an annotation is fine": (
+        "gossip/core.py",
+        "import socket\ndef f(s: socket.socket) -> socket.socket:\n    x: socket.socket = s\n    return x\n",
+        False,
+    ),
     "inet_pton is fine": ("dataplane/model.py", "import socket\nsocket.inet_pton(2, '1')\n", False),
     "TYPE_CHECKING is fine": (
         "gossip/core.py",
