@@ -1,22 +1,19 @@
-"""memberlist wire codec: bytes <-> :mod:`gossip.wire.messages` values (pure functions).
+"""memberlist wire codec: packets and streams <-> :mod:`gossip.wire.messages` values (pure).
 
-Owns: the type byte + Go-dialect msgpack of every message, compound framing, the
-LZW ``compress`` wrapper, CRC framing, the label header (accepted, never sent), the
-encryption layer of packets and streams, and incremental TCP stream framing.
-Does not: decide what to send or to whom (``swim.py``), do I/O, or hold keys
-(``crypto/keyring.py``).
+Owns: the framing around messages: compound, the decision to LZW-compress, CRC
+frames, the label header (accepted, never sent), the encryption layer of packets
+and streams, the packet and stream pipelines and incremental TCP stream framing.
+The bodies of single messages are :mod:`gossip.wire.messagecodec`'s; its
+``encode``/``decode`` (and the few body encoders callers need) are re-exported
+here, so a caller imports one module.
+Does not: decide what to send or to whom (``gossip/swim.py``), choose a keyring or
+whether plaintext is accepted (the caller passes both), do I/O, or hold
+keys (``crypto/keyring.py``).
 
-Dialect (memberlist 0.2.2 / go-msgpack 0.5.5, memberlist.md §1.3): maps keyed by Go
-field names in sorted order, byte slices as msgpack *str* (``use_bin_type=False``),
-minimal ints, ``omitempty`` Source* fields on pings. Decoding is tolerant like Go
-(any key order, unknown keys ignored, missing keys = zero values, bin or str for
-bytes, trailing bytes ignored) but type-strict: every failure is a
-:class:`~gossip.errors.DecodeError`, never another exception, with bounded memory.
-
-Packet pipeline (memberlist.md §1.1): parts -> compound -> LZW only if shorter ->
-CRC -> AES-GCM (AAD empty). Stream pipeline (§1.10): message -> LZW always when
-enabled -> ``[10][u32 len][seal(aad = first 5 bytes)]``.
-References: shared/reference/memberlist.md §0, §1, Appendix A; docs/wire.md.
+Packet pipeline (memberlist 0.2.2 ``net.go`` / ``util.go``): parts -> compound ->
+LZW only if shorter -> CRC -> AES-GCM (AAD empty). Stream pipeline: message -> LZW
+always when enabled -> ``[10][u32 len][seal(aad = first 5 bytes)]``. docs/wire.md
+describes both, what we accept and where we are stricter than Go.
 """
 
 from __future__ import annotations
@@ -24,31 +21,26 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import msgpack
+from collections.abc import Sequence
 
 from crypto.keyring import OVERHEAD as CRYPTO_OVERHEAD
 from crypto.keyring import DecryptError, Keyring
 from gossip.errors import DecodeError
-from gossip.wire import lzw
-from gossip.wire.messages import (
-    Ack,
-    Alive,
-    Dead,
-    Err,
-    IndirectPing,
-    Message,
-    MessageType,
-    Nack,
-    NodeState,
-    Ping,
-    PushNodeState,
-    PushPull,
-    Suspect,
-    UserMsg,
+from gossip.wire.messagecodec import (
+    STREAM_TYPES,
+    decode_packet_part,
+    decode_stream_body,
+    decompress,
+    stream_body,
+    stream_head_end,
 )
+from gossip.wire.messagecodec import decode as decode
+from gossip.wire.messagecodec import encode as encode
+from gossip.wire.messagecodec import encode_compress as encode_compress
+from gossip.wire.messagecodec import encode_err as encode_err
+from gossip.wire.messagecodec import encode_node_state as encode_node_state
+from gossip.wire.messagecodec import encode_push_pull_body as encode_push_pull_body
+from gossip.wire.messages import Message, MessageType
 
 COMPOUND_OVERHEAD = 2
 """Bytes a compound adds once: type byte + part count."""
@@ -67,530 +59,29 @@ SERF_SAFE_COMPOUND_PARTS = 127
 MAX_PART_SIZE = 0xFFFF
 MAX_ENCRYPTED_STREAM = 20 * 1024 * 1024
 """memberlist's maxPushStateBytes: the largest encrypted stream accepted."""
-MAX_PUSH_NODES = 1 << 20
-MAX_USER_STATE = 20 * 1024 * 1024
-MAX_USER_MSG = 20 * 1024 * 1024
 DECOMPRESS_LIMIT = 40 * 1024 * 1024
 MAX_NESTING = 8
 """How deep compound/compress may nest inside one packet (Go has no limit)."""
-VSN_LEN = 6
 
-_U8 = 0xFF
-_U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
-_INT64 = (1 << 63) - 1
 
-_T_PING = int(MessageType.PING)
-_T_INDIRECT = int(MessageType.INDIRECT_PING)
-_T_ACK = int(MessageType.ACK)
-_T_SUSPECT = int(MessageType.SUSPECT)
-_T_ALIVE = int(MessageType.ALIVE)
-_T_DEAD = int(MessageType.DEAD)
-_T_PUSH_PULL = int(MessageType.PUSH_PULL)
 _T_COMPOUND = int(MessageType.COMPOUND)
-_T_USER = int(MessageType.USER)
 _T_COMPRESS = int(MessageType.COMPRESS)
 _T_ENCRYPT = int(MessageType.ENCRYPT)
-_T_NACK = int(MessageType.NACK)
 _T_CRC = int(MessageType.HAS_CRC)
-_T_ERR = int(MessageType.ERR)
 _T_LABEL = int(MessageType.HAS_LABEL)
 
 _NESTED = frozenset((_T_COMPOUND, _T_COMPRESS))
 """Packet layers ``_walk`` recurses into."""
-_PACKET_TYPES = frozenset(
-    (_T_PING, _T_INDIRECT, _T_ACK, _T_SUSPECT, _T_ALIVE, _T_DEAD, _T_USER, _T_NACK)
-)
-"""Message types memberlist's packet handler accepts (besides compound/compress)."""
-_STREAM_TYPES = frozenset((_T_PING, _T_ACK, _T_PUSH_PULL, _T_USER, _T_ERR))
-"""Stream types after decrypt/decompress: push/pull, TCP ping + ack reply, user, err."""
 
 ENCRYPTED_BUT_NOT_CONFIGURED = "Remote state is encrypted and encryption is not configured"
 NOT_ENCRYPTED_BUT_REQUIRED = "Encryption is configured but remote state is not encrypted"
 
-# msgpack limits: never let a length header make the unpacker preallocate much.
-_UNPACK_LIMITS: dict[str, int] = {
-    "max_str_len": 64 * 1024 * 1024,
-    "max_bin_len": 64 * 1024 * 1024,
-    "max_array_len": 1 << 16,
-    "max_map_len": 1 << 12,
-    "max_ext_len": 1 << 16,
-}
-
 _PART_LENS = [struct.Struct(f">{n}H") for n in range(MAX_COMPOUND_PARTS + 1)]
 """A compound's u16 part lengths, by part count (precompiled: every packet uses one)."""
 
-_packer = msgpack.Packer(use_bin_type=False)
-_pack: Callable[[Any], bytes] = _packer.pack
 
-
-# ------------------------------------------------------------------ msgpack helpers
-
-
-def _unpacker(data: bytes) -> msgpack.Unpacker:
-    up = msgpack.Unpacker(raw=True, max_buffer_size=len(data) + 1, **_UNPACK_LIMITS)
-    up.feed(data)
-    return up
-
-
-def _next_obj(up: msgpack.Unpacker, what: str) -> Any:
-    """Next object from a fully fed unpacker; DecodeError if truncated or malformed."""
-    try:
-        return up.unpack()
-    except msgpack.OutOfData:
-        raise DecodeError(f"{what}: truncated msgpack") from None
-    except Exception as e:  # msgpack raises a zoo of ValueError/TypeError subclasses
-        raise DecodeError(f"{what}: bad msgpack: {e}") from None
-
-
-def _next_map(up: msgpack.Unpacker, what: str) -> dict[bytes, Any]:
-    obj = _next_obj(up, what)
-    if type(obj) is not dict:
-        raise DecodeError(f"{what}: expected a msgpack map, got {type(obj).__name__}")
-    return obj
-
-
-def _body_map(data: bytes, what: str) -> dict[bytes, Any]:
-    """The msgpack map after the type byte; trailing bytes are ignored like Go."""
-    try:
-        obj = msgpack.unpackb(memoryview(data)[1:], raw=True, **_UNPACK_LIMITS)
-    except msgpack.ExtraData as e:
-        obj = e.unpacked
-    except Exception as e:
-        raise DecodeError(f"{what}: bad msgpack: {e}") from None
-    if type(obj) is not dict:
-        raise DecodeError(f"{what}: expected a msgpack map, got {type(obj).__name__}")
-    return obj
-
-
-def _uint(d: dict[bytes, Any], key: bytes, maxv: int, what: str) -> int:
-    v = d.get(key)
-    if v is None:  # missing or nil: Go's zero value
-        return 0
-    if type(v) is not int or v < 0 or v > maxv:
-        raise DecodeError(f"{what}.{key.decode()}: expected an integer 0..{maxv}, got {v!r:.40}")
-    return v
-
-
-def _bytes(d: dict[bytes, Any], key: bytes, what: str) -> bytes:
-    v = d.get(key)
-    if v is None:
-        return b""
-    if type(v) is not bytes:
-        raise DecodeError(f"{what}.{key.decode()}: expected bytes, got {type(v).__name__}")
-    return v
-
-
-def _opt_bytes(d: dict[bytes, Any], key: bytes, what: str) -> bytes | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if type(v) is not bytes:
-        raise DecodeError(f"{what}.{key.decode()}: expected bytes, got {type(v).__name__}")
-    return v
-
-
-def _str(d: dict[bytes, Any], key: bytes, what: str) -> str:
-    v = d.get(key)
-    if v is None:
-        return ""
-    if type(v) is not bytes:
-        raise DecodeError(f"{what}.{key.decode()}: expected a string, got {type(v).__name__}")
-    try:
-        return v.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError(f"{what}.{key.decode()}: not valid UTF-8") from None
-
-
-def _opt_str(d: dict[bytes, Any], key: bytes, what: str) -> str | None:
-    if d.get(key) is None:
-        return None
-    return _str(d, key, what)
-
-
-def _opt_uint(d: dict[bytes, Any], key: bytes, maxv: int, what: str) -> int | None:
-    if d.get(key) is None:
-        return None
-    return _uint(d, key, maxv, what)
-
-
-def _bool(d: dict[bytes, Any], key: bytes, what: str) -> bool:
-    v = d.get(key)
-    if v is None:
-        return False
-    if v is True or v is False:
-        return v
-    if type(v) is int and v in (0, 1):  # go-msgpack accepts 0/1 for bool
-        return v == 1
-    raise DecodeError(f"{what}.{key.decode()}: expected a bool, got {v!r:.40}")
-
-
-def _ip(d: dict[bytes, Any], key: bytes, what: str) -> bytes:
-    v = _bytes(d, key, what)
-    # Go would store any byte string as a net.IP and fail later; a node address
-    # must be IPv4 (4 bytes) or IPv6 / IPv4-mapped (16 bytes).
-    if len(v) not in (4, 16):
-        raise DecodeError(f"{what}.{key.decode()}: {len(v)}-byte address (want 4 or 16)")
-    return v
-
-
-def _opt_ip(d: dict[bytes, Any], key: bytes, what: str) -> bytes | None:
-    v = _opt_bytes(d, key, what)
-    if v is not None and len(v) not in (0, 4, 16):
-        raise DecodeError(f"{what}.{key.decode()}: {len(v)}-byte address (want 4 or 16)")
-    return v
-
-
-def _vsn(d: dict[bytes, Any], key: bytes, what: str) -> bytes:
-    v = _bytes(d, key, what)
-    # 1..5 bytes crash memberlist 0.2.2 (index out of range, memberlist.md §1.16):
-    # refuse them here so we can never store and re-gossip one to serf.
-    if 0 < len(v) < VSN_LEN:
-        raise DecodeError(f"{what}.Vsn: {len(v)} bytes (must be empty or >= {VSN_LEN})")
-    return v
-
-
-# ------------------------------------------------------------------ message decoders
-
-
-def _dec_ping(data: bytes) -> Ping:
-    d = _body_map(data, "ping")
-    return Ping(
-        seq_no=_uint(d, b"SeqNo", _U32, "ping"),
-        node=_str(d, b"Node", "ping"),
-        source_addr=_opt_ip(d, b"SourceAddr", "ping"),
-        source_port=_opt_uint(d, b"SourcePort", _U16, "ping"),
-        source_node=_opt_str(d, b"SourceNode", "ping"),
-    )
-
-
-def _dec_indirect(data: bytes) -> IndirectPing:
-    w = "indirectPing"
-    d = _body_map(data, w)
-    return IndirectPing(
-        seq_no=_uint(d, b"SeqNo", _U32, w),
-        target=_ip(d, b"Target", w),
-        port=_uint(d, b"Port", _U16, w),
-        node=_str(d, b"Node", w),
-        nack=_bool(d, b"Nack", w),
-        source_addr=_opt_ip(d, b"SourceAddr", w),
-        source_port=_opt_uint(d, b"SourcePort", _U16, w),
-        source_node=_opt_str(d, b"SourceNode", w),
-    )
-
-
-def _dec_ack(data: bytes) -> Ack:
-    d = _body_map(data, "ack")
-    return Ack(seq_no=_uint(d, b"SeqNo", _U32, "ack"), payload=_opt_bytes(d, b"Payload", "ack"))
-
-
-def _dec_nack(data: bytes) -> Nack:
-    d = _body_map(data, "nack")
-    return Nack(seq_no=_uint(d, b"SeqNo", _U32, "nack"))
-
-
-def _dec_suspect(data: bytes) -> Suspect:
-    d = _body_map(data, "suspect")
-    return Suspect(
-        incarnation=_uint(d, b"Incarnation", _U32, "suspect"),
-        node=_str(d, b"Node", "suspect"),
-        from_=_str(d, b"From", "suspect"),
-    )
-
-
-def _dec_dead(data: bytes) -> Dead:
-    d = _body_map(data, "dead")
-    return Dead(
-        incarnation=_uint(d, b"Incarnation", _U32, "dead"),
-        node=_str(d, b"Node", "dead"),
-        from_=_str(d, b"From", "dead"),
-    )
-
-
-def _dec_alive(data: bytes) -> Alive:
-    d = _body_map(data, "alive")
-    return Alive(
-        incarnation=_uint(d, b"Incarnation", _U32, "alive"),
-        node=_str(d, b"Node", "alive"),
-        addr=_ip(d, b"Addr", "alive"),
-        port=_uint(d, b"Port", _U16, "alive"),
-        meta=_bytes(d, b"Meta", "alive"),
-        vsn=_vsn(d, b"Vsn", "alive"),
-    )
-
-
-def _dec_err(data: bytes) -> Err:
-    return Err(error=_str(_body_map(data, "err"), b"Error", "err"))
-
-
-def _dec_user_udp(data: bytes) -> UserMsg:
-    return UserMsg(payload=bytes(data[1:]))
-
-
-_NODE_STATES = tuple(NodeState)
-
-
-def _node_state(d: dict[bytes, Any]) -> PushNodeState:
-    # Fast path for the well-formed state every peer sends (a 10,000-node push/pull
-    # has 10,000 of them); anything else takes the checked path below, which gives
-    # the same value or the precise error.
-    try:
-        name = d[b"Name"]
-        addr = d[b"Addr"]
-        port = d[b"Port"]
-        meta = d[b"Meta"]
-        inc = d[b"Incarnation"]
-        state = d[b"State"]
-        vsn = d[b"Vsn"]
-    except KeyError:
-        return _node_state_checked(d)
-    if (
-        type(name) is bytes
-        and type(addr) is bytes
-        and (len(addr) == 4 or len(addr) == 16)
-        and type(port) is int
-        and 0 <= port <= _U16
-        and type(meta) is bytes
-        and type(inc) is int
-        and 0 <= inc <= _U32
-        and type(state) is int
-        and 0 <= state <= 3
-        and type(vsn) is bytes
-        and (not vsn or len(vsn) >= VSN_LEN)
-    ):
-        try:
-            text = name.decode("utf-8")
-        except UnicodeDecodeError:
-            return _node_state_checked(d)  # raises the precise error
-        return PushNodeState(text, addr, port, meta, inc, _NODE_STATES[state], vsn)
-    return _node_state_checked(d)
-
-
-def _node_state_checked(d: dict[bytes, Any]) -> PushNodeState:
-    w = "pushNodeState"
-    state = _uint(d, b"State", _U8, w)
-    if state > NodeState.LEFT:
-        raise DecodeError(f"{w}.State: unknown state {state}")
-    return PushNodeState(
-        name=_str(d, b"Name", w),
-        addr=_ip(d, b"Addr", w),
-        port=_uint(d, b"Port", _U16, w),
-        meta=_bytes(d, b"Meta", w),
-        incarnation=_uint(d, b"Incarnation", _U32, w),
-        state=NodeState(state),
-        vsn=_vsn(d, b"Vsn", w),
-    )
-
-
-def _push_pull_header(d: dict[bytes, Any]) -> tuple[bool, int, int]:
-    w = "pushPull"
-    return (
-        _bool(d, b"Join", w),
-        _uint(d, b"Nodes", MAX_PUSH_NODES, w),
-        _uint(d, b"UserStateLen", MAX_USER_STATE, w),
-    )
-
-
-_BIG_BODY = 16 * 1024
-"""Push/pull bodies at least this long are memoised (``_dec_push_pull``; ``lzw.compress``
-memoises their compression)."""
-_recent_push_pulls: dict[bytes, PushPull] = {}
-_RECENT_PUSH_PULLS = 8
-
-
-def _dec_push_pull(data: bytes) -> PushPull:
-    # Large states are decoded once per distinct body: a converged cluster's members
-    # send identical states (and a simulator runs all of them in one process).
-    if len(data) < _BIG_BODY:
-        return _dec_push_pull_body(data)
-    msg = _recent_push_pulls.get(data)
-    if msg is None:
-        msg = _dec_push_pull_body(data)
-        _recent_push_pulls[data] = msg
-        if len(_recent_push_pulls) > _RECENT_PUSH_PULLS:
-            del _recent_push_pulls[next(iter(_recent_push_pulls))]
-    return msg
-
-
-def _dec_push_pull_body(data: bytes) -> PushPull:
-    body = memoryview(data)[1:]
-    up = _unpacker(bytes(body))
-    join, count, user_len = _push_pull_header(_next_map(up, "pushPull header"))
-    if count > len(body):  # each node state needs at least one byte
-        raise DecodeError(f"pushPull: {count} nodes cannot fit in {len(body)} bytes")
-    nodes = tuple(_node_state(_next_map(up, "pushNodeState")) for _ in range(count))
-    off = up.tell()
-    if len(body) - off < user_len:
-        raise DecodeError("pushPull: user state truncated")
-    return PushPull(join=join, nodes=nodes, user_state=bytes(body[off : off + user_len]))
-
-
-def _dec_user_stream(data: bytes) -> UserMsg:
-    body = memoryview(data)[1:]
-    up = _unpacker(bytes(body))
-    n = _uint(_next_map(up, "userMsgHeader"), b"UserMsgLen", MAX_USER_MSG, "userMsgHeader")
-    off = up.tell()
-    if len(body) - off < n:
-        raise DecodeError("user message truncated")
-    return UserMsg(payload=bytes(body[off : off + n]))
-
-
-_DECODERS: dict[int, Callable[[bytes], Message]] = {
-    _T_PING: _dec_ping,
-    _T_INDIRECT: _dec_indirect,
-    _T_ACK: _dec_ack,
-    _T_SUSPECT: _dec_suspect,
-    _T_ALIVE: _dec_alive,
-    _T_DEAD: _dec_dead,
-    _T_PUSH_PULL: _dec_push_pull,
-    _T_USER: _dec_user_udp,
-    _T_NACK: _dec_nack,
-    _T_ERR: _dec_err,
-}
-
-
-def decode(data: bytes) -> Message:
-    """Decode one message ``[type][body]`` (not compound/compress/CRC/encrypt).
-
-    ``[8]`` is the UDP user form (payload = the rest); ``[6]`` is a whole push/pull
-    stream body. Raises :class:`DecodeError` on anything else.
-    """
-    if not data:
-        raise DecodeError("empty message")
-    fn = _DECODERS.get(data[0])
-    if fn is None:
-        raise DecodeError(f"message type {data[0]} is not a decodable message")
-    return fn(data if type(data) is bytes else bytes(data))
-
-
-# ------------------------------------------------------------------ message encoders
-
-
-def _check(v: int, maxv: int, what: str) -> int:
-    if not isinstance(v, int):
-        raise ValueError(f"{what} must be an int, not {type(v).__name__}")
-    if v < 0 or v > maxv:
-        raise ValueError(f"{what}={v} out of range 0..{maxv}")
-    return int(v)
-
-
-def _check_vsn(vsn: bytes) -> bytes:
-    if 0 < len(vsn) < VSN_LEN:
-        raise ValueError(f"Vsn must be {VSN_LEN} bytes (a shorter one crashes serf 0.9.4)")
-    return vsn
-
-
-def _source_fields(
-    d: dict[str, Any], addr: bytes | None, node: str | None, port: int | None
-) -> None:
-    # omitempty in Go: absent (None) fields are not sent. Sorted key order.
-    if addr is not None:
-        d["SourceAddr"] = addr
-    if node is not None:
-        d["SourceNode"] = node
-    if port is not None:
-        d["SourcePort"] = _check(port, _U16, "SourcePort")
-
-
-def _node_state_map(n: PushNodeState) -> dict[str, Any]:
-    return {
-        "Addr": n.addr,
-        "Incarnation": _check(n.incarnation, _U32, "Incarnation"),
-        "Meta": n.meta,
-        "Name": n.name,
-        "Port": _check(n.port, _U16, "Port"),
-        "State": int(n.state),
-        "Vsn": _check_vsn(n.vsn),
-    }
-
-
-def encode_node_state(n: PushNodeState) -> bytes:
-    """One push/pull node state (the msgpack map, no type byte)."""
-    return _pack(_node_state_map(n))
-
-
-def encode_push_pull_body(join: bool, states: Sequence[bytes], user_state: bytes) -> bytes:
-    """``[6]`` + header + node states already encoded by :func:`encode_node_state` +
-    user state: the same bytes as ``encode(PushPull(...))``, without building a
-    ``PushNodeState`` per member (push/pull at 10,000 members)."""
-    if len(user_state) > MAX_USER_STATE:
-        raise ValueError("push/pull user state larger than 20 MiB")
-    head = _pack({"Join": bool(join), "Nodes": len(states), "UserStateLen": len(user_state)})
-    return b"".join((b"\x06", head, *states, user_state))
-
-
-def _encode_push_pull(m: PushPull) -> bytes:
-    return encode_push_pull_body(m.join, [encode_node_state(n) for n in m.nodes], m.user_state)
-
-
-def encode(msg: Message) -> bytes:
-    """``[type byte] + msgpack`` exactly as memberlist 0.2.2 would send it.
-
-    UserMsg gives the UDP form ``[8] + payload``; PushPull the whole stream body.
-    Raises ValueError for values Go could not send (out-of-range ints, short Vsn).
-    """
-    d: dict[str, Any]
-    if type(msg) is Suspect or type(msg) is Dead:  # the bulk of gossip: tested first
-        return (b"\x03" if type(msg) is Suspect else b"\x05") + _pack(
-            {
-                "From": msg.from_,
-                "Incarnation": _check(msg.incarnation, _U32, "Incarnation"),
-                "Node": msg.node,
-            }
-        )
-    if isinstance(msg, Alive):
-        return b"\x04" + _pack(
-            {
-                "Addr": msg.addr,
-                "Incarnation": _check(msg.incarnation, _U32, "Incarnation"),
-                "Meta": msg.meta,
-                "Node": msg.node,
-                "Port": _check(msg.port, _U16, "Port"),
-                "Vsn": _check_vsn(msg.vsn),
-            }
-        )
-    if isinstance(msg, Ping):
-        d = {"Node": msg.node, "SeqNo": _check(msg.seq_no, _U32, "SeqNo")}
-        _source_fields(d, msg.source_addr, msg.source_node, msg.source_port)
-        return b"\x00" + _pack(d)
-    if isinstance(msg, Ack):
-        return b"\x02" + _pack(
-            {"Payload": msg.payload, "SeqNo": _check(msg.seq_no, _U32, "SeqNo")}
-        )
-    if isinstance(msg, UserMsg):
-        return b"\x08" + msg.payload
-    if isinstance(msg, Suspect | Dead):
-        t = b"\x03" if isinstance(msg, Suspect) else b"\x05"
-        return t + _pack(
-            {
-                "From": msg.from_,
-                "Incarnation": _check(msg.incarnation, _U32, "Incarnation"),
-                "Node": msg.node,
-            }
-        )
-    if isinstance(msg, IndirectPing):
-        d = {
-            "Nack": bool(msg.nack),
-            "Node": msg.node,
-            "Port": _check(msg.port, _U16, "Port"),
-            "SeqNo": _check(msg.seq_no, _U32, "SeqNo"),
-        }
-        _source_fields(d, msg.source_addr, msg.source_node, msg.source_port)
-        d["Target"] = msg.target
-        return b"\x01" + _pack(d)
-    if isinstance(msg, Nack):
-        return b"\x0b" + _pack({"SeqNo": _check(msg.seq_no, _U32, "SeqNo")})
-    if isinstance(msg, PushPull):
-        return _encode_push_pull(msg)
-    if isinstance(msg, Err):
-        return b"\x0d" + _pack({"Error": msg.error})
-    raise TypeError(f"not a wire message: {type(msg).__name__}")
-
-
-def encode_err(text: str) -> bytes:
-    """``[13]{Error}`` (the reply to a stream we could not read)."""
-    return encode(Err(error=text))
+# ------------------------------------------------------------------ packet encoding
 
 
 def encode_compound(parts: Sequence[bytes]) -> bytes:
@@ -610,11 +101,6 @@ def encode_compound(parts: Sequence[bytes]) -> bytes:
     if max(lens) > MAX_PART_SIZE:
         raise ValueError(f"compound part of {max(lens)} bytes (max {MAX_PART_SIZE})")
     return b"".join((bytes((_T_COMPOUND, n)), _PART_LENS[n].pack(*lens), *parts))
-
-
-def encode_compress(buf: bytes) -> bytes:
-    """``[9]{Algo: 0, Buf: lzw(buf)}``."""
-    return b"\x09" + _pack({"Algo": 0, "Buf": lzw.compress(buf)})
 
 
 def encode_crc(buf: bytes) -> bytes:
@@ -661,45 +147,26 @@ def _strip_label(buf: bytes) -> tuple[bytes, bytes]:
     return buf[2 + ln :], buf[2 : 2 + ln]
 
 
-def _decompress_msg(buf: bytes, limit: int) -> bytes:
-    d = _body_map(buf, "compress")
-    algo = _uint(d, b"Algo", _U8, "compress")
-    if algo != 0:
-        raise DecodeError(f"compress: unknown algorithm {algo}")
-    out = lzw.decompress(_bytes(d, b"Buf", "compress"), limit)
-    if not out:
-        # An empty inflated buffer crashes memberlist 0.2.2; it is never valid.
-        raise DecodeError("compress: decompressed to nothing")
-    return out
-
-
-def _decode_packet_part(buf: bytes) -> Message:
-    t = buf[0]
-    if t not in _PACKET_TYPES:
-        raise DecodeError(f"message type {t} is not valid inside a packet")
-    return _DECODERS[t](buf)
-
-
 _CACHE_SIZE = 4096
 _CACHE_MAX_BYTES = 2048  # only small buffers are memoised: bounds cache memory
 _PART_CACHE_SIZE = 4096
 """Decoded parts kept by one process (≈ 1.5 MiB at most): an agent sees few repeats
 beyond gossip of the same news, so a small memo is enough; ``set_part_cache_size``
 lets a simulator of thousands of nodes in one process keep more."""
-_decode_part_cached = functools.lru_cache(maxsize=_PART_CACHE_SIZE)(_decode_packet_part)
+_decode_part_cached = functools.lru_cache(maxsize=_PART_CACHE_SIZE)(decode_packet_part)
 
 
 def set_part_cache_size(entries: int) -> None:
     """Resize the decoded-part memo (empties it). The simulator, which decodes every
     node's copy of a failure storm's suspects in one process, uses 16,384 (≈ 6 MiB)."""
     global _decode_part_cached
-    _decode_part_cached = functools.lru_cache(maxsize=max(0, entries))(_decode_packet_part)
+    _decode_part_cached = functools.lru_cache(maxsize=max(0, entries))(decode_packet_part)
 
 
 def _part(buf: bytes) -> Message:
     if len(buf) <= _CACHE_MAX_BYTES:
         return _decode_part_cached(buf)
-    return _decode_packet_part(buf)
+    return decode_packet_part(buf)
 
 
 def _walk(
@@ -739,7 +206,7 @@ def _walk(
             # A leaf, decoded here rather than by a recursive call (every gossip
             # packet is a compound of a dozen or so small messages).
             try:
-                msgs.append(_decode_part_cached(part) if ln <= _CACHE_MAX_BYTES else _decode_packet_part(part))
+                msgs.append(_decode_part_cached(part) if ln <= _CACHE_MAX_BYTES else decode_packet_part(part))
             except DecodeError as e:
                 errs.append(str(e))
         return
@@ -748,7 +215,7 @@ def _walk(
             errs.append("compress nested too deeply")
             return
         try:
-            inner = _decompress_msg(buf, budget[0])
+            inner = decompress(buf, budget[0])
         except DecodeError as e:
             errs.append(str(e))
             return
@@ -829,23 +296,13 @@ def decode_packet(
 # ------------------------------------------------------------------ streams
 
 
-def _stream_body(msg: Message) -> bytes:
-    if isinstance(msg, UserMsg):
-        if len(msg.payload) > MAX_USER_MSG:
-            raise ValueError("user message larger than 20 MiB")
-        return b"\x08" + _pack({"UserMsgLen": len(msg.payload)}) + msg.payload
-    if not isinstance(msg, Ping | Ack | PushPull | Err):
-        raise ValueError(f"{type(msg).__name__} is not sent over a stream")
-    return encode(msg)
-
-
 def encode_stream(msg: Message, *, compress: bool, keyring: Keyring | None) -> bytes:
     """A whole TCP stream message: PushPull, Ping, Ack, UserMsg (TCP form) or Err.
 
     Compression wraps always when enabled (like memberlist, even if longer); with a
     primary key the result is framed ``[10][u32 BE L][seal(plain, aad=first 5 bytes)]``.
     """
-    return frame_stream(_stream_body(msg), compress=compress, keyring=keyring)
+    return frame_stream(stream_body(msg), compress=compress, keyring=keyring)
 
 
 def frame_stream(buf: bytes, *, compress: bool, keyring: Keyring | None) -> bytes:
@@ -895,13 +352,8 @@ def decode_stream(
     elif encrypted_ok and require_encryption:
         raise DecodeError(NOT_ENCRYPTED_BUT_REQUIRED)
     if buf[0] == _T_COMPRESS:
-        buf = _decompress_msg(buf, DECOMPRESS_LIMIT)
-    t = buf[0]
-    if t not in _STREAM_TYPES:
-        raise DecodeError(f"message type {t} is not a stream message")
-    if t == _T_USER:
-        return _dec_user_stream(buf)
-    return _DECODERS[t](buf)
+        buf = decompress(buf, DECOMPRESS_LIMIT)
+    return decode_stream_body(buf)
 
 
 def stream_message_size(buf: bytes) -> int | None:
@@ -935,29 +387,7 @@ def stream_message_size(buf: bytes) -> int | None:
             raise DecodeError(f"encrypted stream of {size} bytes is too short")
         end = off + 5 + size
         return end if n >= end else None
-    if t not in _STREAM_TYPES and t != _T_COMPRESS:
+    if t not in STREAM_TYPES and t != _T_COMPRESS:
         raise DecodeError(f"message type {t} does not start a stream")
-    start = off + 1
-    up = msgpack.Unpacker(raw=True, max_buffer_size=n - start + 1, **_UNPACK_LIMITS)
-    up.feed(bytes(buf[start:]) if type(buf) is not bytes else buf[start:])
-    try:
-        head = up.unpack()
-        if type(head) is not dict:
-            raise DecodeError(f"stream type {t}: expected a msgpack map")
-        if t == _T_USER:
-            tail = _uint(head, b"UserMsgLen", MAX_USER_MSG, "userMsgHeader")
-        elif t == _T_PUSH_PULL:
-            _, count, tail = _push_pull_header(head)
-            for _ in range(count):
-                if type(up.unpack()) is not dict:
-                    raise DecodeError("pushNodeState: expected a msgpack map")
-        else:
-            tail = 0
-    except msgpack.OutOfData:
-        return None
-    except DecodeError:
-        raise
-    except Exception as e:
-        raise DecodeError(f"stream type {t}: bad msgpack: {e}") from None
-    end = start + up.tell() + tail
-    return end if n >= end else None
+    head_end = stream_head_end(buf, off + 1, t)
+    return head_end if head_end is not None and n >= head_end else None

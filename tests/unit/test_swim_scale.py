@@ -15,7 +15,7 @@ from gossip.effects import Effect, Log, MemberJoined, MemberSuspected, StreamReq
 from gossip.members import Member, Status, ip_bytes
 from gossip.swim import Swim
 from gossip.wire import codec as wire
-from gossip.wire import lzw
+from gossip.wire import lzw, messagecodec
 from gossip.wire.messages import DEFAULT_VSN, NodeState, PushNodeState, PushPull
 
 CFG = Config()
@@ -156,7 +156,7 @@ def test_node_state_fast_decode_agrees_with_the_checked_decoder(d: dict[bytes, o
         except Exception as e:  # comparing outcomes, whatever they are
             return (type(e), str(e))
 
-    assert run(wire._node_state) == run(wire._node_state_checked)
+    assert run(messagecodec._node_state) == run(messagecodec._node_state_checked)
 
 
 def test_big_push_pull_decode_is_memoised_and_equal() -> None:
@@ -165,7 +165,7 @@ def test_big_push_pull_decode_is_memoised_and_equal() -> None:
         for i in range(400)
     )
     body = wire.encode(PushPull(True, nodes, b"\x81state"))
-    assert len(body) >= wire._BIG_BODY
+    assert len(body) >= messagecodec._BIG_BODY
     first = wire.decode(body)
     assert first == PushPull(True, nodes, b"\x81state")
     assert wire.decode(bytes(body)) is first
