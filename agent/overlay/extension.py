@@ -17,9 +17,9 @@ Owns (an ``agent.service.Extension``):
   the first pass that followed the first join attempt (with the complete view when
   the join succeeded; with what we have, adding only, when no seed answered);
 - status section, operator warnings and metrics of the layer.
-Encrypted networks: refused with ``dataplane.xfrm.kernel_support_problem()``'s message
-when the kernel lacks ESP/GCM; accepted otherwise, with a warning that IPsec is not
-programmed yet. ``dataplane = false`` keeps the tables (this node sees and creates
+Encrypted networks: refused with ``dataplane.xfrm.probe.kernel_support_problem()``'s message
+when the kernel lacks ESP/GCM; accepted otherwise (``agent.overlay.ipsec`` programs ESP
+between the hosts that share one). ``dataplane = false`` keeps the tables (this node sees and creates
 networks) but runs no reconciler and refuses endpoints.
 Does not: parse requests or shape replies (``agent.overlay.ops``), build veths itself.
 """
@@ -56,7 +56,8 @@ from agent.overlay.veths import (
 from dataplane.compile import overlay_mtu
 from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
-from dataplane.reconciler import Reconciler, ReconcilerConfig
+from dataplane.reconciler import ReconcilerConfig
+from dataplane.target import VxlanReconciler, VxlanTarget
 from gossip.effects import Address, Effect, JoinFinished
 from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
@@ -108,7 +109,7 @@ class Overlay:
         self.dataplane = True
         self.tables: Tables | None = None
         self.rt: Runtime | None = None
-        self.rec: Reconciler | None = None
+        self.rec: VxlanReconciler | None = None
         self.vtep = ""
         self.underlay_mtu = DEFAULT_UNDERLAY_MTU
         self.underlay_source = "default"
@@ -183,7 +184,8 @@ class Overlay:
                 view = ViewSource(self.tables, rt.driver.swim.members, local_vtep=self.vtep,
                                   underlay_mtu=self.underlay_mtu, vxlan_port=rt.config.vxlan_port,
                                   prefix=self.prefix, ifname=functools.partial(host_ifname, self.prefix))
-                self.rec = Reconciler(self.kernel_factory(self.prefix), view=view, config=self.reconciler_config)
+                self.rec = VxlanReconciler(VxlanTarget(self.kernel_factory(self.prefix)), view,
+                                           self.reconciler_config)
                 await nursery.start(self.rec.run)
                 nursery.start_soon(self._become_ready, rt)
             self._started.set()
@@ -328,7 +330,7 @@ class Overlay:
             if self.ipsec_probe is not None:
                 probe = self.ipsec_probe
             else:
-                from dataplane.xfrm import kernel_support_problem as probe
+                from dataplane.xfrm.probe import kernel_support_problem as probe
             self._ipsec.append(await trio.to_thread.run_sync(probe))
         return self._ipsec[0]
 
