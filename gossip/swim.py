@@ -6,8 +6,9 @@ anti-entropy, join, leave and rejoin. Does no I/O: every entry point takes
 shell performs. Randomness comes only from the ``rng`` given at construction.
 
 Design notes
-- Timers are data in one heap: ``(at, seq, kind, arg)``. Nothing is cancelled;
-  each firing re-validates against current state (a stale timer is a no-op).
+- Timers are data in one heap (``gossip/timers.py``): ``(at, seq, kind, arg)`` with a
+  typed ``TimerKind``. Nothing is cancelled; each firing re-validates against current
+  state (a stale timer is a no-op).
 - One probe is in flight at a time, as in memberlist's probeNode: direct ping,
   after ``probe_timeout`` indirect pings (+ a TCP ping), at the end of the
   (awareness-scaled) probe interval the verdict.
@@ -28,12 +29,11 @@ shared/reference/memberlist.md §1.13–§1.14.
 
 from __future__ import annotations
 
-import heapq
-import math
 import operator
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from crypto.keyring import Keyring
 from gossip.broadcasts import Broadcasts
@@ -68,6 +68,7 @@ from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
 from gossip.serf import payloads as serfcompat
 from gossip.serf import queries as serfquery
 from gossip.suspicion import Suspicion
+from gossip.timers import TimerKind, Timers
 from gossip.wire import codec as wire
 from gossip.wire.messages import (
     DEFAULT_VSN,
@@ -85,19 +86,6 @@ from gossip.wire.messages import (
     Suspect,
     UserMsg,
 )
-
-# Timer kinds (heap entries are (at, seq, kind, arg)).
-_PROBE_TICK = 0
-_PROBE_TIMEOUT = 1
-_PROBE_END = 2
-_RELAY_TIMEOUT = 3
-_GOSSIP_TICK = 4
-_PUSH_PULL_TICK = 5
-_SUSPICION = 6
-_REAP_TICK = 7
-_REJOIN_TICK = 8
-_JOIN_RETRY = 9
-_QUERY_TIMEOUT = 10
 
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
 _status_of = operator.attrgetter("status")
@@ -227,8 +215,7 @@ class Swim:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._streams: dict[int, _Stream] = {}
-        self._timers: list[tuple[float, int, int, object]] = []
-        self._timer_seq = 0
+        self._timers = Timers()
         self._seq_no = 0
         self._token = 0
         self._seeds: list[Address] = []
@@ -243,13 +230,13 @@ class Swim:
         self._probe_order.append(name)
         self._queue_alive(me)
         # Every periodic task starts after a random stagger, as in memberlist.
-        self._schedule(now + self.rng.uniform(0, config.probe_interval), _PROBE_TICK, None)
+        self._timers.set(now + self.rng.uniform(0, config.probe_interval), TimerKind.PROBE_TICK, None)
         self._next_gossip = now + self.rng.uniform(0, config.gossip_interval)
         """The gossip ticker's next beat; kept off the timer heap because a node with no
         news skips it (``next_deadline``): no wake-ups every 200 ms in a quiet cluster."""
-        self._schedule(now + self.rng.uniform(0, config.push_pull_interval), _PUSH_PULL_TICK, 0)
-        self._schedule(now + self._reap_period(), _REAP_TICK, None)
-        self._schedule(now + self.rng.uniform(0.5, 1.0) * config.rejoin_interval, _REJOIN_TICK, None)
+        self._timers.set(now + self.rng.uniform(0, config.push_pull_interval), TimerKind.PUSH_PULL_TICK, 0)
+        self._timers.set(now + self._reap_period(), TimerKind.REAP_TICK, None)
+        self._timers.set(now + self.rng.uniform(0.5, 1.0) * config.rejoin_interval, TimerKind.REJOIN_TICK, None)
 
     # ------------------------------------------------------------------ queries
 
@@ -267,8 +254,7 @@ class Swim:
         return len(self._members)
 
     def next_deadline(self) -> float:
-        timers = self._timers
-        own = timers[0][0] if timers else math.inf
+        own = self._timers.next_at()
         delegate = self.delegate
         if type(delegate) is NullDelegate:  # never has a deadline or news of its own
             if self.leaving or (self._broadcasts and len(self._members) > 1):
@@ -387,7 +373,7 @@ class Swim:
         elif self._leave_phase == 2 and not self._broadcasts.pending(self.name):
             self._leave_phase = 3
             self._leave_at = now + _LEAVE_PROPAGATE
-            self._schedule(self._leave_at, _GOSSIP_TICK, "leave")
+            self._timers.set(self._leave_at, TimerKind.GOSSIP_TICK, "leave")
 
     def set_meta(self, now: float, meta: bytes) -> list[Effect]:
         """Announce new node meta (serf tags) with a higher incarnation."""
@@ -460,7 +446,7 @@ class Swim:
         self._seen_queries[(self._serf_query_ltime, query_id)] = None
         self._my_queries[query_id] = now + timeout
         self._broadcasts.queue(f"\x00query:{query_id}", wire.encode(UserMsg(data)))
-        self._schedule(now + timeout, _QUERY_TIMEOUT, query_id)
+        self._timers.set(now + timeout, TimerKind.QUERY_TIMEOUT, query_id)
         return query_id, self._gossip(now)
 
     def bootstrap_members(
@@ -502,7 +488,7 @@ class Swim:
             self._broadcasts.discard(self.name)
         self._push_pull_gen += 1
         interval = push_pull_scale(self.config.push_pull_interval, len(table))
-        self._schedule(now + self.rng.uniform(0, interval), _PUSH_PULL_TICK, self._push_pull_gen)
+        self._timers.set(now + self.rng.uniform(0, interval), TimerKind.PUSH_PULL_TICK, self._push_pull_gen)
 
     # ------------------------------------------------------------ entry points
 
@@ -627,35 +613,9 @@ class Swim:
         beat_missed_quietly = (
             not self.config.relay_at_once and self._next_gossip < now and not self._wants_gossip()
         )
-        timers = self._timers
-        pop = heapq.heappop
-        while timers and timers[0][0] <= now:
-            _, _, kind, arg = pop(timers)
-            if kind == _PROBE_TICK:
-                self._probe_tick(now, effects)
-            elif kind == _PROBE_TIMEOUT:
-                self._probe_timeout(now, arg, effects)
-            elif kind == _PROBE_END:
-                self._probe_end(now, arg, effects)
-            elif kind == _RELAY_TIMEOUT:
-                self._relay_timeout(now, arg, effects)
-            elif kind == _PUSH_PULL_TICK:
-                if arg == self._push_pull_gen:
-                    self._push_pull_tick(now, effects)
-            elif kind == _SUSPICION:
-                self._suspicion_fired(now, arg, effects)
-            elif kind == _REAP_TICK:
-                self._reap(now, effects)
-            elif kind == _REJOIN_TICK:
-                self._rejoin(now, effects)
-            elif kind == _JOIN_RETRY:
-                self._join_retry(now, effects)
-            elif kind == _QUERY_TIMEOUT:
-                assert isinstance(arg, int)
-                if self._my_queries.pop(arg, None) is not None:
-                    effects.append(QueryFinished(arg))
-            elif kind == _GOSSIP_TICK:  # the leave's last gossip
-                effects.extend(self._gossip(now))
+        pop_due = self._timers.pop_due
+        while (timer := pop_due(now)) is not None:
+            _ON_TIMER[timer[2]](self, now, timer[3], effects)
         if now >= self._next_gossip:
             # Beats missed while there was no news are dropped, as a Go ticker drops them;
             # news queued after a quiet spell thus goes out at once, then on the beat.
@@ -800,7 +760,7 @@ class Swim:
         target = self._next_probe_target(now)
         if target is not None:
             self._start_probe(now, target, interval, effects)
-        self._schedule(now + interval, _PROBE_TICK, None)
+        self._timers.set(now + interval, TimerKind.PROBE_TICK, None)
 
     def _next_probe_target(self, now: float) -> Member | None:
         order = self._probe_order
@@ -838,8 +798,8 @@ class Swim:
             # Buddy system: tell the suspect directly so it can refute at once.
             parts.append(wire.encode(Suspect(target.incarnation, target.name, self.name)))
         self._send_parts(target, parts, effects)
-        self._schedule(now + self.config.probe_timeout, _PROBE_TIMEOUT, seq)
-        self._schedule(now + interval, _PROBE_END, seq)
+        self._timers.set(now + self.config.probe_timeout, TimerKind.PROBE_TIMEOUT, seq)
+        self._timers.set(now + interval, TimerKind.PROBE_END, seq)
 
     def _ping(self, seq: int, node: str) -> Ping:
         me = self.local
@@ -921,7 +881,7 @@ class Swim:
         seq = self._next_seq()
         self._relays[seq] = _Relay(requester, msg.seq_no, msg.nack)
         self._send(target, wire.encode(self._ping(seq, msg.node)), effects)
-        self._schedule(now + self.config.probe_timeout, _RELAY_TIMEOUT, seq)
+        self._timers.set(now + self.config.probe_timeout, TimerKind.RELAY_TIMEOUT, seq)
 
     def _relay_timeout(self, now: float, seq: object, effects: list[Effect]) -> None:
         assert isinstance(seq, int)
@@ -1011,7 +971,7 @@ class Swim:
             self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
             # Suspicion.deadline, inlined: confirmations = len(confirmers) - 1 here.
             timeout = suspicion_timeout(suspicion.low, suspicion.high, suspicion.k, len(confirmers) - 1)
-            self._schedule(suspicion.start + timeout, _SUSPICION, name)
+            self._timers.set(suspicion.start + timeout, TimerKind.SUSPICION, name)
             return
         current = self._members.get(name)
         if current is None or incarnation < current.incarnation:
@@ -1034,7 +994,7 @@ class Swim:
         k = expected_confirmations(self.config, n)
         suspicion = Suspicion(incarnation, now, low, high if k > 0 else low, k, [from_])
         self._suspicions[name] = suspicion
-        self._schedule(suspicion.deadline, _SUSPICION, name)
+        self._timers.set(suspicion.deadline, TimerKind.SUSPICION, name)
         effects.append(MemberSuspected(suspected))
         effects.extend(self.delegate.on_member_change(now, current, suspected))
 
@@ -1251,8 +1211,8 @@ class Swim:
 
     def _push_pull_tick(self, now: float, effects: list[Effect]) -> None:
         n = len(self._members)
-        self._schedule(
-            now + push_pull_scale(self.config.push_pull_interval, n), _PUSH_PULL_TICK, self._push_pull_gen
+        self._timers.set(
+            now + push_pull_scale(self.config.push_pull_interval, n), TimerKind.PUSH_PULL_TICK, self._push_pull_gen
         )
         peers = self._k_random(1, lambda m: m.status == Status.ALIVE)
         if peers:
@@ -1347,7 +1307,7 @@ class Swim:
         if delay >= self.config.rejoin_interval:
             return
         self._join_attempt += 1
-        self._schedule(now + delay, _JOIN_RETRY, None)
+        self._timers.set(now + delay, TimerKind.JOIN_RETRY, None)
 
     def _join_retry(self, now: float, effects: list[Effect]) -> None:
         if self.leaving or any(m.status == Status.ALIVE for m in self._others()):
@@ -1358,7 +1318,7 @@ class Swim:
         return max(1.0, min(self.config.reap_interval / 4, 60.0))
 
     def _reap(self, now: float, effects: list[Effect]) -> None:
-        self._schedule(now + self._reap_period(), _REAP_TICK, None)
+        self._timers.set(now + self._reap_period(), TimerKind.REAP_TICK, None)
         expired = [
             m
             for m in map(self._members.__getitem__, self._gone)
@@ -1380,7 +1340,7 @@ class Swim:
     def _rejoin(self, now: float, effects: list[Effect]) -> None:
         """Heal partitions: re-join one recently failed member, and a seed when alone
         or when no member is known at some seed's address."""
-        self._schedule(now + self.config.rejoin_interval, _REJOIN_TICK, None)
+        self._timers.set(now + self.config.rejoin_interval, TimerKind.REJOIN_TICK, None)
         if self.leaving:
             return
         window = self.config.rejoin_failed_for
@@ -1410,10 +1370,6 @@ class Swim:
 
     # ------------------------------------------------------------------ misc
 
-    def _schedule(self, at: float, kind: int, arg: object) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (at, self._timer_seq, kind, arg))
-
     def _next_seq(self) -> int:
         self._seq_no = (self._seq_no + 1) & 0xFFFFFFFF
         return self._seq_no
@@ -1430,3 +1386,32 @@ def _encode_state(m: Member) -> bytes:
     )
     object.__setattr__(m, "wire_state", data)  # a cache, not state: see Member.wire_state
     return data
+
+
+def _on_push_pull_tick(swim: Swim, now: float, generation: object, effects: list[Effect]) -> None:
+    if generation == swim._push_pull_gen:  # else re-staggered since (bootstrap_members)
+        swim._push_pull_tick(now, effects)
+
+
+def _on_query_timeout(swim: Swim, now: float, query_id: object, effects: list[Effect]) -> None:
+    assert isinstance(query_id, int)
+    if swim._my_queries.pop(query_id, None) is not None:
+        effects.append(QueryFinished(query_id))
+
+
+_TIMER_HANDLERS: dict[TimerKind, Callable[[Swim, float, Any, list[Effect]], None]] = {
+    TimerKind.PROBE_TICK: lambda s, now, _, fx: s._probe_tick(now, fx),
+    TimerKind.PROBE_TIMEOUT: lambda s, now, seq, fx: s._probe_timeout(now, seq, fx),
+    TimerKind.PROBE_END: lambda s, now, seq, fx: s._probe_end(now, seq, fx),
+    TimerKind.RELAY_TIMEOUT: lambda s, now, seq, fx: s._relay_timeout(now, seq, fx),
+    TimerKind.GOSSIP_TICK: lambda s, now, _, fx: fx.extend(s._gossip(now)),  # the leave's last
+    TimerKind.PUSH_PULL_TICK: _on_push_pull_tick,
+    TimerKind.SUSPICION: lambda s, now, name, fx: s._suspicion_fired(now, name, fx),
+    TimerKind.REAP_TICK: lambda s, now, _, fx: s._reap(now, fx),
+    TimerKind.REJOIN_TICK: lambda s, now, _, fx: s._rejoin(now, fx),
+    TimerKind.JOIN_RETRY: lambda s, now, _, fx: s._join_retry(now, fx),
+    TimerKind.QUERY_TIMEOUT: _on_query_timeout,
+}
+_ON_TIMER = tuple(_TIMER_HANDLERS[kind] for kind in TimerKind)
+"""The handler of each timer kind, indexed by the kind's value (a tuple index is a C
+lookup; an enum-keyed dict hashes the member's name in Python)."""

@@ -14,6 +14,7 @@ from gossip.config import Config
 from gossip.effects import Effect, Log, MemberJoined, MemberSuspected, StreamRequest
 from gossip.members import Member, Status, ip_bytes
 from gossip.swim import Swim
+from gossip.timers import TimerKind
 from gossip.wire import codec as wire
 from gossip.wire import lzw, messagecodec
 from gossip.wire.messages import DEFAULT_VSN, NodeState, PushNodeState, PushPull
@@ -188,7 +189,8 @@ def test_bootstrap_installs_in_the_given_order_without_gossip_and_staggers_push_
     # Converged tables in one order encode identically (the stream memo then hits).
     assert _plain_push_pull(cores[0], False) == _plain_push_pull(cores[1], False)
     # The push/pull timer is re-drawn over the scaled interval (150 s at 300 members).
-    first_pp = [min(t[0] for t in c._timers if t[2] == 5 and t[3] == c._push_pull_gen) for c in cores]
+    first_pp = [min(t[0] for t in c._timers.entries()
+                    if t[2] is TimerKind.PUSH_PULL_TICK and t[3] == c._push_pull_gen) for c in cores]
     assert all(0.0 <= t <= 150.0 for t in first_pp)
 
 
