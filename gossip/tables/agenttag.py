@@ -1,6 +1,6 @@
 """Which members run our agent: the reserved serf tag every one of our nodes advertises.
 
-Owns: the tag name and value (``overlay-tables=1``), adding it to node meta, and the
+Owns: the tag name and value (``overlay-tables=1-2``: the protocol range), adding it to node meta, and the
 test "does this member's meta carry it". ``Tables`` advertises the tag and answers
 ``Delegate.accepts_user_data`` with it, so ``Swim`` hands table bytes (piggybacked
 broadcasts, push/pull user state, network-scoped user messages) only to our agents:
@@ -19,12 +19,14 @@ import functools
 
 from gossip.errors import DecodeError
 from gossip.serf.payloads import decode_tags, encode_tags
+from gossip.tables import protocol
 
-AGENT_TAG = "overlay-tables"
+AGENT_TAG = protocol.TAG
 """Reserved tag name: users may not set it (agent.config refuses it)."""
-AGENT_TAG_VALUE = "1"
-"""Version of the replicated-table protocol this node speaks."""
-LEGACY_ROLE = "overlay-agent"
+AGENT_TAG_VALUE = protocol.tag_value()
+"""The range of the replicated-table protocol this node speaks (``gossip.tables.protocol``):
+``1`` for release 0.1.0, ``1-2`` since."""
+LEGACY_ROLE = protocol.LEGACY_ROLE
 """Agents from before the tag: recognised by the default ``role`` tag, so that a cluster
 upgraded one node at a time keeps sending them table rows (docs/operations.md, Upgrade)."""
 _NEEDLES = (AGENT_TAG.encode(), LEGACY_ROLE.encode())

@@ -15,7 +15,13 @@ byte   name         body (msgpack)
 0x91   NET_GOSSIP   [format, net id, [endpoint rows]]; UDP to network peers
 0x92   BULK_SYNC    [format, net id, sender, unsolicited, [endpoint rows]]; TCP
 0x93   STATE        [format, [cluster-wide rows]]; memberlist push/pull user state
+0x95   EXT_EVENT    one cluster-wide extension row (protocol 2); piggybacked
 =====  ===========  =============================================================
+
+Trailing fields (readers ignore fields they do not read, so each is an addition a
+release-0.1.0 agent skips): STATE ``[2]`` IPsec key rows (``ipsecrows``), ``[3]``
+extension rows; NET_GOSSIP ``[3]`` and BULK_SYNC ``[5]`` the network's extension rows
+(``extrows``; rows of kinds this build does not know, kept and relayed).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 import msgpack
 
 from gossip.errors import DecodeError
+from gossip.tables import extrows
+from gossip.tables.extrows import EXT_EVENT, ExtensionRow
 from gossip.tables.rows import (
     ID_BYTES,
     ClaimRow,
@@ -52,6 +60,9 @@ _LIMITS: dict[str, int] = {
     "max_bin_len": 1 << 16,
     "max_array_len": MAX_ROWS,
     "max_map_len": 0,
+    # No maps anywhere, in any protocol version: release 0.1.0 decodes with this same
+    # limit (here and in ipsecrows), so one map in a later row kind would make it drop
+    # the whole message. Rows are arrays (``extrows``).
     "max_ext_len": 0,
 }
 
@@ -67,6 +78,7 @@ class Event:
 class NetGossip:
     net: str
     rows: tuple[EndpointRow, ...]
+    ext: tuple[ExtensionRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +87,21 @@ class BulkSync:
     sender: str
     unsolicited: bool
     rows: tuple[EndpointRow, ...]
+    ext: tuple[ExtensionRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class State:
     rows: tuple[ClusterRow, ...]
+    ext: tuple[ExtensionRow, ...] = ()
 
 
-Message = Event | NetGossip | BulkSync | State
+@dataclass(frozen=True, slots=True)
+class ExtEvent:
+    row: ExtensionRow
+
+
+Message = Event | NetGossip | BulkSync | State | ExtEvent
 
 
 def _array_header(n: int) -> bytes:
@@ -108,20 +127,28 @@ def encode_event(row: bytes) -> bytes:
     return bytes([EVENT]) + row
 
 
-def encode_net_gossip(net: str, rows: Sequence[bytes]) -> bytes:
-    return bytes([NET_GOSSIP]) + _array_header(3) + _pack(FORMAT) + _pack(bytes.fromhex(net)) + _rows_array(rows)
+def encode_net_gossip(net: str, rows: Sequence[bytes], ext: Sequence[Any] = ()) -> bytes:
+    """``ext``: the network's extension rows (msgpack-ready lists), a trailing field."""
+    tail = _pack(list(ext)) if ext else b""
+    return (bytes([NET_GOSSIP]) + _array_header(4 if ext else 3) + _pack(FORMAT) + _pack(bytes.fromhex(net))
+            + _rows_array(rows) + tail)
 
 
-def encode_bulk_sync(net: str, sender: str, unsolicited: bool, rows: Sequence[bytes]) -> bytes:
-    head = _array_header(5) + _pack(FORMAT) + _pack(bytes.fromhex(net)) + _pack(sender) + _pack(unsolicited)
-    return bytes([BULK_SYNC]) + head + _rows_array(rows)
+def encode_bulk_sync(net: str, sender: str, unsolicited: bool, rows: Sequence[bytes], ext: Sequence[Any] = ()) -> bytes:
+    head = (_array_header(6 if ext else 5) + _pack(FORMAT) + _pack(bytes.fromhex(net)) + _pack(sender)
+            + _pack(unsolicited))
+    return bytes([BULK_SYNC]) + head + _rows_array(rows) + (_pack(list(ext)) if ext else b"")
 
 
 def encode_state(rows: Sequence[bytes], extra: Sequence[Any] = ()) -> bytes:
-    """``extra``: trailing fields (the IPsec key rows, ``gossip.tables.ipsecrows``); decoders
-    that predate them ignore them."""
+    """``extra``: trailing fields (``[2]`` the IPsec key rows, ``gossip.tables.ipsecrows``;
+    ``[3]`` extension rows); decoders that predate them ignore them."""
     head = _array_header(2 + len(extra)) + _pack(FORMAT) + _rows_array(rows)
     return bytes([STATE]) + head + b"".join(_pack(x) for x in extra)
+
+
+def _ext_field(fields: list[Any], index: int, now: float, net: str = "") -> tuple[ExtensionRow, ...]:
+    return tuple(extrows.decode_list(fields[index], now, net)) if len(fields) > index else ()
 
 
 def _unpack(body: bytes) -> Any:
@@ -172,16 +199,18 @@ def decode(payload: bytes, now: float) -> Message | None:
     if not payload:
         raise DecodeError("tables message: empty")
     kind, body = payload[0], payload[1:]
-    if kind not in (EVENT, NET_GOSSIP, BULK_SYNC, STATE):
+    if kind not in (EVENT, NET_GOSSIP, BULK_SYNC, STATE, EXT_EVENT):
         return None
     obj = _unpack(body)
     if kind == EVENT:
         return Event(_cluster_row(obj, now))
+    if kind == EXT_EVENT:
+        return ExtEvent(extrows.decode(obj, now))
     if kind == NET_GOSSIP:
         fields = _list(obj, 3, "net gossip")
         _format(fields[0])
         net = _net_id(fields[1])
-        return NetGossip(net, _endpoint_rows(fields[2], now, net))
+        return NetGossip(net, _endpoint_rows(fields[2], now, net), _ext_field(fields, 3, now, net))
     if kind == BULK_SYNC:
         fields = _list(obj, 5, "bulk sync")
         _format(fields[0])
@@ -189,7 +218,8 @@ def decode(payload: bytes, now: float) -> Message | None:
         sender, unsolicited = fields[2], fields[3]
         if not isinstance(sender, str) or not sender or not isinstance(unsolicited, bool):
             raise DecodeError("tables message: bad bulk sync header")
-        return BulkSync(net, sender, unsolicited, _endpoint_rows(fields[4], now, net))
+        return BulkSync(net, sender, unsolicited, _endpoint_rows(fields[4], now, net),
+                        _ext_field(fields, 5, now, net))
     fields = _list(obj, 2, "state")
     _format(fields[0])
-    return State(tuple(_cluster_row(o, now) for o in _list(fields[1], 0, "rows")))
+    return State(tuple(_cluster_row(o, now) for o in _list(fields[1], 0, "rows")), _ext_field(fields, 3, now))

@@ -42,7 +42,7 @@ from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
 from gossip.members import Member
-from gossip.tables import agenttag, blocks, framing, ipam, ipsecrows, validation
+from gossip.tables import agenttag, blocks, extrows, framing, ipam, ipsecrows, protocol, validation
 from gossip.tables.blocks import Block
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
@@ -114,6 +114,9 @@ class Tables:
         those of members that are not up. Its own ``version`` signals changes."""
         self.changes = Changes(self.ipsec)
         """The change signal: ``version`` and the subscribers (``gossip.tables.changes``)."""
+        self.ext = extrows.ExtensionStore()
+        """Rows of kinds this build does not know, kept and relayed (``gossip.tables.extrows``)."""
+        self.sync.ext_rows = lambda net, now: extrows.objs(self.ext.scoped_rows(net), now)
 
     def attach(self, swim: Swim) -> None:
         """Second wiring step: the core this delegate sends through."""
@@ -172,8 +175,42 @@ class Tables:
         elif isinstance(msg, framing.BulkSync) and msg.net in self.sync.joined:
             self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=False)
             self.sync.on_bulk_sync(now, msg, effects)
+        self._merge_ext(now, msg, push_pull)
         self._finish(effects)
         return effects
+
+    def _merge_ext(self, now: float, msg: framing.Message | None, push_pull: bool) -> None:
+        """Extension rows of a message: kept and relayed, never interpreted. Cluster-wide
+        ones from a piggybacked event are re-broadcast once; scoped ones are kept for the
+        networks this node takes part in and leave again with its bulk syncs."""
+        if msg is None or (push_pull and not isinstance(msg, framing.State)):
+            return
+        if isinstance(msg, framing.ExtEvent):
+            rows: tuple[extrows.ExtensionRow, ...] = (msg.row,)
+        elif isinstance(msg, framing.State) or (
+                isinstance(msg, framing.NetGossip | framing.BulkSync) and msg.net in self.sync.joined):
+            rows = msg.ext
+        else:
+            return
+        for row in rows:
+            self._witness(row.lamport)
+            if self.visibility.reaped(row.writer, now) or not self.ext.merge(row):
+                continue
+            self.stats.rows_applied += 1
+            if isinstance(msg, framing.ExtEvent):
+                key = "\0".join(("x", row.net, str(row.kind), row.writer, row.id, row.key[4].hex()))
+                self._bcast.queue(key, extrows.encode_event(row, now))
+
+    def protocol_version(self, network: str | None = None) -> int:
+        """The highest tables protocol every agent member that is up (or, with ``network``,
+        every live peer of that network) and this node speak; 0 if their ranges do not
+        overlap. A feature is used only when it reaches ``protocol.FEATURES[name]``."""
+        if self.swim is None:
+            return protocol.PROTOCOL_MAX
+        names = None if network is None else set(self.visibility.peers(network))
+        metas = [m.meta for m in self.swim.members()
+                 if m.name != self.node and m.status in UP and (names is None or m.name in names)]
+        return protocol.common_version(metas)
 
     def has_broadcasts(self) -> bool:
         return bool(self._bcast)
@@ -193,7 +230,9 @@ class Tables:
             if isinstance(r, NetworkRow) or not self.visibility.reaped(r.writer, self._now)
         ]
         keys = [r for r in self.ipsec if not self.visibility.reaped(r.node, self._now)]
-        extra = [ipsecrows.state_field(keys)] if keys else []
+        ext = extrows.objs(self.ext.cluster_rows(), self._now)
+        # Field [2] must be the IPsec list whenever [3] is there (release 0.1.0 reads [2]).
+        extra = [ipsecrows.state_field(keys), ext] if ext else [ipsecrows.state_field(keys)] if keys else []
         # Nothing to say: stay silent (serf peers log user state they cannot parse).
         data = framing.encode_state(rows, extra) if rows or extra else b""
         self.stats.state_bytes += len(data)
@@ -752,6 +791,7 @@ class Tables:
         if self.store.reap(now, lambda node: vis.reaped(node, now), now - self.config.owner_reap, self.node):
             self._touch_all()
         self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and vis.reaped(r.node, now)])
+        self.ext.reap(now, lambda node: vis.reaped(node, now), self.sync.joined)
         vis.forget_gone(now)
         for net in [n for n, t in self._unconfirmed.items() if t <= now]:
             del self._unconfirmed[net]

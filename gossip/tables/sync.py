@@ -18,7 +18,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gossip.broadcasts import Broadcasts
 from gossip.config import retransmit_limit
@@ -73,6 +73,8 @@ class NetSync:
         self.swim: Swim | None = None
         self._peers = peers
         self._rows = rows
+        self.ext_rows: Callable[[str, float], list[Any]] = lambda net, now: []
+        """The network's extension rows (msgpack-ready) that ride on every bulk sync."""
         self.joined: dict[str, _Joined] = {}
         """Networks the local node takes part in, in joining order."""
         self._recent: dict[tuple[str, str], float] = {}
@@ -148,7 +150,8 @@ class NetSync:
         """Everything we hold for the network, over TCP (the peer answers an unsolicited one)."""
         if self.swim is None:
             return
-        payload = framing.encode_bulk_sync(net, self.node, unsolicited, self._rows(net, now))
+        payload = framing.encode_bulk_sync(net, self.node, unsolicited, self._rows(net, now),
+                                           self.ext_rows(net, now))
         self.stats.bulk_sent += 1
         self.stats.bulk_bytes += len(payload)
         if unsolicited:
