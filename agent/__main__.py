@@ -6,7 +6,8 @@ configuration; 1 when the agent cannot start (one line on stderr); 2 for bad
 flags or configuration (one line on stderr).
 
 Owns: the process entry point: which extensions the product runs
-(``agent.overlay.extension.Overlay`` and ``agent.overlay.ipsec.IpsecAgent``), module
+(``agent.overlay.extension.Overlay`` and ``agent.overlay.ipsec.IpsecAgent``, plus
+``agent.runtimes.docker.plugin.DockerPlugin`` with ``docker_plugin_socket``), module
 loading order (``agent.deferred`` before trio; nothing heavy for ``check-config``)
 and the exit status. Does not: define flags (``agent.cli``) or start anything itself
 (``agent.service.run``).
@@ -65,8 +66,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
     agent_log.setup(config.log_level, fmt=config.log_format)
     overlay = Overlay()
+    extensions: list[service.Extension] = [overlay, IpsecAgent(overlay)]
+    if config.docker_plugin_socket:
+        from agent.runtimes.docker.plugin import DockerPlugin  # h11 only when the plugin is on
+
+        extensions.append(DockerPlugin(overlay, config.docker_plugin_socket))
     try:
-        return trio.run(partial(service.run, config, extensions=[overlay, IpsecAgent(overlay)]))
+        return trio.run(partial(service.run, config, extensions=extensions))
     except service.StartupError as exc:
         print(f"overlay-agent: error: {exc}", file=sys.stderr)
         return 1

@@ -104,6 +104,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help="program VXLAN devices, bridges, FDB and neighbours and host endpoints (default: yes)")
     add("--metrics-address", metavar="IP[:PORT]",
         help=f"serve Prometheus metrics here (default: off; default port {cfg.DEFAULT_METRICS_PORT})")
+    add("--docker-plugin-socket", metavar="PATH",
+        help="serve the Docker network + IPAM plugin here, e.g. /run/docker/plugins/overlay-agent.sock "
+             "(the file name is the driver name; default: off)")
     add("--log-level", choices=LOG_LEVELS, help="default: info")
     add("--log-format", choices=LOG_FORMATS, help="kv (key=value) or json (default: kv)")
 
@@ -204,6 +207,7 @@ def describe(loaded: cfg.Loaded) -> str:
         ("control_socket", c.control_socket, "control_socket"),
         ("control_group", c.control_group or "(none: mode 0600)", "control_group"),
         ("metrics_address", addr(c.metrics_address) if c.metrics_address else "(off)", "metrics_address"),
+        ("docker_plugin_socket", c.docker_plugin_socket or "(off)", "docker_plugin_socket"),
         ("log_level", c.log_level, "log_level"),
         ("log_format", c.log_format, "log_format"),
         ("leave_on_terminate", str(c.leave_on_terminate).lower(), "leave_on_terminate"),

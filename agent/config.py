@@ -99,6 +99,8 @@ class AgentConfig:
     dataplane: bool = True
     """False: tables only (networks are seen and made here), no kernel programming, no endpoints."""
     metrics_address: Address | None = None
+    docker_plugin_socket: str | None = None
+    """Serve the Docker network + IPAM plugin on this Unix socket (agent/runtimes/docker)."""
     config_file: str | None = None
 
     def gossip_config(self) -> Config:
@@ -170,6 +172,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("control_socket", "str", "control API Unix socket", "--control-socket"),
     Key("control_group", "str", "group allowed to use the control socket (mode 0660)", "--control-group"),
     Key("metrics_address", "str", "serve Prometheus metrics on IP[:PORT] (default: off)", "--metrics-address"),
+    Key("docker_plugin_socket", "str", "serve the Docker network + IPAM plugin on this Unix socket, e.g. "
+        "/run/docker/plugins/overlay-agent.sock (default: off)", "--docker-plugin-socket"),
     Key("log_level", "str", "debug, info, warning or error", "--log-level"),
     Key("log_format", "str", "kv (key=value lines) or json", "--log-format"),
     Key("leave_on_terminate", "bool", "announce a graceful leave on SIGTERM/SIGINT", "--leave-on-terminate"),
@@ -599,6 +603,7 @@ def build(layer: Layer, *, config_file: str | None = None,
         dataplane=_default(b.convert("dataplane", _as_bool), True),
         ipsec_rotation_interval=_default(rotation, 12 * 3600.0),
         metrics_address=metrics,
+        docker_plugin_socket=b.convert("docker_plugin_socket", _socket_path),
         config_file=config_file,
     )
 

@@ -405,6 +405,48 @@ class Overlay:
                 await self.rec.settled()  # the bridge and the port exist when the command returns
         return ep
 
+    async def create_endpoint_with(
+        self,
+        network: str,
+        build: Callable[[Endpoint, Network, str, int], dict[str, Any]],
+        *,
+        name: str | None = None,
+        ipv4: str | None = None,
+        mac: str | None = None,
+    ) -> Endpoint:
+        """An endpoint whose interface another layer builds (the Docker plugin: a veth pair
+        left in the agent's namespace for dockerd to move). Publishes the row, then runs
+        ``build(ep, net, host_ifname, mtu)`` in a worker thread (blocking; PlumbError) and
+        keeps what it returns as the endpoint's interface record. A failure takes the row
+        back, as ``create_endpoint`` does."""
+        if not self.dataplane:
+            raise api.ApiError("this agent runs without a dataplane (dataplane = false): it cannot host endpoints")
+        await self._started.wait()
+        async with self._lock:
+            ep: Endpoint = await self._table_call(
+                lambda t, now: t.create_endpoint(now, network, name, ipv4, None, mac))
+            net: Network = await self.read(lambda t: t.find_network(ep.network))
+            ifname = host_ifname(self.prefix, ep.id)
+            try:
+                info = await trio.to_thread.run_sync(build, ep, net, ifname, self.effective_mtu(net))
+            except PlumbError as exc:
+                with trio.CancelScope(shield=True):
+                    await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
+                raise api.ApiError(str(exc)) from None
+            self.interfaces[ep.id] = {**info, "host_ifname": ifname}
+            await self._persist()
+        log.info(kv("endpoint-created", id=ep.id[:12], name=ep.name, network=net.name,
+                    ipv4=ep.ipv4, mac=ep.mac, ifname=info.get("ifname")))
+        return ep
+
+    async def update_interface(self, endpoint_id: str, **info: Any) -> None:
+        """Amend a local endpoint's interface record (e.g. the namespace Docker moved it
+        into) and persist it; unknown ids are ignored."""
+        async with self._lock:
+            if endpoint_id in self.interfaces:
+                self.interfaces[endpoint_id].update(info)
+                await self._persist()
+
     async def remove_endpoint(self, ref: str) -> Endpoint:
         assert self.tables is not None
         me = self.tables.node

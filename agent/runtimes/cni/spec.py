@@ -1,0 +1,313 @@
+"""The CNI contract of ``overlay-cni`` (spec 1.1.0), as values: no I/O, no agent, no trio.
+
+Owns: reading one invocation (the ``CNI_*`` environment and the JSON configuration on
+stdin) into an ``Invocation``, with every input bounded and checked, so a bad one is a
+``CniError`` with the spec's error code and a one-line message; the version rules
+(results for 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0: 0.3.x/0.4.0 results carry an IP's
+``version``, 1.1.0 an interface's ``mtu``); and the JSON this plugin prints (ADD result,
+VERSION reply, error object). Configuration keys of ours (``network``, ``socket``) and the
+conventional ones read here: ``runtimeConfig.ips`` / ``runtimeConfig.mac`` (the ``ips`` and
+``mac`` capabilities), ``args.cni.ips`` / ``args.cni.mac`` and ``CNI_ARGS`` ``IP=``/``MAC=``
+(a fixed address), ``K8S_POD_NAME`` (the endpoint's name), ``prevResult`` (CHECK, DEL),
+``cni.dev/valid-attachments`` (GC).
+Does not: talk to the agent (``agent.runtimes.cni.plugin``) or touch the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PLUGIN_TYPE = "overlay-cni"
+SPEC_VERSION = "1.1.0"
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+MAX_CONFIG = 1 << 20
+"""Bytes of stdin read at most (a conflist entry with a prevResult is a few KiB)."""
+MAX_ENV = 4096
+MAX_ATTACHMENTS = 100_000
+
+# Error codes of the spec (Section 5, "Error"); 100+ are ours.
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN = 11
+NOT_AVAILABLE = 50
+AGENT_REFUSED = 100
+"""The agent refused the request (its one-line reason is the message)."""
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
+_IFNAME_BAD = re.compile(r"[/:\s]")
+
+
+class CniError(Exception):
+    """A failed invocation: ``code`` from the spec, ``msg`` one line for the runtime's user."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = " ".join(msg.split())
+
+
+@dataclass(frozen=True)
+class Attachment:
+    container: str
+    ifname: str
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One plugin call, checked."""
+
+    command: str
+    version: str
+    """The configuration's ``cniVersion`` (results are shaped for it)."""
+    network: str = ""
+    """The agent's network (config ``network``, else the conflist ``name``)."""
+    socket: str | None = None
+    container: str = ""
+    netns: str = ""
+    ifname: str = ""
+    name: str | None = None
+    """The endpoint's name (``K8S_POD_NAME``: podman passes the container's name)."""
+    ipv4: str | None = None
+    ipv6: str | None = None
+    mac: str | None = None
+    prev_result: dict[str, Any] | None = None
+    valid: tuple[Attachment, ...] = field(default_factory=tuple)
+    """GC: the attachments still in use."""
+
+
+def _one_line(value: str, limit: int = 200) -> str:
+    text = " ".join(value.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _env(env: Mapping[str, str], key: str, required: bool) -> str:
+    value = env.get(key, "")
+    if len(value) > MAX_ENV:
+        raise CniError(INVALID_ENV, f"{key} is longer than {MAX_ENV} characters")
+    if required and not value:
+        raise CniError(INVALID_ENV, f"{key} is not set")
+    return value
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``CNI_ARGS`` (``K=V;K=V``) -> dict; CniError for a pair without ``=``."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise CniError(INVALID_ENV, f"CNI_ARGS: malformed pair {_one_line(part, 60)!r} (expected KEY=VALUE)")
+        out[key] = value
+    return out
+
+
+def check_container_id(value: str) -> str:
+    if not _CONTAINER_ID.match(value):
+        raise CniError(INVALID_ENV, "CNI_CONTAINERID must start with a letter or digit and hold only "
+                                    "letters, digits, '_', '.' and '-'")
+    return value
+
+
+def check_ifname(value: str) -> str:
+    if not 0 < len(value.encode()) <= 15 or value in (".", "..") or _IFNAME_BAD.search(value) \
+            or not value.isprintable():
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {_one_line(value, 40)!r} is not a valid interface name")
+    return value
+
+
+def decode_config(data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_CONFIG:
+        raise CniError(IO_FAILURE, f"network configuration on stdin is larger than {MAX_CONFIG} bytes")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CniError(DECODE_FAILURE, f"network configuration on stdin is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CniError(DECODE_FAILURE, "network configuration on stdin must be a JSON object")
+    return obj
+
+
+def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ENV:
+        raise CniError(INVALID_CONFIG, f"{where}{key!r} must be a non-empty string")
+    return value
+
+
+def _fixed_addresses(ips: Any, where: str) -> tuple[str | None, str | None]:
+    """A list of addresses (``10.0.0.5`` or ``10.0.0.5/24``) -> (IPv4, IPv6), one of each at most."""
+    if ips is None:
+        return None, None
+    if not isinstance(ips, list) or len(ips) > 2 or not all(isinstance(i, str) for i in ips):
+        raise CniError(INVALID_CONFIG, f"{where} must be a list of at most two addresses")
+    out: dict[int, str] = {}
+    for text in ips:
+        try:
+            addr = ipaddress.ip_interface(text).ip
+        except ValueError:
+            raise CniError(INVALID_CONFIG, f"{where}: {_one_line(text, 60)!r} is not an IP address") from None
+        if addr.version in out:
+            raise CniError(INVALID_CONFIG, f"{where}: two IPv{addr.version} addresses")
+        out[addr.version] = str(addr)
+    return out.get(4), out.get(6)
+
+
+def _valid_attachments(raw: Any) -> tuple[Attachment, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_ATTACHMENTS:
+        raise CniError(INVALID_CONFIG, "'cni.dev/valid-attachments' must be a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                or not isinstance(item.get("ifname"), str):
+            raise CniError(INVALID_CONFIG, "'cni.dev/valid-attachments': each entry needs "
+                                           "'containerID' and 'ifname' strings")
+        out.append(Attachment(item["containerID"], item["ifname"]))
+    return tuple(out)
+
+
+def read_version(data: bytes) -> str:
+    """VERSION's input: only ``cniVersion`` matters; an absent one means the oldest."""
+    obj = decode_config(data) if data.strip() else {}
+    version = obj.get("cniVersion", "0.1.0")
+    if not isinstance(version, str) or len(version) > 32:
+        raise CniError(DECODE_FAILURE, "'cniVersion' must be a string")
+    return version
+
+
+def parse(env: Mapping[str, str], data: bytes) -> Invocation:
+    """One invocation: environment + stdin -> ``Invocation``; CniError names what is wrong."""
+    command = _env(env, "CNI_COMMAND", True)
+    if command not in COMMANDS:
+        raise CniError(INVALID_ENV, f"CNI_COMMAND {_one_line(command, 40)!r} is not one of {', '.join(COMMANDS)}")
+    if command == "VERSION":
+        return Invocation(command, read_version(data))
+    conf = decode_config(data)
+    version = conf.get("cniVersion")
+    if not isinstance(version, str):
+        raise CniError(INVALID_CONFIG, "network configuration has no 'cniVersion'")
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(INCOMPATIBLE_VERSION, f"CNI version {_one_line(version, 32)!r} is not supported "
+                                             f"(supported: {', '.join(SUPPORTED_VERSIONS)})")
+    kind = conf.get("type")
+    if kind is not None and kind != PLUGIN_TYPE:
+        raise CniError(INVALID_CONFIG, f"plugin type {_one_line(str(kind), 40)!r} is not {PLUGIN_TYPE!r}")
+    network = _opt_str(conf, "network", "") or _opt_str(conf, "name", "")
+    if network is None:
+        raise CniError(INVALID_CONFIG, "network configuration names no network ('network' or 'name')")
+    sock = _opt_str(conf, "socket", "")
+    if sock is not None and not sock.startswith("/"):
+        raise CniError(INVALID_CONFIG, f"'socket' must be an absolute path, not {_one_line(sock, 60)!r}")
+    prev = conf.get("prevResult")
+    if prev is not None and not isinstance(prev, dict):
+        raise CniError(INVALID_CONFIG, "'prevResult' must be an object")
+    base = Invocation(command, version, network=network, socket=sock, prev_result=prev)
+    if command == "STATUS":
+        return base
+    if command == "GC":
+        return _replace(base, valid=_valid_attachments(conf.get("cni.dev/valid-attachments")))
+    container = check_container_id(_env(env, "CNI_CONTAINERID", True))
+    ifname = check_ifname(_env(env, "CNI_IFNAME", True))
+    netns = _env(env, "CNI_NETNS", command != "DEL")  # containerd's DEL comes without one
+    if netns and not netns.startswith("/"):
+        raise CniError(INVALID_ENV, f"CNI_NETNS must be a path, not {_one_line(netns, 60)!r}")
+    if "\0" in netns:
+        raise CniError(INVALID_ENV, "CNI_NETNS contains a NUL byte")
+    args = parse_cni_args(_env(env, "CNI_ARGS", False))
+    name = args.get("K8S_POD_NAME") or None
+    ipv4, ipv6 = _fixed_addresses(_ips_from(conf, args), "fixed addresses")
+    mac = _mac_from(conf, args)
+    return _replace(base, container=container, netns=netns, ifname=ifname, name=name,
+                    ipv4=ipv4, ipv6=ipv6, mac=mac)
+
+
+def _ips_from(conf: Mapping[str, Any], args: Mapping[str, str]) -> Any:
+    """Fixed addresses, first found: runtimeConfig.ips, args.cni.ips, CNI_ARGS IP= (comma list)."""
+    runtime = conf.get("runtimeConfig")
+    if isinstance(runtime, dict) and runtime.get("ips"):
+        return runtime["ips"]
+    cargs = conf.get("args")
+    if isinstance(cargs, dict) and isinstance(cargs.get("cni"), dict) and cargs["cni"].get("ips"):
+        return cargs["cni"]["ips"]
+    if args.get("IP"):
+        return [p for p in args["IP"].split(",") if p]
+    return None
+
+
+def _mac_from(conf: Mapping[str, Any], args: Mapping[str, str]) -> str | None:
+    runtime = conf.get("runtimeConfig")
+    if isinstance(runtime, dict) and runtime.get("mac") is not None:
+        return _opt_str(runtime, "mac", "runtimeConfig.")
+    cargs = conf.get("args")
+    if isinstance(cargs, dict) and isinstance(cargs.get("cni"), dict) and cargs["cni"].get("mac") is not None:
+        return _opt_str(cargs["cni"], "mac", "args.cni.")
+    return args.get("MAC") or None
+
+
+def _replace(inv: Invocation, **changes: Any) -> Invocation:
+    from dataclasses import replace
+
+    return replace(inv, **changes)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def version_reply(version: str) -> dict[str, Any]:
+    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def error_reply(version: str, err: CniError) -> dict[str, Any]:
+    """The spec's error object. No ``details``: libcni appends them to ``msg`` after a
+    ``;``, and the user should see one clear line."""
+    return {"cniVersion": version if version in SUPPORTED_VERSIONS else SPEC_VERSION,
+            "code": err.code, "msg": err.msg}
+
+
+def add_result(inv: Invocation, endpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """ADD's result for the endpoint the agent made (``agentctl endpoint``'s JSON object):
+    the host-side veth and the container's interface, its addresses (prefix length of the
+    network), no routes (the overlay is one L2 segment), shaped for ``inv.version``."""
+    legacy = inv.version.startswith("0.")
+    host: dict[str, Any] = {"name": str(endpoint.get("host_ifname") or "")}
+    inner: dict[str, Any] = {"name": inv.ifname, "mac": str(endpoint.get("mac") or ""), "sandbox": inv.netns}
+    mtu = endpoint.get("mtu")
+    if inv.version == "1.1.0" and isinstance(mtu, int) and not isinstance(mtu, bool):
+        host["mtu"] = inner["mtu"] = mtu
+    ips: list[dict[str, Any]] = []
+    for family, key in (("4", "ipv4_cidr"), ("6", "ipv6_cidr")):
+        cidr = endpoint.get(key)
+        if isinstance(cidr, str) and cidr:
+            ip: dict[str, Any] = {"address": cidr, "interface": 1}
+            if legacy:
+                ip = {"version": family, **ip}
+            ips.append(ip)
+    return {"cniVersion": inv.version, "interfaces": [host, inner], "ips": ips, "routes": [], "dns": {}}
+
+
+def expected_addresses(prev: Mapping[str, Any] | None) -> set[str]:
+    """CHECK: the addresses (CIDR) a prevResult lists for the container's interface."""
+    if not prev:
+        return set()
+    out: set[str] = set()
+    ips = prev.get("ips")
+    if isinstance(ips, list):
+        for ip in ips:
+            if isinstance(ip, dict) and isinstance(ip.get("address"), str):
+                out.add(ip["address"])
+    return out

@@ -1,0 +1,144 @@
+"""The Docker plugin as an agent extension (``agent.service.Extension``).
+
+Started by ``agent.__main__`` when ``docker_plugin_socket`` is set. Docker names a
+legacy plugin after its socket file: ``/run/docker/plugins/overlay-agent.sock`` gives
+driver and IPAM driver ``overlay-agent``; the socket is a path, so a dockerd in
+another network namespace reaches it too.
+
+Owns: the method table (``Plugin.Activate`` and every ``NetworkDriver.*`` /
+``IpamDriver.*`` call dockerd makes, Discover* and the swarm-only calls included),
+opening the socket at set-up (a problem is a ``StartupError``), loading the persisted
+state at start (after the overlay restored its endpoints, so reservations whose
+endpoint did not survive are dropped), serving until the agent stops (then the
+socket file goes), and a status section. Does not: implement the methods
+(``driver``, ``ipam``) or parse HTTP (``server``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agent.log import kv
+from agent.runtimes.docker.context import Context
+from agent.runtimes.docker.driver import Driver
+from agent.runtimes.docker.ipam import Ipam
+from agent.runtimes.docker.server import Server, SocketError, UnknownMethod, open_socket
+from agent.runtimes.docker.state import RECORD, PluginState
+
+if TYPE_CHECKING:
+    from agent.control.server import ControlServer
+    from agent.overlay.extension import Overlay
+    from agent.runtime import Runtime
+
+log = logging.getLogger("agent.runtimes.docker")
+
+Method = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def plugin_name(path: str) -> str:
+    """Docker's name for the plugin behind socket ``path``: the file name without ``.sock``."""
+    base = os.path.basename(path)
+    return base[: -len(".sock")] if base.endswith(".sock") else base
+
+
+class DockerPlugin:
+    def __init__(self, overlay: Overlay, path: str) -> None:
+        self.path = path
+        self.ctx = Context(overlay, plugin_name(path))
+        self.server: Server | None = None
+        self._notes: list[str] = []
+        driver, ipam = Driver(self.ctx), Ipam(self.ctx)
+        self.methods: dict[str, Method] = {
+            "Plugin.Activate": self._activate,
+            "NetworkDriver.GetCapabilities": driver.capabilities,
+            "NetworkDriver.CreateNetwork": driver.create_network,
+            "NetworkDriver.DeleteNetwork": driver.delete_network,
+            "NetworkDriver.AllocateNetwork": driver.nothing,
+            "NetworkDriver.FreeNetwork": driver.nothing,
+            "NetworkDriver.CreateEndpoint": driver.create_endpoint,
+            "NetworkDriver.DeleteEndpoint": driver.delete_endpoint,
+            "NetworkDriver.EndpointOperInfo": driver.oper_info,
+            "NetworkDriver.Join": driver.join,
+            "NetworkDriver.Leave": driver.nothing,
+            "NetworkDriver.DiscoverNew": driver.nothing,
+            "NetworkDriver.DiscoverDelete": driver.nothing,
+            "NetworkDriver.ProgramExternalConnectivity": driver.nothing,
+            "NetworkDriver.RevokeExternalConnectivity": driver.nothing,
+            "IpamDriver.GetCapabilities": ipam.capabilities,
+            "IpamDriver.GetDefaultAddressSpaces": ipam.address_spaces,
+            "IpamDriver.RequestPool": ipam.request_pool,
+            "IpamDriver.ReleasePool": ipam.release_pool,
+            "IpamDriver.RequestAddress": ipam.request_address,
+            "IpamDriver.ReleaseAddress": ipam.release_address,
+        }
+
+    async def _activate(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    async def handle(self, method: str, req: dict[str, Any]) -> dict[str, Any]:
+        fn = self.methods.get(method)
+        if fn is None:
+            raise UnknownMethod()
+        log.debug(kv("docker-call", method=method))
+        return await fn(req)
+
+    # -- agent.service.Extension ------------------------------------------------------------------
+
+    def setup(self, rt: Runtime, server: ControlServer) -> None:
+        from agent.service import StartupError
+
+        self.ctx.rt = rt
+        try:
+            sock = open_socket(self.path)
+        except SocketError as exc:
+            raise StartupError(str(exc)) from None
+        self.server = Server(sock, self.path, self.handle)
+        rt.status_sections.append(self.status)
+        rt.warning_sources.append(lambda: list(self._notes))
+
+    async def run(self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self.server is not None
+        try:
+            await self._restore(rt)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.server.serve)
+                log.info(kv("docker-plugin-serving", socket=self.path, name=self.ctx.name))
+                task_status.started()
+        finally:
+            self.server.close()
+
+    async def _restore(self, rt: Runtime) -> None:
+        notes: list[str] = []
+        state = PluginState.from_json(rt.store.load_json(RECORD) if rt.store is not None else None, notes)
+        local: set[str] = await self.ctx.read(lambda t: {e.id for e in t.local_endpoints()})
+        for key, res in list(state.reservations.items()):
+            if not res.released and res.endpoint not in local:
+                del state.reservations[key]
+                notes.append(f"docker endpoint with address {res.address} was dropped: its cluster endpoint "
+                             "did not survive the restart")
+        for key, dep in list(state.endpoints.items()):
+            if dep.endpoint not in state.reservations:
+                del state.endpoints[key]
+        self.ctx.state = state
+        self._notes = notes
+        for note in notes:
+            log.warning(kv("docker-plugin-restore", note=note))
+        if state.networks or state.pools:
+            log.info(kv("docker-plugin-restored", networks=len(state.networks), endpoints=len(state.endpoints)))
+            await self.ctx.save()
+
+    def status(self) -> dict[str, Any]:
+        s = self.ctx.state
+        return {"docker_plugin": {
+            "socket": self.path,
+            "name": self.ctx.name,
+            "networks": len(s.networks),
+            "endpoints": len(s.endpoints),
+            "calls": self.server.calls if self.server else 0,
+            "refused": self.server.errors if self.server else 0,
+        }}
