@@ -70,6 +70,7 @@ from gossip.serf import queries as serfquery
 from gossip.suspicion import Suspicion
 from gossip.timers import TimerKind, Timers
 from gossip.wire import codec as wire
+from gossip.wire.encryption import GossipEncryption
 from gossip.wire.messages import (
     DEFAULT_VSN,
     Ack,
@@ -179,13 +180,9 @@ class Swim:
         self.name = name
         self.rng = rng
         self.delegate: Delegate = delegate if delegate is not None else NullDelegate()
-        self.keyring = keyring
-        self.require_encryption = True
-        """With a keyring: refuse plaintext (False during an encryption roll-out window)."""
-        self.encrypt_outgoing = True
-        """With a keyring: encrypt what we send (memberlist's GossipVerifyOutgoing). Off
-        while a cluster is being switched to encryption, so that every node already
-        accepts encrypted traffic before anyone sends it."""
+        self.encryption = GossipEncryption(keyring)
+        """The keyring and the encryption roll-out mode (one state machine, shared with
+        the serf layer's queries and ``agent/membership/keys.py``)."""
         self.stats = SwimStats()
         self.awareness = 0
         self.leaving = False
@@ -243,6 +240,23 @@ class Swim:
     @property
     def local(self) -> Member:
         return self._members[self.name]
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self.encryption.keyring
+
+    @keyring.setter
+    def keyring(self, ring: Keyring | None) -> None:
+        self.encryption.keyring = ring  # the mode stays (see GossipEncryption)
+
+    @property
+    def require_encryption(self) -> bool:
+        return self.encryption.require_encryption
+
+    @require_encryption.setter
+    def require_encryption(self, require: bool) -> None:
+        """The start-up setting; roll-out commands go to ``encryption.command``."""
+        self.encryption.configure(require=require)
 
     def members(self) -> list[Member]:
         return list(self._members.values())
@@ -495,7 +509,7 @@ class Swim:
     def handle_packet(self, now: float, src: Address, data: bytes) -> list[Effect]:
         """One inbound UDP datagram. Raises DecodeError before touching any state."""
         messages = wire.decode_packet(
-            data, self._incoming_keyring(), require_encryption=self.require_encryption
+            data, self.encryption.incoming(), require_encryption=self.encryption.require_encryption
         )
         if now > self._now:
             self._now = now
@@ -515,7 +529,7 @@ class Swim:
     ) -> tuple[bytes | None, list[Effect]]:
         """One complete inbound TCP stream message; returns (reply to write or None, effects)."""
         msg = wire.decode_stream(
-            data, self._incoming_keyring(), require_encryption=self.require_encryption
+            data, self.encryption.incoming(), require_encryption=self.encryption.require_encryption
         )
         if now > self._now:
             self._now = now
@@ -573,7 +587,7 @@ class Swim:
         if reply is not None and stream.kind != "user":
             try:
                 msg = wire.decode_stream(
-                    reply, self._incoming_keyring(), require_encryption=self.require_encryption
+                    reply, self.encryption.incoming(), require_encryption=self.encryption.require_encryption
                 )
             except DecodeError as exc:
                 error = str(exc)
@@ -725,20 +739,13 @@ class Swim:
         self._broadcasts.queue(f"\x00query:{query.id}", wire.encode(UserMsg(payload)))
         if not serfquery.addressed_to_us(query, self.name, tags):
             return
-        was_plaintext = self.keyring is None or self.keyring.primary is None
-        result = serfquery.answer(query, self.keyring)
-        if was_plaintext and self.keyring is not None and self.keyring.primary is not None:
-            # Encryption switched on remotely: start the roll-out window (accept both,
-            # keep sending plaintext) until told to encrypt and then to require.
-            self.require_encryption = False
-            self.encrypt_outgoing = False
-        if result.mode == "encrypt":
-            self.encrypt_outgoing = True
-        elif result.mode == "require":
-            self.encrypt_outgoing = True
-            self.require_encryption = True
-        elif result.mode == "allow-plaintext":
-            self.require_encryption = False
+        enc = self.encryption
+        was_enabled = enc.enabled
+        result = serfquery.answer(query, enc.keyring)
+        if not was_enabled and enc.keyring is not None and enc.enabled:
+            enc.enable(enc.keyring)  # switched on remotely: the roll-out window starts
+        if result.mode is not None:
+            enc.command(result.mode)
         # Answers go bare, like memberlist's SendToAddress: piggybacking would spend
         # the relays of this very query on the querier, who already has it.
         peer = self._member_at(to)
@@ -1116,7 +1123,7 @@ class Swim:
 
     def _packet_budget(self, peer: Member | None) -> int:
         budget = self.config.udp_buffer_size - 2  # compound header
-        if self._outgoing_keyring() is not None:
+        if self.encryption.outgoing() is not None:
             budget -= _ENCRYPT_OVERHEAD
         if peer is not None and peer.pmax >= 5:
             budget -= _CRC_OVERHEAD
@@ -1171,7 +1178,7 @@ class Swim:
             parts,
             compress=config.enable_compression,
             crc=peer is not None and peer.pmax >= 5,
-            keyring=self._outgoing_keyring(),
+            keyring=self.encryption.outgoing(),
         )
         if packing and len(parts) > 1:
             raw = 2 + sum(len(p) + 2 for p in parts)
@@ -1242,23 +1249,12 @@ class Swim:
         user = self.delegate.local_state(join) if ours else b""
         body = wire.encode_push_pull_body(join, states, user)
         return wire.frame_stream(
-            body, compress=self.config.enable_compression, keyring=self._outgoing_keyring()
+            body, compress=self.config.enable_compression, keyring=self.encryption.outgoing()
         )
-
-    def _incoming_keyring(self) -> Keyring | None:
-        # An empty keyring (encryption not enabled yet) means plaintext.
-        kr = self.keyring
-        return kr if kr is not None and kr.primary is not None else None
-
-    def _outgoing_keyring(self) -> Keyring | None:
-        kr = self.keyring
-        if kr is None or kr.primary is None or not self.encrypt_outgoing:
-            return None
-        return kr
 
     def _encode_stream(self, msg: Message) -> bytes:
         return wire.encode_stream(
-            msg, compress=self.config.enable_compression, keyring=self._outgoing_keyring()
+            msg, compress=self.config.enable_compression, keyring=self.encryption.outgoing()
         )
 
     def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:

@@ -2,9 +2,11 @@
 
 Owns: applying a key operation to this node's core keyring (inside the driver, so
 it is atomic with respect to gossip), the rules and messages (the primary key
-cannot be removed, a key must be installed before use, ...), the encryption
-roll-out window (``require_encryption`` False: plaintext is accepted too) and the
-serf query that carries an action to the other members (``query_for``).
+cannot be removed, a key must be installed before use, ...), the agent's side of
+the encryption roll-out (``install --enable``, ``encrypt``, ``require``,
+``allow-plaintext``: transitions of the core's one state machine,
+``gossip/wire/encryption.py``) and the serf query that carries an action to the
+other members (``query_for``).
 ``agent/control/ops.py`` ``keys_op`` applies the action here, then (unless ``--local``)
 sends that query with ``Swim.send_query``: every member, serf agents included,
 applies and answers it and relays it on, so it reaches the whole cluster; the
@@ -26,6 +28,7 @@ from gossip.serf import keyops
 from gossip.serf import queries as serfquery
 from gossip.serf.keyops import cluster_report, live_members, query_timeout
 from gossip.swim import Swim
+from gossip.wire.encryption import GossipEncryption
 
 __all__ = ["ACTIONS", "MUTATING", "QUERIES", "apply", "cluster_report", "live_members", "parse_key",
            "query_for", "query_timeout", "view"]
@@ -49,66 +52,65 @@ def parse_key(args: dict[str, Any]) -> bytes:
 
 
 def view(swim: Swim) -> dict[str, Any]:
-    ring = swim.keyring
+    enc = swim.encryption
+    ring = enc.keyring
     keys = [encode_key(k) for k in ring.keys] if ring is not None else []
     others = [m for m in swim.members() if m.name != swim.name and m.status in (Status.ALIVE, Status.SUSPECT)]
     return {
         "node": swim.name,
-        "encrypted": ring is not None and ring.primary is not None,
+        "encrypted": enc.enabled,
         "keys": keys,
         "primary": keys[0] if keys else None,
-        "require_encryption": swim.require_encryption,
-        "encrypt_outgoing": swim.encrypt_outgoing,
+        "require_encryption": enc.require_encryption,
+        "encrypt_outgoing": enc.encrypt_outgoing,
         "live_members": len(others) + 1,
     }
+
+
+_NOT_ENABLED = {
+    "use": "encryption is not enabled on this agent (no keyring)",
+    "remove": "encryption is not enabled on this agent (no keyring)",
+    "encrypt": "encryption is not enabled on this agent: install a key first",
+    "require": "encryption is not enabled on this agent: install a key first",
+    "allow-plaintext": "encryption is not enabled on this agent: plaintext is all it speaks",
+}
+"""Why an action other than install is refused while no key is installed."""
 
 
 def apply(swim: Swim, action: str, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Run ``action`` on the core; returns (view, keyring changed). Raises ApiError."""
     if action not in ACTIONS:
         raise ApiError(f"unknown keys action {action!r} (known: {', '.join(ACTIONS)})")
+    enc = swim.encryption
+    key = parse_key(args) if action in ("install", "use", "remove") else b""
     changed = False
-    ring = swim.keyring
     if action == "list":
         pass
-    elif action == "install":
-        key = parse_key(args)
-        if ring is None or ring.primary is None:
-            if not args.get("enable"):
-                raise ApiError("encryption is not enabled on this agent: 'agentctl keys install --enable KEY' "
-                               "turns it on (plaintext stays accepted until 'agentctl keys require')")
-            if ring is None:
-                swim.keyring = ring = Keyring([], nonce_source=os.urandom)
-            ring.install(key)
-            # The roll-out window: accept both, keep sending plaintext until every member
-            # holds the key ('agentctl keys encrypt', then 'agentctl keys require').
-            swim.require_encryption = False
-            swim.encrypt_outgoing = False
-            changed = True
-        else:
-            changed = keyops.apply_key(ring, "install", key)
-    elif action in ("use", "remove"):
-        key = parse_key(args)
-        if ring is None or ring.primary is None:
-            raise ApiError("encryption is not enabled on this agent (no keyring)")
+    elif action == "install" and not enc.enabled:
+        changed = _enable(enc, key, args)
+    elif not enc.enabled:
+        raise ApiError(_NOT_ENABLED[action])
+    elif action in ("install", "use", "remove"):
+        assert enc.keyring is not None
         try:
-            changed = keyops.apply_key(ring, action, key)
+            changed = keyops.apply_key(enc.keyring, action, key)
         except ValueError as exc:
             raise ApiError(str(exc)) from None
-    elif action == "encrypt":
-        if ring is None or ring.primary is None:
-            raise ApiError("encryption is not enabled on this agent: install a key first")
-        swim.encrypt_outgoing = True
-    elif action == "require":
-        if ring is None or ring.primary is None:
-            raise ApiError("encryption is not enabled on this agent: install a key first")
-        swim.encrypt_outgoing = True
-        swim.require_encryption = True
-    else:  # allow-plaintext
-        if ring is None or ring.primary is None:
-            raise ApiError("encryption is not enabled on this agent: plaintext is all it speaks")
-        swim.require_encryption = False
+    else:
+        enc.command(action)  # encrypt, require, allow-plaintext: the roll-out mode
     return view(swim), changed
+
+
+def _enable(enc: GossipEncryption, key: bytes, args: dict[str, Any]) -> bool:
+    """Install the first key: the roll-out window starts (accept both, keep sending
+    plaintext until every member holds the key: 'keys encrypt', then 'keys require')."""
+    if not args.get("enable"):
+        raise ApiError("encryption is not enabled on this agent: 'agentctl keys install --enable KEY' "
+                       "turns it on (plaintext stays accepted until 'agentctl keys require')")
+    ring = enc.keyring if enc.keyring is not None else Keyring([], nonce_source=os.urandom)
+    ring.install(key)
+    enc.enable(ring)
+    return True
 
 
 def query_for(action: str, args: dict[str, Any]) -> tuple[str, bytes]:

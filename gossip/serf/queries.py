@@ -21,13 +21,14 @@ from crypto.keyring import Keyring, encode_key
 from gossip.errors import DecodeError
 from gossip.serf import payloads as serfcompat
 from gossip.serf.payloads import Query
+from gossip.wire import encryption
 
 _FILTER_NODE = 0
 _FILTER_TAG = 1
 _KEY_QUERIES = ("_serf_install-key", "_serf_use-key", "_serf_remove-key", "_serf_list-keys")
 MODE_QUERY = "_overlay_keys-mode"
 """Our own query (serf members ignore it): switch the encryption roll-out phase."""
-MODES = ("encrypt", "require", "allow-plaintext")
+MODES = encryption.COMMANDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class QueryAnswer:
     """Response payload to send, or None for no response."""
     keyring_changed: bool = False
     mode: str | None = None
-    """An encryption roll-out phase to switch to (``MODES``), for the core to apply."""
+    """A roll-out command (``MODES``) for the node's ``GossipEncryption``."""
 
 
 def addressed_to_us(query: Query, name: str, tags: Mapping[str, str]) -> bool:

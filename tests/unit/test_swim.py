@@ -245,18 +245,18 @@ def test_encrypt_outgoing_off_sends_plaintext_while_accepting_encrypted() -> Non
     import random
 
     from crypto.keyring import Keyring
+    from gossip.wire.encryption import EncryptionMode
 
     h = cluster(2)
     key = bytes(16)
     for node in h.nodes.values():
-        node.keyring = Keyring([key], nonce_source=random.Random(0).randbytes)
-        node.require_encryption = False
-        node.encrypt_outgoing = False
+        node.encryption.enable(Keyring([key], nonce_source=random.Random(0).randbytes))
+        assert node.encryption.mode is EncryptionMode.ACCEPT
     n0 = h.nodes["n0"]
     effects = n0.set_meta(h.now, b"x") + n0.tick(n0.next_deadline())
     sends = [e for e in effects if isinstance(e, Send)]
     assert sends and all(wire.decode_packet(e.data, None) for e in sends)
-    n0.encrypt_outgoing = True
+    n0.encryption.command("encrypt")
     n0.set_meta(h.now, b"y")
     sealed = [e for e in n0.tick(n0.next_deadline() + 1.0) if isinstance(e, Send)]
     assert sealed
