@@ -1,0 +1,158 @@
+"""The Docker network + IPAM plugin with real dockerd daemons on two lab hosts (issue 12, items 1 and 4).
+
+Each lab host runs an agent serving a uniquely named plugin and its own dockerd
+(tests/runtimes/dockerlab.py). Covered: ``docker network create`` on both hosts maps
+to one cluster network; named containers on the two hosts ping each other with 0 %
+loss and the underlay carries VXLAN; ``docker stop`` withdraws the endpoint from the
+other host's kernel (deadline wait); ``docker network connect/disconnect`` of a
+running container; a dockerd restart and an agent restart keep networks and running
+containers working. Waits use deadlines; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.lab.netlab import Lab
+from tests.netns.overlaylab import wait_for
+from tests.runtimes.dockerlab import IMAGE, DockerLab, docker_skip_reason, make_rootfs
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.docker]
+
+VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
+SUBNET = "10.77.0.0/24"
+WITHDRAW_WITHIN = 2.0
+"""Issue 12: a stopped container's entries leave every peer's kernel within 2 s."""
+
+
+@pytest.fixture
+def dl(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[DockerLab]:
+    reason = docker_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = lab_factory(2)
+    dlab = DockerLab(lab, 2)
+    try:
+        dlab.start_agents()
+        rootfs = make_rootfs(tmp_path / "rootfs")
+        for i in range(2):
+            dlab.start_dockerd(i)
+            dlab.import_image(i, rootfs)
+        yield dlab
+    finally:
+        problems = dlab.close()
+        assert not problems, problems
+
+
+def create_network(dl: DockerLab, i: int, name: str, *extra: str, subnet: str | None = SUBNET) -> None:
+    p = dl.plugins[i]
+    dl.docker(i, "network", "create", "-d", p, "--ipam-driver", p, *(["--subnet", subnet] if subnet else []),
+              *extra, name)
+
+
+def run(dl: DockerLab, i: int, name: str, network: str) -> str:
+    dl.docker(i, "run", "-d", "--name", name, "--network", network, IMAGE, "sleep", "3600")
+    return dl.container_ip(i, name, network)
+
+
+def cluster_network(dl: DockerLab, i: int, name: str | None = None) -> dict[str, Any]:
+    nets = [n for n in dl.ol.request(i, "network", {"action": "ls"}) if name is None or n["Name"] == name]
+    assert len(nets) == 1, nets
+    inspect: dict[str, Any] = dl.ol.request(i, "network", {"action": "inspect", "ref": nets[0]["ID"]})[0]
+    return inspect
+
+
+def remote_entries(dl: DockerLab, i: int, vni: int) -> tuple[dict[str, str], dict[str, str]]:
+    return dl.ol.fdb(i, vni), dl.ol.neigh(i, vni)
+
+
+def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
+    """Same network on both hosts; named containers ping each other over VXLAN; docker stop
+    withdraws the stopped container's entries from the other host within 2 s."""
+    create_network(dl, 0, "blue")
+    create_network(dl, 1, "blue")
+    net = cluster_network(dl, 0)
+    assert cluster_network(dl, 1)["Id"] == net["Id"]  # the second host joined, not a new network
+    vni = int(net["Options"][VNI_OPTION])
+    ip_a = run(dl, 0, "web-a", "blue")
+    ip_b = run(dl, 1, "web-b", "blue")
+    assert ip_a != ip_b
+    wait_for(lambda: ip_a in dl.ol.neigh(1, vni) and ip_b in dl.ol.neigh(0, vni), "both hosts to learn the other container")
+    cap = dl.ol.capture(0, tmp_path / "vxlan.pcap")
+    try:
+        assert dl.ping(0, "web-a", ip_b), dl.exec(0, "web-a", ["ping", "-c", "1", ip_b]).stdout
+        assert dl.ping(1, "web-b", ip_a)
+    finally:
+        dl.ol.stop_capture(cap)
+    assert (tmp_path / "vxlan.pcap").stat().st_size > 24 + 16 * 4, "no VXLAN on the underlay"
+    # no gateway bridge invented by Docker, in the host namespaces or the containers
+    for i in range(2):
+        links = dl.lab.run(dl.lab.hosts[i], ["ip", "-o", "link"]).stdout
+        assert "docker_gwbridge" not in links and "docker0" not in links
+    assert "eth1" not in dl.exec(0, "web-a", ["ip", "-o", "link"]).stdout
+
+    mac_b = next(m for ip, m in dl.ol.neigh(0, vni).items() if ip == ip_b)
+    dl.docker(1, "stop", "-t", "1", "web-b")
+    wait_for(lambda: ip_b not in dl.ol.neigh(0, vni) and mac_b not in dl.ol.fdb(0, vni),
+             "host 0 to drop the stopped container's entries", within=WITHDRAW_WITHIN)
+
+
+def test_connect_disconnect_running_container(dl: DockerLab) -> None:
+    """``--ipam-opt network=NAME`` names the cluster network (the second host needs no
+    subnet); ``docker network connect`` gives a running container a second interface on
+    it, ``disconnect`` takes it away and withdraws it from the other host's kernel."""
+    create_network(dl, 0, "blue")
+    create_network(dl, 0, "green", "--ipam-opt", "network=green", subnet="10.78.0.0/24")
+    create_network(dl, 1, "green", "--ipam-opt", "network=green", subnet=None)
+    green = cluster_network(dl, 1, "green")
+    assert green["IPAM"]["Config"][0]["Subnet"] == "10.78.0.0/24"
+    vni = int(green["Options"][VNI_OPTION])
+    run(dl, 0, "web-a", "blue")
+    ip_b = run(dl, 1, "web-b", "green")
+    dl.docker(0, "network", "connect", "green", "web-a")
+    ip_a = dl.container_ip(0, "web-a", "green")
+    assert ip_a.startswith("10.78.0.") and ip_a != ip_b
+    assert "eth1" in dl.exec(0, "web-a", ["ip", "-o", "link"]).stdout
+    wait_for(lambda: ip_a in dl.ol.neigh(1, vni), "host 1 to learn the connected container")
+    wait_for(lambda: dl.ping(0, "web-a", ip_b, count=1), "the first ping across (ARP settles)")
+    assert dl.ping(0, "web-a", ip_b)
+    assert dl.ping(1, "web-b", ip_a)
+    dl.docker(0, "network", "disconnect", "green", "web-a")
+    wait_for(lambda: ip_a not in dl.ol.neigh(1, vni), "host 1 to drop the disconnected container",
+             within=WITHDRAW_WITHIN)
+    assert "eth1" not in dl.exec(0, "web-a", ["ip", "-o", "link"]).stdout
+    assert not any(e["ipv4"] == ip_a for e in dl.ol.endpoints(0))
+
+
+def test_dockerd_and_agent_restarts_keep_containers_working(dl: DockerLab) -> None:
+    """dockerd restarts (live-restore) without a CreateNetwork replay: the running
+    containers keep their connectivity and a new container joins the same network. An
+    agent restart keeps them working too, and a later ``docker stop`` still withdraws."""
+    create_network(dl, 0, "blue")
+    create_network(dl, 1, "blue")
+    vni = int(cluster_network(dl, 0)["Options"][VNI_OPTION])
+    ip_a = run(dl, 0, "web-a", "blue")
+    ip_b = run(dl, 1, "web-b", "blue")
+    wait_for(lambda: dl.ping(0, "web-a", ip_b, count=1), "web-a to reach web-b")
+
+    dl.stop_dockerd(1)
+    dl.start_dockerd(1)
+    assert dl.inspect(1, "web-b")["State"]["Running"]
+    assert dl.ping(0, "web-a", ip_b) and dl.ping(1, "web-b", ip_a)
+    ip_c = run(dl, 1, "web-c", "blue")
+    assert ip_c not in (ip_a, ip_b)
+    wait_for(lambda: dl.ping(0, "web-a", ip_c, count=1), "web-a to reach the container made after the restart")
+
+    assert dl.ol.stop(0) == 0
+    dl.start_agent(0)
+    assert dl.ping(0, "web-a", ip_b) and dl.ping(1, "web-c", ip_a)
+    ip_d = run(dl, 0, "web-d", "blue")
+    assert ip_d not in (ip_a, ip_b, ip_c)
+    wait_for(lambda: dl.ping(1, "web-b", ip_d, count=1), "web-b to reach the container made after the agent restart")
+    dl.docker(0, "stop", "-t", "1", "web-a")
+    wait_for(lambda: ip_a not in dl.ol.neigh(1, vni), "host 1 to drop web-a after the agent restart",
+             within=WITHDRAW_WITHIN)
