@@ -28,6 +28,7 @@ from agent.runtime import Runtime
 from gossip.effects import Effect, JoinFinished
 from gossip.members import Status
 from gossip.swim import Swim
+from gossip.tables import protocol as tables_protocol
 
 log = logging.getLogger("agent.control.ops")
 
@@ -62,6 +63,11 @@ async def status(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> An
             "encrypted": swim.keyring is not None and swim.keyring.primary is not None,
             "require_encryption": swim.require_encryption,
             "health_score": swim.awareness,
+            "protocol": {
+                "speaks": tables_protocol.tag_value(),
+                "cluster": tables_protocol.common_version(
+                    m.meta for m in swim.members() if m.name != local.name and m.status in (Status.ALIVE, Status.SUSPECT)),
+            },
         }, []
 
     result = await rt.driver.call(view)

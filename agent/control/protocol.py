@@ -24,6 +24,7 @@ from typing import Any
 
 from gossip.members import Member
 from gossip.serf.payloads import decode_tags
+from gossip.tables import protocol as tables_protocol
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024
@@ -103,5 +104,12 @@ def member_json(m: Member, local_name: str) -> dict[str, Any]:
         "status": m.status.label,
         "incarnation": m.incarnation,
         "tags": tags,
+        "protocol": _protocol_text(m.meta),
         "self": m.name == local_name,
     }
+
+
+def _protocol_text(meta: bytes) -> str | None:
+    """The tables protocol range a member advertises ("1-2"), None for serf agents."""
+    r = tables_protocol.member_range(meta)
+    return None if r is None else tables_protocol.tag_value(*r)

@@ -20,10 +20,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
+from agent import __version__
 from agent.addresses import DEFAULT_PORT, UsageError, format_address, parse_address
 from agent.ctl import network
 from agent.ctl.client import DEFAULT_SOCKET, SOCKET_ENV, Client, CtlError
 from agent.ctl.output import dump, table
+from gossip.tables import protocol as tables_protocol
 
 # -- formats -----------------------------------------------------------------------
 
@@ -39,11 +41,21 @@ def format_members(members: Sequence[dict[str, Any]]) -> str:
             format_address((str(m["address"]), int(m["port"]))),
             str(m["status"]),
             str(m["incarnation"]),
+            str(m.get("protocol") or "-"),
             _tags_text(m.get("tags") or {}),
         ]
         for m in members
     ]
-    return table(["NAME", "ADDRESS", "STATUS", "INCARNATION", "TAGS"], rows)
+    return table(["NAME", "ADDRESS", "STATUS", "INCARNATION", "PROTOCOL", "TAGS"], rows)
+
+
+def _protocol_text(st: dict[str, Any]) -> str:
+    proto = st.get("protocol")
+    if not isinstance(proto, dict):
+        return "1 (agent from before 0.2.0)"
+    cluster = proto.get("cluster")
+    used = "no common version: upgrade the oldest agents" if cluster == 0 else f"cluster uses {cluster}"
+    return f"tables {proto.get('speaks')} ({used})"
 
 
 def _duration(seconds: float) -> str:
@@ -71,6 +83,7 @@ def format_status(st: dict[str, Any]) -> str:
         ("Node", str(st.get("node"))),
         ("Address", format_address((str(st.get("address")), int(st.get("port", 0))))),
         ("Version", str(st.get("version"))),
+        ("Protocol", _protocol_text(st)),
         ("Uptime", _duration(float(st.get("uptime", 0)))),
         ("Ready", "yes" if st.get("ready", True) else "no (waiting for " + ", ".join(st.get("waiting_for") or []) + ")"),
         ("Profile", str(st.get("profile"))),
@@ -195,6 +208,26 @@ def cmd_status(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(format_status(st))
     return 0
+
+
+def cmd_version(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
+    """This agentctl's version, then the running agent's (exit 1 if it does not answer)."""
+    mine = {"version": __version__, "protocol": tables_protocol.tag_value()}
+    try:
+        st = client.request("status")
+    except CtlError as exc:
+        agent: dict[str, Any] = {"error": str(exc)}
+    else:
+        agent = {"node": st.get("node"), "version": st.get("version"), "protocol": st.get("protocol")}
+    if ns.format == "json":
+        dump({"agentctl": mine, "agent": agent}, out)
+    else:
+        out.write(f"agentctl: {mine['version']} (tables protocol {mine['protocol']})\n")
+        if "error" in agent:
+            out.write(f"agent:    not reachable: {agent['error']}\n")
+        else:
+            out.write(f"agent:    {agent['version']} on {agent['node']}, {_protocol_text(st)}\n")
+    return 1 if "error" in agent else 0
 
 
 def cmd_join(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
@@ -381,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "example: agentctl members --format json | jq '.[] | select(.status != \"alive\")'")
     _format(m)
     m.set_defaults(run=cmd_members)
+    v = sub.add_parser("version", help="show agentctl's and the agent's versions and tables protocol")
+    _format(v, ("text", "json"))
+    v.set_defaults(run=cmd_version)
     s = sub.add_parser("status", help="show this agent's status and warnings",
                        epilog="example: agentctl status --format json | jq .warnings")
     _format(s)

@@ -7,11 +7,13 @@ import json
 import os
 import socket
 import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+import agent
 from agent import service
 from agent.cli import AgentOptions
 from agent.ctl import main as ctl
@@ -92,8 +94,21 @@ async def test_agentctl_members_against_agent(cluster: list[InProcessAgent]) -> 
     out = io.StringIO()
     assert await trio.to_thread.run_sync(ctl.main, ["--socket", cluster[0].socket, "members"], out) == 0
     lines = out.getvalue().splitlines()
-    assert lines[0].split() == ["NAME", "ADDRESS", "STATUS", "INCARNATION", "TAGS"]
-    assert lines[1].startswith("a *")
+    assert lines[0].split() == ["NAME", "ADDRESS", "STATUS", "INCARNATION", "PROTOCOL", "TAGS"]
+    # These in-process agents run no overlay extension, so they do not carry the tables'
+    # agent tag: their default role tag marks them as agents from before it (protocol 1).
+    assert {m["protocol"] for m in members} == {"1"}
+    assert lines[1].startswith("a *") and "1" in lines[1].split()[4:6]
+    out = io.StringIO()
+    assert await trio.to_thread.run_sync(ctl.main, ["--socket", cluster[0].socket, "version"], out) == 0
+    assert out.getvalue().splitlines() == [
+        f"agentctl: {agent.__version__} (tables protocol 1-2)",
+        f"agent:    {agent.__version__} on a, tables 1-2 (cluster uses 1)",
+    ]
+    out = io.StringIO()
+    gone = str(Path(cluster[0].socket).with_name("none.sock"))
+    assert await trio.to_thread.run_sync(ctl.main, ["--socket", gone, "version"], out) == 1
+    assert out.getvalue().startswith(f"agentctl: {agent.__version__} (tables protocol 1-2)\nagent:    not reachable:")
 
 
 async def test_malformed_control_requests_get_errors(cluster: list[InProcessAgent]) -> None:

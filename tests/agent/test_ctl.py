@@ -16,7 +16,7 @@ from agent.ctl import main as ctl
 
 MEMBERS: list[dict[str, Any]] = [
     {"name": "h1", "address": "10.0.0.1", "port": 7946, "status": "alive", "incarnation": 3,
-     "tags": {"role": "overlay-agent", "rack": "r1"}, "self": True},
+     "tags": {"role": "overlay-agent", "rack": "r1"}, "protocol": "1-2", "self": True},
     {"name": "host-two", "address": "fd00::2", "port": 7000, "status": "suspect", "incarnation": 12,
      "tags": {}, "self": False},
     {"name": "h3", "address": "10.0.0.3", "port": 7946, "status": "left", "incarnation": 0,
@@ -27,15 +27,15 @@ MEMBERS: list[dict[str, Any]] = [
 def test_members_table_like_docker_node_ls() -> None:
     text = ctl.format_members(MEMBERS)
     assert text == (
-        "NAME       ADDRESS          STATUS    INCARNATION   TAGS\n"
-        "h1 *       10.0.0.1:7946    alive     3             rack=r1,role=overlay-agent\n"
-        "host-two   [fd00::2]:7000   suspect   12\n"
-        "h3         10.0.0.3:7946    left      0             role=serf\n"
+        "NAME       ADDRESS          STATUS    INCARNATION   PROTOCOL   TAGS\n"
+        "h1 *       10.0.0.1:7946    alive     3             1-2        rack=r1,role=overlay-agent\n"
+        "host-two   [fd00::2]:7000   suspect   12            -\n"
+        "h3         10.0.0.3:7946    left      0             -          role=serf\n"
     )
 
 
 def test_empty_members_table_has_header() -> None:
-    assert ctl.format_members([]) == "NAME   ADDRESS   STATUS   INCARNATION   TAGS\n"
+    assert ctl.format_members([]) == "NAME   ADDRESS   STATUS   INCARNATION   PROTOCOL   TAGS\n"
 
 
 def test_status_text() -> None:

@@ -160,8 +160,10 @@ def test_member_json() -> None:
     m = _member("h2", Status.SUSPECT, encode_tags({"role": "overlay-agent"}))
     assert api.member_json(m, "h1") == {
         "name": "h2", "address": "127.0.0.1", "port": 7946, "status": "suspect",
-        "incarnation": 1, "tags": {"role": "overlay-agent"}, "self": False,
+        "incarnation": 1, "tags": {"role": "overlay-agent"}, "protocol": "1", "self": False,
     }
+    serf = _member("s1", Status.ALIVE, encode_tags({"role": "web"}))
+    assert api.member_json(serf, "h1")["protocol"] is None
     assert api.member_json(m, "h2")["self"] is True
     # serf shows meta without its 0xFF magic as a role; broken tag maps become no tags.
     assert api.member_json(_member("x", meta=b"web"), "h1")["tags"] == {"role": "web"}

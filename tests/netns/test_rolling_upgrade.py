@@ -143,6 +143,14 @@ def test_rolling_upgrade_from_previous_release_loses_no_ping(lab_factory: LabFac
             assert sorted(versions.values()) == sorted([agent.__version__] * step + [PREVIOUS] * (4 - step)), versions
             seen = {m["name"]: m["status"] for m in ol.members((i + 1) % 4)}
             assert all(seen.get(ol.nodes[h].name) == "alive" for h in hosts), seen
+            # An upgraded agent shows each member's tables protocol: 1 for the previous
+            # release, 1-2 for this tree; the cluster uses 2 only once every agent speaks it.
+            upgraded = hosts[:step]
+            protocols = {m["name"]: m.get("protocol") for m in ol.members(i)}
+            assert protocols == {ol.nodes[h].name: "1-2" if h in upgraded else "1" for h in hosts}, protocols
+            table = ol.ctl(i, "members").stdout
+            assert "PROTOCOL" in table.splitlines()[0], table
+            assert ol.request(i, "status")["protocol"]["cluster"] == (2 if step == 4 else 1)
             time.sleep(1.0)  # pings through the mixed cluster before the next step
     finally:
         results = {i: _stop_pinger(p) for i, p in pingers.items()}
@@ -160,3 +168,4 @@ def test_rolling_upgrade_from_previous_release_loses_no_ping(lab_factory: LabFac
     wait_for(lambda: _kernels_exact(ol, everyone, vni, eps), "exact kernels with the old joiner")
     assert ol.ping(cns[4], eps[0]["ipv4"]) and ol.ping(cns[0], eps[4]["ipv4"])
     assert _version(ol, 4) == PREVIOUS
+    assert ol.request(0, "status")["protocol"]["cluster"] == 1  # the old joiner holds it at 1
