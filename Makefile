@@ -3,7 +3,7 @@
 
 PY := .venv/bin/python
 # gcc: builds the optional native LZW accelerator (gossip/wire/_lzw.c) during the venv install.
-DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc docker.io
+DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc docker.io podman containernetworking-plugins
 PYTEST_ARGS ?=
 
 .PHONY: setup debs venv vm-image test test-fast explore lint demo clean-lab

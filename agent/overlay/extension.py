@@ -42,6 +42,7 @@ from agent.control import protocol as api
 from agent.control.server import ControlServer
 from agent.log import kv
 from agent.overlay import ops as netops
+from agent.overlay.lifecycle import Lifecycle
 from agent.overlay.underlay import underlay_mtu
 from agent.overlay.veths import (
     LinuxPlumber,
@@ -53,6 +54,7 @@ from agent.overlay.veths import (
     netns_path,
     prefixed,
 )
+from agent.runtimes.cni.attachments import ops as cni_ops
 from dataplane.compile import overlay_mtu
 from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
@@ -143,7 +145,7 @@ class Overlay:
             raise RuntimeError("Overlay.setup before make_delegate (pass it to service.run)")
         self.rt = rt
         self.tables.attach(rt.driver.swim)
-        for name, op in netops.ops(self).items():
+        for name, op in {**netops.ops(self), **cni_ops(self)}.items():
             server.register(name, op)
         if self.dataplane:
             rt.readiness.require(READY_CONDITION)
@@ -187,6 +189,7 @@ class Overlay:
                 self.rec = VxlanReconciler(VxlanTarget(self.kernel_factory(self.prefix)), view,
                                            self.reconciler_config)
                 await nursery.start(self.rec.run)
+                nursery.start_soon(Lifecycle(self).run)  # endpoints die with their namespace
                 nursery.start_soon(self._become_ready, rt)
             self._started.set()
             task_status.started()
@@ -370,7 +373,10 @@ class Overlay:
         ipv6: str | None,
         mac: str | None,
         ifname: str,
+        attachment: dict[str, Any] | None = None,
     ) -> Endpoint:
+        """``attachment``: extra keys for the persisted interface record (a runtime's
+        container id, ``agent.runtimes.cni.attachments``)."""
         if not self.dataplane:
             raise api.ApiError("this agent runs without a dataplane (dataplane = false): it cannot host endpoints")
         await self._started.wait()
@@ -396,7 +402,8 @@ class Overlay:
                     await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
                 log.warning(kv("endpoint-create-failed", network=net.name, reason=str(exc)))
                 raise api.ApiError(str(exc)) from None
-            self.interfaces[ep.id] = {"netns": path, "ifname": ifname, "host_ifname": spec.host_ifname}
+            self.interfaces[ep.id] = {**(attachment or {}), "netns": path, "ifname": ifname,
+                                      "host_ifname": spec.host_ifname}
             await self._persist()
         log.info(kv("endpoint-created", id=ep.id[:12], name=ep.name, network=net.name,
                     ipv4=ep.ipv4, ipv6=ep.ipv6, mac=ep.mac, netns=path, ifname=ifname))
@@ -466,6 +473,29 @@ class Overlay:
             await self._persist()
         log.info(kv("endpoint-removed", id=ep.id[:12], name=ep.name))
         return ep
+
+    async def withdraw_vanished(self, endpoint_id: str, ifname: str) -> bool:
+        """Withdraw a local endpoint whose host-side interface ``ifname`` vanished (its
+        container's namespace went: ``agent.overlay.lifecycle``), if it still is ours and
+        still gone once the lock is held (a create or remove may have been in flight)."""
+        async with self._lock:
+            if endpoint_id not in self.interfaces:
+                return False
+            try:
+                if ifname in await trio.to_thread.run_sync(self.plumber.existing, self.prefix):
+                    return False
+            except PlumbError:
+                return False
+            try:
+                ep: Endpoint = await self._table_call(lambda t, now: t.remove_endpoint(now, endpoint_id))
+            except api.ApiError as exc:
+                log.warning(kv("endpoint-withdraw-failed", id=endpoint_id[:12], reason=str(exc)))
+                return False
+            self.interfaces.pop(endpoint_id, None)
+            await self._persist()
+        log.info(kv("endpoint-withdrawn", id=ep.id[:12], name=ep.name, ifname=ifname,
+                    reason="interface gone (its network namespace was deleted)"))
+        return True
 
     # -- status, warnings, metrics -----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 PLUGIN_TYPE = "overlay-cni"
@@ -220,7 +220,7 @@ def parse(env: Mapping[str, str], data: bytes) -> Invocation:
     if command == "STATUS":
         return base
     if command == "GC":
-        return _replace(base, valid=_valid_attachments(conf.get("cni.dev/valid-attachments")))
+        return replace(base, valid=_valid_attachments(conf.get("cni.dev/valid-attachments")))
     container = check_container_id(_env(env, "CNI_CONTAINERID", True))
     ifname = check_ifname(_env(env, "CNI_IFNAME", True))
     netns = _env(env, "CNI_NETNS", command != "DEL")  # containerd's DEL comes without one
@@ -232,7 +232,7 @@ def parse(env: Mapping[str, str], data: bytes) -> Invocation:
     name = args.get("K8S_POD_NAME") or None
     ipv4, ipv6 = _fixed_addresses(_ips_from(conf, args), "fixed addresses")
     mac = _mac_from(conf, args)
-    return _replace(base, container=container, netns=netns, ifname=ifname, name=name,
+    return replace(base, container=container, netns=netns, ifname=ifname, name=name,
                     ipv4=ipv4, ipv6=ipv6, mac=mac)
 
 
@@ -257,12 +257,6 @@ def _mac_from(conf: Mapping[str, Any], args: Mapping[str, str]) -> str | None:
     if isinstance(cargs, dict) and isinstance(cargs.get("cni"), dict) and cargs["cni"].get("mac") is not None:
         return _opt_str(cargs["cni"], "mac", "args.cni.")
     return args.get("MAC") or None
-
-
-def _replace(inv: Invocation, **changes: Any) -> Invocation:
-    from dataclasses import replace
-
-    return replace(inv, **changes)
 
 
 # -- output -------------------------------------------------------------------------------------
