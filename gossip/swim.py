@@ -50,7 +50,6 @@ from gossip.effects import (
     Address,
     Effect,
     JoinFinished,
-    KeyringChanged,
     Log,
     MemberFailed,
     MemberJoined,
@@ -59,14 +58,19 @@ from gossip.effects import (
     MemberSuspected,
     MemberUpdated,
     QueryFinished,
-    QueryResponse,
     Send,
     StreamRequest,
 )
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
-from gossip.serf import payloads as serfcompat
-from gossip.serf import queries as serfquery
+from gossip.serf.layer import (
+    LEAVE_INTENT_KEY,
+    LEAVE_INTENT_MIN,
+    LEAVE_INTENT_TIMEOUT,
+    LEAVE_PROPAGATE,
+    SerfLayer,
+    query_key,
+)
 from gossip.suspicion import Suspicion
 from gossip.timers import TimerKind, Timers
 from gossip.wire import codec as wire
@@ -100,11 +104,7 @@ _SQUEEZE_MAX = 4.0
 """At most this many raw bytes are packed per byte of a packet's budget."""
 _SQUEEZE_MARGIN = 0.85
 """Packing aims this far below the observed compression, so that splits stay rare."""
-_SERF_LEAVE_KEY = "\x00serf-leave-intent"
 _MAX_RELAYS = 1024
-_LEAVE_INTENT_TIMEOUT = 5.0  # serf's BroadcastTimeout
-_LEAVE_PROPAGATE = 1.0  # serf's LeavePropagateDelay
-_LEAVE_INTENT_MIN = 0.5  # let serf peers relay the intent before the dead follows it
 _LEAVE_FANOUT = 512
 
 
@@ -216,10 +216,7 @@ class Swim:
         self._seq_no = 0
         self._token = 0
         self._seeds: list[Address] = []
-        self._serf_ltime = 0
-        self._seen_queries: dict[tuple[int, int], None] = {}
-        self._serf_query_ltime = 0
-        self._my_queries: dict[int, float] = {}
+        self._serf = SerfLayer(self.encryption)
         self._join_attempt = 0
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
@@ -339,8 +336,8 @@ class Swim:
 
     def leave(self, now: float) -> list[Effect]:
         """Graceful leave, in serf's order: the serf leave intent first; once it has been
-        gossiped (or after ``_LEAVE_INTENT_TIMEOUT``), memberlist's dead-about-self; then
-        ``_LEAVE_PROPAGATE`` more seconds of gossip before ``leave_done()``. Sending
+        gossiped (or after ``LEAVE_INTENT_TIMEOUT``), memberlist's dead-about-self; then
+        ``LEAVE_PROPAGATE`` more seconds of gossip before ``leave_done()``. Sending
         both at once lets some serf peers see the dead first and show us ``failed``."""
         if now > self._now:
             self._now = now
@@ -351,11 +348,8 @@ class Swim:
         self._leave_phase = 1
         self._leave_at = now
         me = self.local
-        self._serf_ltime = max(self._serf_ltime, me.incarnation) + 1
-        intent = wire.encode(
-            UserMsg(serfcompat.encode_leave_intent(self._serf_ltime, self.name, False))
-        )
-        self._broadcasts.queue(_SERF_LEAVE_KEY, intent)
+        intent = wire.encode(UserMsg(self._serf.leave_intent(self.name, me.incarnation)))
+        self._broadcasts.queue(LEAVE_INTENT_KEY, intent)
         self._set_member(me.evolve(status=Status.LEFT, changed_at=now))
         # Told directly to every live member as well: random gossip may pick just
         # recently dead members, and a serf peer that hears the dead before the intent
@@ -374,10 +368,10 @@ class Swim:
     def _advance_leave(self, now: float, effects: list[Effect]) -> None:
         if self._leave_phase == 1 and (
             (
-                not self._broadcasts.pending(_SERF_LEAVE_KEY)
-                and now - self._leave_at >= _LEAVE_INTENT_MIN
+                not self._broadcasts.pending(LEAVE_INTENT_KEY)
+                and now - self._leave_at >= LEAVE_INTENT_MIN
             )
-            or now - self._leave_at >= _LEAVE_INTENT_TIMEOUT
+            or now - self._leave_at >= LEAVE_INTENT_TIMEOUT
         ):
             me = self.local
             dead = wire.encode(Dead(me.incarnation, self.name, self.name))
@@ -386,7 +380,7 @@ class Swim:
             self._leave_phase = 2
         elif self._leave_phase == 2 and not self._broadcasts.pending(self.name):
             self._leave_phase = 3
-            self._leave_at = now + _LEAVE_PROPAGATE
+            self._leave_at = now + LEAVE_PROPAGATE
             self._timers.set(self._leave_at, TimerKind.GOSSIP_TICK, "leave")
 
     def set_meta(self, now: float, meta: bytes) -> list[Effect]:
@@ -442,24 +436,11 @@ class Swim:
         """
         if now > self._now:
             self._now = now
-        self._serf_query_ltime += 1
         query_id = self.rng.getrandbits(32)
-        me = self.local
-        data = serfcompat.encode_query(
-            ltime=self._serf_query_ltime,
-            query_id=query_id,
-            addr=ip_bytes(me.addr),
-            port=me.port,
-            source_node=self.name,
-            name=name,
-            payload=payload,
-            timeout_ns=int(timeout * 1e9),
-            filters=filters,
-            want_ack=want_ack,
+        data = self._serf.new_query(
+            now, query_id, self.local, name, payload, timeout=timeout, filters=filters, want_ack=want_ack
         )
-        self._seen_queries[(self._serf_query_ltime, query_id)] = None
-        self._my_queries[query_id] = now + timeout
-        self._broadcasts.queue(f"\x00query:{query_id}", wire.encode(UserMsg(data)))
+        self._broadcasts.queue(query_key(query_id), wire.encode(UserMsg(data)))
         self._timers.set(now + timeout, TimerKind.QUERY_TIMEOUT, query_id)
         return query_id, self._gossip(now)
 
@@ -697,68 +678,20 @@ class Swim:
         effects.extend(self.delegate.on_user_message(now, payload))
 
     def _serf_message(self, now: float, payload: bytes, effects: list[Effect]) -> None:
-        """Witness serf's Lamport time (so our leave intent is never stale to serf) and
-        answer serf's queries (``serf reachability``, ``serf keys``)."""
-        if payload[0] == serfcompat.SerfType.QUERY:
-            self._serf_query(now, payload, effects)
+        """Serf's part of a user message or push/pull state: ``gossip/serf/layer.py``
+        decides, we pass queries on and send its answers."""
+        reply = self._serf.receive(payload, self.local)
+        if reply is None:
             return
-        try:
-            kind, body = serfcompat.decode_serf_message(payload)
-        except DecodeError:
-            return
-        if kind == serfcompat.SerfType.QUERY_RESPONSE:
-            qid = body["ID"]
-            if qid in self._my_queries:
-                ack = bool(body["Flags"] & serfcompat.QUERY_FLAG_ACK)
-                effects.append(QueryResponse(qid, body["From"], ack, body["Payload"] or b""))
-            return
-        if kind == serfcompat.SerfType.PUSH_PULL:
-            qltime = body.get("QueryLTime")
-            if isinstance(qltime, int) and qltime > self._serf_query_ltime:
-                self._serf_query_ltime = qltime
-        ltime = body.get("LTime")
-        if isinstance(ltime, int) and ltime > self._serf_ltime:
-            self._serf_ltime = ltime
-
-    def _serf_query(self, now: float, payload: bytes, effects: list[Effect]) -> None:
-        try:
-            query = serfcompat.decode_query(payload)
-            to = (ip_text(query.addr), query.port)
-            tags = serfcompat.decode_tags(self.local.meta)
-        except (DecodeError, ValueError):
-            return
-        self._serf_query_ltime = max(self._serf_query_ltime, query.ltime)
-        key = (query.ltime, query.id)
-        if key in self._seen_queries:
-            return  # serf re-gossips queries; answer once
-        self._seen_queries[key] = None
-        if len(self._seen_queries) > 256:
-            del self._seen_queries[next(iter(self._seen_queries))]
-        # Pass it on, as every serf member does: the querier alone transmits it only
-        # retransmit-limit times, which reaches a few dozen members, not the cluster.
-        self._broadcasts.queue(f"\x00query:{query.id}", wire.encode(UserMsg(payload)))
-        if not serfquery.addressed_to_us(query, self.name, tags):
-            return
-        enc = self.encryption
-        was_enabled = enc.enabled
-        result = serfquery.answer(query, enc.keyring)
-        if not was_enabled and enc.keyring is not None and enc.enabled:
-            enc.enable(enc.keyring)  # switched on remotely: the roll-out window starts
-        if result.mode is not None:
-            enc.command(result.mode)
-        # Answers go bare, like memberlist's SendToAddress: piggybacking would spend
-        # the relays of this very query on the querier, who already has it.
-        peer = self._member_at(to)
-        if result.ack:
-            ack = serfcompat.encode_query_response(query.ltime, query.id, self.name, None, True)
-            self._emit(to, [wire.encode(UserMsg(ack))], peer, effects)
-        if result.response is not None:
-            resp = serfcompat.encode_query_response(
-                query.ltime, query.id, self.name, result.response, False
-            )
-            self._emit(to, [wire.encode(UserMsg(resp))], peer, effects)
-        if result.keyring_changed:
-            effects.append(KeyringChanged())
+        if reply.relay is not None:
+            self._broadcasts.queue(reply.relay_key, wire.encode(UserMsg(reply.relay)))
+        if reply.to is not None:
+            # Answers go bare, like memberlist's SendToAddress: piggybacking would spend
+            # the relays of this very query on the querier, who already has it.
+            peer = self._member_at(reply.to)
+            for answer in reply.answers:
+                self._emit(reply.to, [wire.encode(UserMsg(answer))], peer, effects)
+        effects.extend(reply.events)
 
     # --------------------------------------------------------------- probing
 
@@ -1391,7 +1324,7 @@ def _on_push_pull_tick(swim: Swim, now: float, generation: object, effects: list
 
 def _on_query_timeout(swim: Swim, now: float, query_id: object, effects: list[Effect]) -> None:
     assert isinstance(query_id, int)
-    if swim._my_queries.pop(query_id, None) is not None:
+    if swim._serf.query_finished(query_id):
         effects.append(QueryFinished(query_id))
 
 

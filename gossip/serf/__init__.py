@@ -1,1 +1,6 @@
-"""Serf's layer on memberlist: tags, intents, the user-message envelope, internal queries and key operations."""
+"""Serf's layer on memberlist: tags, intents, the user-message envelope, Lamport clocks,
+queries (passing them on, answering them) and cluster-wide key operations.
+
+``layer.SerfLayer`` is the part the SWIM core calls for serf payloads; nothing here
+imports the core (``gossip/swim.py``).
+"""

@@ -8,21 +8,22 @@ report of which members applied the change. The agent (``agent/membership/keys.p
 both call these, so the simulation runs the code the agent runs.
 Does not: send, wait or persist (the agent's driver and ``QueryBook`` do), or
 answer other members' queries (``gossip/serf/queries.py``).
-Reference: serf ``keymanager.go`` / ``internal_query.go``; shared/reference/memberlist.md §3.6.
+Reads a node through the narrow ``Membership`` protocol, not the core's class.
+Reference: serf 0.9.4 ``keymanager.go`` / ``internal_query.go``; docs/wire.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from crypto.keyring import Keyring
+from gossip.config import Config
 from gossip.effects import QueryResponse
 from gossip.errors import DecodeError
-from gossip.members import Status
+from gossip.members import Member, Status
 from gossip.serf import payloads as serfcompat
-from gossip.swim import Swim
 
 KEY_QUERIES = {
     "install": "_serf_install-key",
@@ -66,13 +67,27 @@ def key_query(action: str, key: bytes | None) -> tuple[str, bytes]:
     return name, serfcompat.encode_key_request(key)
 
 
-def query_timeout(swim: Swim) -> float:
+class Membership(Protocol):
+    """What the key operations read of a node (``gossip.swim.Swim`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    def num_members(self) -> int: ...
+
+    def members(self) -> list[Member]: ...
+
+
+def query_timeout(swim: Membership) -> float:
     """serf's default: GossipInterval × QueryTimeoutMult (16) × ceil(log10(N + 1))."""
     n = swim.num_members()
     return swim.config.gossip_interval * 16 * max(1, math.ceil(math.log10(n + 1)))
 
 
-def live_members(swim: Swim) -> list[str]:
+def live_members(swim: Membership) -> list[str]:
     """The other members this node believes alive (or suspect): who should answer."""
     return sorted(m.name for m in swim.members()
                   if m.name != swim.name and m.status in (Status.ALIVE, Status.SUSPECT))

@@ -3,9 +3,10 @@
 Owns: encoding/decoding serf tags (node meta), leave/join intents, the serf message
 envelope ``[serf type][msgpack]`` carried inside memberlist user messages (without
 the 0x08 byte), queries and query responses including the key-management payloads.
-Does not: implement serf's Lamport clocks, event buffers or query handling (the
-agent decides what to answer).
-Reference: shared/reference/memberlist.md §3.2–3.6.
+Does not: keep serf's Lamport clocks or handle queries (``layer.py``), decide
+answers (``queries.py``) or keep event buffers (we keep none).
+Reference: serf 0.9.4 ``messages.go``, ``serf.go`` (encodeTags/decodeTags),
+``query.go``, ``internal_query.go``; docs/wire.md.
 """
 
 from __future__ import annotations

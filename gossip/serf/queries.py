@@ -1,12 +1,15 @@
 """Answers to serf's internal queries, so `serf reachability` and `serf keys` count us.
 
 Owns: deciding whether a query is addressed to this node (serf's filters) and the
-response payloads for ``_serf_ping`` and the four key-management queries. The
-keyring operations are applied here, on the core's keyring, because serf sends the
-same queries to every member and expects each one to apply them.
-Does not: relay queries (``Swim._serf_query`` re-broadcasts every new one, addressed
-to us or not, as serf members do) or send any I/O.
-Reference: shared/reference/memberlist.md §3.3, §3.6; serf internal_query.go.
+response payloads for ``_serf_ping``, the four key-management queries and our
+``_overlay_keys-mode``. The keyring operations are applied here, on the core's
+keyring, because serf sends the same queries to every member and expects each one
+to apply them.
+Does not: relay queries or remember which it has seen (``layer.py`` passes every
+new one on, addressed to us or not, as serf members do), switch the encryption
+mode (it returns the command; ``layer.py`` applies it) or send any I/O.
+Reference: serf 0.9.4 ``internal_query.go``, ``keymanager.go``, ``query.go``
+(filters); docs/wire.md.
 """
 
 from __future__ import annotations
