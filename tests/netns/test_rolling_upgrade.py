@@ -9,7 +9,8 @@ container to the next host's; then each agent is replaced as docs/operations.md
 directory, wait until it is ready and its dataplane in sync. After every step every
 kernel holds exactly the entries of every remote endpoint, and the pings lose nothing.
 Last, an agent of the previous release joins the upgraded cluster and gets (and gives)
-its entries. Encrypted networks are not covered here (they need the IPsec VM).
+its entries, and one agent is downgraded back to the previous release on the state
+directory this tree wrote. Encrypted networks are not covered here (they need the IPsec VM).
 """
 
 from __future__ import annotations
@@ -169,3 +170,13 @@ def test_rolling_upgrade_from_previous_release_loses_no_ping(lab_factory: LabFac
     assert ol.ping(cns[4], eps[0]["ipv4"]) and ol.ping(cns[0], eps[4]["ipv4"])
     assert _version(ol, 4) == PREVIOUS
     assert ol.request(0, "status")["protocol"]["cluster"] == 1  # the old joiner holds it at 1
+
+    # Downgrade (docs/operations.md): host3 goes back to the previous release on the state
+    # directory this tree wrote; its endpoint and the container's interface survive.
+    assert ol.stop(3) == 0
+    _start(ol, 3, previous_release, join=[0])
+    assert _version(ol, 3) == PREVIOUS
+    wait_for(lambda: _in_sync(ol, 3), "host3's dataplane in sync after the downgrade")
+    assert [e["id"] for e in ol.endpoints(3) if e["node"] == ol.nodes[3].name] == [eps[3]["id"]]
+    wait_for(lambda: _kernels_exact(ol, everyone, vni, eps), "exact kernels after the downgrade")
+    assert ol.ping(cns[3], eps[0]["ipv4"]) and ol.ping(cns[0], eps[3]["ipv4"])
