@@ -6,7 +6,7 @@ PY := .venv/bin/python
 DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc docker.io podman containernetworking-plugins
 PYTEST_ARGS ?=
 
-.PHONY: setup debs venv vm-image test test-fast explore lint demo clean-lab
+.PHONY: setup debs venv vm-image test test-fast explore lint demo demo-docker clean-lab
 
 setup: debs venv vm-image
 
@@ -57,6 +57,9 @@ explore: venv
 
 demo: debs venv
 	$(PY) -m agent.lab demo
+
+demo-docker: debs venv
+	$(PY) -m agent.lab.dockerdemo
 
 clean-lab: venv
 	$(PY) -m agent.lab cleanup
