@@ -24,6 +24,7 @@ BENCHMARKS = {
         "endpoint create on one host -> FDB + neighbour entries on another (real agents)",
     ),
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
+    "runtime": ("bench.runtime", "docker run / podman run through our plugins vs the stock networking"),
 }
 
 
