@@ -109,6 +109,16 @@ def test_connect_disconnect_running_container(dl: DockerLab) -> None:
     create_network(dl, 0, "green", "--ipam-opt", "network=green", subnet="10.78.0.0/24")
     create_network(dl, 1, "green", "--ipam-opt", "network=green", subnet=None)
     green = cluster_network(dl, 1, "green")
+    # refusals reach the user as one line, and change nothing
+    p = dl.plugins[1]
+    r = dl.docker(1, "network", "create", "-d", p, "--ipam-driver", p, "--ipam-opt", "network=green",
+                  "--subnet", "10.99.0.0/24", "green2", check=False)
+    assert r.returncode != 0 and "cluster network 'green' has subnet 10.78.0.0/24, not 10.99.0.0/24" in r.stderr
+    r = dl.docker(1, "network", "create", "-d", p, "--ipam-driver", p, "--subnet", "10.98.0.0/24",
+                  "-o", "bogus=1", "odd", check=False)
+    assert r.returncode != 0 and "unknown option 'bogus'" in r.stderr, r.stderr
+    assert len(dl.ol.request(1, "network", {"action": "ls"})) == 2
+    assert dl.ol.request(1, "status")["docker_plugin"]["networks"] == 1
     assert green["IPAM"]["Config"][0]["Subnet"] == "10.78.0.0/24"
     vni = int(green["Options"][VNI_OPTION])
     run(dl, 0, "web-a", "blue")
