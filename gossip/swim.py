@@ -63,6 +63,7 @@ from gossip.effects import (
 )
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
+from gossip.membertable import MemberTable
 from gossip.serf.layer import (
     LEAVE_INTENT_KEY,
     LEAVE_INTENT_MIN,
@@ -93,7 +94,6 @@ from gossip.wire.messages import (
 )
 
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
-_status_of = operator.attrgetter("status")
 _wire_state_of = operator.attrgetter("wire_state")
 
 _META_LIMIT = 512
@@ -189,16 +189,6 @@ class Swim:
         self._leave_phase = 0
         self._leave_at = 0.0
         self._now = now
-        self._members: dict[str, Member] = {}
-        self._gone: dict[str, None] = {}
-        """Names of dead and left members (insertion-ordered), so reaping and rejoining
-        do not scan the whole table at 10,000 members."""
-        self._probe_order: list[str] = []
-        self._probe_index = 0
-        self._unshuffled_from: int | None = None
-        """After ``bootstrap_members``: ``_probe_order[i:]`` is not shuffled yet and each
-        probe draws its target from it (a lazy Fisher-Yates), so installing 10,000
-        members does not shuffle 10,000 names up front. None: fully shuffled."""
         self._push_pull_gen = 0
         """Only the push/pull timer carrying this generation is live (re-staggering)."""
         self._broadcasts = Broadcasts()
@@ -220,8 +210,7 @@ class Swim:
         self._join_attempt = 0
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
-        self._members[name] = me
-        self._probe_order.append(name)
+        self._table = MemberTable(me, rng)
         self._queue_alive(me)
         # Every periodic task starts after a random stagger, as in memberlist.
         self._timers.set(now + self.rng.uniform(0, config.probe_interval), TimerKind.PROBE_TICK, None)
@@ -236,7 +225,7 @@ class Swim:
 
     @property
     def local(self) -> Member:
-        return self._members[self.name]
+        return self._table.members[self.name]
 
     @property
     def keyring(self) -> Keyring | None:
@@ -256,19 +245,19 @@ class Swim:
         self.encryption.configure(require=require)
 
     def members(self) -> list[Member]:
-        return list(self._members.values())
+        return list(self._table.members.values())
 
     def member(self, name: str) -> Member | None:
-        return self._members.get(name)
+        return self._table.members.get(name)
 
     def num_members(self) -> int:
-        return len(self._members)
+        return len(self._table.members)
 
     def next_deadline(self) -> float:
         own = self._timers.next_at()
         delegate = self.delegate
         if type(delegate) is NullDelegate:  # never has a deadline or news of its own
-            if self.leaving or (self._broadcasts and len(self._members) > 1):
+            if self.leaving or (self._broadcasts and len(self._table) > 1):
                 return min(own, self._gossip_beat())
             return own  # called after every event by the driver: kept cheap
         if self._wants_gossip():
@@ -280,7 +269,7 @@ class Swim:
         which then gets it at once rather than on a beat)."""
         if self.leaving:
             return True
-        if len(self._members) <= 1:
+        if len(self._table) <= 1:
             return False
         return bool(self._broadcasts) or self._delegate_may_broadcast()
 
@@ -299,17 +288,15 @@ class Swim:
         had time to propagate; the shell may stop then."""
         if not self.leaving:
             return False
-        if not any(m.status in (Status.ALIVE, Status.SUSPECT) for m in self._others()):
+        if not any(m.status in (Status.ALIVE, Status.SUSPECT) for m in self._table.others()):
             return True
         return self._leave_phase == 3 and self._now >= self._leave_at
 
     def check_invariants(self) -> None:
         """For tests and the simulator: internal consistency of the tables."""
-        assert self.name in self._members
-        assert set(self._probe_order) == set(self._members), "probe order out of sync"
-        assert set(self._gone) == {n for n, m in self._members.items() if m.status >= Status.DEAD}
+        self._table.check_invariants()
         for name, s in self._suspicions.items():
-            m = self._members.get(name)
+            m = self._table.members.get(name)
             assert m is not None and m.status == Status.SUSPECT and m.incarnation == s.incarnation
 
     # ----------------------------------------------------------------- commands
@@ -350,7 +337,7 @@ class Swim:
         me = self.local
         intent = wire.encode(UserMsg(self._serf.leave_intent(self.name, me.incarnation)))
         self._broadcasts.queue(LEAVE_INTENT_KEY, intent)
-        self._set_member(me.evolve(status=Status.LEFT, changed_at=now))
+        self._table.set(me.evolve(status=Status.LEFT, changed_at=now))
         # Told directly to every live member as well: random gossip may pick just
         # recently dead members, and a serf peer that hears the dead before the intent
         # shows us failed. A leave is rare, so the fan-out is affordable.
@@ -359,7 +346,7 @@ class Swim:
         return effects
 
     def _tell_everyone(self, part: bytes, effects: list[Effect]) -> None:
-        live = [m for m in self._others() if m.status in (Status.ALIVE, Status.SUSPECT)]
+        live = [m for m in self._table.others() if m.status in (Status.ALIVE, Status.SUSPECT)]
         if len(live) > _LEAVE_FANOUT:
             live = self.rng.sample(live, _LEAVE_FANOUT)
         for peer in live:
@@ -391,7 +378,7 @@ class Swim:
             raise ValueError(f"node meta is {len(meta)} bytes; the limit is {_META_LIMIT}")
         me = self.local
         updated = me.evolve(meta=meta, incarnation=me.incarnation + 1, changed_at=now)
-        self._set_member(updated)
+        self._table.set(updated)
         self._queue_alive(updated)
         return []
 
@@ -399,7 +386,7 @@ class Swim:
         """A best-effort UDP user message to member ``name`` (delegates use this for
         scoped gossip). ``payload`` must start with a private type byte >= 0x80."""
         effects: list[Effect] = []
-        peer = self._members.get(name)
+        peer = self._table.members.get(name)
         if peer is None or not payload or payload[0] < 0x80 or not self.delegate.accepts_user_data(peer):
             return effects
         self._send_parts(peer, [b"\x08" + payload], effects)
@@ -408,7 +395,7 @@ class Swim:
     def stream_user(self, name: str, payload: bytes) -> list[Effect]:
         """A reliable TCP user message to member ``name`` (bulk state); no reply expected."""
         effects: list[Effect] = []
-        peer = self._members.get(name)
+        peer = self._table.members.get(name)
         if peer is None or not payload or payload[0] < 0x80 or not self.delegate.accepts_user_data(peer):
             return effects
         token = self._next_token()
@@ -457,32 +444,11 @@ class Swim:
         members already hold us as we are, and the push/pull timer is re-staggered
         over the interval for this cluster size, as in a cluster that has run a while.
         """
-        if isinstance(members, Mapping):
-            table = dict(members)
-        else:
-            table = {m.name: m for m in members}
-        knows_us = table.get(self.name) == self.local
-        for name, m in self._members.items():
-            table[name] = m  # ours win; unknown to the given members: appended
-        self._members = table
-        # The scans below run once per node over N members (N² at start-up): a C-level
-        # pass first, the Python filters only when they can find something.
-        if max(map(_status_of, table.values()), default=Status.ALIVE) >= _DEAD:
-            self._gone = {name: None for name, m in table.items() if m.status >= _DEAD}
-        else:
-            self._gone = {}
-        # Nothing probed yet in this round: the rest of the order is drawn lazily.
-        done = self._probe_order[: self._probe_index]
-        if done:
-            seen = set(done)
-            self._probe_order = done + [name for name in table if name not in seen]
-        else:
-            self._probe_order = list(table)
-        self._unshuffled_from = self._probe_index
+        knows_us = self._table.install(members)
         if knows_us:
             self._broadcasts.discard(self.name)
         self._push_pull_gen += 1
-        interval = push_pull_scale(self.config.push_pull_interval, len(table))
+        interval = push_pull_scale(self.config.push_pull_interval, len(self._table))
         self._timers.set(now + self.rng.uniform(0, interval), TimerKind.PUSH_PULL_TICK, self._push_pull_gen)
 
     # ------------------------------------------------------------ entry points
@@ -545,7 +511,7 @@ class Swim:
         probe = self._probe
         if not self.config.fail_probe_on_unreachable or probe is None or probe.acked:
             return effects
-        target = self._members.get(probe.target)
+        target = self._table.members.get(probe.target)
         if target is None or target.address != addr:
             return effects
         self._probe = None  # its timeout and end timers find another probe (or none)
@@ -641,7 +607,7 @@ class Swim:
             to = self._reply_address(src, msg.source_addr, msg.source_port)
             if to is not None:
                 # The pinger, if we know it there: acks carry our piggybacked broadcasts.
-                peer = self._members.get(msg.source_node) if msg.source_node else None
+                peer = self._table.members.get(msg.source_node) if msg.source_node else None
                 if peer is not None and peer.address != to:
                     peer = None
                 self._send(to, wire.encode(Ack(msg.seq_no, None)), effects, peer)
@@ -697,36 +663,10 @@ class Swim:
 
     def _probe_tick(self, now: float, effects: list[Effect]) -> None:
         interval = self.config.probe_interval * (self.awareness + 1)
-        target = self._next_probe_target(now)
+        target = self._table.next_probe_target()
         if target is not None:
             self._start_probe(now, target, interval, effects)
         self._timers.set(now + interval, TimerKind.PROBE_TICK, None)
-
-    def _next_probe_target(self, now: float) -> Member | None:
-        order = self._probe_order
-        for _ in range(len(order)):
-            if self._probe_index >= len(order):
-                self._reset_probe_order(now)
-                order = self._probe_order
-            lazy = self._unshuffled_from
-            if lazy is not None and self._probe_index >= lazy:
-                i = self._probe_index
-                j = self.rng.randrange(i, len(order))
-                order[i], order[j] = order[j], order[i]
-                self._unshuffled_from = i + 1
-            name = order[self._probe_index]
-            self._probe_index += 1
-            m = self._members.get(name)
-            if m is None or name == self.name:
-                continue
-            if m.status in (Status.ALIVE, Status.SUSPECT):
-                return m
-        return None
-
-    def _reset_probe_order(self, now: float) -> None:
-        self._unshuffled_from = None
-        self.rng.shuffle(self._probe_order)
-        self._probe_index = 0
 
     def _start_probe(self, now: float, target: Member, interval: float, effects: list[Effect]) -> None:
         self.stats.probes += 1
@@ -749,11 +689,11 @@ class Swim:
         probe = self._probe
         if probe is None or probe.seq != seq or probe.acked:
             return
-        target = self._members.get(probe.target)
+        target = self._table.members.get(probe.target)
         if target is None:
             return
         self.stats.indirect_probes += 1
-        helpers = self._k_random(
+        helpers = self._table.k_random(
             self.config.indirect_checks,
             lambda m: m.status == Status.ALIVE and m.name != probe.target,
         )
@@ -792,7 +732,7 @@ class Swim:
             self._adjust_awareness(probe.expected_nacks - probe.nacks)
         else:
             self._adjust_awareness(1)
-        target = self._members.get(probe.target)
+        target = self._table.members.get(probe.target)
         if target is not None and target.status in (Status.ALIVE, Status.SUSPECT):
             self._suspect(now, target.name, target.incarnation, self.name, effects)
 
@@ -846,13 +786,13 @@ class Swim:
             addr = ip_text(msg.addr)
         except ValueError:
             return
-        current = self._members.get(msg.node)
+        current = self._table.members.get(msg.node)
         if msg.node == self.name:
             self._alive_about_self(now, msg, effects)
             return
         if current is None:
             member = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn, now)
-            self._add_member(member)
+            self._table.add(member)
             self._broadcasts.queue(msg.node, wire.encode(msg))
             effects.append(MemberJoined(member))
             effects.extend(self.delegate.on_member_change(now, None, member))
@@ -876,7 +816,7 @@ class Swim:
         self._suspicions.pop(msg.node, None)
         updated = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn,
                          now if current.status != Status.ALIVE else current.changed_at)
-        self._set_member(updated)
+        self._table.set(updated)
         self._broadcasts.queue(msg.node, wire.encode(msg))
         if current.status in (Status.DEAD, Status.LEFT):
             effects.append(MemberJoined(updated))
@@ -913,7 +853,7 @@ class Swim:
             timeout = suspicion_timeout(suspicion.low, suspicion.high, suspicion.k, len(confirmers) - 1)
             self._timers.set(suspicion.start + timeout, TimerKind.SUSPICION, name)
             return
-        current = self._members.get(name)
+        current = self._table.members.get(name)
         if current is None or incarnation < current.incarnation:
             return
         if current.status != Status.ALIVE:
@@ -927,9 +867,9 @@ class Swim:
         self.stats.suspicions += 1
         suspected = Member(current.name, current.addr, current.port, incarnation, Status.SUSPECT,
                            current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
-        self._set_member(suspected)
+        self._table.set(suspected)
         self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
-        n = len(self._members)
+        n = len(self._table)
         low, high = suspicion_bounds(self.config, n)
         k = expected_confirmations(self.config, n)
         suspicion = Suspicion(incarnation, now, low, high if k > 0 else low, k, [from_])
@@ -943,14 +883,14 @@ class Swim:
         suspicion = self._suspicions.get(name)
         if suspicion is None or suspicion.deadline > now:
             return
-        current = self._members.get(name)
+        current = self._table.members.get(name)
         if current is None or current.status != Status.SUSPECT:
             self._suspicions.pop(name, None)
             return
         self._dead(now, name, suspicion.incarnation, self.name, effects)
 
     def _dead(self, now: float, name: str, incarnation: int, from_: str, effects: list[Effect]) -> None:
-        current = self._members.get(name)
+        current = self._table.members.get(name)
         # Dead and left are final for an incarnation (and the hot, repeated case).
         if current is None or incarnation < current.incarnation or current.status >= _DEAD:
             return
@@ -962,7 +902,7 @@ class Swim:
         status = Status.LEFT if from_ == name else Status.DEAD
         gone = Member(current.name, current.addr, current.port, incarnation, status,
                       current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
-        self._set_member(gone)
+        self._table.set(gone)
         self._broadcasts.queue(name, wire.encode(Dead(incarnation, name, from_)))
         if status == Status.LEFT:
             effects.append(MemberLeft(gone))
@@ -976,7 +916,7 @@ class Swim:
         incarnation = max(me.incarnation + 1, accused + 1)
         self.stats.refutes += 1
         refuted = me.evolve(incarnation=incarnation, status=Status.ALIVE)
-        self._set_member(refuted)
+        self._table.set(refuted)
         self._queue_alive(refuted)
         self._adjust_awareness(1)
 
@@ -984,49 +924,7 @@ class Swim:
         alive = Alive(me.incarnation, me.name, ip_bytes(me.addr), me.port, me.meta, me.vsn)
         self._broadcasts.queue(me.name, wire.encode(alive))
 
-    def _add_member(self, member: Member) -> None:
-        self._set_member(member)
-        # Insert at a random position so new members are probed in a random order.
-        pos = self.rng.randint(self._probe_index, len(self._probe_order))
-        self._probe_order.insert(pos, member.name)
-
-    def _set_member(self, member: Member) -> None:
-        self._members[member.name] = member
-        if member.status >= Status.DEAD:
-            self._gone[member.name] = None
-        else:
-            self._gone.pop(member.name, None)
-
     # ----------------------------------------------------------- dissemination
-
-    def _others(self) -> Iterable[Member]:
-        return (m for m in self._members.values() if m.name != self.name)
-
-    def _k_random(self, k: int, accept: object) -> list[Member]:
-        """Up to ``k`` distinct random members (not self) passing ``accept`` (memberlist's
-        kRandomNodes: bounded random tries, so it stays O(k) at 10,000 members)."""
-        assert callable(accept)
-        order = self._probe_order
-        n = len(order)
-        chosen: list[Member] = []
-        if n <= 1 or k <= 0:
-            return chosen
-        members = self._members
-        me = self.name
-        randrange = self.rng.randrange
-        names: list[str] = []  # names are unique in the table: cheaper than Member.__eq__
-        for _ in range(3 * n if n <= 64 else 6 * k + 20):
-            if len(chosen) >= k:
-                break
-            name = order[randrange(n)]
-            if name == me or name in names:
-                continue
-            m = members[name]
-            if not accept(m):
-                continue
-            chosen.append(m)
-            names.append(name)
-        return chosen
 
     def _gossip(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -1042,7 +940,7 @@ class Swim:
                 return True
             return status == _DEAD and now - m.changed_at < dead_window
 
-        for peer in self._k_random(self.config.gossip_nodes, target):
+        for peer in self._table.k_random(self.config.gossip_nodes, target):
             parts = self._take_broadcasts(self._fill_budget(peer), 0, peer)
             if not parts:
                 continue  # the next peer may take the delegate's (a serf one does not)
@@ -1070,7 +968,7 @@ class Swim:
         return budget
 
     def _take_broadcasts(self, budget: int, used: int, peer: Member | None) -> list[bytes]:
-        n = len(self._members)
+        n = len(self._table)
         if n != self._limit_n:  # memoised per table size: this runs for every packet
             self._limit_n = n
             self._limit = retransmit_limit(self.config, n)
@@ -1142,7 +1040,7 @@ class Swim:
         # A linear scan would be O(N); the common case is a probe target we know.
         probe = self._probe
         if probe is not None:
-            m = self._members.get(probe.target)
+            m = self._table.members.get(probe.target)
             if m is not None and m.address == to:
                 return m
         return None
@@ -1150,11 +1048,11 @@ class Swim:
     # ------------------------------------------------------------- push/pull
 
     def _push_pull_tick(self, now: float, effects: list[Effect]) -> None:
-        n = len(self._members)
+        n = len(self._table)
         self._timers.set(
             now + push_pull_scale(self.config.push_pull_interval, n), TimerKind.PUSH_PULL_TICK, self._push_pull_gen
         )
-        peers = self._k_random(1, lambda m: m.status == Status.ALIVE)
+        peers = self._table.k_random(1, lambda m: m.status == Status.ALIVE)
         if peers:
             self.stats.push_pulls += 1
             ours = self.delegate.accepts_user_data(peers[0])
@@ -1174,7 +1072,7 @@ class Swim:
         byte, built from each member's cached encoded state (``Member.wire_state``;
         a changed member is a new value, so a cached state is never stale). The stream
         layer memoises the compression of an unchanged table."""
-        values = self._members.values()
+        values = self._table.members.values()
         # A C-level pass over N members; the Python one only if some state is not cached.
         states: list[bytes] = list(map(_wire_state_of, values))
         if None in states:
@@ -1191,7 +1089,7 @@ class Swim:
         )
 
     def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
-        get = self._members.get
+        get = self._table.members.get
         me = self.name
         alive_state = NodeState.ALIVE
         for ns in msg.nodes:
@@ -1215,7 +1113,7 @@ class Swim:
                 self._alive(now, alive, effects)
             elif ns.state == NodeState.LEFT:
                 self._dead(now, ns.name, ns.incarnation, ns.name, effects)
-            elif ns.name in self._members:
+            elif ns.name in self._table.members:
                 # Push/pull never kills directly: dead and suspect become our suspicion.
                 self._suspect(now, ns.name, ns.incarnation, self.name, effects)
         if msg.user_state:
@@ -1239,7 +1137,7 @@ class Swim:
         self._timers.set(now + delay, TimerKind.JOIN_RETRY, None)
 
     def _join_retry(self, now: float, effects: list[Effect]) -> None:
-        if self.leaving or any(m.status == Status.ALIVE for m in self._others()):
+        if self.leaving or any(m.status == Status.ALIVE for m in self._table.others()):
             return
         effects.extend(self.join(now, list(self._seeds)))
 
@@ -1248,23 +1146,8 @@ class Swim:
 
     def _reap(self, now: float, effects: list[Effect]) -> None:
         self._timers.set(now + self._reap_period(), TimerKind.REAP_TICK, None)
-        expired = [
-            m
-            for m in map(self._members.__getitem__, self._gone)
-            if now - m.changed_at >= self.config.reap_interval
-        ]
-        if not expired:
-            return
-        for m in expired:
-            del self._members[m.name]
-            del self._gone[m.name]
+        for m in self._table.expire(now, self.config.reap_interval):
             effects.append(MemberReaped(m))
-        gone = {m.name for m in expired}
-        current = self._probe_order[self._probe_index :]
-        self._probe_order = [n for n in self._probe_order if n not in gone]
-        self._probe_index = len(self._probe_order) - len([n for n in current if n not in gone])
-        if self._unshuffled_from is not None:
-            self._unshuffled_from = self._probe_index
 
     def _rejoin(self, now: float, effects: list[Effect]) -> None:
         """Heal partitions: re-join one recently failed member, and a seed when alone
@@ -1275,14 +1158,14 @@ class Swim:
         window = self.config.rejoin_failed_for
         failed = [
             m
-            for m in map(self._members.__getitem__, self._gone)
+            for m in self._table.gone()
             if m.status == Status.DEAD and now - m.changed_at < window
         ]
         if failed:
             target = failed[self.rng.randrange(len(failed))]
             ours = self.delegate.accepts_user_data(target)
             effects.append(self._push_pull_request(target.address, join=True, kind="pushpull", ours=ours))
-        alone = not any(m.status == Status.ALIVE for m in self._others())
+        alone = not any(m.status == Status.ALIVE for m in self._table.others())
         # Not alone, only seeds nobody is known at: hosts that started while the
         # network was cut each join the seeds they can reach, and the seeds behind the
         # cut are nobody they know (not even as failed), so no probe and no
@@ -1294,7 +1177,7 @@ class Swim:
 
     def _unknown_seeds(self) -> list[Address]:
         """Seeds at whose address no member (ourselves included) is known."""
-        known = {m.address for m in self._members.values()}
+        known = {m.address for m in self._table.members.values()}
         return [s for s in self._seeds if s not in known]
 
     # ------------------------------------------------------------------ misc

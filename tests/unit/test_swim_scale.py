@@ -56,7 +56,7 @@ def test_push_pull_from_cached_states_is_byte_identical_and_follows_updates() ->
     assert all(m.wire_state is not None for m in s.members())  # cached now
     # A change makes a new Member value: the next push/pull shows it.
     wire.decode_stream(first, None)
-    s._set_member(s.member("m007").evolve(status=Status.DEAD, incarnation=3))  # type: ignore[union-attr]
+    s._table.set(s.member("m007").evolve(status=Status.DEAD, incarnation=3))  # type: ignore[union-attr]
     s.set_meta(1.0, b"tag=1")
     again = _request(s.join(1.0, [("10.9.9.9", 7946)])).data
     assert again != first
@@ -198,14 +198,15 @@ def test_bootstrap_probe_order_is_a_lazy_permutation_of_every_member() -> None:
     s = _swim()
     s.bootstrap_members(0.0, [_member(i) for i in range(50)])
     probed = []
-    for i in range(50):
-        target = s._next_probe_target(float(i))
+    for _ in range(50):
+        target = s._table.next_probe_target()
         assert target is not None
         probed.append(target.name)
         s.check_invariants()
     assert sorted(probed) == sorted(f"m{i:03d}" for i in range(50))  # each once per round
     assert probed != sorted(probed)  # in a random order
-    assert s._unshuffled_from is None or s._unshuffled_from >= 50
+    lazy = s._table.lazily_shuffled_from()
+    assert lazy is None or lazy >= 50
 
 
 def test_bootstrap_keeps_what_we_know_and_queues_our_alive_if_not_known() -> None:
