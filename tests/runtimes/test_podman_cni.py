@@ -1,0 +1,109 @@
+"""podman 4.3 + CNI + ``overlay-cni`` on two lab hosts (issue 12 items 2-4).
+
+Each host runs the installed agent and its own private podman set-up
+(``tests.runtimes.podmanlab``). Covered: containers on two hosts ping each other over
+the overlay (with ``tuning`` chained after our plugin), a podman container on host 0 and
+an ``agentctl endpoint`` on host 1 share the network, ``podman rm -f`` withdraws the
+container from the other host's kernel within 2 s, ``podman network connect`` /
+``disconnect`` of a running container, and a failed ADD (the address is taken) shows
+one clear line and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agent.lab.netlab import Lab
+from tests.netns.overlaylab import OverlayLab, wait_for
+from tests.runtimes.podmanlab import PodmanLab, podman_skip_reason
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.podman]
+
+VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
+WITHDRAW_WITHIN = 2.0
+LabFactory = Callable[..., Lab]
+
+
+@pytest.fixture
+def pl(lab_factory: LabFactory) -> Iterator[PodmanLab]:
+    reason = podman_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    ol = OverlayLab(lab_factory(2))
+    ol.start_all()
+    lab = PodmanLab.create(ol)
+    try:
+        yield lab
+    finally:
+        problems = lab.close()
+    assert not problems, problems
+
+
+def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
+    ol = pl.ol
+    net = ol.create_network(0, "blue", "--subnet", "10.63.0.0/24")
+    vni = int(net["Options"][VNI_OPTION])
+    for i in (0, 1):
+        pl.add_network(i, "blue", plugins=[{"type": "tuning"}])
+    pl.run(0, "web-a", "blue")
+    pl.run(1, "web-b", "blue")
+    ip_a, ip_b = pl.ip_of(0, "web-a"), pl.ip_of(1, "web-b")
+    assert ip_a != ip_b and ip_a.startswith("10.63.0.")
+    names = {e["name"]: e for e in ol.endpoints(0)}
+    assert names["web-a"]["ipv4"] == ip_a and names["web-b"]["ipv4"] == ip_b  # podman's names
+    # the mixed case: an agentctl endpoint on host 1 in the same network
+    nc = ol.container("c")
+    e_c = ol.create_endpoint(1, "blue", nc)
+    wait_for(lambda: {ip_b, e_c["ipv4"]} <= set(ol.neigh(0, vni)) and ip_a in ol.neigh(1, vni),
+             "every host to learn the others' containers")
+    wait_for(lambda: pl.ping(0, "web-a", ip_b, count=1), "the first ping across")
+    assert pl.ping(0, "web-a", ip_b) and pl.ping(1, "web-b", ip_a)
+    assert pl.ping(0, "web-a", e_c["ipv4"]) and ol.ping(nc, ip_a)
+
+    mac_b = ol.neigh(0, vni)[ip_b]
+    pl.podman(1, "rm", "-f", "-t", "0", "web-b")
+    wait_for(lambda: ip_b not in ol.neigh(0, vni) and mac_b not in ol.fdb(0, vni),
+             "host 0 to drop the removed container's entries", within=WITHDRAW_WITHIN)
+    assert not [e for e in ol.endpoints(1) if e["local"] and e["ipv4"] == ip_b]
+
+
+def test_connect_disconnect_and_failed_add(pl: PodmanLab) -> None:
+    ol = pl.ol
+    ol.create_network(0, "blue", "--subnet", "10.63.0.0/24")
+    green = ol.create_network(0, "green", "--subnet", "10.64.0.0/24")
+    vni = int(green["Options"][VNI_OPTION])
+    for i in (0, 1):
+        pl.add_network(i, "blue")
+        pl.add_network(i, "green")
+    pl.run(0, "web-a", "blue")
+    pl.run(1, "web-b", "green")
+    ip_b = pl.ip_of(1, "web-b")
+
+    pl.podman(0, "network", "connect", "green", "web-a")
+    assert "eth1" in pl.links(0, "web-a")
+    ip_a = pl.ip_of(0, "web-a", "eth1")
+    assert ip_a.startswith("10.64.0.")
+    wait_for(lambda: ip_a in ol.neigh(1, vni), "host 1 to learn the connected container")
+    wait_for(lambda: pl.ping(0, "web-a", ip_b, count=1), "the first ping on green")
+    assert pl.ping(1, "web-b", ip_a)
+    pl.podman(0, "network", "disconnect", "green", "web-a")
+    assert "eth1" not in pl.links(0, "web-a")
+    wait_for(lambda: ip_a not in ol.neigh(1, vni), "host 1 to drop the disconnected container",
+             within=WITHDRAW_WITHIN)
+
+    # A failed ADD: the address is taken (by web-a on blue, a network this host takes part
+    # in, so its tables know every address). One clear line; no container, endpoint or
+    # namespace left.
+    taken = pl.ip_of(0, "web-a")
+    pl.add_network(0, "blue-fixed", "blue", args={"cni": {"ips": [taken]}})
+    before = (sorted(e["id"] for e in ol.endpoints(0)), pl.podman(0, "ps", "-aq").stdout)
+    r = pl.run(0, "web-x", "blue-fixed", "true", detach=False, check=False)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if 'plugin type="overlay-cni" failed (add)' in ln]
+    assert len(lines) == 1 and f"address {taken} is already in use" in lines[0], r.stderr
+    print(f"\nfailed ADD as podman shows it: {lines[0]}")
+    assert "Traceback" not in r.stderr
+    after = (sorted(e["id"] for e in ol.endpoints(0)), pl.podman(0, "ps", "-aq").stdout)
+    assert after == before
