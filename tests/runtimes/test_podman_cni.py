@@ -33,7 +33,7 @@ def pl(lab_factory: LabFactory) -> Iterator[PodmanLab]:
         pytest.skip(reason)
     ol = OverlayLab(lab_factory(2))
     ol.start_all()
-    lab = PodmanLab.create(ol)
+    lab = PodmanLab.for_overlay(ol)
     try:
         yield lab
     finally:
