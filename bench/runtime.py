@@ -11,8 +11,8 @@ Sections (each a function in ``SECTIONS`` returning its figures and ratios):
   and on a network of Docker's own ``bridge`` driver, alternated run by run after one
   warm-up each. Figures: raw ``ours_ms`` and ``bridge_ms`` samples, their medians, and
   ``ratios.docker_run`` = median ours / median bridge (issue 12's target: <= 1.5).
-- CNI (``cni_add``: podman with ``overlay-cni`` vs the stock bridge + host-local
-  conflist) is measured by the CNI side: it adds its function to ``SECTIONS``.
+- ``cni``: podman with ``overlay-cni`` vs the stock bridge + host-local conflist
+  (ratio ``cni_add``), in ``bench.runtime_cni``.
 
 ``--quick``: 5 runs per side (< 60 s). Needs root, Debian's docker.io and
 busybox-static.
@@ -39,6 +39,7 @@ from typing import Any
 from agent.lab import dockerd
 from agent.lab.agentnode import ControlClient, agent_argv
 from agent.lab.netlab import Lab, LabError
+from bench import runtime_cni
 
 TARGET_DOCKER_RUN = 1.5
 WAIT = 60.0
@@ -120,7 +121,7 @@ def run_docker(runs: int) -> dict[str, Any]:
 
 SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "docker": run_docker,
-    # "cni": the CNI side's podman + overlay-cni vs bridge/host-local measurement (ratio cni_add).
+    "cni": runtime_cni.run_cni,  # podman + overlay-cni vs bridge/host-local (ratio cni_add)
 }
 
 
@@ -162,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         d = report["docker"]
         print(f"docker run --rm: ours {d['ours_median_ms']} ms vs bridge {d['bridge_median_ms']} ms (median of "
               f"{d['runs']}): ratio docker_run {report['ratios']['docker_run']} (target <= {TARGET_DOCKER_RUN})")
+    if "cni" in report:
+        print(runtime_cni.summary(report))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
