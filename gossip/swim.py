@@ -11,7 +11,7 @@ Design notes
   state (a stale timer is a no-op).
 - One probe is in flight at a time, as in memberlist's probeNode: direct ping,
   after ``probe_timeout`` indirect pings (+ a TCP ping), at the end of the
-  (awareness-scaled) probe interval the verdict.
+  (awareness-scaled) probe interval the verdict (``gossip/probe.py``).
 - Precedence of news about a member is decided only by ``members.supersedes``.
 - Beyond memberlist 0.2.2: dead/left members are reaped after
   ``reap_interval`` (memberlist#253); seeds and recently failed members are
@@ -64,6 +64,7 @@ from gossip.effects import (
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
 from gossip.membertable import MemberTable
+from gossip.probe import Prober
 from gossip.serf.layer import (
     LEAVE_INTENT_KEY,
     LEAVE_INTENT_MIN,
@@ -104,27 +105,7 @@ _SQUEEZE_MAX = 4.0
 """At most this many raw bytes are packed per byte of a packet's budget."""
 _SQUEEZE_MARGIN = 0.85
 """Packing aims this far below the observed compression, so that splits stay rare."""
-_MAX_RELAYS = 1024
 _LEAVE_FANOUT = 512
-
-
-@dataclass(slots=True)
-class _Probe:
-    seq: int
-    target: str
-    incarnation: int
-    started: float
-    acked: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
-    rtt: float | None = None
-
-
-@dataclass(slots=True)
-class _Relay:
-    requester: Address
-    orig_seq: int
-    nack: bool
 
 
 @dataclass(slots=True)
@@ -184,7 +165,6 @@ class Swim:
         """The keyring and the encryption roll-out mode (one state machine, shared with
         the serf layer's queries and ``agent/membership/keys.py``)."""
         self.stats = SwimStats()
-        self.awareness = 0
         self.leaving = False
         self._leave_phase = 0
         self._leave_at = 0.0
@@ -199,14 +179,13 @@ class Swim:
         self._limit = 0
         """``retransmit_limit`` for a table of ``_limit_n`` members."""
         self._suspicions: dict[str, Suspicion] = {}
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
         self._streams: dict[int, _Stream] = {}
         self._timers = Timers()
         self._seq_no = 0
         self._token = 0
         self._seeds: list[Address] = []
         self._serf = SerfLayer(self.encryption)
+        self._prober = Prober(self)
         self._join_attempt = 0
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
@@ -243,6 +222,11 @@ class Swim:
     def require_encryption(self, require: bool) -> None:
         """The start-up setting; roll-out commands go to ``encryption.command``."""
         self.encryption.configure(require=require)
+
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score (0: healthy); see ``gossip/probe.py``."""
+        return self._prober.awareness
 
     def members(self) -> list[Member]:
         return list(self._table.members.values())
@@ -398,11 +382,8 @@ class Swim:
         peer = self._table.members.get(name)
         if peer is None or not payload or payload[0] < 0x80 or not self.delegate.accepts_user_data(peer):
             return effects
-        token = self._next_token()
-        self._streams[token] = _Stream("user", peer.address)
-        effects.append(
-            StreamRequest(peer.address, self._encode_stream(UserMsg(payload)), token, expect_reply=False)
-        )
+        data = self._encode_stream(UserMsg(payload))
+        effects.append(self._open_stream("user", peer.address, data, expect_reply=False))
         return effects
 
     def send_query(
@@ -508,17 +489,7 @@ class Swim:
         if now > self._now:
             self._now = now
         effects: list[Effect] = []
-        probe = self._probe
-        if not self.config.fail_probe_on_unreachable or probe is None or probe.acked:
-            return effects
-        target = self._table.members.get(probe.target)
-        if target is None or target.address != addr:
-            return effects
-        self._probe = None  # its timeout and end timers find another probe (or none)
-        self.stats.failed_probes += 1
-        self.stats.unreachable_probes += 1
-        if target.status in (Status.ALIVE, Status.SUSPECT):
-            self._suspect(now, target.name, target.incarnation, self.name, effects)
+        self._prober.unreachable(now, addr, effects)
         return effects
 
     def handle_stream_reply(self, now: float, token: int, reply: bytes | None) -> list[Effect]:
@@ -558,10 +529,8 @@ class Swim:
                 if batch.outstanding == 0:
                     effects.append(JoinFinished(batch.contacted, tuple(batch.failed)))
                     self._after_join(now, batch)
-        elif stream.kind == "tcp_ping":
-            probe = self._probe
-            if isinstance(msg, Ack) and probe is not None and probe.seq == stream.seq:
-                probe.acked = True
+        elif stream.kind == "tcp_ping" and isinstance(msg, Ack):
+            self._prober.on_tcp_ack(stream.seq)
         return effects
 
     def tick(self, now: float) -> list[Effect]:
@@ -602,38 +571,18 @@ class Swim:
         elif type(msg) is Dead:
             self._dead(now, msg.node, msg.incarnation, msg.from_, effects)
         elif isinstance(msg, Ping):
-            if msg.node and msg.node != self.name:
-                return
-            to = self._reply_address(src, msg.source_addr, msg.source_port)
-            if to is not None:
-                # The pinger, if we know it there: acks carry our piggybacked broadcasts.
-                peer = self._table.members.get(msg.source_node) if msg.source_node else None
-                if peer is not None and peer.address != to:
-                    peer = None
-                self._send(to, wire.encode(Ack(msg.seq_no, None)), effects, peer)
+            self._prober.on_ping(src, msg, effects)
         elif isinstance(msg, Ack):
-            self._ack(now, msg.seq_no, effects)
+            self._prober.on_ack(now, msg.seq_no, effects)
         elif isinstance(msg, Nack):
-            probe = self._probe
-            if probe is not None and probe.seq == msg.seq_no:
-                probe.nacks += 1
+            self._prober.on_nack(msg.seq_no)
         elif isinstance(msg, IndirectPing):
-            self._indirect_ping(now, src, msg, effects)
+            self._prober.on_indirect_ping(now, src, msg, effects)
         elif isinstance(msg, Alive):
             self._alive(now, msg, effects)
         elif isinstance(msg, UserMsg):
             self._user_message(now, msg.payload, effects)
         # PushPull/Err over UDP are not part of the protocol: ignored.
-
-    def _reply_address(
-        self, src: Address, source_addr: bytes | None, source_port: int | None
-    ) -> Address | None:
-        if source_addr and source_port:
-            try:
-                return (ip_text(source_addr), source_port)
-            except ValueError:
-                return None
-        return src
 
     def _user_message(self, now: float, payload: bytes, effects: list[Effect]) -> None:
         if not payload:
@@ -654,126 +603,10 @@ class Swim:
         if reply.to is not None:
             # Answers go bare, like memberlist's SendToAddress: piggybacking would spend
             # the relays of this very query on the querier, who already has it.
-            peer = self._member_at(reply.to)
+            peer = self._prober.target_at(reply.to)
             for answer in reply.answers:
                 self._emit(reply.to, [wire.encode(UserMsg(answer))], peer, effects)
         effects.extend(reply.events)
-
-    # --------------------------------------------------------------- probing
-
-    def _probe_tick(self, now: float, effects: list[Effect]) -> None:
-        interval = self.config.probe_interval * (self.awareness + 1)
-        target = self._table.next_probe_target()
-        if target is not None:
-            self._start_probe(now, target, interval, effects)
-        self._timers.set(now + interval, TimerKind.PROBE_TICK, None)
-
-    def _start_probe(self, now: float, target: Member, interval: float, effects: list[Effect]) -> None:
-        self.stats.probes += 1
-        seq = self._next_seq()
-        self._probe = _Probe(seq, target.name, target.incarnation, now)
-        ping = wire.encode(self._ping(seq, target.name))
-        parts = [ping]
-        if target.status == Status.SUSPECT and self.config.lifeguard:
-            # Buddy system: tell the suspect directly so it can refute at once.
-            parts.append(wire.encode(Suspect(target.incarnation, target.name, self.name)))
-        self._send_parts(target, parts, effects)
-        self._timers.set(now + self.config.probe_timeout, TimerKind.PROBE_TIMEOUT, seq)
-        self._timers.set(now + interval, TimerKind.PROBE_END, seq)
-
-    def _ping(self, seq: int, node: str) -> Ping:
-        me = self.local
-        return Ping(seq, node, ip_bytes(me.addr), me.port, self.name)
-
-    def _probe_timeout(self, now: float, seq: object, effects: list[Effect]) -> None:
-        probe = self._probe
-        if probe is None or probe.seq != seq or probe.acked:
-            return
-        target = self._table.members.get(probe.target)
-        if target is None:
-            return
-        self.stats.indirect_probes += 1
-        helpers = self._table.k_random(
-            self.config.indirect_checks,
-            lambda m: m.status == Status.ALIVE and m.name != probe.target,
-        )
-        me = self.local
-        for helper in helpers:
-            want_nack = self.config.lifeguard and helper.pmax >= 4
-            if want_nack:
-                probe.expected_nacks += 1
-            ind = IndirectPing(
-                probe.seq,
-                ip_bytes(target.addr),
-                target.port,
-                target.name,
-                want_nack,
-                ip_bytes(me.addr),
-                me.port,
-                self.name,
-            )
-            self._send(helper.address, wire.encode(ind), effects, helper)
-        if not self.config.disable_tcp_pings and target.pmax >= 3:
-            token = self._next_token()
-            self._streams[token] = _Stream("tcp_ping", target.address, seq=probe.seq)
-            data = self._encode_stream(self._ping(probe.seq, target.name))
-            effects.append(StreamRequest(target.address, data, token))
-
-    def _probe_end(self, now: float, seq: object, effects: list[Effect]) -> None:
-        probe = self._probe
-        if probe is None or probe.seq != seq:
-            return
-        self._probe = None
-        if probe.acked:
-            self._adjust_awareness(-1)
-            return
-        self.stats.failed_probes += 1
-        if probe.expected_nacks > 0:
-            self._adjust_awareness(probe.expected_nacks - probe.nacks)
-        else:
-            self._adjust_awareness(1)
-        target = self._table.members.get(probe.target)
-        if target is not None and target.status in (Status.ALIVE, Status.SUSPECT):
-            self._suspect(now, target.name, target.incarnation, self.name, effects)
-
-    def _ack(self, now: float, seq: int, effects: list[Effect]) -> None:
-        probe = self._probe
-        if probe is not None and probe.seq == seq:
-            if not probe.acked:
-                probe.acked = True
-                probe.rtt = now - probe.started
-                self.stats.last_rtt = probe.rtt
-            return
-        relay = self._relays.pop(seq, None)
-        if relay is not None:
-            self._send(relay.requester, wire.encode(Ack(relay.orig_seq, None)), effects)
-
-    def _indirect_ping(
-        self, now: float, src: Address, msg: IndirectPing, effects: list[Effect]
-    ) -> None:
-        requester = self._reply_address(src, msg.source_addr, msg.source_port)
-        try:
-            target = (ip_text(msg.target), msg.port)
-        except ValueError:
-            return
-        if requester is None or len(self._relays) >= _MAX_RELAYS:
-            return
-        seq = self._next_seq()
-        self._relays[seq] = _Relay(requester, msg.seq_no, msg.nack)
-        self._send(target, wire.encode(self._ping(seq, msg.node)), effects)
-        self._timers.set(now + self.config.probe_timeout, TimerKind.RELAY_TIMEOUT, seq)
-
-    def _relay_timeout(self, now: float, seq: object, effects: list[Effect]) -> None:
-        assert isinstance(seq, int)
-        relay = self._relays.pop(seq, None)
-        if relay is not None and relay.nack:
-            self._send(relay.requester, wire.encode(Nack(relay.orig_seq)), effects)
-
-    def _adjust_awareness(self, delta: int) -> None:
-        if not self.config.lifeguard:
-            return
-        top = self.config.awareness_max_multiplier - 1
-        self.awareness = min(top, max(0, self.awareness + delta))
 
     # ---------------------------------------------------------- state changes
 
@@ -918,7 +751,7 @@ class Swim:
         refuted = me.evolve(incarnation=incarnation, status=Status.ALIVE)
         self._table.set(refuted)
         self._queue_alive(refuted)
-        self._adjust_awareness(1)
+        self._prober.adjust_awareness(1)
 
     def _queue_alive(self, me: Member) -> None:
         alive = Alive(me.incarnation, me.name, ip_bytes(me.addr), me.port, me.meta, me.vsn)
@@ -984,7 +817,7 @@ class Swim:
     def _send(self, to: Address, data: bytes, effects: list[Effect], peer: Member | None = None) -> None:
         """Send one message, piggybacking pending broadcasts in the remaining space."""
         if peer is None:
-            peer = self._member_at(to)
+            peer = self._prober.target_at(to)
         self._send_parts(peer, [data], effects, to)
 
     def _send_parts(
@@ -1035,16 +868,6 @@ class Swim:
         self._emit(to, parts[:half], peer, effects)
         self._emit(to, parts[half:], peer, effects)
 
-    def _member_at(self, to: Address) -> Member | None:
-        # Replies go to addresses, not names; CRC needs to know the peer's PMax.
-        # A linear scan would be O(N); the common case is a probe target we know.
-        probe = self._probe
-        if probe is not None:
-            m = self._table.members.get(probe.target)
-            if m is not None and m.address == to:
-                return m
-        return None
-
     # ------------------------------------------------------------- push/pull
 
     def _push_pull_tick(self, now: float, effects: list[Effect]) -> None:
@@ -1063,9 +886,7 @@ class Swim:
     ) -> StreamRequest:
         """``ours``: the peer is known to run our agent, so the delegate's state may go.
         A join to a seed address does not know; the seed's answer brings its state."""
-        token = self._next_token()
-        self._streams[token] = _Stream(kind, to, batch=batch)
-        return StreamRequest(to, self._push_pull_stream(join, ours), token)
+        return self._open_stream(kind, to, self._push_pull_stream(join, ours), batch=batch)
 
     def _push_pull_stream(self, join: bool, ours: bool) -> bytes:
         """Our push/pull half, ready to write: ``encode_stream(PushPull(...))`` byte for
@@ -1186,9 +1007,14 @@ class Swim:
         self._seq_no = (self._seq_no + 1) & 0xFFFFFFFF
         return self._seq_no
 
-    def _next_token(self) -> int:
+    def _open_stream(
+        self, kind: str, to: Address, data: bytes, *, batch: _JoinBatch | None = None, seq: int = 0,
+        expect_reply: bool = True,
+    ) -> StreamRequest:
+        """A ``StreamRequest`` whose outcome ``handle_stream_reply`` will match to ``kind``."""
         self._token += 1
-        return self._token
+        self._streams[self._token] = _Stream(kind, to, batch=batch, seq=seq)
+        return StreamRequest(to, data, self._token, expect_reply)
 
 
 def _encode_state(m: Member) -> bytes:
@@ -1212,10 +1038,10 @@ def _on_query_timeout(swim: Swim, now: float, query_id: object, effects: list[Ef
 
 
 _TIMER_HANDLERS: dict[TimerKind, Callable[[Swim, float, Any, list[Effect]], None]] = {
-    TimerKind.PROBE_TICK: lambda s, now, _, fx: s._probe_tick(now, fx),
-    TimerKind.PROBE_TIMEOUT: lambda s, now, seq, fx: s._probe_timeout(now, seq, fx),
-    TimerKind.PROBE_END: lambda s, now, seq, fx: s._probe_end(now, seq, fx),
-    TimerKind.RELAY_TIMEOUT: lambda s, now, seq, fx: s._relay_timeout(now, seq, fx),
+    TimerKind.PROBE_TICK: lambda s, now, _, fx: s._prober.tick(now, fx),
+    TimerKind.PROBE_TIMEOUT: lambda s, now, seq, fx: s._prober.timeout(now, seq, fx),
+    TimerKind.PROBE_END: lambda s, now, seq, fx: s._prober.end(now, seq, fx),
+    TimerKind.RELAY_TIMEOUT: lambda s, now, seq, fx: s._prober.relay_timeout(now, seq, fx),
     TimerKind.GOSSIP_TICK: lambda s, now, _, fx: fx.extend(s._gossip(now)),  # the leave's last
     TimerKind.PUSH_PULL_TICK: _on_push_pull_tick,
     TimerKind.SUSPICION: lambda s, now, name, fx: s._suspicion_fired(now, name, fx),

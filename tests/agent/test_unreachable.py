@@ -71,9 +71,9 @@ def _probing(config: Config) -> tuple[Harness, str]:
     h.join_all("a")
     h.wait(lambda: h.converged(["a", "b", "c"]), timeout=10)
     a = h.nodes["a"]
-    while a._probe is None:  # run a's timers alone until it starts a probe
+    while a._prober.current is None:  # run a's timers alone until it starts a probe
         a.tick(a.next_deadline())
-    return h, a._probe.target
+    return h, a._prober.current.target
 
 
 @pytest.mark.parametrize("enabled", [True, False])
