@@ -10,6 +10,11 @@ Owns (an ``agent.service.Extension``):
   the next start, before the join, so a restarted owner reasserts its rows while the
   kernel keeps forwarding; an endpoint whose veth vanished meanwhile is dropped, and
   an orphan veth of ours (a crash between the two steps) is deleted;
+- endpoints live and die with their container: ``agent.overlay.lifecycle`` (started by
+  ``run``) withdraws a local endpoint whose veth vanished with its namespace
+  (``withdraw_vanished``); the ``cni`` control op of ``agent.runtimes.cni.attachments``
+  is registered with the layer's own ops (``create_endpoint``'s ``attachment`` keys, e.g.
+  the container id, are kept in the persisted interface record);
 - the reconciler task (``dataplane.reconciler``) fed by ``gossip.tables.view``;
   ``ready()`` once a join reached a member (or there is nothing to join) and the
   networks we take part in had their first bulk sync, so a restart deletes nothing
