@@ -152,14 +152,18 @@ def test_dockerd_and_agent_restarts_keep_containers_working(dl: DockerLab) -> No
     dl.stop_dockerd(1)
     dl.start_dockerd(1)
     assert dl.inspect(1, "web-b")["State"]["Running"]
-    assert dl.ping(0, "web-a", ip_b) and dl.ping(1, "web-b", ip_a)
+    wait_for(lambda: dl.ping(1, "web-b", ip_a, count=1), "web-b to answer after the dockerd restart")
+    assert dl.ping(0, "web-a", ip_b), dl.exec(0, "web-a", ["ping", "-c", "3", ip_b]).stdout
+    assert dl.ping(1, "web-b", ip_a)
     ip_c = run(dl, 1, "web-c", "blue")
     assert ip_c not in (ip_a, ip_b)
     wait_for(lambda: dl.ping(0, "web-a", ip_c, count=1), "web-a to reach the container made after the restart")
 
     assert dl.ol.stop(0) == 0
     dl.start_agent(0)
-    assert dl.ping(0, "web-a", ip_b) and dl.ping(1, "web-c", ip_a)
+    wait_for(lambda: dl.ping(0, "web-a", ip_b, count=1), "web-a to reach web-b after the agent restart")
+    assert dl.ping(0, "web-a", ip_b), dl.exec(0, "web-a", ["ping", "-c", "3", ip_b]).stdout
+    assert dl.ping(1, "web-c", ip_a)
     ip_d = run(dl, 0, "web-d", "blue")
     assert ip_d not in (ip_a, ip_b, ip_c)
     wait_for(lambda: dl.ping(1, "web-b", ip_d, count=1), "web-b to reach the container made after the agent restart")

@@ -125,6 +125,9 @@ class DockerPlugin:
             if dep.endpoint not in state.reservations:
                 del state.endpoints[key]
         self.ctx.state = state
+        if rt.store is None:
+            notes.append("docker plugin without state_dir: its Docker networks and endpoints are "
+                         "forgotten when the agent restarts")
         self._notes = notes
         for note in notes:
             log.warning(kv("docker-plugin-restore", note=note))
