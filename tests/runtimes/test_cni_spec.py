@@ -121,3 +121,26 @@ def test_error_reply_has_no_details() -> None:
     reply = spec.error_reply("1.0.0", CniError(7, "bad\nthing"))
     assert reply == {"cniVersion": "1.0.0", "code": 7, "msg": "bad thing"}
     assert spec.error_reply("junk", CniError(1, "x"))["cniVersion"] == spec.SPEC_VERSION
+
+
+def test_plugin_speaks_the_agents_control_protocol() -> None:
+    """The plugin hard-codes the protocol version and default socket (start-up cost):
+    they must stay those of ``agent.control.protocol`` and ``agent.ctl.client``."""
+    from agent.control import protocol
+    from agent.ctl import client
+    from agent.runtimes.cni import plugin
+
+    assert plugin.PROTOCOL_VERSION == protocol.VERSION
+    assert (plugin.DEFAULT_SOCKET, plugin.SOCKET_ENV) == (client.DEFAULT_SOCKET, client.SOCKET_ENV)
+
+
+def test_plugin_imports_stay_light() -> None:
+    """No trio, typing, dataclasses or control client in the plugin's process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agent.runtimes.cni.plugin; "
+            "print(sorted(m for m in ('trio', 'typing', 'dataclasses', 'agent.ctl.client', 'gossip') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

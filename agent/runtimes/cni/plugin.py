@@ -20,23 +20,32 @@ A failure is the spec's error object on stdout with a one-line ``msg`` (podman p
 ``plugin type="overlay-cni" failed (add): <msg>``) and exit status 1.
 
 Owns: the command dispatch and the mapping of agent answers to CNI results and errors.
-Does not: import trio or anything of the agent beyond the blocking control client (it
-must start fast: one process per ADD), or check the invocation itself (``spec``).
+Does not: import trio, typing, dataclasses or the agent's control client (it must start
+fast: a podman run starts four plugin processes), or check the invocation itself (``spec``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from agent.runtimes.cni import spec
 from agent.runtimes.cni.spec import CniError, Invocation
 
+TYPE_CHECKING = False  # no typing at run time (start-up cost; see PROTOCOL_VERSION)
+if TYPE_CHECKING:
+    from typing import Any
+
 OP = "cni"
+PROTOCOL_VERSION = 1
+"""``agent.control.protocol.VERSION``, spoken here directly: importing the control client
+(and with it the gossip codecs) would cost every plugin process ~20 ms. A test checks
+the two agree, and ``DEFAULT_SOCKET`` / ``SOCKET_ENV`` with ``agent.ctl.client``'s."""
+DEFAULT_SOCKET = "/run/overlay-agent/agent.sock"
+SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
+MAX_REPLY = 1 << 20
 ADD_TIMEOUT = 30.0
 """The agent may wait for its first reconcile pass and builds the veth in a namespace."""
 TIMEOUT = 15.0
@@ -51,33 +60,48 @@ class Refused(Exception):
 
 
 def socket_path(inv: Invocation, env: Mapping[str, str]) -> str:
-    from agent.ctl.client import DEFAULT_SOCKET, SOCKET_ENV
-
     return inv.socket or env.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def request(path: str, args: dict[str, Any], timeout: float) -> Any:
-    """One ``cni`` request; Unreachable, Refused, or CniError(TRY_AGAIN) when it hangs."""
-    from agent.ctl.client import Client, CtlError
+    """One ``cni`` request, one connection; Unreachable, Refused, or CniError(TRY_AGAIN)
+    when the agent does not answer in time or answers nonsense."""
+    import socket
 
-    class _Client(Client):
-        def _connect(self) -> socket.socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.path)
-            except OSError as exc:
-                sock.close()
-                raise Unreachable(exc.strerror or str(exc)) from None
-            return sock
-
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        return _Client(path, timeout).request(OP, args)
-    except CtlError as exc:
-        text = str(exc)
-        if text.startswith("agent: "):
-            raise Refused(text.removeprefix("agent: ")) from None
-        raise CniError(spec.TRY_AGAIN, f"overlay-agent at {path}: {text}") from None
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise Unreachable(exc.strerror or str(exc)) from None
+        line = json.dumps({"v": PROTOCOL_VERSION, "op": OP, "args": args}).encode() + b"\n"
+        buf = bytearray()
+        try:
+            sock.sendall(line)
+            while b"\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_REPLY:
+                    raise CniError(spec.TRY_AGAIN, f"overlay-agent at {path}: reply too large")
+        except TimeoutError:
+            raise CniError(spec.TRY_AGAIN, f"overlay-agent at {path} did not answer within {timeout:g}s") from None
+        except OSError as exc:
+            raise CniError(spec.TRY_AGAIN, f"overlay-agent at {path}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(bytes(buf).split(b"\n", 1)[0])
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict) or reply.get("v") != PROTOCOL_VERSION:
+        raise CniError(spec.TRY_AGAIN, f"overlay-agent at {path}: malformed reply (control API version "
+                                       f"{PROTOCOL_VERSION} expected)")
+    if not reply.get("ok"):
+        raise Refused(str(reply.get("error") or "unknown error"))
+    return reply.get("result")
 
 
 def _unreachable(path: str, why: str) -> str:

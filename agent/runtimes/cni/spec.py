@@ -19,8 +19,12 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+
+# No dataclasses or typing at run time: together they cost ~15 ms of every plugin
+# process's start (a podman run starts four: VERSION, ADD, VERSION, DEL).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PLUGIN_TYPE = "overlay-cni"
 SPEC_VERSION = "1.1.0"
@@ -57,33 +61,61 @@ class CniError(Exception):
         self.msg = " ".join(msg.split())
 
 
-@dataclass(frozen=True)
 class Attachment:
-    container: str
-    ifname: str
+    """One (container id, ifname) of GC's ``cni.dev/valid-attachments``."""
+
+    __slots__ = ("container", "ifname")
+
+    def __init__(self, container: str, ifname: str) -> None:
+        self.container = container
+        self.ifname = ifname
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Attachment) and (self.container, self.ifname) == (other.container, other.ifname)
+
+    def __hash__(self) -> int:
+        return hash((self.container, self.ifname))
+
+    def __repr__(self) -> str:
+        return f"Attachment({self.container!r}, {self.ifname!r})"
 
 
-@dataclass(frozen=True)
 class Invocation:
-    """One plugin call, checked."""
+    """One plugin call, checked (a plain class: see the imports)."""
 
     command: str
     version: str
     """The configuration's ``cniVersion`` (results are shaped for it)."""
-    network: str = ""
+    network: str
     """The agent's network (config ``network``, else the conflist ``name``)."""
-    socket: str | None = None
-    container: str = ""
-    netns: str = ""
-    ifname: str = ""
-    name: str | None = None
+    socket: str | None
+    container: str
+    netns: str
+    ifname: str
+    name: str | None
     """The endpoint's name (``K8S_POD_NAME``: podman passes the container's name)."""
-    ipv4: str | None = None
-    ipv6: str | None = None
-    mac: str | None = None
-    prev_result: dict[str, Any] | None = None
-    valid: tuple[Attachment, ...] = field(default_factory=tuple)
+    ipv4: str | None
+    ipv6: str | None
+    mac: str | None
+    prev_result: dict[str, Any] | None
+    valid: tuple[Attachment, ...]
     """GC: the attachments still in use."""
+
+    def __init__(self, command: str, version: str, *, network: str = "", socket: str | None = None,
+                 container: str = "", netns: str = "", ifname: str = "", name: str | None = None,
+                 ipv4: str | None = None, ipv6: str | None = None, mac: str | None = None,
+                 prev_result: dict[str, Any] | None = None, valid: tuple[Attachment, ...] = ()) -> None:
+        self.command, self.version, self.network, self.socket = command, version, network, socket
+        self.container, self.netns, self.ifname, self.name = container, netns, ifname, name
+        self.ipv4, self.ipv6, self.mac = ipv4, ipv6, mac
+        self.prev_result, self.valid = prev_result, valid
+
+    def but(self, **changes: Any) -> Invocation:
+        """A copy with ``changes``."""
+        fields = {k: getattr(self, k) for k in ("network", "socket", "container", "netns", "ifname", "name",
+                                                 "ipv4", "ipv6", "mac", "prev_result", "valid")}
+        fields.update(changes)
+        return Invocation(self.command, self.version, **fields)
 
 
 def _one_line(value: str, limit: int = 200) -> str:
@@ -220,7 +252,7 @@ def parse(env: Mapping[str, str], data: bytes) -> Invocation:
     if command == "STATUS":
         return base
     if command == "GC":
-        return replace(base, valid=_valid_attachments(conf.get("cni.dev/valid-attachments")))
+        return base.but(valid=_valid_attachments(conf.get("cni.dev/valid-attachments")))
     container = check_container_id(_env(env, "CNI_CONTAINERID", True))
     ifname = check_ifname(_env(env, "CNI_IFNAME", True))
     netns = _env(env, "CNI_NETNS", command != "DEL")  # containerd's DEL comes without one
@@ -232,7 +264,7 @@ def parse(env: Mapping[str, str], data: bytes) -> Invocation:
     name = args.get("K8S_POD_NAME") or None
     ipv4, ipv6 = _fixed_addresses(_ips_from(conf, args), "fixed addresses")
     mac = _mac_from(conf, args)
-    return replace(base, container=container, netns=netns, ifname=ifname, name=name,
+    return base.but(container=container, netns=netns, ifname=ifname, name=name,
                     ipv4=ipv4, ipv6=ipv6, mac=mac)
 
 
