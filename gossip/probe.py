@@ -103,7 +103,7 @@ class Prober:
         if target.status == Status.SUSPECT and swim.config.lifeguard:
             # Buddy system: tell the suspect directly so it can refute at once.
             parts.append(wire.encode(Suspect(target.incarnation, target.name, swim.name)))
-        swim._send_parts(target, parts, effects)
+        swim._out.send(target, parts, effects)
         swim._timers.set(now + swim.config.probe_timeout, TimerKind.PROBE_TIMEOUT, seq)
         swim._timers.set(now + interval, TimerKind.PROBE_END, seq)
 

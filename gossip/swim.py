@@ -41,7 +41,6 @@ from gossip.config import (
     Config,
     expected_confirmations,
     push_pull_scale,
-    retransmit_limit,
     suspicion_bounds,
     suspicion_timeout,
 )
@@ -58,12 +57,12 @@ from gossip.effects import (
     MemberSuspected,
     MemberUpdated,
     QueryFinished,
-    Send,
     StreamRequest,
 )
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
 from gossip.membertable import MemberTable
+from gossip.outbox import Outbox
 from gossip.probe import Prober
 from gossip.serf.layer import (
     LEAVE_INTENT_KEY,
@@ -98,13 +97,6 @@ _DEAD = Status.DEAD  # a module constant: compared on the hot path
 _wire_state_of = operator.attrgetter("wire_state")
 
 _META_LIMIT = 512
-_ENCRYPT_OVERHEAD = 29
-_CRC_OVERHEAD = 5
-_USER_OVERHEAD = 1
-_SQUEEZE_MAX = 4.0
-"""At most this many raw bytes are packed per byte of a packet's budget."""
-_SQUEEZE_MARGIN = 0.85
-"""Packing aims this far below the observed compression, so that splits stay rare."""
 _LEAVE_FANOUT = 512
 
 
@@ -172,12 +164,6 @@ class Swim:
         self._push_pull_gen = 0
         """Only the push/pull timer carrying this generation is live (re-staggering)."""
         self._broadcasts = Broadcasts()
-        self._squeeze = 1.0
-        """Raw bytes to pack per budget byte (compressed packing): the compression
-        recent full packets achieved, times a margin. 1.0 packs like memberlist."""
-        self._limit_n = -1
-        self._limit = 0
-        """``retransmit_limit`` for a table of ``_limit_n`` members."""
         self._suspicions: dict[str, Suspicion] = {}
         self._streams: dict[int, _Stream] = {}
         self._timers = Timers()
@@ -190,6 +176,7 @@ class Swim:
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
         self._table = MemberTable(me, rng)
+        self._out = Outbox(config, self._table, self._broadcasts, self.delegate, self.encryption, self.stats)
         self._queue_alive(me)
         # Every periodic task starts after a random stagger, as in memberlist.
         self._timers.set(now + self.rng.uniform(0, config.probe_interval), TimerKind.PROBE_TICK, None)
@@ -255,7 +242,7 @@ class Swim:
             return True
         if len(self._table) <= 1:
             return False
-        return bool(self._broadcasts) or self._delegate_may_broadcast()
+        return self._out.has_news()
 
     def _gossip_beat(self) -> float:
         """When to gossip next, given there is news (see Config.relay_at_once)."""
@@ -334,7 +321,7 @@ class Swim:
         if len(live) > _LEAVE_FANOUT:
             live = self.rng.sample(live, _LEAVE_FANOUT)
         for peer in live:
-            self._emit(peer.address, [part], peer, effects)
+            self._out.emit(peer.address, [part], peer, effects)
 
     def _advance_leave(self, now: float, effects: list[Effect]) -> None:
         if self._leave_phase == 1 and (
@@ -373,7 +360,7 @@ class Swim:
         peer = self._table.members.get(name)
         if peer is None or not payload or payload[0] < 0x80 or not self.delegate.accepts_user_data(peer):
             return effects
-        self._send_parts(peer, [b"\x08" + payload], effects)
+        self._out.send(peer, [b"\x08" + payload], effects)
         return effects
 
     def stream_user(self, name: str, payload: bytes) -> list[Effect]:
@@ -605,7 +592,7 @@ class Swim:
             # the relays of this very query on the querier, who already has it.
             peer = self._prober.target_at(reply.to)
             for answer in reply.answers:
-                self._emit(reply.to, [wire.encode(UserMsg(answer))], peer, effects)
+                self._out.emit(reply.to, [wire.encode(UserMsg(answer))], peer, effects)
         effects.extend(reply.events)
 
     # ---------------------------------------------------------- state changes
@@ -763,7 +750,7 @@ class Swim:
         effects: list[Effect] = []
         if self.leaving:
             self._advance_leave(now, effects)
-        if not self._broadcasts and not self._delegate_may_broadcast():
+        if not self._out.has_news():
             return effects  # the usual gossip tick of a quiet cluster
         dead_window = self.config.gossip_to_the_dead_time
 
@@ -774,99 +761,15 @@ class Swim:
             return status == _DEAD and now - m.changed_at < dead_window
 
         for peer in self._table.k_random(self.config.gossip_nodes, target):
-            parts = self._take_broadcasts(self._fill_budget(peer), 0, peer)
-            if not parts:
-                continue  # the next peer may take the delegate's (a serf one does not)
-            self._emit(peer.address, parts, peer, effects)
+            # No news for a peer: the next may take the delegate's (a serf one does not).
+            self._out.gossip_to(peer, effects)
         return effects
-
-    def _delegate_may_broadcast(self) -> bool:
-        # Delegates that carry no application data (NullDelegate) never broadcast.
-        delegate = self.delegate
-        return type(delegate) is not NullDelegate and delegate.has_broadcasts()
-
-    def _packet_budget(self, peer: Member | None) -> int:
-        budget = self.config.udp_buffer_size - 2  # compound header
-        if self.encryption.outgoing() is not None:
-            budget -= _ENCRYPT_OVERHEAD
-        if peer is not None and peer.pmax >= 5:
-            budget -= _CRC_OVERHEAD
-        return budget
-
-    def _fill_budget(self, peer: Member | None) -> int:
-        """Raw bytes of messages to pack into one packet (see Config.compressed_packing)."""
-        budget = self._packet_budget(peer)
-        if self._squeeze > 1.0:
-            return int(budget * self._squeeze)
-        return budget
-
-    def _take_broadcasts(self, budget: int, used: int, peer: Member | None) -> list[bytes]:
-        n = len(self._table)
-        if n != self._limit_n:  # memoised per table size: this runs for every packet
-            self._limit_n = n
-            self._limit = retransmit_limit(self.config, n)
-        parts = self._broadcasts.take(2, budget - used, self._limit)
-        if peer is None or not self.delegate.accepts_user_data(peer):
-            return parts  # serf (or unknown): it would log every delegate byte it gets
-        used += sum(len(p) + 2 for p in parts)
-        for payload in self.delegate.take_broadcasts(2 + _USER_OVERHEAD, budget - used):
-            if payload:
-                parts.append(b"\x08" + payload)
-        return parts
 
     def _send(self, to: Address, data: bytes, effects: list[Effect], peer: Member | None = None) -> None:
         """Send one message, piggybacking pending broadcasts in the remaining space."""
         if peer is None:
             peer = self._prober.target_at(to)
-        self._send_parts(peer, [data], effects, to)
-
-    def _send_parts(
-        self, peer: Member | None, parts: list[bytes], effects: list[Effect], to: Address | None = None
-    ) -> None:
-        budget = self._fill_budget(peer)
-        used = sum(len(p) + 2 for p in parts)
-        if used < budget and (self._broadcasts or self._delegate_may_broadcast()):
-            parts = parts + self._take_broadcasts(budget, used, peer)
-        dest = to if to is not None else (peer.address if peer is not None else None)
-        if dest is None:
-            return
-        self._emit(dest, parts, peer, effects)
-
-    def _emit(self, to: Address, parts: list[bytes], peer: Member | None, effects: list[Effect]) -> None:
-        config = self.config
-        packing = config.enable_compression and config.compressed_packing
-        if packing and len(parts) > wire.SERF_SAFE_COMPOUND_PARTS:
-            self._emit_halves(to, parts, peer, effects)
-            return
-        data = wire.encode_packet(
-            parts,
-            compress=config.enable_compression,
-            crc=peer is not None and peer.pmax >= 5,
-            keyring=self.encryption.outgoing(),
-        )
-        if packing and len(parts) > 1:
-            raw = 2 + sum(len(p) + 2 for p in parts)
-            if len(data) > config.udp_buffer_size:
-                # Packed beyond what this content compresses to: send it as two packets
-                # (each stands alone) and pack less from now on.
-                self._squeeze = max(1.0, self._squeeze * _SQUEEZE_MARGIN)
-                self._emit_halves(to, parts, peer, effects)
-                return
-            if 2 * raw >= config.udp_buffer_size:  # full enough to tell how news compresses
-                seen = min(_SQUEEZE_MAX, max(1.0, raw / len(data) * _SQUEEZE_MARGIN))
-                self._squeeze += (seen - self._squeeze) * 0.5
-        self.stats.packets_sent += 1
-        self.stats.bytes_sent += len(data)
-        effects.append(Send(to, data))
-
-    def _emit_halves(
-        self, to: Address, parts: list[bytes], peer: Member | None, effects: list[Effect]
-    ) -> None:
-        """Send ``parts`` as two packets (each stands alone; the first keeps a leading
-        ping or ack)."""
-        half = len(parts) // 2
-        self._emit(to, parts[:half], peer, effects)
-        self._emit(to, parts[half:], peer, effects)
+        self._out.send(peer, [data], effects, to)
 
     # ------------------------------------------------------------- push/pull
 

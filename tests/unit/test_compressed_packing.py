@@ -118,7 +118,7 @@ def test_any_mix_of_news_fits_each_datagram_and_all_of_it_goes_out(
 def test_a_packet_of_128_parts_or_more_is_split() -> None:
     config = dataclasses.replace(Config.lan(), udp_buffer_size=65000)
     node = _node(config, [_alive(i, b"") for i in range(600)])
-    node._squeeze = 4.0  # as if news had compressed that well
+    node._out.squeeze = 4.0  # as if news had compressed that well
     packets = _gossip_until_quiet(node, config, rounds=3)
     assert packets
     for data in packets:
