@@ -75,6 +75,11 @@ class ExtensionRow:
         return (self.net, self.kind, self.writer, self.id, _packb(list(self.extra)))
 
 
+def queue_key(row: ExtensionRow) -> str:
+    """Broadcast-queue key: news about a row replaces older news about it."""
+    return "\0".join(("x", row.net, str(row.kind), row.writer, row.id, row.key[4].hex()))
+
+
 def _packb(obj: Any) -> bytes:
     out = msgpack.packb(obj, use_bin_type=True)
     assert isinstance(out, bytes)

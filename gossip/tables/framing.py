@@ -27,7 +27,7 @@ extension rows; NET_GOSSIP ``[3]`` and BULK_SYNC ``[5]`` the network's extension
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,3 +223,16 @@ def decode(payload: bytes, now: float) -> Message | None:
     fields = _list(obj, 2, "state")
     _format(fields[0])
     return State(tuple(_cluster_row(o, now) for o in _list(fields[1], 0, "rows")), _ext_field(fields, 3, now))
+
+
+def extension_rows(msg: Message | None, push_pull: bool, joined: Container[str]) -> tuple[tuple[ExtensionRow, ...], bool]:
+    """The extension rows a received message hands the replica, and whether they came as
+    a piggybacked event (to be re-broadcast). Scoped rows count only for networks the node
+    takes part in (``joined``); a push/pull carries STATE only."""
+    if msg is None or (push_pull and not isinstance(msg, State)):
+        return (), False
+    if isinstance(msg, ExtEvent):
+        return (msg.row,), True
+    if isinstance(msg, State) or (isinstance(msg, NetGossip | BulkSync) and msg.net in joined):
+        return msg.ext, False
+    return (), False

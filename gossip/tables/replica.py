@@ -42,7 +42,7 @@ from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
 from gossip.members import Member
-from gossip.tables import agenttag, blocks, extrows, framing, ipam, ipsecrows, protocol, validation
+from gossip.tables import agenttag, blocks, extrows, framing, ipam, ipsecrows, validation
 from gossip.tables.blocks import Block
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
@@ -59,6 +59,7 @@ from gossip.tables.rows import (
     check_name,
     encode_row,
     newer,
+    queue_key,
 )
 from gossip.tables.store import TableStore
 from gossip.tables.sync import NetSync
@@ -180,37 +181,20 @@ class Tables:
         return effects
 
     def _merge_ext(self, now: float, msg: framing.Message | None, push_pull: bool) -> None:
-        """Extension rows of a message: kept and relayed, never interpreted. Cluster-wide
-        ones from a piggybacked event are re-broadcast once; scoped ones are kept for the
-        networks this node takes part in and leave again with its bulk syncs."""
-        if msg is None or (push_pull and not isinstance(msg, framing.State)):
-            return
-        if isinstance(msg, framing.ExtEvent):
-            rows: tuple[extrows.ExtensionRow, ...] = (msg.row,)
-        elif isinstance(msg, framing.State) or (
-                isinstance(msg, framing.NetGossip | framing.BulkSync) and msg.net in self.sync.joined):
-            rows = msg.ext
-        else:
-            return
+        """Extension rows of a message: kept and relayed, never interpreted (``extrows``)."""
+        rows, event = framing.extension_rows(msg, push_pull, self.sync.joined)
         for row in rows:
             self._witness(row.lamport)
             if self.visibility.reaped(row.writer, now) or not self.ext.merge(row):
                 continue
             self.stats.rows_applied += 1
-            if isinstance(msg, framing.ExtEvent):
-                key = "\0".join(("x", row.net, str(row.kind), row.writer, row.id, row.key[4].hex()))
-                self._bcast.queue(key, extrows.encode_event(row, now))
+            if event:  # re-broadcast once, like a known cluster-wide row
+                self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
 
     def protocol_version(self, network: str | None = None) -> int:
         """The highest tables protocol every agent member that is up (or, with ``network``,
-        every live peer of that network) and this node speak; 0 if their ranges do not
-        overlap. A feature is used only when it reaches ``protocol.FEATURES[name]``."""
-        if self.swim is None:
-            return protocol.PROTOCOL_MAX
-        names = None if network is None else set(self.visibility.peers(network))
-        metas = [m.meta for m in self.swim.members()
-                 if m.name != self.node and m.status in UP and (names is None or m.name in names)]
-        return protocol.common_version(metas)
+        every live peer of it) and this node speak (``gossip.tables.protocol``)."""
+        return self.visibility.protocol_version(network)
 
     def has_broadcasts(self) -> bool:
         return bool(self._bcast)
@@ -597,7 +581,7 @@ class Tables:
             return
         self.stats.rows_applied += 1
         if rebroadcast:
-            self._bcast.queue(_key(row), framing.encode_event(encode_row(row, now)))
+            self._bcast.queue(queue_key(row), framing.encode_event(encode_row(row, now)))
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
             self._keep_in_use(now, row.id, effects)
@@ -634,7 +618,7 @@ class Tables:
             self.visibility.note_owner(row.owner, now)
             changed = True
             if rebroadcast:  # not rows from a bulk sync: that is anti-entropy already
-                self.sync.queue(now, net, _key(row), encode_row(row, now))
+                self.sync.queue(now, net, queue_key(row), encode_row(row, now))
         if changed:
             self._touch(net)
 
@@ -689,10 +673,10 @@ class Tables:
         stored = self.store.merge(row)
         assert stored, f"local write did not supersede: {row}"
         if isinstance(row, EndpointRow):
-            self.sync.queue(now, row.net, _key(row), encode_row(row, now))
+            self.sync.queue(now, row.net, queue_key(row), encode_row(row, now))
             self._touch(row.net)
             return
-        self._bcast.queue(_key(row), framing.encode_event(encode_row(row, now)))
+        self._bcast.queue(queue_key(row), framing.encode_event(encode_row(row, now)))
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
         elif isinstance(row, MemberRow):
@@ -819,14 +803,3 @@ class Tables:
             if remote is not None:
                 raise TableError(f"endpoint {ref} belongs to node {remote.owner}; remove it there") from None
             raise
-
-
-def _key(row: AnyRow) -> str:
-    """Broadcast-queue key: news about a row replaces older news about it."""
-    if isinstance(row, NetworkRow):
-        return f"n\0{row.id}"
-    if isinstance(row, MemberRow):
-        return f"m\0{row.net}\0{row.node}"
-    if isinstance(row, ClaimRow):
-        return f"c\0{row.net}\0{row.family}\0{row.block}\0{row.node}"
-    return f"e\0{row.owner}\0{row.id}"

@@ -481,3 +481,14 @@ def check_name(name: str, what: str) -> str:
 
 def is_hex_id(text: str) -> bool:
     return _HEX_ID_RE.match(text) is not None
+
+
+def queue_key(row: AnyRow) -> str:
+    """Broadcast-queue key: news about a row replaces older news about it."""
+    if isinstance(row, NetworkRow):
+        return f"n\0{row.id}"
+    if isinstance(row, MemberRow):
+        return f"m\0{row.net}\0{row.node}"
+    if isinstance(row, ClaimRow):
+        return f"c\0{row.net}\0{row.family}\0{row.block}\0{row.node}"
+    return f"e\0{row.owner}\0{row.id}"

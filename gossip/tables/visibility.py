@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gossip.members import Status
-from gossip.tables import conflicts
+from gossip.tables import conflicts, protocol
 from gossip.tables.rows import Conflict, Endpoint, EndpointRow, Network
 from gossip.tables.store import TableStore
 
@@ -90,6 +90,17 @@ class Visibility:
         for node in [n for n, t in self.gone.items() if now - t >= horizon]:
             if self.swim is None or self.swim.member(node) is None:
                 del self.gone[node]
+
+    def protocol_version(self, network: str | None = None) -> int:
+        """The highest tables protocol this node and every agent member that is up (or,
+        with ``network``, every live peer of it) speak; 0 if their ranges do not overlap.
+        A feature is used only when it reaches ``protocol.FEATURES[name]``."""
+        if self.swim is None:
+            return protocol.PROTOCOL_MAX
+        names = None if network is None else set(self.peers(network))
+        metas = [m.meta for m in self.swim.members()
+                 if m.name != self.node and m.status in UP and (names is None or m.name in names)]
+        return protocol.common_version(metas)
 
     # -- the rule -------------------------------------------------------------------
 
