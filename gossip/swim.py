@@ -1,18 +1,30 @@
 """SWIM + Lifeguard membership state machine (sans-IO), wire compatible with memberlist.
 
-Owns: the member table of one node, probing, suspicion, dissemination, push/pull
-anti-entropy, join, leave and rejoin. Does no I/O: every entry point takes
-``now`` and returns effects (``Send``, ``StreamRequest``, member events) that the
-shell performs. Randomness comes only from the ``rng`` given at construction.
+Owns: one node's entry points and its decisions about members: news of alive,
+suspect, dead and left members (precedence only by ``members.supersedes``),
+refuting news about itself, suspicions and their Lifeguard timeouts, the gossip
+beat, the graceful leave in serf's order, reaping, and dispatching messages and
+timers to its parts, each in its own module:
+
+- ``membertable.py``: the members and memberlist's probe order;
+- ``probe.py``: the probe cycle and Lifeguard's local health;
+- ``antientropy.py``: push/pull, joins and rejoins;
+- ``outbox.py``: packing news into datagrams;
+- ``timers.py``: the timer heap and its typed kinds;
+- ``serf/layer.py``: serf's clocks and queries, for user payloads below 0x80
+  (the delegate gets ours, 0x80 and above);
+- ``wire/encryption.py``: the keyring and the encryption roll-out mode.
+
+Does no I/O: every entry point takes ``now`` and returns effects (``Send``,
+``StreamRequest``, member events) that the shell performs. Randomness comes only
+from the ``rng`` given at construction.
 
 Design notes
-- Timers are data in one heap (``gossip/timers.py``): ``(at, seq, kind, arg)`` with a
-  typed ``TimerKind``. Nothing is cancelled; each firing re-validates against current
-  state (a stale timer is a no-op).
+- Timers are data in one heap: ``(at, seq, kind, arg)``. Nothing is cancelled; each
+  firing re-validates against current state (a stale timer is a no-op).
 - One probe is in flight at a time, as in memberlist's probeNode: direct ping,
   after ``probe_timeout`` indirect pings (+ a TCP ping), at the end of the
-  (awareness-scaled) probe interval the verdict (``gossip/probe.py``).
-- Precedence of news about a member is decided only by ``members.supersedes``.
+  (awareness-scaled) probe interval the verdict.
 - Beyond memberlist 0.2.2: dead/left members are reaped after
   ``reap_interval`` (memberlist#253); seeds and recently failed members are
   re-joined every ``rejoin_interval`` so long partitions heal (memberlist#222);
@@ -23,24 +35,23 @@ clock; perform the returned effects in order; call ``tick(now)`` whenever
 ``now >= next_deadline()``; report every ``StreamRequest`` outcome through
 ``handle_stream_reply``.
 
-References: SWIM (DSN 2002), Lifeguard (arXiv 1707.00788), memberlist state.go;
-shared/reference/memberlist.md §1.13–§1.14.
+References: SWIM (DSN 2002), Lifeguard (arXiv 1707.00788), memberlist 0.2.2
+``state.go`` (aliveNode, suspectNode, deadNode, refute); docs/design.md.
 """
 
 from __future__ import annotations
 
-import operator
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crypto.keyring import Keyring
+from gossip.antientropy import AntiEntropy, JoinBatch
 from gossip.broadcasts import Broadcasts
 from gossip.config import (
     Config,
     expected_confirmations,
-    push_pull_scale,
     suspicion_bounds,
     suspicion_timeout,
 )
@@ -48,7 +59,6 @@ from gossip.delegate import Delegate, NullDelegate
 from gossip.effects import (
     Address,
     Effect,
-    JoinFinished,
     Log,
     MemberFailed,
     MemberJoined,
@@ -85,33 +95,23 @@ from gossip.wire.messages import (
     IndirectPing,
     Message,
     Nack,
-    NodeState,
     Ping,
-    PushNodeState,
     PushPull,
     Suspect,
     UserMsg,
 )
 
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
-_wire_state_of = operator.attrgetter("wire_state")
 
 _META_LIMIT = 512
 _LEAVE_FANOUT = 512
 
 
 @dataclass(slots=True)
-class _JoinBatch:
-    outstanding: int
-    contacted: int = 0
-    failed: list[Address] = field(default_factory=list)
-
-
-@dataclass(slots=True)
 class _Stream:
     kind: str  # "join", "pushpull", "tcp_ping", "user"
     to: Address
-    batch: _JoinBatch | None = None
+    batch: JoinBatch | None = None
     seq: int = 0
 
 
@@ -161,18 +161,15 @@ class Swim:
         self._leave_phase = 0
         self._leave_at = 0.0
         self._now = now
-        self._push_pull_gen = 0
-        """Only the push/pull timer carrying this generation is live (re-staggering)."""
         self._broadcasts = Broadcasts()
         self._suspicions: dict[str, Suspicion] = {}
         self._streams: dict[int, _Stream] = {}
         self._timers = Timers()
         self._seq_no = 0
         self._token = 0
-        self._seeds: list[Address] = []
         self._serf = SerfLayer(self.encryption)
         self._prober = Prober(self)
-        self._join_attempt = 0
+        self._sync = AntiEntropy(self)
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
         self._table = MemberTable(me, rng)
@@ -280,17 +277,7 @@ class Swim:
         """
         if now > self._now:
             self._now = now
-        for seed in seeds:
-            if seed not in self._seeds:
-                self._seeds.append(seed)
-        effects: list[Effect] = []
-        if not seeds:
-            effects.append(JoinFinished(0, ()))
-            return effects
-        batch = _JoinBatch(outstanding=len(seeds))
-        for seed in seeds:
-            effects.append(self._push_pull_request(seed, join=True, kind="join", batch=batch))
-        return effects
+        return self._sync.join(now, seeds)
 
     def leave(self, now: float) -> list[Effect]:
         """Graceful leave, in serf's order: the serf leave intent first; once it has been
@@ -415,9 +402,7 @@ class Swim:
         knows_us = self._table.install(members)
         if knows_us:
             self._broadcasts.discard(self.name)
-        self._push_pull_gen += 1
-        interval = push_pull_scale(self.config.push_pull_interval, len(self._table))
-        self._timers.set(now + self.rng.uniform(0, interval), TimerKind.PUSH_PULL_TICK, self._push_pull_gen)
+        self._sync.restagger(now)
 
     # ------------------------------------------------------------ entry points
 
@@ -450,11 +435,7 @@ class Swim:
             self._now = now
         effects: list[Effect] = []
         if isinstance(msg, PushPull):
-            # Serf always sends its own state (first byte < 0x80); ours send none or ours.
-            ours = not msg.user_state or msg.user_state[0] >= 0x80
-            reply = self._push_pull_stream(msg.join, ours)
-            self._merge_push_pull(now, msg, effects)
-            return reply, effects
+            return self._sync.answer(now, msg, effects), effects
         if isinstance(msg, Ping):
             if msg.node and msg.node != self.name:
                 return None, effects
@@ -497,25 +478,7 @@ class Swim:
             except DecodeError as exc:
                 error = str(exc)
         if stream.kind in ("join", "pushpull"):
-            ok = isinstance(msg, PushPull)
-            if ok:
-                assert isinstance(msg, PushPull)
-                self._merge_push_pull(now, msg, effects)
-            elif isinstance(msg, Err):
-                error = msg.error
-            if stream.kind == "join" and stream.batch is not None:
-                batch = stream.batch
-                batch.outstanding -= 1
-                if ok:
-                    batch.contacted += 1
-                else:
-                    batch.failed.append(stream.to)
-                    effects.append(
-                        Log("warning", f"join {stream.to[0]}:{stream.to[1]} failed: {error}")
-                    )
-                if batch.outstanding == 0:
-                    effects.append(JoinFinished(batch.contacted, tuple(batch.failed)))
-                    self._after_join(now, batch)
+            self._sync.on_reply(now, stream.to, stream.batch, msg, error, effects)
         elif stream.kind == "tcp_ping" and isinstance(msg, Ack):
             self._prober.on_tcp_ack(stream.seq)
         return effects
@@ -771,99 +734,7 @@ class Swim:
             peer = self._prober.target_at(to)
         self._out.send(peer, [data], effects, to)
 
-    # ------------------------------------------------------------- push/pull
-
-    def _push_pull_tick(self, now: float, effects: list[Effect]) -> None:
-        n = len(self._table)
-        self._timers.set(
-            now + push_pull_scale(self.config.push_pull_interval, n), TimerKind.PUSH_PULL_TICK, self._push_pull_gen
-        )
-        peers = self._table.k_random(1, lambda m: m.status == Status.ALIVE)
-        if peers:
-            self.stats.push_pulls += 1
-            ours = self.delegate.accepts_user_data(peers[0])
-            effects.append(self._push_pull_request(peers[0].address, join=False, kind="pushpull", ours=ours))
-
-    def _push_pull_request(
-        self, to: Address, *, join: bool, kind: str, batch: _JoinBatch | None = None, ours: bool = False
-    ) -> StreamRequest:
-        """``ours``: the peer is known to run our agent, so the delegate's state may go.
-        A join to a seed address does not know; the seed's answer brings its state."""
-        return self._open_stream(kind, to, self._push_pull_stream(join, ours), batch=batch)
-
-    def _push_pull_stream(self, join: bool, ours: bool) -> bytes:
-        """Our push/pull half, ready to write: ``encode_stream(PushPull(...))`` byte for
-        byte, built from each member's cached encoded state (``Member.wire_state``;
-        a changed member is a new value, so a cached state is never stale). The stream
-        layer memoises the compression of an unchanged table."""
-        values = self._table.members.values()
-        # A C-level pass over N members; the Python one only if some state is not cached.
-        states: list[bytes] = list(map(_wire_state_of, values))
-        if None in states:
-            states = [s or _encode_state(m) for s, m in zip(states, values, strict=True)]
-        user = self.delegate.local_state(join) if ours else b""
-        body = wire.encode_push_pull_body(join, states, user)
-        return wire.frame_stream(
-            body, compress=self.config.enable_compression, keyring=self.encryption.outgoing()
-        )
-
-    def _encode_stream(self, msg: Message) -> bytes:
-        return wire.encode_stream(
-            msg, compress=self.config.enable_compression, keyring=self.encryption.outgoing()
-        )
-
-    def _merge_push_pull(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
-        get = self._table.members.get
-        me = self.name
-        alive_state = NodeState.ALIVE
-        for ns in msg.nodes:
-            # Fast path: news that cannot change what we hold (a converged 10,000-node
-            # state is 10,000 of these). Exactly the cases the handlers below ignore:
-            # an alive from the same address that is not newer; suspect/dead/left about
-            # a member we already hold dead or left (no suspicion can exist for it).
-            current = get(ns.name)
-            if current is not None and ns.name != me:
-                if ns.state == alive_state:
-                    if (
-                        ns.incarnation <= current.incarnation
-                        and ns.port == current.port
-                        and ip_text(ns.addr) == current.addr
-                    ):
-                        continue
-                elif current.status >= _DEAD:
-                    continue
-            if ns.state == NodeState.ALIVE:
-                alive = Alive(ns.incarnation, ns.name, ns.addr, ns.port, ns.meta, ns.vsn)
-                self._alive(now, alive, effects)
-            elif ns.state == NodeState.LEFT:
-                self._dead(now, ns.name, ns.incarnation, ns.name, effects)
-            elif ns.name in self._table.members:
-                # Push/pull never kills directly: dead and suspect become our suspicion.
-                self._suspect(now, ns.name, ns.incarnation, self.name, effects)
-        if msg.user_state:
-            if msg.user_state[0] < 0x80:
-                self._serf_message(now, msg.user_state, effects)
-            else:
-                effects.extend(self.delegate.merge_remote_state(now, msg.user_state, msg.join))
-
-    # ------------------------------------------------------- reaping, rejoining
-
-    def _after_join(self, now: float, batch: _JoinBatch) -> None:
-        """A join that reached nobody is retried soon with backoff (seeds that start at
-        the same moment as we do), until the periodic rejoin takes over."""
-        if batch.contacted > 0 or self.leaving:
-            self._join_attempt = 0
-            return
-        delay = 0.5 * 2**self._join_attempt
-        if delay >= self.config.rejoin_interval:
-            return
-        self._join_attempt += 1
-        self._timers.set(now + delay, TimerKind.JOIN_RETRY, None)
-
-    def _join_retry(self, now: float, effects: list[Effect]) -> None:
-        if self.leaving or any(m.status == Status.ALIVE for m in self._table.others()):
-            return
-        effects.extend(self.join(now, list(self._seeds)))
+    # ------------------------------------------------------------------ reaping
 
     def _reap_period(self) -> float:
         return max(1.0, min(self.config.reap_interval / 4, 60.0))
@@ -873,65 +744,25 @@ class Swim:
         for m in self._table.expire(now, self.config.reap_interval):
             effects.append(MemberReaped(m))
 
-    def _rejoin(self, now: float, effects: list[Effect]) -> None:
-        """Heal partitions: re-join one recently failed member, and a seed when alone
-        or when no member is known at some seed's address."""
-        self._timers.set(now + self.config.rejoin_interval, TimerKind.REJOIN_TICK, None)
-        if self.leaving:
-            return
-        window = self.config.rejoin_failed_for
-        failed = [
-            m
-            for m in self._table.gone()
-            if m.status == Status.DEAD and now - m.changed_at < window
-        ]
-        if failed:
-            target = failed[self.rng.randrange(len(failed))]
-            ours = self.delegate.accepts_user_data(target)
-            effects.append(self._push_pull_request(target.address, join=True, kind="pushpull", ours=ours))
-        alone = not any(m.status == Status.ALIVE for m in self._table.others())
-        # Not alone, only seeds nobody is known at: hosts that started while the
-        # network was cut each join the seeds they can reach, and the seeds behind the
-        # cut are nobody they know (not even as failed), so no probe and no
-        # failed-member rejoin would ever reach them.
-        pool = self._seeds if alone else self._unknown_seeds()
-        if pool:
-            seed = pool[self.rng.randrange(len(pool))]
-            effects.append(self._push_pull_request(seed, join=True, kind="pushpull"))
-
-    def _unknown_seeds(self) -> list[Address]:
-        """Seeds at whose address no member (ourselves included) is known."""
-        known = {m.address for m in self._table.members.values()}
-        return [s for s in self._seeds if s not in known]
-
     # ------------------------------------------------------------------ misc
 
     def _next_seq(self) -> int:
         self._seq_no = (self._seq_no + 1) & 0xFFFFFFFF
         return self._seq_no
 
+    def _encode_stream(self, msg: Message) -> bytes:
+        return wire.encode_stream(
+            msg, compress=self.config.enable_compression, keyring=self.encryption.outgoing()
+        )
+
     def _open_stream(
-        self, kind: str, to: Address, data: bytes, *, batch: _JoinBatch | None = None, seq: int = 0,
+        self, kind: str, to: Address, data: bytes, *, batch: JoinBatch | None = None, seq: int = 0,
         expect_reply: bool = True,
     ) -> StreamRequest:
         """A ``StreamRequest`` whose outcome ``handle_stream_reply`` will match to ``kind``."""
         self._token += 1
         self._streams[self._token] = _Stream(kind, to, batch=batch, seq=seq)
         return StreamRequest(to, data, self._token, expect_reply)
-
-
-def _encode_state(m: Member) -> bytes:
-    """Encode ``m``'s push/pull node state once and keep it on the (immutable) value."""
-    data = wire.encode_node_state(
-        PushNodeState(m.name, ip_bytes(m.addr), m.port, m.meta, m.incarnation, NodeState(int(m.status)), m.vsn)
-    )
-    object.__setattr__(m, "wire_state", data)  # a cache, not state: see Member.wire_state
-    return data
-
-
-def _on_push_pull_tick(swim: Swim, now: float, generation: object, effects: list[Effect]) -> None:
-    if generation == swim._push_pull_gen:  # else re-staggered since (bootstrap_members)
-        swim._push_pull_tick(now, effects)
 
 
 def _on_query_timeout(swim: Swim, now: float, query_id: object, effects: list[Effect]) -> None:
@@ -946,11 +777,11 @@ _TIMER_HANDLERS: dict[TimerKind, Callable[[Swim, float, Any, list[Effect]], None
     TimerKind.PROBE_END: lambda s, now, seq, fx: s._prober.end(now, seq, fx),
     TimerKind.RELAY_TIMEOUT: lambda s, now, seq, fx: s._prober.relay_timeout(now, seq, fx),
     TimerKind.GOSSIP_TICK: lambda s, now, _, fx: fx.extend(s._gossip(now)),  # the leave's last
-    TimerKind.PUSH_PULL_TICK: _on_push_pull_tick,
+    TimerKind.PUSH_PULL_TICK: lambda s, now, generation, fx: s._sync.tick(now, generation, fx),
     TimerKind.SUSPICION: lambda s, now, name, fx: s._suspicion_fired(now, name, fx),
     TimerKind.REAP_TICK: lambda s, now, _, fx: s._reap(now, fx),
-    TimerKind.REJOIN_TICK: lambda s, now, _, fx: s._rejoin(now, fx),
-    TimerKind.JOIN_RETRY: lambda s, now, _, fx: s._join_retry(now, fx),
+    TimerKind.REJOIN_TICK: lambda s, now, _, fx: s._sync.rejoin(now, fx),
+    TimerKind.JOIN_RETRY: lambda s, now, _, fx: s._sync.join_retry(now, fx),
     TimerKind.QUERY_TIMEOUT: _on_query_timeout,
 }
 _ON_TIMER = tuple(_TIMER_HANDLERS[kind] for kind in TimerKind)

@@ -105,9 +105,9 @@ def test_merge_of_what_we_hold_changes_nothing() -> None:
     effects: list[Effect] = []
     state = wire.decode_stream(_plain_push_pull(s, join=False), None)
     assert isinstance(state, PushPull)
-    s._merge_push_pull(1.0, state, effects)
+    s._sync.merge(1.0, state, effects)
     # Older alive from the same address, and suspect/dead about a dead member: no-ops.
-    s._merge_push_pull(1.0, _pp(_ns(members[3], incarnation=0), _ns(members[10], state=NodeState.SUSPECT)), effects)
+    s._sync.merge(1.0, _pp(_ns(members[3], incarnation=0), _ns(members[10], state=NodeState.SUSPECT)), effects)
     assert effects == []
     assert {m.name: m for m in s.members()} == before
     assert s.member("m003") is before["m003"]
@@ -118,7 +118,7 @@ def test_merge_still_acts_on_everything_the_fast_path_must_not_skip() -> None:
     members = [_member(i) for i in range(6)]
     s.bootstrap_members(0.0, members)
     effects: list[Effect] = []
-    s._merge_push_pull(
+    s._sync.merge(
         1.0,
         _pp(
             _ns(members[0], incarnation=1, meta=b"new"),  # newer alive: updated
@@ -190,7 +190,7 @@ def test_bootstrap_installs_in_the_given_order_without_gossip_and_staggers_push_
     assert _plain_push_pull(cores[0], False) == _plain_push_pull(cores[1], False)
     # The push/pull timer is re-drawn over the scaled interval (150 s at 300 members).
     first_pp = [min(t[0] for t in c._timers.entries()
-                    if t[2] is TimerKind.PUSH_PULL_TICK and t[3] == c._push_pull_gen) for c in cores]
+                    if t[2] is TimerKind.PUSH_PULL_TICK and t[3] == c._sync.generation) for c in cores]
     assert all(0.0 <= t <= 150.0 for t in first_pp)
 
 

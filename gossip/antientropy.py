@@ -1,0 +1,246 @@
+"""Push/pull anti-entropy and joining: whole-state exchanges over TCP.
+
+Owns: memberlist's push/pull: our half of the exchange (byte for byte
+``encode_stream(PushPull(...))``, built from each member's cached encoded state),
+merging a remote state into ours through the core's alive/suspect/dead handlers
+(so precedence is decided in one place; push/pull never kills directly: dead and
+suspect become our suspicion), and which peers get the delegate's state (only
+those known to run our agent). The periodic push/pull with a random alive member,
+backed off with the cluster size and re-staggered after ``bootstrap_members``.
+Joins: a batch of seeds and its ``JoinFinished``, a retry with backoff when it
+reached nobody. Beyond memberlist 0.2.2 (memberlist#222): the rejoin that heals
+partitions, of one recently failed member, and of a seed when we are alone or
+when nobody is known at some seed's address.
+Does not: open connections or decode (the core returns ``StreamRequest`` effects and
+matches their replies by token), or decide about a member (``gossip/swim.py``).
+Reference: memberlist 0.2.2 ``state.go`` (pushPull, mergeState), ``memberlist.go``
+(Join), ``util.go`` (pushPullScale).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gossip.config import push_pull_scale
+from gossip.effects import Address, Effect, JoinFinished, Log, StreamRequest
+from gossip.members import Member, Status, ip_bytes, ip_text
+from gossip.timers import TimerKind
+from gossip.wire import codec as wire
+from gossip.wire.messages import Alive, Err, Message, NodeState, PushNodeState, PushPull
+
+if TYPE_CHECKING:
+    from gossip.swim import Swim
+
+_DEAD = Status.DEAD  # a module constant: compared on the hot path
+_wire_state_of = operator.attrgetter("wire_state")
+
+
+@dataclass(slots=True)
+class JoinBatch:
+    """The seeds of one ``join`` call, until every one has answered or failed."""
+
+    outstanding: int
+    contacted: int = 0
+    failed: list[Address] = field(default_factory=list)
+
+
+class AntiEntropy:
+    """Push/pull and joins of one ``Swim`` node (a part of it: it uses the core's member
+    table, timers, streams and state-change handlers)."""
+
+    __slots__ = ("_join_attempt", "_seeds", "_swim", "generation")
+
+    def __init__(self, swim: Swim) -> None:
+        self._swim = swim
+        self._seeds: list[Address] = []
+        self._join_attempt = 0
+        self.generation = 0
+        """Only the push/pull timer carrying this generation is live (re-staggering)."""
+
+    # ------------------------------------------------------------ joining
+
+    def join(self, now: float, seeds: Sequence[Address]) -> list[Effect]:
+        """Push/pull (Join=true) with every seed, remembered for rejoins."""
+        for seed in seeds:
+            if seed not in self._seeds:
+                self._seeds.append(seed)
+        effects: list[Effect] = []
+        if not seeds:
+            effects.append(JoinFinished(0, ()))
+            return effects
+        batch = JoinBatch(outstanding=len(seeds))
+        for seed in seeds:
+            effects.append(self._request(seed, join=True, kind="join", batch=batch))
+        return effects
+
+    def _after_join(self, now: float, batch: JoinBatch) -> None:
+        """A join that reached nobody is retried soon with backoff (seeds that start at
+        the same moment as we do), until the periodic rejoin takes over."""
+        swim = self._swim
+        if batch.contacted > 0 or swim.leaving:
+            self._join_attempt = 0
+            return
+        delay = 0.5 * 2**self._join_attempt
+        if delay >= swim.config.rejoin_interval:
+            return
+        self._join_attempt += 1
+        swim._timers.set(now + delay, TimerKind.JOIN_RETRY, None)
+
+    def join_retry(self, now: float, effects: list[Effect]) -> None:
+        """``JOIN_RETRY``: join the seeds again unless somebody answered meanwhile."""
+        swim = self._swim
+        if swim.leaving or any(m.status == Status.ALIVE for m in swim._table.others()):
+            return
+        effects.extend(self.join(now, list(self._seeds)))
+
+    def rejoin(self, now: float, effects: list[Effect]) -> None:
+        """``REJOIN_TICK``: heal partitions: re-join one recently failed member, and a
+        seed when alone or when no member is known at some seed's address."""
+        swim = self._swim
+        swim._timers.set(now + swim.config.rejoin_interval, TimerKind.REJOIN_TICK, None)
+        if swim.leaving:
+            return
+        window = swim.config.rejoin_failed_for
+        failed = [m for m in swim._table.gone() if m.status == Status.DEAD and now - m.changed_at < window]
+        if failed:
+            target = failed[swim.rng.randrange(len(failed))]
+            ours = swim.delegate.accepts_user_data(target)
+            effects.append(self._request(target.address, join=True, kind="pushpull", ours=ours))
+        alone = not any(m.status == Status.ALIVE for m in swim._table.others())
+        # Not alone, only seeds nobody is known at: hosts that started while the
+        # network was cut each join the seeds they can reach, and the seeds behind the
+        # cut are nobody they know (not even as failed), so no probe and no
+        # failed-member rejoin would ever reach them.
+        pool = self._seeds if alone else self._unknown_seeds()
+        if pool:
+            seed = pool[swim.rng.randrange(len(pool))]
+            effects.append(self._request(seed, join=True, kind="pushpull"))
+
+    def _unknown_seeds(self) -> list[Address]:
+        """Seeds at whose address no member (ourselves included) is known."""
+        known = {m.address for m in self._swim._table.members.values()}
+        return [s for s in self._seeds if s not in known]
+
+    # ------------------------------------------------------------ push/pull
+
+    def tick(self, now: float, generation: object, effects: list[Effect]) -> None:
+        """``PUSH_PULL_TICK``: push/pull with a random alive member."""
+        if generation != self.generation:
+            return  # re-staggered since (bootstrap_members)
+        swim = self._swim
+        interval = push_pull_scale(swim.config.push_pull_interval, len(swim._table))
+        swim._timers.set(now + interval, TimerKind.PUSH_PULL_TICK, self.generation)
+        peers = swim._table.k_random(1, lambda m: m.status == Status.ALIVE)
+        if peers:
+            swim.stats.push_pulls += 1
+            ours = swim.delegate.accepts_user_data(peers[0])
+            effects.append(self._request(peers[0].address, join=False, kind="pushpull", ours=ours))
+
+    def restagger(self, now: float) -> None:
+        """The next push/pull at a random point of the interval for this cluster size,
+        as in a cluster that has run a while (``bootstrap_members``)."""
+        swim = self._swim
+        self.generation += 1
+        interval = push_pull_scale(swim.config.push_pull_interval, len(swim._table))
+        swim._timers.set(now + swim.rng.uniform(0, interval), TimerKind.PUSH_PULL_TICK, self.generation)
+
+    def _request(
+        self, to: Address, *, join: bool, kind: str, batch: JoinBatch | None = None, ours: bool = False
+    ) -> StreamRequest:
+        """``ours``: the peer is known to run our agent, so the delegate's state may go.
+        A join to a seed address does not know; the seed's answer brings its state."""
+        return self._swim._open_stream(kind, to, self.stream(join, ours), batch=batch)
+
+    def stream(self, join: bool, ours: bool) -> bytes:
+        """Our push/pull half, ready to write: ``encode_stream(PushPull(...))`` byte for
+        byte, built from each member's cached encoded state (``Member.wire_state``;
+        a changed member is a new value, so a cached state is never stale). The stream
+        layer memoises the compression of an unchanged table."""
+        swim = self._swim
+        values = swim._table.members.values()
+        # A C-level pass over N members; the Python one only if some state is not cached.
+        states: list[bytes] = list(map(_wire_state_of, values))
+        if None in states:
+            states = [s or _encode_state(m) for s, m in zip(states, values, strict=True)]
+        user = swim.delegate.local_state(join) if ours else b""
+        body = wire.encode_push_pull_body(join, states, user)
+        return wire.frame_stream(
+            body, compress=swim.config.enable_compression, keyring=swim.encryption.outgoing()
+        )
+
+    def answer(self, now: float, msg: PushPull, effects: list[Effect]) -> bytes:
+        """A push/pull a peer opened: our half to write back, then theirs merged."""
+        # Serf always sends its own state (first byte < 0x80); ours send none or ours.
+        ours = not msg.user_state or msg.user_state[0] >= 0x80
+        reply = self.stream(msg.join, ours)
+        self.merge(now, msg, effects)
+        return reply
+
+    def on_reply(
+        self, now: float, to: Address, batch: JoinBatch | None, msg: Message | None, error: str,
+        effects: list[Effect],
+    ) -> None:
+        """The outcome of our push/pull or join to ``to``: the decoded reply or None."""
+        ok = isinstance(msg, PushPull)
+        if isinstance(msg, PushPull):
+            self.merge(now, msg, effects)
+        elif isinstance(msg, Err):
+            error = msg.error
+        if batch is None:
+            return
+        batch.outstanding -= 1
+        if ok:
+            batch.contacted += 1
+        else:
+            batch.failed.append(to)
+            effects.append(Log("warning", f"join {to[0]}:{to[1]} failed: {error}"))
+        if batch.outstanding == 0:
+            effects.append(JoinFinished(batch.contacted, tuple(batch.failed)))
+            self._after_join(now, batch)
+
+    def merge(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
+        """A remote state, member by member, then its user state (serf's or ours)."""
+        swim = self._swim
+        get = swim._table.members.get
+        me = swim.name
+        alive_state = NodeState.ALIVE
+        for ns in msg.nodes:
+            # Fast path: news that cannot change what we hold (a converged 10,000-node
+            # state is 10,000 of these). Exactly the cases the handlers below ignore:
+            # an alive from the same address that is not newer; suspect/dead/left about
+            # a member we already hold dead or left (no suspicion can exist for it).
+            current = get(ns.name)
+            if current is not None and ns.name != me:
+                if ns.state == alive_state:
+                    if (
+                        ns.incarnation <= current.incarnation
+                        and ns.port == current.port
+                        and ip_text(ns.addr) == current.addr
+                    ):
+                        continue
+                elif current.status >= _DEAD:
+                    continue
+            if ns.state == NodeState.ALIVE:
+                swim._alive(now, Alive(ns.incarnation, ns.name, ns.addr, ns.port, ns.meta, ns.vsn), effects)
+            elif ns.state == NodeState.LEFT:
+                swim._dead(now, ns.name, ns.incarnation, ns.name, effects)
+            elif ns.name in swim._table.members:
+                # Push/pull never kills directly: dead and suspect become our suspicion.
+                swim._suspect(now, ns.name, ns.incarnation, me, effects)
+        if msg.user_state:
+            if msg.user_state[0] < 0x80:
+                swim._serf_message(now, msg.user_state, effects)
+            else:
+                effects.extend(swim.delegate.merge_remote_state(now, msg.user_state, msg.join))
+
+
+def _encode_state(m: Member) -> bytes:
+    """Encode ``m``'s push/pull node state once and keep it on the (immutable) value."""
+    data = wire.encode_node_state(
+        PushNodeState(m.name, ip_bytes(m.addr), m.port, m.meta, m.incarnation, NodeState(int(m.status)), m.vsn)
+    )
+    object.__setattr__(m, "wire_state", data)  # a cache, not state: see Member.wire_state
+    return data
