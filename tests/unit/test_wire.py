@@ -1,4 +1,4 @@
-"""Wire codec unit tests: Appendix A vectors, Go-dialect tolerance, framing rules.
+"""Wire codec unit tests: vectors captured from serf, Go-dialect tolerance, framing rules.
 
 Vectors are hex dumps of messages captured from Debian's serf 0.9.4 (memberlist 0.2.2)
 on loopback, annotated field by field; docs/wire.md, "Sources", says how they were taken.
