@@ -1,15 +1,16 @@
 """Gossip keyring: AES-GCM seal/open in memberlist's encrypted-payload format.
 
 Owns: the ordered key list (index 0 = primary, the only key used to encrypt), and
-memberlist's versioned AES-GCM blob layout. Does not: decide *when* to encrypt or
-which AAD to use (``gossip/wire/codec.py``), or where keys come from (the agent).
+memberlist's versioned AES-GCM blob layout. Does not: decide *when* to encrypt
+(``gossip/wire/encryption.py``) or which AAD to use (``gossip/wire/codec.py``), or
+where keys come from (the agent).
 
 Layout (memberlist ``security.go``):
 - version 1 (memberlist protocol >= 2, what serf sends): ``[1][nonce 12][ct || tag 16]``.
 - version 0 (protocol 1, accepted on input only): ``[0][nonce 12][GCM(PKCS#7(pt)) || tag 16]``.
 Decryption tries every key, primary first. Randomness comes from an injected
 ``nonce_source`` so the simulator can be deterministic (no ``os``/``secrets`` here).
-Reference: shared/reference/memberlist.md §1.9.
+Reference: memberlist 0.2.2 ``security.go`` (encryptPayload, decryptPayload); docs/wire.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ first. ``take`` walks the buckets in order and, inside a bucket, bisects straigh
 to the first message that still fits, so a packet costs O(taken · log n) rather
 than a sort of the whole queue (a mass failure at 10,000 nodes keeps hundreds of
 messages queued on every node while every packet is filled).
-Reference: memberlist queue.go; shared/reference/memberlist.md §1.13.
+Does not: decide what is news (``gossip/swim.py`` queues it) or pack packets
+(``gossip/outbox.py`` takes from here within a packet's budget).
+Reference: memberlist 0.2.2 ``queue.go`` (TransmitLimitedQueue).
 """
 
 from __future__ import annotations

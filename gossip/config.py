@@ -2,7 +2,8 @@
 
 Owns: timing/fan-out knobs and the formulas memberlist derives from them
 (suspicion bounds, retransmit limit, push/pull scaling). Does no I/O.
-Reference: shared/reference/memberlist.md §2.1–§2.2 (values of memberlist 0.2.2).
+Reference: memberlist 0.2.2 ``config.go`` (DefaultLANConfig, DefaultWANConfig,
+DefaultLocalConfig) and ``util.go`` (suspicionTimeout, retransmitLimit, pushPullScale).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The seam where application state (networks, endpoints, keys) rides on gossip.
 
+Owns: the ``Delegate`` protocol the core calls and ``NullDelegate``. Does not:
+implement one (the replicated tables do, ``gossip/tables/``).
+
 ``Swim`` calls its delegate synchronously. It mirrors memberlist's Delegate:
 node meta, user messages, broadcasts piggybacked on gossip, and the user state
 exchanged during push/pull. Our own user messages begin with a private byte

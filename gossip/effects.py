@@ -1,7 +1,9 @@
 """What the core asks its shell to do, and what it tells the shell happened.
 
-Effects are values returned from every core entry point; the shell performs them
-in order. Effects are nouns (``Send``), events are past tense (``MemberFailed``).
+Owns: the effect and event values returned from every core entry point; the shell
+performs them in order. Effects are nouns (``Send``), events are past tense
+(``MemberFailed``).
+Does not: perform anything (the agent's driver and the simulator's world do).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Errors the gossip core raises.
 
-``DecodeError`` is the one "remote" error (bad peer input, as in h11): a packet or
+Owns: ``DecodeError``, the one "remote" error (bad peer input, as in h11): a packet or
 stream that fails to decode raises it before any state is touched.
+Does not: cover local misuse (ValueError, as usual).
 """
 
 from __future__ import annotations

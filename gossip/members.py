@@ -3,6 +3,7 @@
 Owns: ``Status``, the immutable ``Member`` value and ``supersedes``. Nothing
 else decides status precedence. Members are shared, immutable values so that a
 simulator with 10,000 nodes can hold them cheaply.
+Does not: hold the table of members (``membertable.py``) or change it (``swim.py``).
 """
 
 from __future__ import annotations

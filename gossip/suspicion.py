@@ -1,8 +1,9 @@
 """Lifeguard suspicion: a timer whose deadline shrinks with independent confirmations.
 
 Owns: the bookkeeping of one suspicion (who confirmed, current deadline).
-Reference: Lifeguard (arXiv 1707.00788) §IV-B; memberlist suspicion.go;
-shared/reference/memberlist.md §1.14.
+Does not: set timers or declare anyone dead (``gossip/swim.py``; its ``_suspect``
+inlines ``confirm`` on the hot path), or compute the bounds (``config.py``).
+Reference: Lifeguard (arXiv 1707.00788) §IV-B; memberlist 0.2.2 ``suspicion.go``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Go ``compress/lzw`` (LSB order, literal width 8) in pure Python.
 
 Owns: the byte-exact LZW codec memberlist uses inside ``compress`` messages
-(type 9, ``Algo: 0``). Does not: know about msgpack or message framing (see
-``wire.py``).
+(type 9, ``Algo: 0``). Does not: know about msgpack or message framing
+(``messagecodec.py``, ``codec.py``).
 
 Byte-exact with Go >= 1.17 (serf 0.9.4 was built with Go 1.19): the encoder emits a
 leading clear code, codes start 9 bits wide, grow to at most 12 bits, and the encoder
@@ -10,7 +10,7 @@ emits a clear code and resets its table when the next code would be 4095.
 The decoder accepts streams with or without the leading clear code, requires the
 end-of-data code (like Go, which returns ErrUnexpectedEOF otherwise) and enforces an
 output size limit (memberlist 0.2.2 has none; newer memberlist caps it at 40 MiB).
-Reference: shared/reference/memberlist.md §1.8.
+Reference: Go ``compress/lzw``; memberlist 0.2.2 ``util.go`` (compressPayload); docs/wire.md.
 
 Native accelerator: when the optional C extension ``gossip.wire._lzw`` (gossip/wire/_lzw.c,
 built by ``pip install -e .`` where a compiler is present) imports, ``compress`` and

@@ -1,10 +1,11 @@
 """Wire messages of the memberlist protocol (as spoken by serf 0.9.4 / memberlist 0.2.2).
 
 Owns: the value types for every message the core sends or receives, and the
-message-type numbers. Does not: encode or decode bytes (see ``wire.py``).
+message-type numbers. Does not: encode or decode bytes (``messagecodec.py``,
+``codec.py``).
 
 The type numbers are protocol: append-only, never renumber.
-Reference: shared/reference/memberlist.md §1.2 and §1.4.
+Reference: memberlist 0.2.2 ``net.go`` (messageType and the message structs); docs/wire.md.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class NodeState(IntEnum):
 
 
 # What serf advertises: memberlist protocol 1..5 speaking 2, serf delegate 2..5 speaking 5.
-# Always exactly 6 bytes: a shorter Vsn crashes memberlist 0.2.2 (memberlist.md §1.16).
+# Always exactly 6 bytes: a shorter Vsn crashes memberlist 0.2.2 (docs/wire.md, "Serf hazards").
 DEFAULT_VSN = bytes([1, 5, 2, 2, 5, 5])
 
 
