@@ -1,14 +1,17 @@
 """A throwaway systemd machine: systemd as PID 1 in ``systemd-nspawn``, in a lab namespace.
 
 Owns: building the machine's root tree (a temporary directory under /var/tmp: a small
-``/etc``, ``/usr`` = this host's ``/usr`` read-only through an overlay whose upper layer
-only adds ``/usr/local/bin/overlay-agent``, this checkout bound read-only at its own
-path so the venv works unchanged), booting it with ``systemd-nspawn -b`` inside a
-network namespace the caller made (so every interface the agent creates lives there),
-running commands inside it (``nsenter`` into all its namespaces), reading its files
-from outside (``/proc/<init>/root``), and tearing it down: a clean power-off, else
-SIGKILL of its PID 1 (which kills its whole pid namespace), then the cgroup, the
-nspawn leftovers under /run/systemd/nspawn and the tree.
+``/etc``; ``/usr`` = this host's ``/usr`` through an overlay whose upper layer only adds
+``/usr/local/bin/{overlay-agent,agentctl}``; the agent installed as docs/operations.md
+says, a virtualenv at /opt/overlay-agent on Debian's python whose site-packages is this
+checkout's venv's, bound read-only, with the checkout bound read-only at its own path
+for the editable install), booting it with ``systemd-nspawn -b`` inside a network
+namespace the caller made (so every interface the agent creates lives there), running
+commands inside it (``nsenter`` into all its namespaces), reading its files from outside
+(``/proc/<init>/root``), and tearing it down: a clean power-off, else SIGKILL of its
+PID 1 (which kills its whole pid namespace), then its cgroup, nspawn's leftovers under
+/run/systemd/nspawn and the tree. A harness killed outright still powers it off
+(nspawn gets SIGTERM as its parent-death signal).
 
 Why nspawn and not the QEMU VM: this host's kernel runs nspawn with a cgroup-v1
 (hybrid) hierarchy fine, a boot takes a few seconds, and no image has to be cached;
@@ -26,6 +29,7 @@ Reference: systemd-nspawn(1), nsenter(1).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -48,6 +52,8 @@ PROGRAM = "/usr/local/bin/overlay-agent"
 """Where the packaged unit's ExecStart expects the console script (a symlink, as the docs
 install it)."""
 BOOT_TIMEOUT = 120.0
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: not between fork and exec
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -182,6 +188,8 @@ class Machine:
         def enter_cgroup() -> None:
             if cgroup_procs is not None:
                 cgroup_procs.write_text(str(os.getpid()))
+            # A harness killed outright still powers the machine off (nspawn's SIGTERM).
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
