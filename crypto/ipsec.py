@@ -37,6 +37,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from crypto import esp
+from crypto.esp import VXLAN_ENCAP
+
 # ``cryptography`` is imported by the functions that use it, not here: the schedule,
 # SPI and plan functions are used by every agent, key material only once an encrypted
 # network exists, and the library costs ~10 ms of CPU and ~7 MiB of RSS to load.
@@ -49,21 +52,12 @@ KEY_INFO = b"esp rfc4106 key+salt"
 
 AEAD_NAME = "rfc4106(gcm(aes))"
 AEAD_KEY_BYTES = 20  # 16-byte AES-128 key + 4-byte salt (RFC 4106 §8.1)
-ICV_BITS = 128
 X25519_BYTES = 32
 SPI_MIN = 256  # 1..255 are reserved by IANA, 0 means "no SA"
 SPI_MAX_PROBES = 64
 EPOCH_BITS = 2  # low SPI bits = epoch % 4; at most 3 epochs are live at once
 
-# ESP in transport mode with AES-GCM-128 (RFC 4106): SPI + sequence number, 8-byte IV,
-# ICV, and a trailer (pad length + next header) padded to a multiple of 4 bytes.
-ESP_HEADER = 8
-ESP_IV = 8
-ESP_ICV = ICV_BITS // 8
-ESP_TRAILER = 2
-ESP_ALIGN = 4
-ESP_OVERHEAD_MAX = ESP_HEADER + ESP_IV + ESP_ICV + ESP_TRAILER + ESP_ALIGN - 1  # 37
-VXLAN_ENCAP = 8 + 8 + 14  # UDP + VXLAN + inner Ethernet header
+# ESP in transport mode with AES-GCM-128 (RFC 4106): the sizes live in crypto.esp.
 
 
 class IpsecError(ValueError):
@@ -387,9 +381,7 @@ def encrypted_mtu(underlay_mtu: int, ipv6_underlay: bool = False) -> int:
     outer = IP + ESP header + IV + pad4(UDP + VXLAN + Ethernet + inner + trailer) + ICV.
     1500 over IPv4 gives 1416 (plain VXLAN: 1450), over IPv6 1396 (plain: 1430).
     """
-    ip_header = 40 if ipv6_underlay else 20
-    room = underlay_mtu - ip_header - ESP_HEADER - ESP_IV - ESP_ICV
-    mtu = (room // ESP_ALIGN) * ESP_ALIGN - VXLAN_ENCAP - ESP_TRAILER
+    mtu = esp.encrypted_mtu(underlay_mtu, ipv6_underlay)
     if mtu < 68:  # RFC 791 minimum MTU
         raise IpsecError(f"underlay MTU {underlay_mtu} leaves no room for VXLAN + ESP")
     return mtu

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from crypto import esp
 from crypto.ipsec import PairSAs
 
 IPPROTO_ESP = 50
@@ -32,7 +33,7 @@ IPPROTO_UDP = 17
 VXLAN_PORT = 4789
 
 AEAD_NAME = "rfc4106(gcm(aes))"
-ICV_BITS = 128
+ICV_BITS = esp.ICV_BITS
 REPLAY_WINDOW = 1024
 # Ownership label on our SAs and policy templates ("OVE"); other IPsec users keep theirs.
 REQID = 0x4F5645

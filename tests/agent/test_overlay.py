@@ -230,7 +230,7 @@ async def test_encrypted_network_when_the_kernel_supports_ipsec(sockdir: str) ->
                                                  "encrypted": True})
         assert net["Encrypted"] is True
         inspect = (await query(a.socket, "network", {"action": "inspect", "ref": "sec"}))[0]
-        assert inspect["Options"]["encrypted"] == "" and inspect["MTU"] == 1424
+        assert inspect["Options"]["encrypted"] == "" and inspect["MTU"] == 1416
         # Without the IPsec component (agent.overlay.ipsec) there is no per-peer SA view.
         assert "IPsec" not in inspect
         nursery.cancel_scope.cancel()

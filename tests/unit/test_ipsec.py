@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from crypto import ipsec
+from crypto import esp, ipsec
 from crypto.ipsec import EpochKey, IpsecError, RotationPolicy
 
 # RFC 7748 §6.1 test vector: pins that we really do X25519.
@@ -291,9 +291,9 @@ def test_encrypted_mtu_known_values() -> None:
 
 
 def outer_len(inner_mtu: int, ipv6: bool) -> int:
-    esp_payload = inner_mtu + ipsec.VXLAN_ENCAP + ipsec.ESP_TRAILER
+    esp_payload = inner_mtu + esp.VXLAN_ENCAP + esp.ESP_TRAILER
     padded = -(-esp_payload // 4) * 4
-    return (40 if ipv6 else 20) + ipsec.ESP_HEADER + ipsec.ESP_IV + padded + ipsec.ESP_ICV
+    return (40 if ipv6 else 20) + esp.ESP_HEADER + esp.ESP_IV + padded + esp.ESP_ICV
 
 
 @pytest.mark.parametrize("ipv6", [False, True])
@@ -302,4 +302,4 @@ def test_encrypted_mtu_is_the_largest_that_fits(ipv6: bool) -> None:
         m = ipsec.encrypted_mtu(underlay, ipv6)
         assert outer_len(m, ipv6) <= underlay
         assert outer_len(m + 1, ipv6) > underlay  # strictly the largest
-        assert underlay - (40 if ipv6 else 20) - 30 - m <= ipsec.ESP_OVERHEAD_MAX
+        assert underlay - (40 if ipv6 else 20) - 30 - m <= esp.ESP_OVERHEAD_MAX
