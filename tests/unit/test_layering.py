@@ -68,6 +68,10 @@ PURE_DATAPLANE = (
     "dataplane.xfrm.codec",
     "dataplane.xfrm.compile",
     "dataplane.xfrm.plan",
+    "dataplane.nft.model",
+    "dataplane.nft.rules",
+    "dataplane.nft.compile",
+    "dataplane.nft.plan",
 )
 PURE_STEMS = frozenset({"model", "naming", "codec", "compile", "plan"})
 
