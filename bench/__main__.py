@@ -25,6 +25,7 @@ BENCHMARKS = {
     ),
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
     "runtime": ("bench.runtime", "docker run / podman run through our plugins vs the stock networking"),
+    "soak": ("bench.soak", "6 agents, endpoint churn and restarts for --minutes M: RSS, CPU, fds do not grow"),
 }
 
 
