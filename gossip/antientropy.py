@@ -131,7 +131,7 @@ class AntiEntropy:
         if generation != self.generation:
             return  # re-staggered since (bootstrap_members)
         swim = self._swim
-        interval = push_pull_scale(swim.config.push_pull_interval, len(swim._table))
+        interval = push_pull_scale(swim.config.push_pull_interval, len(swim._table.members))
         swim._timers.set(now + interval, TimerKind.PUSH_PULL_TICK, self.generation)
         peers = swim._table.k_random(1, lambda m: m.status == Status.ALIVE)
         if peers:
@@ -144,7 +144,7 @@ class AntiEntropy:
         as in a cluster that has run a while (``bootstrap_members``)."""
         swim = self._swim
         self.generation += 1
-        interval = push_pull_scale(swim.config.push_pull_interval, len(swim._table))
+        interval = push_pull_scale(swim.config.push_pull_interval, len(swim._table.members))
         swim._timers.set(now + swim.rng.uniform(0, interval), TimerKind.PUSH_PULL_TICK, self.generation)
 
     def _request(

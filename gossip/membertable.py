@@ -43,9 +43,6 @@ class MemberTable:
         its target from it (a lazy Fisher-Yates), so installing 10,000 members does
         not shuffle 10,000 names up front. None: fully shuffled."""
 
-    def __len__(self) -> int:
-        return len(self.members)
-
     def get(self, name: str) -> Member | None:
         return self.members.get(name)
 

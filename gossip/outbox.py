@@ -94,7 +94,7 @@ class Outbox:
 
     def take(self, budget: int, used: int, peer: Member | None) -> list[bytes]:
         """News for ``peer`` in ``budget - used`` bytes: broadcasts, then the delegate's."""
-        n = len(self._table)
+        n = len(self._table.members)
         if n != self._limit_n:  # memoised per table size: this runs for every packet
             self._limit_n = n
             self._limit = retransmit_limit(self._config, n)

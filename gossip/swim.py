@@ -225,7 +225,7 @@ class Swim:
         own = self._timers.next_at()
         delegate = self.delegate
         if type(delegate) is NullDelegate:  # never has a deadline or news of its own
-            if self.leaving or (self._broadcasts and len(self._table) > 1):
+            if self.leaving or (self._broadcasts and len(self._table.members) > 1):
                 return min(own, self._gossip_beat())
             return own  # called after every event by the driver: kept cheap
         if self._wants_gossip():
@@ -237,9 +237,9 @@ class Swim:
         which then gets it at once rather than on a beat)."""
         if self.leaving:
             return True
-        if len(self._table) <= 1:
+        if len(self._table.members) <= 1:
             return False
-        return self._out.has_news()
+        return bool(self._broadcasts) or self._out.delegate_may_broadcast()  # has_news, inlined
 
     def _gossip_beat(self) -> float:
         """When to gossip next, given there is news (see Config.relay_at_once)."""
@@ -652,7 +652,7 @@ class Swim:
                            current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
         self._table.set(suspected)
         self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
-        n = len(self._table)
+        n = len(self._table.members)
         low, high = suspicion_bounds(self.config, n)
         k = expected_confirmations(self.config, n)
         suspicion = Suspicion(incarnation, now, low, high if k > 0 else low, k, [from_])

@@ -43,7 +43,7 @@ def test_expire_removes_long_gone_members_from_the_order_too() -> None:
     assert [m.name for m in t.gone()] == ["m2", "m4"]
     assert [m.name for m in t.expire(100.0, after=60.0)] == ["m2"]
     t.check_invariants()
-    assert t.get("m2") is None and len(t) == 5
+    assert t.get("m2") is None and len(t.members) == 5
 
 
 def test_install_keeps_ours_appends_the_rest_and_says_whether_we_were_known() -> None:
