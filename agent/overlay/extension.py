@@ -63,6 +63,8 @@ from agent.runtimes.cni.attachments import ops as cni_ops
 from dataplane.compile import overlay_mtu
 from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
+from dataplane.nft.kernel import NftKernel
+from dataplane.nft.target import NftReconciler, NftTarget
 from dataplane.reconciler import ReconcilerConfig
 from dataplane.target import VxlanReconciler, VxlanTarget
 from gossip.effects import Address, Effect, JoinFinished
@@ -103,7 +105,12 @@ class Overlay:
         ipsec_probe: Callable[[], str | None] | None = None,
         prefix: str = PREFIX,
         dataplane: bool | None = None,
+        gateway: bool | None = None,
     ) -> None:
+        self.gateway = kernel_factory is None if gateway is None else gateway
+        """Run the gateway/egress reconciler (``dataplane.nft``): by default only with the
+        real kernel (a fake VXLAN kernel must never come with real nft rules)."""
+        self.gw: NftReconciler | None = None
         self.kernel_factory = kernel_factory or (lambda p: LinuxKernel(prefix=p))
         self.ipsec_view: Callable[[str], list[dict[str, Any]]] | None = None
         """Per-peer SA state of an encrypted network (set by ``agent.overlay.ipsec``), for inspect."""
@@ -167,6 +174,8 @@ class Overlay:
     def _changed(self) -> None:
         if self.rec is not None:
             self.rec.poke("tables")
+        if self.gw is not None:
+            self.gw.poke("tables")
         self._tables_moved.set()
         for listener in self.change_listeners:
             listener()
@@ -194,6 +203,9 @@ class Overlay:
                 self.rec = VxlanReconciler(VxlanTarget(self.kernel_factory(self.prefix)), view,
                                            self.reconciler_config)
                 await nursery.start(self.rec.run)
+                if self.gateway:  # the same view: gateways, egress and isolation rules
+                    self.gw = NftReconciler(NftTarget(NftKernel()), view, self.reconciler_config, name="gateway")
+                    await nursery.start(self.gw.run)
                 nursery.start_soon(Lifecycle(self).run)  # endpoints die with their namespace
                 nursery.start_soon(self._become_ready, rt)
             self._started.set()
@@ -222,6 +234,8 @@ class Overlay:
                 with trio.move_on_after(0.2):  # peers are also learned without a version bump
                     await self._tables_moved.wait()
         self.rec.ready()
+        if self.gw is not None:
+            self.gw.ready()
         log.info(kv("dataplane-view-complete", synced=self._synced()))
 
     def _synced(self) -> bool:
@@ -399,7 +413,8 @@ class Overlay:
                 lambda t, now: t.create_endpoint(now, network, name, ipv4, ipv6, mac))
             net: Network = await self.read(lambda t: t.find_network(ep.network))
             spec = VethSpec(host_ifname(self.prefix, ep.id), path, ifname, ep.mac,
-                            prefixed([(ep.ipv4, net.subnet_v4), (ep.ipv6, net.subnet_v6)]), self.effective_mtu(net))
+                            prefixed([(ep.ipv4, net.subnet_v4), (ep.ipv6, net.subnet_v6)]), self.effective_mtu(net),
+                            gateways=tuple(g for _, g in net.gateways()) if self.gw is not None else ())
             try:
                 await trio.to_thread.run_sync(self.plumber.create, spec)
             except PlumbError as exc:

@@ -291,6 +291,8 @@ class _Handlers:
         names: dict[str, str] = await self.o.read(lambda t: {n.id: n.name for n in t.networks()})
         for row in report["networks"]:
             row["network_name"] = names.get(row["network"], "")
+        if self.o.gw is not None:  # gateways, nft tables, forwarding (dataplane.nft)
+            report["gateway"] = await self.o.gw.inspect()
         return report
 
 

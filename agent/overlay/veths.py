@@ -57,6 +57,10 @@ class VethSpec:
     addresses: tuple[tuple[str, int], ...]
     """(address, prefix length) pairs put on the container side."""
     mtu: int
+    gateways: tuple[str, ...] = ()
+    """The network's anycast gateways (one per family): the container's default routes
+    through this interface, unless the namespace already has a default route of that
+    family (a container on several networks keeps the first one)."""
 
 
 def host_ifname(prefix: str, endpoint_id: str) -> str:
@@ -148,6 +152,20 @@ def _netlink_socket_in(ns_fd: int) -> socket.socket:
             _setns(own)  # if this failed the thread would be stranded: let it raise loudly
     finally:
         os.close(own)
+
+
+def _default_route(ipr: Any, index: int, gateway: str) -> None:
+    """A default route via ``gateway`` on interface ``index``; kept as is when the
+    namespace already has a default route of that family (EEXIST)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    v6 = ":" in gateway
+    try:
+        ipr.route("add", dst="::/0" if v6 else "0.0.0.0/0", gateway=gateway, oif=index,
+                  family=socket.AF_INET6 if v6 else socket.AF_INET)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
 
 
 def _reason(exc: BaseException) -> str:
@@ -248,6 +266,9 @@ class LinuxPlumber:
                     inner.addr("add", index=index, address=addr, prefixlen=plen)
             step = f"bring {spec.ifname} up"
             inner.link("set", index=index, state="up")
+            for gw in spec.gateways:
+                step = f"add the default route via {gw}"
+                _default_route(inner, index, gw)
             step = f"bring {spec.host_ifname} up"
             host.link("set", ifname=spec.host_ifname, state="up")
         except BaseException as exc:
