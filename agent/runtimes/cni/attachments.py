@@ -119,8 +119,12 @@ class Attachments:
 
         def shape(t: Any) -> dict[str, Any]:
             net = next((n for n in t.networks() if n.id == ep.network), None)
-            return endpoint_json(ep, net, t.node, o.interfaces.get(ep.id), o.prefix,
-                                 o.effective_mtu(net) if net is not None else None)
+            out = endpoint_json(ep, net, t.node, o.interfaces.get(ep.id), o.prefix,
+                                o.effective_mtu(net) if net is not None else None)
+            # The anycast gateways the container's default routes use (the CNI result's
+            # routes), only while this agent runs them (dataplane.nft).
+            out["gateways"] = [g for _, g in net.gateways()] if net is not None and o.gw is not None else []
+            return out
 
         result: dict[str, Any] = await o.read(shape)
         result["container"] = o.interfaces.get(ep.id, {}).get("container")

@@ -308,22 +308,29 @@ def error_reply(version: str, err: CniError) -> dict[str, Any]:
 def add_result(inv: Invocation, endpoint: Mapping[str, Any]) -> dict[str, Any]:
     """ADD's result for the endpoint the agent made (``agentctl endpoint``'s JSON object):
     the host-side veth and the container's interface, its addresses (prefix length of the
-    network), no routes (the overlay is one L2 segment), shaped for ``inv.version``."""
+    network) with the network's anycast gateway of their family, and a default route per
+    gateway (the agent has already put it in the namespace), shaped for ``inv.version``."""
     legacy = inv.version.startswith("0.")
     host: dict[str, Any] = {"name": str(endpoint.get("host_ifname") or "")}
     inner: dict[str, Any] = {"name": inv.ifname, "mac": str(endpoint.get("mac") or ""), "sandbox": inv.netns}
     mtu = endpoint.get("mtu")
     if inv.version == "1.1.0" and isinstance(mtu, int) and not isinstance(mtu, bool):
         host["mtu"] = inner["mtu"] = mtu
+    raw = endpoint.get("gateways")
+    gateways = {("6" if ":" in g else "4"): g for g in raw if isinstance(g, str)} if isinstance(raw, list) else {}
     ips: list[dict[str, Any]] = []
+    routes: list[dict[str, Any]] = []
     for family, key in (("4", "ipv4_cidr"), ("6", "ipv6_cidr")):
         cidr = endpoint.get(key)
         if isinstance(cidr, str) and cidr:
             ip: dict[str, Any] = {"address": cidr, "interface": 1}
+            if family in gateways:
+                ip["gateway"] = gateways[family]
+                routes.append({"dst": "0.0.0.0/0" if family == "4" else "::/0", "gw": gateways[family]})
             if legacy:
                 ip = {"version": family, **ip}
             ips.append(ip)
-    return {"cniVersion": inv.version, "interfaces": [host, inner], "ips": ips, "routes": [], "dns": {}}
+    return {"cniVersion": inv.version, "interfaces": [host, inner], "ips": ips, "routes": routes, "dns": {}}
 
 
 def expected_addresses(prev: Mapping[str, Any] | None) -> set[str]:

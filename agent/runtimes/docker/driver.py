@@ -6,10 +6,12 @@
   com.docker.network.driver.mtu=N`` otherwise. DeleteNetwork forgets the mapping and
   removes the cluster network only if this plugin created it and nothing uses it.
 - CreateEndpoint binds Docker's endpoint to the row RequestAddress published (and
-  reports its MAC); Join answers the veth's container side for dockerd to move, and
-  ``DisableGatewayService`` (the overlay has no gateway yet: without it dockerd would
-  invent a docker_gwbridge); DeleteEndpoint withdraws the row and deletes the pair, so
-  peers drop their entries at once.
+  reports its MAC); Join answers the veth's container side for dockerd to move, the
+  network's anycast gateway as ``Gateway`` (the container's default route; only when the
+  agent runs the gateway, ``Overlay.gw``), and always ``DisableGatewayService``: a Join
+  that Docker reads as "no gateway here" would make dockerd invent a docker_gwbridge,
+  and this keeps that impossible whatever else is answered. DeleteEndpoint withdraws the
+  row and deletes the pair, so peers drop their entries at once.
 - Scope ``local``: each dockerd knows its own Docker network; the cluster network is
   what spans the hosts.
 
@@ -166,8 +168,14 @@ class Driver:
             dep.sandbox = sandbox
             await self.ctx.save()
             await self.ctx.overlay.update_interface(dep.endpoint, netns=sandbox, docker_endpoint=eid)
-            return {"InterfaceName": {"SrcName": res.peer, "DstPrefix": DST_PREFIX},
-                    "DisableGatewayService": True}
+            reply: dict[str, Any] = {"InterfaceName": {"SrcName": res.peer, "DstPrefix": DST_PREFIX},
+                                     "DisableGatewayService": True}
+            if self.ctx.overlay.gw is not None:
+                gateways = await self.ctx.overlay.read(
+                    lambda t: t.find_network(t.find_endpoint(dep.endpoint).network).gateways())
+                for _, gw in gateways:
+                    reply["GatewayIPv6" if ":" in gw else "Gateway"] = gw
+            return reply
 
         return await self.ctx.call(join)
 
