@@ -15,9 +15,9 @@ timers to its parts, each in its own module:
   (the delegate gets ours, 0x80 and above);
 - ``wire/encryption.py``: the keyring and the encryption roll-out mode.
 
-Does no I/O: every entry point takes ``now`` and returns effects (``Send``,
-``StreamRequest``, member events) that the shell performs. Randomness comes only
-from the ``rng`` given at construction.
+Does not: do I/O or read a clock: every entry point takes ``now`` and returns
+effects (``Send``, ``StreamRequest``, member events) that the shell performs.
+Randomness comes only from the ``rng`` given at construction.
 
 Design notes
 - Timers are data in one heap: ``(at, seq, kind, arg)``. Nothing is cancelled; each
