@@ -17,7 +17,7 @@ operator runs on node ``node``, like ``agentctl keys install|use|remove``:
 - ``early=E`` (> 0): remove K1 E s after ``use`` was sent, before it reached everyone.
 
 Members re-broadcast each new query they receive, as serf members do
-(``Swim._serf_query``); this scenario found that the core used to only answer, so
+(``gossip.serf.layer.SerfLayer``); this scenario found that the core used to only answer, so
 a query reached just the few members the querier gossiped it to.
 
 Measured (``result.json`` section ``key_rotation``): per step, the fraction of the
