@@ -27,7 +27,6 @@ ends (monitor-driven; resync interval 1 h). ``ratios`` = ours / reference:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.summary import log, write_json
 from dataplane.compile import compile as compile_view
 from dataplane.kernel import LinuxKernel
 from dataplane.model import State
@@ -47,10 +47,6 @@ from dataplane.scratch import Scratch, run, skip_reason
 
 VTEPS = 100
 LOCAL = "198.51.100.1"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def ms(seconds: float) -> float:
@@ -427,10 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(table(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     return 0
 
 

@@ -55,6 +55,7 @@ from agent.lab.netlab import Lab, LabError
 from bench import summary
 from bench.cluster import Cluster, ClusterTimeout, Node, all_alive, sees_down
 from bench.serfnode import SerfRpc, serf_binary
+from bench.summary import log
 
 PROFILE = "lan"
 SIZES = (5, 20, 50)
@@ -83,10 +84,6 @@ SECONDARY_KEYS = {
 PACKAGES = ("agent", "gossip", "crypto", "dataplane")
 SETTLE_MAX = 20.0
 """Warm join: how long to wait at most for the agents' start-up CPU to settle."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _median(xs: Sequence[float]) -> float | None:

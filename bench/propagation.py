@@ -25,7 +25,6 @@ through ``agent.lab``) or build the lab (``agent.lab.netlab``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ import trio
 
 from agent.lab.agentnode import ControlClient, agent_argv
 from agent.lab.netlab import Lab, LabError, LabProc
+from bench.summary import log, write_json
 from dataplane.events import FdbEvent, NeighEvent
 from dataplane.kernel import LinuxKernel
 from dataplane.monitor import NetlinkMonitor
@@ -47,10 +47,6 @@ PREFIX = "ov-"
 TARGET_P99_MS = 500.0
 SUBNET = "10.128.0.0/16"
 WAIT = 60.0
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -249,10 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"p99 {report['p99_ms']} ms (min {report['min_ms']}, max {report['max_ms']}); "
           f"target p99 <= {TARGET_P99_MS:g} ms")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     return 0
 
 

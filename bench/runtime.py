@@ -25,7 +25,6 @@ modules (it drives the installed programs like a user).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.lab import dockerd
-from agent.lab.agentnode import ControlClient, agent_argv
+from agent.lab.agentnode import agent_argv, wait_ready
 from agent.lab.netlab import Lab, LabError
 from bench import runtime_cni
+from bench.summary import log, write_json
 
 TARGET_DOCKER_RUN = 1.5
 WAIT = 60.0
@@ -47,21 +47,11 @@ OUR_SUBNET = "10.202.0.0/24"
 BRIDGE_SUBNET = "10.203.0.0/24"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _wait_ready(sock: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            if ControlClient(sock, timeout=2.0).request("status").get("ready"):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise LabError(f"the agent at {sock} was not ready within {WAIT:g}s")
-        time.sleep(0.05)
+    try:
+        wait_ready(sock, WAIT)
+    except OSError as exc:
+        raise LabError(str(exc)) from None
 
 
 def run_docker(runs: int) -> dict[str, Any]:
@@ -166,10 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "cni" in report:
         print(runtime_cni.summary(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     return 0
 
 

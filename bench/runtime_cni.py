@@ -21,13 +21,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any
 
 from agent.lab import podman
-from agent.lab.agentnode import ControlClient, agent_argv
+from agent.lab.agentnode import ControlClient, agent_argv, wait_ready
 from agent.lab.netlab import Lab, LabError
+from bench.summary import log
 
 TARGET_CNI_ADD = 1.5
 WAIT = 60.0
@@ -35,21 +35,11 @@ OUR_SUBNET = "10.204.0.0/24"
 BRIDGE_SUBNET = "10.205.0.0/24"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _wait_ready(sock: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            if ControlClient(sock, timeout=2.0).request("status").get("ready"):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise LabError(f"the agent at {sock} was not ready within {WAIT:g}s")
-        time.sleep(0.05)
+    try:
+        wait_ready(sock, WAIT)
+    except OSError as exc:
+        raise LabError(str(exc)) from None
 
 
 def _plugin_add(ph: podman.PodmanHosts, sock: str, netns: str) -> float:

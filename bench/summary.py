@@ -3,13 +3,17 @@
 Owns: reducing per-run result dicts (each with ``kind`` and ``n``) to
 median/min/max per metric, the ``ratios`` convention every benchmark's JSON
 follows (metric -> ours / reference, computed on medians; the headline value is
-the worst over the sizes run) and the plain-text table. Does not: know what
-was measured.
+the worst over the sizes run), the plain-text table, and the two chores every
+benchmark shares (progress lines on stderr, the ``--json FILE`` output). Does not:
+know what was measured.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,3 +105,16 @@ def table(
                 f"{(f'{ratio:.2f}x') if ratio is not None else '-':>9} {target:>7}"
             )
     return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    """Progress for the operator: stderr, so stdout stays the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_json(path: str, report: Mapping[str, Any]) -> None:
+    """The ``--json FILE`` output every benchmark writes (parent directories made)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")

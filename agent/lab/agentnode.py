@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,3 +146,17 @@ class ControlClient:
             return parse_members(self.request("members"))
         except ValueError as e:
             raise OSError(f"control socket {self.path}: {e}") from e
+
+
+def wait_ready(socket_path: str, within: float = 60.0) -> None:
+    """Poll an agent's ``status`` until it reports ready; OSError after ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if ControlClient(socket_path, timeout=2.0).request("status").get("ready"):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise OSError(f"the agent at {socket_path} was not ready within {within:g}s")
+        time.sleep(0.05)
