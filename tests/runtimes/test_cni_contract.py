@@ -77,7 +77,9 @@ def test_cni_contract(ol: OverlayLab) -> None:
     id_a = container_id()
     add = call(h0, "ADD", cfg, container=id_a, netns=pa, args="IgnoreUnknown=1;K8S_POD_NAME=web-a")
     res = assert_ok(add)
-    assert res["cniVersion"] == "1.1.0" and res["routes"] == [] and res["dns"] == {}
+    # The default route through the network's anycast gateway (issue 13 item 1).
+    assert res["cniVersion"] == "1.1.0" and res["dns"] == {}
+    assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.61.0.1"}] and res["ips"][0]["gateway"] == "10.61.0.1"
     host_if, inner = res["interfaces"]
     assert host_if["name"].startswith("ov-") and "sandbox" not in host_if
     assert inner["name"] == "eth0" and inner["sandbox"] == pa and inner["mtu"] == 1450
@@ -85,6 +87,7 @@ def test_cni_contract(ol: OverlayLab) -> None:
     cidr_a = res["ips"][0]["address"]
     assert cidr_a.startswith("10.61.0.") and cidr_a.endswith("/24")
     assert addr_of(ol, ca) == [cidr_a]
+    assert "default via 10.61.0.1 dev eth0" in ol.in_container(ca, ["ip", "route"]).stdout
     ep_a = next(e for e in local_endpoints(ol, 0) if e["ipv4_cidr"] == cidr_a)
     assert ep_a["name"] == "web-a" and ep_a["mac"] == inner["mac"]
     ip_a = cidr_a.split("/")[0]
