@@ -175,7 +175,6 @@ def test_item5_lzw_bombs_leave_memory_bounded(attack_lab: AttackLabFactory) -> N
     al.assert_healthy(before, rss)
 
 
-@not_landed(5)
 def test_item5_largest_streams_leave_memory_bounded(attack_lab: AttackLabFactory) -> None:
     """Four push/pulls with 20 MiB of user state at once, then a 20 MiB user message:
     the peak stays within a few buffers and the memory is given back afterwards."""
