@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from gossip.config import push_pull_scale
 from gossip.effects import Address, Effect, JoinFinished, Log, StreamRequest
+from gossip.limits import INCARNATION_MAX
 from gossip.members import Member, Status, ip_bytes, ip_text
 from gossip.timers import TimerKind
 from gossip.wire import codec as wire
@@ -219,6 +220,8 @@ class AntiEntropy:
                         ns.incarnation <= current.incarnation
                         and ns.port == current.port
                         and ip_text(ns.addr) == current.addr
+                        # at the ceiling an alive still beats suspect/dead (supersedes)
+                        and (ns.incarnation < INCARNATION_MAX or current.status == Status.ALIVE)
                     ):
                         continue
                 elif current.status >= _DEAD:

@@ -58,6 +58,15 @@ class Config:
     their raw size (memberlist counts raw bytes, so a compressed 1,400-byte budget
     leaves most of the datagram empty): several times the news per packet during
     joins and failures. A packet that still compresses above the budget is split."""
+    max_members: int = 65536
+    """The most members one table holds, itself included (issue 18: spoofed alives are
+    otherwise all admitted). An alive about a new member beyond it is refused, with one
+    warning per episode. The default leaves room for 10,000-node clusters several times
+    over; memberlist has no bound."""
+    reap_unheard_interval: float = 3600.0
+    """Dead and left members that never answered a probe of ours (only heard of through
+    gossip, as spoofed members are) are forgotten after this long instead of
+    ``reap_interval``."""
     dead_node_reclaim_time: float = 0.0
     """A dead member may come back under the same name from a new address after this
     long (0 = only once it is dead/left at all; memberlist's default 0 means never,

@@ -13,6 +13,8 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
+from gossip.limits import INCARNATION_MAX
+
 
 class Status(IntEnum):
     """Ordered so that, at equal incarnation, a higher value overrides a lower one."""
@@ -81,9 +83,16 @@ def supersedes(status: Status, incarnation: int, current: Member) -> bool:
     SWIM's precedence: a higher incarnation wins; at equal incarnation suspect
     beats alive, and dead/left beat both. Dead and left are final for an
     incarnation: an alive must carry a strictly higher one to resurrect.
+
+    Except at the ceiling, ``INCARNATION_MAX``, where no higher one exists: there an
+    alive beats the rest, so a member whose incarnation someone pushed to the top can
+    still refute (and a restart still brings it back); suspect beats alive there too,
+    so a member that stops refuting still fails (docs/design.md).
     """
     if incarnation != current.incarnation:
         return incarnation > current.incarnation
+    if incarnation == INCARNATION_MAX and status == Status.ALIVE:
+        return current.status != Status.ALIVE
     return status > current.status and not (
         current.status >= Status.DEAD and status >= Status.DEAD
     )

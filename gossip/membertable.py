@@ -2,6 +2,8 @@
 
 Owns: the members by name (``Member`` values, replaced on every change), the names
 of the dead and left ones (so reaping and rejoining do not scan 10,000 members),
+the names of those that ever answered one of our probes (only they keep the full
+reap interval once gone: the rest were only ever heard of second-hand),
 and memberlist's node order: probed round-robin, reshuffled each round, new
 members inserted at a random place not yet probed this round, and the list
 ``k_random`` draws from (memberlist's ``kRandomNodes``). After ``install`` the
@@ -27,7 +29,7 @@ class MemberTable:
     """See the module docstring. ``members`` may be read directly; change it only
     through ``set``, ``add``, ``install`` and ``expire``."""
 
-    __slots__ = ("_gone", "_index", "_order", "_rng", "_unshuffled_from", "me", "members")
+    __slots__ = ("_gone", "_heard", "_index", "_order", "_rng", "_unshuffled_from", "me", "members")
 
     def __init__(self, me: Member, rng: random.Random) -> None:
         self.me = me.name
@@ -35,6 +37,8 @@ class MemberTable:
         self.members: dict[str, Member] = {me.name: me}
         self._gone: dict[str, None] = {}
         """Names of dead and left members, insertion-ordered."""
+        self._heard: set[str] = set()
+        """Names of members that answered a probe of ours (``mark_heard``)."""
         self._order: list[str] = [me.name]
         self._index = 0
         """The next position of ``_order`` to probe."""
@@ -94,14 +98,28 @@ class MemberTable:
         self._unshuffled_from = self._index
         return knows_us
 
-    def expire(self, now: float, after: float) -> list[Member]:
-        """Remove the members dead or left for ``after`` seconds; returns them."""
-        expired = [m for m in self.gone() if now - m.changed_at >= after]
+    def mark_heard(self, name: str) -> None:
+        """``name`` answered us directly (a probe's ack): it existed, not just in gossip."""
+        self._heard.add(name)
+
+    def heard(self, name: str) -> bool:
+        return name in self._heard
+
+    def expire(self, now: float, after: float, unheard_after: float | None = None) -> list[Member]:
+        """Remove the members dead or left for ``after`` seconds, or for ``unheard_after``
+        if they never answered us (``mark_heard``); returns them."""
+        heard = self._heard
+        short = after if unheard_after is None else min(after, unheard_after)
+        expired = [
+            m for m in self.gone()
+            if now - m.changed_at >= (after if m.name in heard else short)
+        ]
         if not expired:
             return expired
         for m in expired:
             del self.members[m.name]
             del self._gone[m.name]
+            heard.discard(m.name)
         names = {m.name for m in expired}
         rest = self._order[self._index :]
         self._order = [n for n in self._order if n not in names]

@@ -145,6 +145,7 @@ class Prober:
             return
         self.current = None
         if probe.acked:
+            self._swim._table.mark_heard(probe.target)
             self.adjust_awareness(-1)
             return
         swim = self._swim

@@ -70,6 +70,7 @@ from gossip.effects import (
     StreamRequest,
 )
 from gossip.errors import DecodeError
+from gossip.limits import INCARNATION_MAX, META_MAX
 from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
 from gossip.membertable import MemberTable
 from gossip.outbox import Outbox
@@ -103,7 +104,7 @@ from gossip.wire.messages import (
 
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
 
-_META_LIMIT = 512
+_META_LIMIT = META_MAX
 _LEAVE_FANOUT = 512
 
 
@@ -126,6 +127,7 @@ class SwimStats:
     refutes: int = 0
     deaths: int = 0
     push_pulls: int = 0
+    refused_members: int = 0  # new members refused: the table was full (Config.max_members)
     packets_sent: int = 0
     bytes_sent: int = 0
     last_rtt: float | None = None
@@ -148,6 +150,8 @@ class Swim:
     ) -> None:
         if not name:
             raise ValueError("node name must not be empty")
+        if not 0 <= incarnation <= INCARNATION_MAX:
+            raise ValueError(f"incarnation {incarnation} is not a uint32")
         ip_bytes(addr[0])  # validates the address (ValueError)
         self.config = config
         self.name = name
@@ -158,6 +162,7 @@ class Swim:
         the serf layer's queries and ``agent/membership/keys.py``)."""
         self.stats = SwimStats()
         self.leaving = False
+        self._table_full_said = False
         self._leave_phase = 0
         self._leave_at = 0.0
         self._now = now
@@ -335,7 +340,7 @@ class Swim:
         if len(meta) > _META_LIMIT:
             raise ValueError(f"node meta is {len(meta)} bytes; the limit is {_META_LIMIT}")
         me = self.local
-        updated = me.evolve(meta=meta, incarnation=me.incarnation + 1, changed_at=now)
+        updated = me.evolve(meta=meta, incarnation=min(me.incarnation + 1, INCARNATION_MAX), changed_at=now)
         self._table.set(updated)
         self._queue_alive(updated)
         return []
@@ -574,6 +579,9 @@ class Swim:
             self._alive_about_self(now, msg, effects)
             return
         if current is None:
+            if len(self._table.members) >= self.config.max_members:
+                self._refuse_member(msg.node, effects)
+                return
             member = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn, now)
             self._table.add(member)
             self._broadcasts.queue(msg.node, wire.encode(msg))
@@ -594,7 +602,7 @@ class Swim:
                     )
                 )
                 return
-        elif msg.incarnation <= current.incarnation:
+        elif not supersedes(Status.ALIVE, msg.incarnation, current):
             return
         self._suspicions.pop(msg.node, None)
         updated = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn,
@@ -606,6 +614,14 @@ class Swim:
         elif current.meta != msg.meta or moved:
             effects.append(MemberUpdated(updated))
         effects.extend(self.delegate.on_member_change(now, current, updated))
+
+    def _refuse_member(self, name: str, effects: list[Effect]) -> None:
+        """A new member beyond ``Config.max_members``: said once until reaping makes room."""
+        self.stats.refused_members += 1
+        if not self._table_full_said:
+            self._table_full_said = True
+            effects.append(Log("warning", f"member table full: {self.config.max_members} members "
+                               f"(max_members); refusing new member {name!r} and further ones"))
 
     def _alive_about_self(self, now: float, msg: Alive, effects: list[Effect]) -> None:
         me = self.local
@@ -696,7 +712,9 @@ class Swim:
 
     def _refute(self, now: float, accused: int, effects: list[Effect]) -> None:
         me = self.local
-        incarnation = max(me.incarnation + 1, accused + 1)
+        # Saturates at the uint32 ceiling, where an alive wins (members.supersedes):
+        # memberlist's Go arithmetic wraps to a small incarnation that peers ignore.
+        incarnation = min(max(me.incarnation + 1, accused + 1), INCARNATION_MAX)
         self.stats.refutes += 1
         refuted = me.evolve(incarnation=incarnation, status=Status.ALIVE)
         self._table.set(refuted)
@@ -741,8 +759,11 @@ class Swim:
 
     def _reap(self, now: float, effects: list[Effect]) -> None:
         self._timers.set(now + self._reap_period(), TimerKind.REAP_TICK, None)
-        for m in self._table.expire(now, self.config.reap_interval):
+        config = self.config
+        for m in self._table.expire(now, config.reap_interval, config.reap_unheard_interval):
             effects.append(MemberReaped(m))
+        if len(self._table.members) < config.max_members:
+            self._table_full_said = False
 
     # ------------------------------------------------------------------ misc
 

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 from crypto.keyring import OVERHEAD as CRYPTO_OVERHEAD
 from crypto.keyring import DecryptError, Keyring
+from gossip import limits
 from gossip.errors import DecodeError
+from gossip.wire.memo import ByteMemo
 from gossip.wire.messagecodec import (
     STREAM_TYPES,
     decode_packet_part,
@@ -60,6 +62,9 @@ MAX_PART_SIZE = 0xFFFF
 MAX_ENCRYPTED_STREAM = 20 * 1024 * 1024
 """memberlist's maxPushStateBytes: the largest encrypted stream accepted."""
 DECOMPRESS_LIMIT = 40 * 1024 * 1024
+"""How many bytes a stream may inflate to (newer memberlist's cap; 0.2.2 has none)."""
+UDP_DECOMPRESS_LIMIT = limits.UDP_DECOMPRESS_MAX
+"""How many bytes all compress layers of one datagram may inflate to (gossip/limits.py)."""
 MAX_NESTING = 8
 """How deep compound/compress may nest inside one packet (Go has no limit)."""
 
@@ -147,8 +152,9 @@ def _strip_label(buf: bytes) -> tuple[bytes, bytes]:
     return buf[2 + ln :], buf[2 : 2 + ln]
 
 
-_CACHE_SIZE = 4096
-_CACHE_MAX_BYTES = 2048  # only small buffers are memoised: bounds cache memory
+_CACHE_MAX_BYTES = 2048  # only small buffers are memoised: bounds the part memo's memory
+_MEMO_ENTRY_OVERHEAD = 128
+"""Bytes counted per decoded message of a memoised datagram (the value objects)."""
 _PART_CACHE_SIZE = 4096
 """Decoded parts kept by one process (≈ 1.5 MiB at most): an agent sees few repeats
 beyond gossip of the same news, so a small memo is enough; ``set_part_cache_size``
@@ -228,30 +234,39 @@ def _walk(
         errs.append(str(e))
 
 
-def _decode_plain(buf: bytes) -> tuple[tuple[Message, ...], tuple[str, ...]]:
-    """Decrypted packet -> (messages, part errors). No messages means the packet failed."""
+_Decoded = tuple[tuple[Message, ...], tuple[str, ...]]
+
+
+def _decode_plain(buf: bytes) -> tuple[tuple[Message, ...], tuple[str, ...], int]:
+    """Decrypted packet -> (messages, part errors, bytes inflated). No messages means
+    the packet failed."""
     if not buf:
-        return (), ("empty packet",)
+        return (), ("empty packet",), 0
     if buf[0] == _T_CRC and len(buf) >= CRC_OVERHEAD:
         want = int.from_bytes(buf[1:5], "big")
         buf = buf[5:]
         if zlib.crc32(buf) & _U32 != want:
-            return (), ("bad CRC",)
+            return (), ("bad CRC",), 0
         if not buf:
-            return (), ("empty payload inside CRC frame",)
+            return (), ("empty payload inside CRC frame",), 0
     msgs: list[Message] = []
     errs: list[str] = []
-    _walk(buf, 0, [DECOMPRESS_LIMIT], msgs, errs)
-    return tuple(msgs), tuple(errs)
+    limit = UDP_DECOMPRESS_LIMIT
+    budget = [limit]
+    _walk(buf, 0, budget, msgs, errs)
+    return tuple(msgs), tuple(errs), limit - budget[0]
 
 
-_decode_plain_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(_decode_plain)
+_plain_memo: ByteMemo[_Decoded] = ByteMemo(limits.DECODE_MEMO_BYTES)
+"""Decoded small datagrams, weighed by what their messages can hold (the datagram plus
+everything it inflated to): one per process, so a simulator's thousands of cores share
+the decode of one news item, and bounded in bytes (issue 18, item 3)."""
 
 
 def clear_caches() -> None:
     """Forget memoised decodes (tests; long-running processes never need it)."""
     _decode_part_cached.cache_clear()
-    _decode_plain_cached.cache_clear()
+    _plain_memo.clear()
 
 
 def decode_packet(
@@ -283,9 +298,14 @@ def decode_packet(
             if require_encryption:
                 raise DecodeError(f"decrypt packet failed: {e}") from None
     if len(buf) <= _CACHE_MAX_BYTES:
-        msgs, errs = _decode_plain_cached(buf)
+        decoded = _plain_memo.get(buf)
+        if decoded is None:
+            msgs, errs, inflated = _decode_plain(buf)
+            decoded = (msgs, errs)
+            _plain_memo.put(buf, decoded, len(buf) + inflated + _MEMO_ENTRY_OVERHEAD * (len(msgs) + 1))
+        msgs, errs = decoded
     else:
-        msgs, errs = _decode_plain(buf)
+        msgs, errs, _ = _decode_plain(buf)
     if not msgs:
         raise DecodeError(errs[0] if errs else "no message in packet")
     if errs and errors is not None:

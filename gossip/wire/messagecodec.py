@@ -15,7 +15,9 @@ keyed by Go field names in sorted order, byte slices as msgpack *str*
 Decoding is tolerant like Go (any key order, unknown keys ignored, missing keys =
 zero values, bin or str for bytes, trailing bytes ignored) but type-strict: every
 failure is a :class:`~gossip.errors.DecodeError`, never another exception, with
-bounded memory. Field sets: memberlist 0.2.2 ``net.go`` (the structs ping,
+bounded memory. Member names and meta follow ``gossip/limits.py`` (``valid_name``,
+``META_MAX``): a message naming an inadmissible member is refused; a push/pull
+leaves out just that member. Field sets: memberlist 0.2.2 ``net.go`` (the structs ping,
 indirectPingReq, ackResp, nackResp, suspect, alive, dead, pushPullHeader,
 pushNodeState, userMsgHeader, errResp).
 """
@@ -28,6 +30,7 @@ from typing import Any
 import msgpack
 
 from gossip.errors import DecodeError
+from gossip.limits import META_MAX, valid_name
 from gossip.wire import lzw
 from gossip.wire.messages import (
     Ack,
@@ -164,6 +167,27 @@ def _str(d: dict[bytes, Any], key: bytes, what: str) -> str:
         raise DecodeError(f"{what}.{key.decode()}: not valid UTF-8") from None
 
 
+class _Inadmissible(DecodeError):
+    """Well-formed, but a member name or meta that no member may have: the message is
+    refused; inside a push/pull only that member is left out (a serf peer that took a
+    hostile member must not lose anti-entropy with us)."""
+
+
+def _name(d: dict[bytes, Any], key: bytes, what: str) -> str:
+    """A member name: the one rule of ``gossip.limits.valid_name``, at decode time."""
+    v = _str(d, key, what)
+    if not valid_name(v):
+        raise _Inadmissible(f"{what}.{key.decode()}: not a valid member name: {v!r:.40}")
+    return v
+
+
+def _meta(d: dict[bytes, Any], key: bytes, what: str) -> bytes:
+    v = _bytes(d, key, what)
+    if len(v) > META_MAX:
+        raise _Inadmissible(f"{what}.{key.decode()}: {len(v)} bytes of meta (max {META_MAX})")
+    return v
+
+
 def _opt_str(d: dict[bytes, Any], key: bytes, what: str) -> str | None:
     if d.get(key) is None:
         return None
@@ -255,8 +279,8 @@ def _dec_suspect(data: bytes) -> Suspect:
     d = _body_map(data, "suspect")
     return Suspect(
         incarnation=_uint(d, b"Incarnation", _U32, "suspect"),
-        node=_str(d, b"Node", "suspect"),
-        from_=_str(d, b"From", "suspect"),
+        node=_name(d, b"Node", "suspect"),
+        from_=_name(d, b"From", "suspect"),
     )
 
 
@@ -264,8 +288,8 @@ def _dec_dead(data: bytes) -> Dead:
     d = _body_map(data, "dead")
     return Dead(
         incarnation=_uint(d, b"Incarnation", _U32, "dead"),
-        node=_str(d, b"Node", "dead"),
-        from_=_str(d, b"From", "dead"),
+        node=_name(d, b"Node", "dead"),
+        from_=_name(d, b"From", "dead"),
     )
 
 
@@ -273,10 +297,10 @@ def _dec_alive(data: bytes) -> Alive:
     d = _body_map(data, "alive")
     return Alive(
         incarnation=_uint(d, b"Incarnation", _U32, "alive"),
-        node=_str(d, b"Node", "alive"),
+        node=_name(d, b"Node", "alive"),
         addr=_ip(d, b"Addr", "alive"),
         port=_uint(d, b"Port", _U16, "alive"),
-        meta=_bytes(d, b"Meta", "alive"),
+        meta=_meta(d, b"Meta", "alive"),
         vsn=_vsn(d, b"Vsn", "alive"),
     )
 
@@ -313,6 +337,7 @@ def _node_state(d: dict[bytes, Any]) -> PushNodeState:
         and type(port) is int
         and 0 <= port <= _U16
         and type(meta) is bytes
+        and len(meta) <= META_MAX
         and type(inc) is int
         and 0 <= inc <= _U32
         and type(state) is int
@@ -324,7 +349,9 @@ def _node_state(d: dict[bytes, Any]) -> PushNodeState:
             text = name.decode("utf-8")
         except UnicodeDecodeError:
             return _node_state_checked(d)  # raises the precise error
-        return PushNodeState(text, addr, port, meta, inc, _NODE_STATES[state], vsn)
+        if valid_name(text):
+            return PushNodeState(text, addr, port, meta, inc, _NODE_STATES[state], vsn)
+    return _node_state_checked(d)
     return _node_state_checked(d)
 
 
@@ -334,10 +361,10 @@ def _node_state_checked(d: dict[bytes, Any]) -> PushNodeState:
     if state > NodeState.LEFT:
         raise DecodeError(f"{w}.State: unknown state {state}")
     return PushNodeState(
-        name=_str(d, b"Name", w),
+        name=_name(d, b"Name", w),
         addr=_ip(d, b"Addr", w),
         port=_uint(d, b"Port", _U16, w),
-        meta=_bytes(d, b"Meta", w),
+        meta=_meta(d, b"Meta", w),
         incarnation=_uint(d, b"Incarnation", _U32, w),
         state=NodeState(state),
         vsn=_vsn(d, b"Vsn", w),
@@ -380,7 +407,14 @@ def _dec_push_pull_body(data: bytes) -> PushPull:
     join, count, user_len = _push_pull_header(_next_map(up, "pushPull header"))
     if count > len(body):  # each node state needs at least one byte
         raise DecodeError(f"pushPull: {count} nodes cannot fit in {len(body)} bytes")
-    nodes = tuple(_node_state(_next_map(up, "pushNodeState")) for _ in range(count))
+    states: list[PushNodeState] = []
+    for _ in range(count):
+        d = _next_map(up, "pushNodeState")
+        try:
+            states.append(_node_state(d))
+        except _Inadmissible:
+            continue
+    nodes = tuple(states)
     off = up.tell()
     if len(body) - off < user_len:
         raise DecodeError("pushPull: user state truncated")

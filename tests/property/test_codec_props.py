@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from crypto.keyring import Keyring
+from gossip import limits
 from gossip.errors import DecodeError
 from gossip.wire import codec as wire
 from gossip.wire import lzw
@@ -41,6 +42,10 @@ KEYS = [bytes(range(16)), bytes(range(24)), bytes(range(32))]
 u32 = st.integers(0, 0xFFFFFFFF)
 u16 = st.integers(0, 0xFFFF)
 names = st.text(max_size=40)
+member_names = st.text(
+    st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")), min_size=1, max_size=40
+)
+"""Names a member may have (``gossip.limits.valid_name``); ``names`` also has others."""
 addrs = st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16)
 vsns = st.just(DEFAULT_VSN) | st.just(b"") | st.binary(min_size=6, max_size=9)
 metas = st.binary(max_size=80)
@@ -66,13 +71,13 @@ indirect_pings = st.builds(
 )
 acks = st.builds(Ack, seq_no=u32, payload=st.none() | st.binary(max_size=200))
 nacks = st.builds(Nack, seq_no=u32)
-suspects = st.builds(Suspect, incarnation=u32, node=names, from_=names)
-deads = st.builds(Dead, incarnation=u32, node=names, from_=names)
-alives = st.builds(Alive, incarnation=u32, node=names, addr=addrs, port=u16, meta=metas, vsn=vsns)
+suspects = st.builds(Suspect, incarnation=u32, node=member_names, from_=member_names)
+deads = st.builds(Dead, incarnation=u32, node=member_names, from_=member_names)
+alives = st.builds(Alive, incarnation=u32, node=member_names, addr=addrs, port=u16, meta=metas, vsn=vsns)
 users = st.builds(UserMsg, payload=st.binary(max_size=300))
 node_states = st.builds(
     PushNodeState,
-    name=names,
+    name=member_names,
     addr=addrs,
     port=u16,
     meta=metas,
@@ -110,6 +115,18 @@ def test_every_message_round_trips(msg: Message) -> None:
     assert wire.decode(data) == msg
     # Deterministic: encoding the decoded message gives the same bytes.
     assert wire.encode(wire.decode(data)) == data
+
+
+@FAST
+@given(names, st.sampled_from([Suspect, Dead]))
+def test_member_messages_decode_exactly_when_the_name_is_valid(name: str, kind: type) -> None:
+    data = wire.encode(kind(1, name, "n0"))
+    if limits.valid_name(name):
+        assert wire.decode(data) == kind(1, name, "n0")
+    else:
+        with contextlib.suppress(DecodeError):
+            wire.decode(data)
+            raise AssertionError(f"{name!r} was accepted")
 
 
 @FAST

@@ -41,7 +41,8 @@ GROUPS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     (
         "gossip base values",
         1,
-        ("gossip.errors", "gossip.members", "gossip.effects", "gossip.config", "gossip.delegate"),
+        ("gossip.errors", "gossip.members", "gossip.effects", "gossip.config", "gossip.delegate",
+         "gossip.limits"),
     ),
     ("dataplane", 1, ("dataplane",)),
     ("gossip.wire", 2, ("gossip.wire",)),

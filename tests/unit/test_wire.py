@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from crypto.keyring import Keyring
+from gossip import limits
 from gossip.errors import DecodeError
 from gossip.wire import codec as wire
 from gossip.wire import lzw
@@ -196,7 +197,9 @@ def test_decode_accepts_any_key_order_and_unknown_keys() -> None:
 
 
 def test_decode_missing_keys_are_zero_values() -> None:
-    assert wire.decode(b"\x03\x80") == Suspect(0, "", "")
+    assert wire.decode(b"\x03" + _body({"Node": "n", "From": "m"})) == Suspect(0, "n", "m")
+    with pytest.raises(DecodeError, match="member name"):  # names are not optional
+        wire.decode(b"\x03\x80")
     assert wire.decode(b"\x0b\x80") == Nack(0)
     assert wire.decode(b"\x00\x80") == Ping(0, "")
 
@@ -467,8 +470,36 @@ def test_memo_returns_equal_results_and_is_bounded() -> None:
     first = wire.decode_packet(pkt, None)
     again = wire.decode_packet(pkt, None)
     assert first == again and first[0] is again[0]
-    info = wire._decode_plain_cached.cache_info()
-    assert info.hits >= 1 and info.maxsize == 4096
+    memo = wire._plain_memo
+    assert memo.hits >= 1 and memo.max_bytes == limits.DECODE_MEMO_BYTES
+
+
+def test_memo_is_bounded_by_bytes_not_entries() -> None:
+    """Issue 18, item 3: small datagrams that inflate to a lot are weighed by what
+    they inflate to, so the memo keeps at most DECODE_MEMO_BYTES of them."""
+    wire.clear_caches()
+    memo = wire._plain_memo
+    for i in range(200):
+        big = b"\x08" + i.to_bytes(4, "big") + bytes(60_000)  # ~60 KB each, ~300 B compressed
+        pkt = wire.encode_packet([big, big, big], compress=True, crc=False, keyring=None)
+        assert len(pkt) <= 2048
+        assert len(wire.decode_packet(pkt, None)) == 3
+        assert memo.held <= limits.DECODE_MEMO_BYTES
+    assert 0 < len(memo) < 200
+    wire.clear_caches()
+
+
+def test_byte_memo_evicts_oldest_and_skips_what_alone_is_too_big() -> None:
+    from gossip.wire.memo import ByteMemo
+
+    memo: ByteMemo[int] = ByteMemo(100)
+    memo.put(b"a", 1, 60)
+    memo.put(b"b", 2, 30)
+    memo.put(b"c", 3, 20)  # 110 > 100: "a" goes
+    assert memo.get(b"a") is None and memo.get(b"b") == 2 and memo.get(b"c") == 3
+    assert memo.held == 50
+    memo.put(b"d", 4, 101)
+    assert memo.get(b"d") is None and memo.held == 50
 
 
 # ---------------------------------------------------------------- streams
@@ -592,7 +623,7 @@ def test_stream_message_size_rejects_what_it_can(data: bytes) -> None:
 
 def test_packet_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     wire.clear_caches()
-    monkeypatch.setattr(wire, "DECOMPRESS_LIMIT", 1000)
+    monkeypatch.setattr(wire, "UDP_DECOMPRESS_LIMIT", 1000)
     bomb = wire.encode_compress(b"\x08" + bytes(2000))
     with pytest.raises(DecodeError, match="exceeds"):
         wire.decode_packet(bomb, None)
