@@ -35,7 +35,7 @@ CLONE_NEWNET = 0x40000000
 IFA_F_NODAD = 0x02
 """IPv6 addresses are usable at once (no duplicate address detection delay)."""
 IFNAMSIZ = 15
-_NETNS_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}$")
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}\Z")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

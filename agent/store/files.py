@@ -24,7 +24,7 @@ import re
 import time
 from typing import Any
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _TMP_MARK = ".tmp-"
 LOCK_NAME = ".lock"
 _counter = itertools.count()

@@ -53,8 +53,8 @@ MAX_LAMPORT = (1 << 63) - 1
 MAX_RESIDUAL = 10 * 365 * 24 * 3600
 ID_BYTES = 32
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEX_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_HEX_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 # --------------------------------------------------------------------- values

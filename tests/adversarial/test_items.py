@@ -109,7 +109,6 @@ def test_item1_incarnation_overflow_does_not_lock_a_node_out(attack_lab: AttackL
 # -- item 2 ------------------------------------------------------------------------------------------
 
 
-@not_landed(2)
 def test_item2_deeply_nested_json_is_refused_not_fatal(attack_lab: AttackLabFactory) -> None:
     """~1,000 nested brackets in a control request, and nested JSON in endpoints.json at
     start-up: an error line and a warning, never a dead agent."""
@@ -148,7 +147,6 @@ def test_item3_decode_cache_does_not_amplify_memory(attack_lab: AttackLabFactory
 # -- item 4 ------------------------------------------------------------------------------------------
 
 
-@not_landed(4)
 def test_item4_idle_connections_do_not_lock_out_joins(attack_lab: AttackLabFactory) -> None:
     """200 idle TCP connections from the attacker, re-opened as soon as they close: a new
     agent must still join through host0, and host0 must still push/pull with host1."""
@@ -223,7 +221,6 @@ def test_item6_member_table_is_bounded(attack_lab: AttackLabFactory) -> None:
 # -- item 7 ------------------------------------------------------------------------------------------
 
 
-@not_landed(7)
 def test_item7_a_create_that_cannot_be_saved_fails(attack_lab: AttackLabFactory) -> None:
     """host0's state directory is a 64 KiB tmpfs, filled up: every create either fails
     or survives a restart with its interface."""
@@ -260,7 +257,6 @@ def test_item7_a_create_that_cannot_be_saved_fails(attack_lab: AttackLabFactory)
 # -- item 8 ------------------------------------------------------------------------------------------
 
 
-@not_landed(8)
 def test_item8_corrupt_endpoints_file_is_loud_and_deletes_nothing(attack_lab: AttackLabFactory) -> None:
     al = fresh(attack_lab)
     mine = next(e for e in al.ol.endpoints(1) if e["node"] == "host1")
@@ -297,7 +293,6 @@ def test_item9_vanished_container_namespace_is_withdrawn(attack_lab: AttackLabFa
 # -- item 10 -----------------------------------------------------------------------------------------
 
 
-@not_landed(10)
 def test_item10_names_with_a_trailing_newline_are_refused(attack_lab: AttackLabFactory) -> None:
     al = fresh(attack_lab)
     before = al.snapshot()
@@ -311,7 +306,6 @@ def test_item10_names_with_a_trailing_newline_are_refused(attack_lab: AttackLabF
     al.assert_healthy(before)
 
 
-@not_landed(10)
 def test_item10_hostile_remote_member_names_are_not_admitted(attack_lab: AttackLabFactory) -> None:
     al = fresh(attack_lab)
     before, rss = al.snapshot(), al.rss()
@@ -327,7 +321,6 @@ def test_item10_hostile_remote_member_names_are_not_admitted(attack_lab: AttackL
 # -- item 11 -----------------------------------------------------------------------------------------
 
 
-@not_landed(11)
 def test_item11_endpoints_beyond_the_bridge_limit_are_refused_clearly(attack_lab: AttackLabFactory) -> None:
     """The per-network limit lowered to 3: the 4th create is refused with a message that
     states the limit, and the 3 that were made are ports of the network's bridge."""

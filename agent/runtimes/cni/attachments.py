@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 RUNTIME = "cni"
 ACTIONS = ("add", "del", "check", "gc", "status")
 MAX_VALID = 100_000
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}\Z")
 
 
 def _str(args: dict[str, Any], key: str, required: bool = True) -> str | None:

@@ -48,7 +48,7 @@ NOT_AVAILABLE = 50
 AGENT_REFUSED = 100
 """The agent refused the request (its one-line reason is the message)."""
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}$")
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}\Z")
 _IFNAME_BAD = re.compile(r"[/:\s]")
 
 
