@@ -105,6 +105,28 @@ class MemberTable:
     def heard(self, name: str) -> bool:
         return name in self._heard
 
+    def evictable(self) -> Member | None:
+        """A member to forget for a newcomer when the table is full: the first that
+        never answered us (only heard of), dead or left ones first."""
+        heard = self._heard
+        for m in self.gone():
+            if m.name not in heard:
+                return m
+        return next((m for m in self.others() if m.name not in heard), None)
+
+    def remove(self, name: str) -> Member:
+        """Forget one member (``evictable``); returns it. One C-level pass over the order."""
+        m = self.members.pop(name)
+        self._gone.pop(name, None)
+        self._heard.discard(name)
+        pos = self._order.index(name)
+        del self._order[pos]
+        if pos < self._index:
+            self._index -= 1
+        if self._unshuffled_from is not None and pos < self._unshuffled_from:
+            self._unshuffled_from -= 1
+        return m
+
     def expire(self, now: float, after: float, unheard_after: float | None = None) -> list[Member]:
         """Remove the members dead or left for ``after`` seconds, or for ``unheard_after``
         if they never answered us (``mark_heard``); returns them."""
@@ -114,19 +136,21 @@ class MemberTable:
             m for m in self.gone()
             if now - m.changed_at >= (after if m.name in heard else short)
         ]
-        if not expired:
-            return expired
-        for m in expired:
+        if expired:
+            self._drop(expired)
+        return expired
+
+    def _drop(self, gone: list[Member]) -> None:
+        for m in gone:
             del self.members[m.name]
             del self._gone[m.name]
-            heard.discard(m.name)
-        names = {m.name for m in expired}
+            self._heard.discard(m.name)
+        names = {m.name for m in gone}
         rest = self._order[self._index :]
         self._order = [n for n in self._order if n not in names]
         self._index = len(self._order) - len([n for n in rest if n not in names])
         if self._unshuffled_from is not None:
             self._unshuffled_from = self._index
-        return expired
 
     # ------------------------------------------------------------------ choosing
 

@@ -3,12 +3,13 @@
 Owns: one node's entry points and its decisions about members: news of alive,
 suspect, dead and left members (precedence only by ``members.supersedes``),
 refuting news about itself, suspicions and their Lifeguard timeouts, the gossip
-beat, the graceful leave in serf's order, reaping, and dispatching messages and
+beat, the graceful leave in serf's order, and dispatching messages and
 timers to its parts, each in its own module:
 
 - ``membertable.py``: the members and memberlist's probe order;
 - ``probe.py``: the probe cycle and Lifeguard's local health;
 - ``antientropy.py``: push/pull, joins and rejoins;
+- ``capacity.py``: the member-table bound and reaping;
 - ``outbox.py``: packing news into datagrams;
 - ``timers.py``: the timer heap and its typed kinds;
 - ``serf/layer.py``: serf's clocks and queries, for user payloads below 0x80
@@ -49,6 +50,7 @@ from typing import Any
 from crypto.keyring import Keyring
 from gossip.antientropy import AntiEntropy, JoinBatch
 from gossip.broadcasts import Broadcasts
+from gossip.capacity import Capacity
 from gossip.config import (
     Config,
     expected_confirmations,
@@ -63,7 +65,6 @@ from gossip.effects import (
     MemberFailed,
     MemberJoined,
     MemberLeft,
-    MemberReaped,
     MemberSuspected,
     MemberUpdated,
     QueryFinished,
@@ -162,7 +163,6 @@ class Swim:
         the serf layer's queries and ``agent/membership/keys.py``)."""
         self.stats = SwimStats()
         self.leaving = False
-        self._table_full_said = False
         self._leave_phase = 0
         self._leave_at = 0.0
         self._now = now
@@ -175,6 +175,7 @@ class Swim:
         self._serf = SerfLayer(self.encryption)
         self._prober = Prober(self)
         self._sync = AntiEntropy(self)
+        self._capacity = Capacity(self)
         meta = self.delegate.node_meta(_META_LIMIT)
         me = Member(name, addr[0], addr[1], incarnation, Status.ALIVE, meta, DEFAULT_VSN, now)
         self._table = MemberTable(me, rng)
@@ -186,7 +187,7 @@ class Swim:
         """The gossip ticker's next beat; kept off the timer heap because a node with no
         news skips it (``next_deadline``): no wake-ups every 200 ms in a quiet cluster."""
         self._timers.set(now + self.rng.uniform(0, config.push_pull_interval), TimerKind.PUSH_PULL_TICK, 0)
-        self._timers.set(now + self._reap_period(), TimerKind.REAP_TICK, None)
+        self._timers.set(now + self._capacity.period(), TimerKind.REAP_TICK, None)
         self._timers.set(now + self.rng.uniform(0.5, 1.0) * config.rejoin_interval, TimerKind.REJOIN_TICK, None)
 
     # ------------------------------------------------------------------ queries
@@ -418,6 +419,7 @@ class Swim:
         )
         if now > self._now:
             self._now = now
+        self._capacity.speaker = src[0]
         effects: list[Effect] = []
         for msg in messages:
             # Suspect and dead gossip (most of a failure storm) skip one call level.
@@ -438,6 +440,7 @@ class Swim:
         )
         if now > self._now:
             self._now = now
+        self._capacity.speaker = src[0]
         effects: list[Effect] = []
         if isinstance(msg, PushPull):
             return self._sync.answer(now, msg, effects), effects
@@ -473,6 +476,7 @@ class Swim:
         stream = self._streams.pop(token, None)
         if stream is None:
             return effects
+        self._capacity.speaker = stream.to[0]
         msg: Message | None = None
         error = "no reply"
         if reply is not None and stream.kind != "user":
@@ -579,8 +583,9 @@ class Swim:
             self._alive_about_self(now, msg, effects)
             return
         if current is None:
-            if len(self._table.members) >= self.config.max_members:
-                self._refuse_member(msg.node, effects)
+            if len(self._table.members) >= self.config.max_members and not self._capacity.make_room(
+                addr, msg.node, effects
+            ):
                 return
             member = Member(msg.node, addr, msg.port, msg.incarnation, Status.ALIVE, msg.meta, msg.vsn, now)
             self._table.add(member)
@@ -614,14 +619,6 @@ class Swim:
         elif current.meta != msg.meta or moved:
             effects.append(MemberUpdated(updated))
         effects.extend(self.delegate.on_member_change(now, current, updated))
-
-    def _refuse_member(self, name: str, effects: list[Effect]) -> None:
-        """A new member beyond ``Config.max_members``: said once until reaping makes room."""
-        self.stats.refused_members += 1
-        if not self._table_full_said:
-            self._table_full_said = True
-            effects.append(Log("warning", f"member table full: {self.config.max_members} members "
-                               f"(max_members); refusing new member {name!r} and further ones"))
 
     def _alive_about_self(self, now: float, msg: Alive, effects: list[Effect]) -> None:
         me = self.local
@@ -752,19 +749,6 @@ class Swim:
             peer = self._prober.target_at(to)
         self._out.send(peer, [data], effects, to)
 
-    # ------------------------------------------------------------------ reaping
-
-    def _reap_period(self) -> float:
-        return max(1.0, min(self.config.reap_interval / 4, 60.0))
-
-    def _reap(self, now: float, effects: list[Effect]) -> None:
-        self._timers.set(now + self._reap_period(), TimerKind.REAP_TICK, None)
-        config = self.config
-        for m in self._table.expire(now, config.reap_interval, config.reap_unheard_interval):
-            effects.append(MemberReaped(m))
-        if len(self._table.members) < config.max_members:
-            self._table_full_said = False
-
     # ------------------------------------------------------------------ misc
 
     def _next_seq(self) -> int:
@@ -800,7 +784,7 @@ _TIMER_HANDLERS: dict[TimerKind, Callable[[Swim, float, Any, list[Effect]], None
     TimerKind.GOSSIP_TICK: lambda s, now, _, fx: fx.extend(s._gossip(now)),  # the leave's last
     TimerKind.PUSH_PULL_TICK: lambda s, now, generation, fx: s._sync.tick(now, generation, fx),
     TimerKind.SUSPICION: lambda s, now, name, fx: s._suspicion_fired(now, name, fx),
-    TimerKind.REAP_TICK: lambda s, now, _, fx: s._reap(now, fx),
+    TimerKind.REAP_TICK: lambda s, now, _, fx: s._capacity.reap(now, fx),
     TimerKind.REJOIN_TICK: lambda s, now, _, fx: s._sync.rejoin(now, fx),
     TimerKind.JOIN_RETRY: lambda s, now, _, fx: s._sync.join_retry(now, fx),
     TimerKind.QUERY_TIMEOUT: _on_query_timeout,

@@ -80,7 +80,6 @@ def ints_in(obj: Any) -> list[int]:
 # -- item 1 ------------------------------------------------------------------------------------------
 
 
-@not_landed(1)
 def test_item1_incarnation_overflow_does_not_lock_a_node_out(attack_lab: AttackLabFactory) -> None:
     """Spoofed alives about host1 at 0xFFFFFFFE and 0xFFFFFFFF, then a dead at
     0xFFFFFFFF: refuting needs 2^32. host1 must come back alive for its peers (and stay
@@ -132,7 +131,6 @@ def test_item2_deeply_nested_json_is_refused_not_fatal(attack_lab: AttackLabFact
 # -- item 3 ------------------------------------------------------------------------------------------
 
 
-@not_landed(3)
 def test_item3_decode_cache_does_not_amplify_memory(attack_lab: AttackLabFactory) -> None:
     """≤ 2 KiB datagrams that inflate to ~1 MiB of unique user messages each: 300 of them
     (today ~300 MiB kept) must leave RSS within the slack."""
@@ -203,7 +201,6 @@ def member_bound_setting() -> str:
     return fields[0]
 
 
-@not_landed(6)
 def test_item6_member_table_is_bounded(attack_lab: AttackLabFactory) -> None:
     """With the bound lowered to 50, 400 spoofed alives: the table stays at the bound,
     a log line says so, the real agents stay alive and a new agent joins."""

@@ -163,6 +163,21 @@ def test_the_member_table_is_bounded_and_says_so_once() -> None:
     node.check_invariants()
 
 
+def test_a_full_table_still_takes_a_joiner_that_speaks_for_itself() -> None:
+    """The table full of spoofed members (never heard from): an alive that comes from the
+    member's own address (a joiner) takes the place of one of them; at most one per
+    message, and a spoofed member's alive sent from elsewhere still does not."""
+    node = Swim(CFG.with_(max_members=4), "a", ("10.0.0.1", 7946), rng=random.Random(1), now=0.0)
+    node.handle_packet(1.0, ATTACKER, packet(*[alive(f"spoof{i}", 1, ("198.51.100.1", 10000 + i)) for i in range(6)]))
+    assert node.num_members() == 4
+    joiner = ("10.0.0.7", 7946)
+    effects = node.handle_packet(2.0, joiner, packet(alive("joiner", 1, joiner), alive("joiner2", 1, ("10.0.0.7", 7947))))
+    names = {m.name for m in node.members()}
+    assert "joiner" in names and "joiner2" not in names and node.num_members() == 4
+    assert sum(isinstance(e, MemberReaped) for e in effects) == 1
+    node.check_invariants()
+
+
 def test_the_default_bound_leaves_room_for_10000_node_clusters() -> None:
     assert Config().max_members >= 4 * 10_000 and Config.wan().max_members == Config().max_members
 
