@@ -56,3 +56,22 @@ def test_install_keeps_ours_appends_the_rest_and_says_whether_we_were_known() ->
     assert list(other.members) == ["m5", "m0"]
     other.check_invariants()
     assert other.lazily_shuffled_from() == 0
+
+
+def test_remove_keeps_the_probe_round_whole_and_unheard_members_are_evicted_first() -> None:
+    t = _table(10)
+    t.install([_m(i) for i in range(10)])  # lazily shuffled from here
+    first = [t.next_probe_target().name for _ in range(3)]  # type: ignore[union-attr]
+    for name in ("m1", "m9"):
+        t.mark_heard(name)
+    t.set(_m(4, Status.DEAD))
+    victim = t.evictable()
+    assert victim is not None and victim.name == "m4"  # gone and never heard: first
+    t.remove("m4")
+    t.remove(first[0])  # one already probed this round
+    t.check_invariants()
+    # 7 others left, 2 of them probed already: the round's other 5 follow.
+    rest = [t.next_probe_target().name for _ in range(5)]  # type: ignore[union-attr]
+    assert set(first[1:]) | set(rest) == {f"m{i}" for i in range(1, 10)} - {"m4", first[0]}
+    evicted = t.evictable()
+    assert evicted is not None and evicted.name not in ("m0", "m1", "m9")
