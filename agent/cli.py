@@ -49,7 +49,8 @@ EPILOG = """\
 configuration (precedence: flags > environment > file > defaults):
   file         --config FILE, else $OVERLAY_AGENT_CONFIG, else /etc/overlay-agent/agent.toml
                if it exists. Each flag has a key: --state-dir -> state_dir,
-               --encrypt-key -> encrypt_keys, --tag K=V -> [tags], --gossip K=V -> [gossip].
+               --encrypt-key -> encrypt_keys, --tag K=V -> [tags], --gossip K=V -> [gossip],
+               --limit K=V -> [limits].
   environment  OVERLAY_AGENT_<KEY>, e.g. OVERLAY_AGENT_BIND=10.0.0.1,
                OVERLAY_AGENT_JOIN=10.0.0.2,10.0.0.3, OVERLAY_AGENT_TAGS=rack=r1,zone=a,
                OVERLAY_AGENT_GOSSIP_PROBE_INTERVAL=2
@@ -91,6 +92,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     add("--profile", choices=PROFILES, help="gossip timing profile (default: lan)")
     add("--gossip", action="append", metavar="NAME=VALUE",
         help="override a gossip timing, e.g. probe_interval=2 (repeatable)")
+    add("--limit", dest="limits", action="append", metavar="NAME=VALUE",
+        help="override one of the agent's limits, e.g. stream_slots=256 (repeatable; docs/operations.md)")
     add("--leave-on-terminate", action=argparse.BooleanOptionalAction, default=None,
         help="announce a graceful leave on SIGTERM/SIGINT (default: exit silently)")
     add("--tag", dest="tags", action="append", metavar="KEY=VALUE",
@@ -214,6 +217,7 @@ def describe(loaded: cfg.Loaded) -> str:
     ]
     rows += [(f"tags.{k}", v, f"tags.{k}") for k, v in sorted(c.tags.items())]
     rows += [(f"gossip.{k}", str(v), f"gossip.{k}") for k, v in sorted(c.gossip.items())]
+    rows += [(f"limits.{k}", str(v), f"limits.{k}") for k, v in sorted(c.limits.items())]
     width = max(len(r[0]) for r in rows)
     lines = [f"# config file: {c.config_file or '(none)'}"]
     for key, value, origin_key in rows:

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from agent.addresses import DEFAULT_PORT as DEFAULT_PORT
 from agent.addresses import UsageError, is_wildcard, parse_address
+from agent.limits import Limits
 from crypto.keyring import decode_key
 from gossip.config import Config, Profile
 from gossip.effects import Address
@@ -62,6 +63,8 @@ GOSSIP_KEYS: dict[str, type] = {
     f.name: type(f.default) for f in dataclasses.fields(Config)
 }
 """``gossip.<name>`` keys: every gossip.Config field with its type (float, int or bool)."""
+LIMIT_KEYS: dict[str, type] = Limits.fields()
+"""``limits.<name>`` keys: every ``agent.limits.Limits`` field with its type (int or float)."""
 
 
 class ConfigError(ValueError):
@@ -87,6 +90,8 @@ class AgentConfig:
     state_dir: str | None = None
     profile: Profile = "lan"
     gossip: Mapping[str, float | int | bool] = field(default_factory=dict)
+    limits: Mapping[str, float | int] = field(default_factory=dict)
+    """``limits.<name>`` overrides of ``agent.limits.Limits`` (docs/operations.md, "Limits")."""
     leave_on_terminate: bool = False
     tags: dict[str, str] = field(default_factory=lambda: {"role": DEFAULT_ROLE})
     log_level: str = "info"
@@ -106,6 +111,10 @@ class AgentConfig:
     def gossip_config(self) -> Config:
         """The profile with the ``gossip.*`` overrides applied."""
         return Config.profile(self.profile).with_(**dict(self.gossip))
+
+    def limits_config(self) -> Limits:
+        """The agent's limits with the ``limits.*`` overrides applied."""
+        return Limits().with_(**dict(self.limits))
 
     @property
     def keyring_path(self) -> str | None:
@@ -155,6 +164,7 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("join", "list", "seed addresses to join at start", "--join"),
     Key("profile", "str", "gossip timing profile: lan, wan or local", "--profile"),
     Key("gossip", "table", "overrides of gossip timings (gossip.probe_interval = 1.0, ...)", "--gossip"),
+    Key("limits", "table", "overrides of the agent's limits (limits.stream_slots = 128, ...)", "--limit"),
     Key("encrypt_keys", "list", "gossip keys in base64 (16/24/32 bytes); the first encrypts", "--encrypt-key"),
     Key("keyring_file", "str", "where the keyring persists (default: <state_dir>/keyring.json)", "--keyring-file"),
     Key("require_encryption", "bool", "with keys: refuse plaintext gossip (false during a roll-out)",
@@ -236,10 +246,11 @@ def read_env(environ: Mapping[str, str]) -> Layer:
         for i, item in enumerate(_split(tags)):
             k, v = _tag_pair(item, f"{KEYS['tags'].env} item {i + 1}")
             layer[f"tags.{k}"] = Raw(v, KEYS["tags"].env, textual=True)
-    for name in GOSSIP_KEYS:
-        var = f"{ENV_PREFIX}GOSSIP_{name.upper()}"
-        if var in environ:
-            layer[f"gossip.{name}"] = Raw(environ[var], var, textual=True)
+    for table, names in (("gossip", GOSSIP_KEYS), ("limits", LIMIT_KEYS)):
+        for name in names:
+            var = f"{ENV_PREFIX}{table.upper()}_{name.upper()}"
+            if var in environ:
+                layer[f"{table}.{name}"] = Raw(environ[var], var, textual=True)
     return layer
 
 
@@ -254,12 +265,13 @@ def flag_layer(values: Mapping[str, Any]) -> Layer:
             for text in value:
                 k, v = _tag_pair(text, f"--tag {text!r}")
                 layer[f"tags.{k}"] = Raw(v, "--tag", textual=True)
-        elif name == "gossip":
+        elif name in ("gossip", "limits"):
+            flag = key.flag
             for text in value:
                 k, sep, v = text.partition("=")
                 if not sep or not k.strip():
-                    raise ConfigError(f"--gossip {text!r}: expected NAME=VALUE")
-                layer[f"gossip.{k.strip()}"] = Raw(v.strip(), f"--gossip {k.strip()}", textual=True)
+                    raise ConfigError(f"{flag} {text!r}: expected NAME=VALUE")
+                layer[f"{name}.{k.strip()}"] = Raw(v.strip(), f"{flag} {k.strip()}", textual=True)
         else:
             assert key.flag is not None
             layer[name] = Raw(value, key.flag, textual=True)
@@ -537,6 +549,19 @@ def build(layer: Layer, *, config_file: str | None = None,
         raise ConfigError(f"{origin}: probe_timeout ({effective.probe_timeout:g} s) must not exceed "
                           f"probe_interval ({effective.probe_interval:g} s)")
 
+    limit_values: dict[str, float | int] = {}
+    for name, raw in sorted(b.table("limits").items()):
+        if name not in LIMIT_KEYS:
+            hint = difflib.get_close_matches(name, list(LIMIT_KEYS), n=1)
+            suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{raw.origin}: unknown limit{suffix}")
+        limit_values[name] = b.run(raw, _as_int if LIMIT_KEYS[name] is int else _as_float)
+    try:
+        Limits().with_(**limit_values)
+    except ValueError as exc:
+        origins = sorted(r.origin for r in b.table("limits").values())
+        raise ConfigError(f"{', '.join(origins)}: {exc}") from None
+
     tags = {"role": DEFAULT_ROLE}
     tag_raws = b.table("tags")
     for name, raw in tag_raws.items():
@@ -593,6 +618,7 @@ def build(layer: Layer, *, config_file: str | None = None,
         state_dir=state_dir,
         profile=cast(Profile, profile),
         gossip=gossip,
+        limits=limit_values,
         leave_on_terminate=_default(b.convert("leave_on_terminate", _as_bool), False),
         tags=tags,
         log_level=b.convert("log_level", _choice(LOG_LEVELS)) or "info",

@@ -148,15 +148,20 @@ class Runtime:
         out: list[str] = []
         if not self.readiness.ready:
             out.append(f"not ready yet: waiting for {', '.join(self.readiness.pending)}")
-        if self.config.join and self.join_outcome is not None and not self.join_outcome["contacted"]:
+        if (self.config.join and self.join_outcome is not None and not self.join_outcome["contacted"]
+                and not self.driver.others_live):
+            # Only while alone: a later rejoin push/pull (no JoinFinished of its own), or
+            # a peer joining us, ends it.
             out.append("no join seed answered; retrying in the background")
         swim = self.driver.swim
         if swim.keyring is not None and swim.keyring.primary is not None and not swim.require_encryption:
             out.append("plaintext gossip is accepted (encryption roll-out window; "
                        "finish with 'agentctl keys require')")
-        if self.persister.errors:
+        if self.persister.failing:
             out.append(f"state could not be saved ({self.persister.errors} failures; "
                        f"last: {self.persister.last_error})")
+        if self.store is not None:
+            out.extend(c.warning() for c in self.store.corrupt.values())
         if self.store is None:
             lost = "the incarnation does" if self.persister.keyring_path else "the incarnation and keyring changes do"
             out.append(f"no state_dir: {lost} not survive a restart")

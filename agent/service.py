@@ -282,7 +282,8 @@ async def run(
             stack.callback(metrics_sock.close)
 
         hub = EventHub()
-        driver = Driver(swim, sockets.udp, gossip_config, hub)
+        limits = config.limits_config()
+        driver = Driver(swim, sockets.udp, gossip_config, hub, limits=limits)
         rt = Runtime(
             config=config,
             driver=driver,
@@ -312,9 +313,12 @@ async def run(
             "watchdog_interval": watchdog_interval,
         })
         server = ControlServer(ctl_sock, config.control_socket, rt, ops.builtin_ops(),
-                               gid=config.control_gid, group_name=config.control_group)
+                               gid=config.control_gid, group_name=config.control_group,
+                               max_connections=limits.control_connections,
+                               idle_timeout=limits.control_idle_timeout)
         stack.callback(server.close)
-        rt.status_sections.append(lambda: {"control_refused": server.refused})
+        rt.status_sections.append(lambda: {"control_refused": server.refused,
+                                           "streams": driver.streams.status()})
 
         # Effect listeners: readiness, the join outcome, and persistence of remote keyring changes.
         keyring_dirty = [False]
@@ -341,7 +345,7 @@ async def run(
             )
             nursery.start_soon(partial(
                 transport.serve_streams, sockets.tcp, driver.stream, driver.note_decode_error,
-                exchange_timeout=gossip_config.tcp_timeout,
+                exchange_timeout=gossip_config.tcp_timeout, budget=driver.streams,
             ))
             await nursery.start(server.serve)
             readiness.mark("control-api")

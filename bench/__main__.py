@@ -24,6 +24,7 @@ BENCHMARKS = {
         "endpoint create on one host -> FDB + neighbour entries on another (real agents)",
     ),
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
+    "endpoints": ("bench.endpoints", "endpoint create time at 100/500/1,000 endpoints on one host"),
     "runtime": ("bench.runtime", "docker run / podman run through our plugins vs the stock networking"),
     "soak": ("bench.soak", "6 agents, endpoint churn and restarts for --minutes M: RSS, CPU, fds do not grow"),
 }

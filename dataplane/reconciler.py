@@ -323,6 +323,14 @@ class Reconciler(Generic[V, D, A, O]):
         """Wait until the next pass finishes (without asking for one)."""
         await self._pass_done.wait()
 
+    async def current_pass_done(self) -> None:
+        """Return once no pass that started before this call is still running. A pass
+        works from the source it read when it started: a caller that changed the source
+        and then the kernel itself (the agent attaching a new endpoint's port) waits this
+        out first, so that no pass from before its change undoes it."""
+        if self._in_pass:
+            await self._pass_done.wait()
+
     async def settled(self) -> None:
         """Poke, then wait until a pass that started after this call has finished."""
         self.poke("settle")

@@ -9,8 +9,10 @@ Versioned JSON, one object per line, over a Unix stream socket:
              {"v": 1, "ok": true, "event": {...}} per line until either side closes
 
 A connection may carry several requests in turn. A request line is at most
-``MAX_REQUEST`` bytes. New fields may be added to results; clients ignore
-unknown fields. Breaking changes bump ``VERSION``.
+``MAX_REQUEST`` bytes, and every line (request or reply) is parsed by the bounded
+decoder ``agent.limits.loads`` (nesting depth ``agent.limits.JSON_MAX_DEPTH``): a bad
+line is an error reply, never an exception out of the parser. New fields may be added
+to results; clients ignore unknown fields. Breaking changes bump ``VERSION``.
 Owns: framing, validation of requests (``ApiError`` for a bad one), and the JSON
 view of a member (also used for the ``events`` stream). Does not: touch sockets
 (``agent.control.server``, ``agent.ctl.client``) or implement any op.
@@ -22,12 +24,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import limits
 from gossip.members import Member
 from gossip.serf.payloads import decode_tags
 from gossip.tables import protocol as tables_protocol
 
 VERSION = 1
-MAX_REQUEST = 64 * 1024
+MAX_REQUEST = limits.CONTROL_MAX_REQUEST
+MAX_REPLY = limits.CONTROL_MAX_REPLY
 
 
 class ApiError(ValueError):
@@ -73,9 +77,9 @@ def event(body: dict[str, Any]) -> dict[str, Any]:
 def parse_request(line: bytes) -> Request:
     """One request line (without its newline) -> Request; ApiError says what is wrong."""
     try:
-        obj = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError("malformed request: not JSON") from None
+        obj = limits.loads(line, max_bytes=MAX_REQUEST, what="request")
+    except limits.JSONLimitError as exc:
+        raise ApiError(f"malformed request: {exc}") from None
     if not isinstance(obj, dict):
         raise ApiError("malformed request: expected a JSON object")
     version = obj.get("v")
@@ -90,6 +94,12 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(args, dict):
         raise ApiError("malformed request: \"args\" must be an object")
     return Request(op=op, args=args, id=obj.get("id"))
+
+
+def parse_reply(line: bytes) -> Any:
+    """One reply line from the agent (agentctl's side); ValueError (one line) when it is
+    not JSON, too large or nested too deeply."""
+    return limits.loads(line, max_bytes=MAX_REPLY, what="reply from the agent")
 
 
 def member_json(m: Member, local_name: str) -> dict[str, Any]:

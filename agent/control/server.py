@@ -9,7 +9,10 @@ handling (line limit, idle timeout, a cap on concurrent connections) and
 dispatch to a registry of ops (``Op``; the built-in ones are in ``agent.control.ops``,
 later layers register more with ``ControlServer.register``). Bad requests get
 an error reply; nothing a client sends can affect the agent beyond the op it
-asks for. Does not: implement ops, or touch the core.
+asks for: every exception of a request (parsing, the op, shaping its reply) becomes an
+error reply, and anything else a connection raises ends that connection only, logged.
+The limits (line size, connections, idle timeout) are ``agent.limits``'.
+Does not: implement ops, or touch the core.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agent import limits
 from agent.control import protocol as api
 from agent.log import kv
 
@@ -34,9 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.control.server")
 
-IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = limits.DEFAULT.control_idle_timeout
 """A connection that sends no complete request for this long is closed."""
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = limits.DEFAULT.control_connections
 DRAIN_TIMEOUT = 1.0
 DRAIN_LIMIT = 4 * 1024 * 1024
 """Input discarded after refusing a request, so the client gets the reply."""
@@ -220,6 +224,8 @@ class ControlServer:
         *,
         gid: int | None = None,
         group_name: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.sock = sock
         self.path = path
@@ -227,7 +233,11 @@ class ControlServer:
         self.ops: dict[str, Op] = dict(ops)
         self.gid = gid
         self.group_name = group_name
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.refused = 0
+        self.failed_connections = 0
+        """Connections ended by an unexpected exception (logged); the agent carries on."""
         self._active = 0
         self._refusal_logged: dict[int, float] = {}
 
@@ -253,7 +263,7 @@ class ControlServer:
                     log.warning(kv("control-accept-error", errno=exc.errno))
                     await trio.sleep(0.1)
                     continue
-                if self._active >= MAX_CONNECTIONS:
+                if self._active >= self.max_connections:
                     with contextlib.suppress(trio.BrokenResourceError, OSError):
                         await stream.send_all(api.encode(api.error("too many control connections")))
                     await stream.aclose()
@@ -271,8 +281,12 @@ class ControlServer:
                     await _hang_up(stream)
                     return
                 await self._requests(stream)
-        except (trio.BrokenResourceError, OSError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
+        except Exception:
+            # A bug must end this connection only, never the server (and the agent).
+            self.failed_connections += 1
+            log.exception(kv("control-connection-failed"))
         finally:
             self._active -= 1
 
@@ -292,7 +306,7 @@ class ControlServer:
         reader = _LineReader(stream)
         while True:
             line: bytes | None = None
-            with trio.move_on_after(IDLE_TIMEOUT):
+            with trio.move_on_after(self.idle_timeout):
                 try:
                     line = await reader.line()
                 except _TooLarge:
@@ -304,30 +318,47 @@ class ControlServer:
                 return
             if not line.strip():
                 continue
-            try:
-                req = api.parse_request(line)
-            except api.ApiError as exc:
-                await stream.send_all(api.encode(api.error(str(exc))))
-                continue
+            done, reply = await self._answer(line, stream)
+            if reply is None:  # a streaming op wrote its own replies; the connection ends
+                return
+            await stream.send_all(reply)
+            if done is not None and done[1].stops_agent:
+                self.runtime.shutdown.request(done[0])  # only once the client has its answer
+                return
+
+    async def _answer(
+        self, line: bytes, stream: trio.SocketStream
+    ) -> tuple[tuple[str, Op] | None, bytes | None]:
+        """(op name, op) when the op succeeded, and the encoded reply line to one request
+        line (None: a streaming op wrote its own). Never raises but for the connection's
+        own trouble (cancellation, a broken stream): any other exception, whether from
+        parsing, the op or encoding its result, is an error reply."""
+        req_id: Any = None
+        name: str | None = None
+        try:
+            req = api.parse_request(line)
+            req_id, name = req.id, req.op
             op = self.ops.get(req.op)
             if op is None:
                 known = ", ".join(sorted(self.ops))
-                await stream.send_all(api.encode(
-                    api.error(f"unknown op {req.op!r} (known: {known})", req.id)))
-                continue
-            try:
-                result = await op.handler(self.runtime, req, stream)
-            except api.ApiError as exc:
-                await stream.send_all(api.encode(api.error(str(exc), req.id)))
-                continue
-            except Exception as exc:
-                log.exception(kv("control-op-failed", op=req.op))
-                text = " ".join(str(exc).split()) or type(exc).__name__
-                await stream.send_all(api.encode(api.error(f"internal error: {text}", req.id)))
-                continue
+                return None, api.encode(api.error(f"unknown op {req.op!r} (known: {known})", req.id))
+            result = await op.handler(self.runtime, req, stream)
             if op.streaming:
-                return
-            await stream.send_all(api.encode(api.ok(result, req.id)))
-            if op.stops_agent:
-                self.runtime.shutdown.request(req.op)  # only once the client has its answer
-                return
+                return (req.op, op), None
+            return (req.op, op), api.encode(api.ok(result, req.id))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except api.ApiError as exc:
+            return None, _error_line(str(exc), req_id)
+        except Exception as exc:
+            log.exception(kv("control-op-failed", op=name))  # not the request: it may hold a key
+            text = " ".join(str(exc).split())[:300] or type(exc).__name__
+            return None, _error_line(f"internal error: {text}", req_id)
+
+
+def _error_line(message: str, req_id: Any) -> bytes:
+    """An encoded error reply; without the id when that cannot be encoded back."""
+    try:
+        return api.encode(api.error(message, req_id))
+    except (TypeError, ValueError, RecursionError):
+        return api.encode(api.error(message))

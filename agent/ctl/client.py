@@ -10,7 +10,6 @@ Does not: parse the command line or format output (``agent.ctl.main``,
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from agent.control import protocol as api
 
 SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
 DEFAULT_SOCKET = "/run/overlay-agent/agent.sock"
-MAX_REPLY = 64 * 1024 * 1024
+MAX_REPLY = api.MAX_REPLY
 
 
 class CtlError(RuntimeError):
@@ -81,9 +80,9 @@ class Client:
 
     def _decode(self, line: bytes) -> dict[str, Any]:
         try:
-            obj = json.loads(line)
-        except ValueError:
-            raise CtlError("malformed reply from the agent") from None
+            obj = api.parse_reply(line)
+        except ValueError as exc:
+            raise CtlError(f"malformed reply from the agent: {exc}") from None
         if not isinstance(obj, dict):
             raise CtlError("malformed reply from the agent")
         if obj.get("v") != api.VERSION:

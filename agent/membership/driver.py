@@ -28,6 +28,7 @@ import trio
 from agent.addresses import format_address
 from agent.control import protocol as api
 from agent.events import EventHub
+from agent.limits import Limits
 from agent.log import kv
 from agent.membership import transport
 from gossip.config import Config
@@ -49,6 +50,7 @@ from gossip.effects import (
     StreamRequest,
 )
 from gossip.errors import DecodeError
+from gossip.members import Status
 from gossip.swim import Swim
 
 log = logging.getLogger("agent.membership.driver")
@@ -150,6 +152,7 @@ class Driver:
         *,
         inbox_size: int = INBOX_SIZE,
         stream_concurrency: int = STREAM_CONCURRENCY,
+        limits: Limits | None = None,
     ) -> None:
         self.swim = swim
         self.udp = udp
@@ -163,6 +166,48 @@ class Driver:
         self._left = trio.Event()
         self._warned_at: dict[str, float] = {}
         self._listeners: dict[type, list[Callable[[Any], None]]] = {}
+        self._member_ip: dict[str, str] = {}
+        """Member name -> IP, for every member in the table (until reaped)."""
+        self._ips: dict[str, int] = {}
+        """IP -> how many members have it."""
+        self._live: set[str] = set()
+        """Other members alive or suspect, from the member events."""
+        self.streams = transport.StreamBudget(limits, is_known=self.is_member_address)
+        """Slots and byte budget of stream messages (``agent.membership.transport``)."""
+
+    def is_member_address(self, ip: str) -> bool:
+        """Whether ``ip`` is the address of a member in the table (this node's too): the
+        stream budget keeps slots for these."""
+        return ip in self._ips or ip == self.swim.local.addr
+
+    @property
+    def others_live(self) -> int:
+        """How many other members are alive or suspect (0: this node is alone)."""
+        return len(self._live)
+
+    def _track_address(self, effect: MemberJoined | MemberUpdated | MemberSuspected | MemberFailed
+                       | MemberLeft | MemberReaped) -> None:
+        m = effect.member
+        if m.name != self.swim.local.name:
+            if not isinstance(effect, MemberReaped) and m.status in (Status.ALIVE, Status.SUSPECT):
+                self._live.add(m.name)
+            else:
+                self._live.discard(m.name)
+        old = self._member_ip.get(m.name)
+        new = None if isinstance(effect, MemberReaped) else m.addr
+        if old == new:
+            return
+        if old is not None:
+            left = self._ips.get(old, 0) - 1
+            if left > 0:
+                self._ips[old] = left
+            else:
+                self._ips.pop(old, None)
+        if new is None:
+            self._member_ip.pop(m.name, None)
+        else:
+            self._member_ip[m.name] = new
+            self._ips[new] = self._ips.get(new, 0) + 1
 
     def on_effect(self, kind: type[E], callback: Callable[[E], None]) -> None:
         """Call ``callback(effect)`` for every effect of type ``kind``, after the driver's
@@ -290,6 +335,9 @@ class Driver:
             return self._guarded(lambda: self.swim.handle_stream_reply(now, item.token, item.reply))
         try:
             result, effects = item.fn(self.swim, now)
+        except api.ApiError as exc:  # the request's fault (a bad key...): its error reply only
+            item.slot.set(None, exc)
+            return []
         except Exception as exc:  # reported to the caller (an error reply), and logged
             item.slot.set(None, exc)
             self.counters.internal_errors += 1
@@ -356,6 +404,7 @@ class Driver:
     def _member_event(self, effect: MemberJoined | MemberUpdated | MemberSuspected | MemberFailed | MemberLeft | MemberReaped) -> None:
         name = EVENT_NAMES[type(effect)]
         m = effect.member
+        self._track_address(effect)
         self.counters.member_events[name] = self.counters.member_events.get(name, 0) + 1
         log.info(kv(name, member=m.name, addr=format_address(m.address), status=m.status.label,
                     incarnation=m.incarnation))
@@ -371,6 +420,7 @@ class Driver:
             reply = await transport.request(
                 req.to, req.data, expect_reply=req.expect_reply,
                 exchange_timeout=self.config.tcp_timeout, on_decode_error=self.note_decode_error,
+                budget=self.streams,
             )
         if reply is None:
             self.counters.stream_failures += 1

@@ -4,11 +4,13 @@ Owns: binding the UDP + TCP pair on one port (IPv4, IPv6, dual-stack wildcard),
 applying ``agent.addresses``' IPv4-mapped <-> plain IPv4 mapping to every datagram and
 stream (so the core only ever sees plain text addresses), ICMP port-unreachable
 reports from the socket error queue, the inbound stream server (read one complete
-message, hand it on, write the reply, close; at most ``STREAM_LIMIT`` at once),
-and outbound stream requests. Every socket operation has a deadline; no socket
-error escapes as an exception. Does not: interpret messages beyond framing
-(``gossip.wire.codec.stream_message_size``), parse addresses (``agent.addresses``),
-or decide anything about members.
+message, hand it on, write the reply, close), the budgets of stream messages
+(``StreamBudget``: slots per source and kept for members' addresses, accept order by
+source, an idle timeout, the bytes all of them may buffer; ``agent.limits``) and
+outbound stream requests. Every socket operation has a deadline; no socket error
+escapes as an exception. Does not: interpret messages beyond framing
+(``gossip.wire.codec.stream_message_end``), parse addresses (``agent.addresses``),
+or decide anything about members (``is_known`` is the driver's answer).
 
 memberlist 0.2.2's transport, which this one matches (docs/wire.md, "memberlist 0.2.2
 facts the code relies on"; from its ``net.go``/``net_transport.go`` and checked
@@ -22,21 +24,25 @@ receive buffer, ignores empty datagrams and drops inbound push/pulls beyond 128 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket as stdsocket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from agent.addresses import family_of, format_address, peer_address, sockaddr_for
+from agent.limits import Limits
 from gossip.effects import Address
 from gossip.errors import DecodeError
-from gossip.wire.codec import stream_message_size
+from gossip.wire.codec import stream_message_end
 
 log = logging.getLogger("agent.membership.transport")
 
@@ -44,10 +50,11 @@ MAX_DATAGRAM = 65536
 """Receive buffer per datagram, as memberlist's (a UDP datagram is never larger)."""
 SOCKET_RCVBUF = 2 * 1024 * 1024
 """Kernel receive buffer we ask for (memberlist tries 2 MiB too); best effort."""
-MAX_STREAM = 32 * 1024 * 1024
-"""Largest stream message we read; memberlist 0.2.2 has no limit (memory hazard)."""
-STREAM_LIMIT = 128
-"""Concurrent inbound streams, as memberlist; more are closed at once."""
+MAX_STREAM = Limits().stream_max_bytes
+"""Largest stream message we read by default (``limits.stream_max_bytes``); memberlist
+0.2.2 has no limit (memory hazard)."""
+STREAM_LIMIT = Limits().stream_slots
+"""Listen backlog: memberlist's 128 concurrent inbound streams (``limits.stream_slots``)."""
 
 # Linux error-queue constants (<linux/in.h>, <linux/in6.h>, <linux/errqueue.h>); the
 # socket module of Python 3.11 does not name them.
@@ -204,25 +211,276 @@ async def send_datagram(sock: trio.socket.SocketType, to: Address, data: bytes) 
     return True
 
 
-async def read_message(stream: trio.abc.ReceiveStream, limit: int = MAX_STREAM) -> bytes | None:
-    """Read until one complete stream message; None on EOF first or beyond ``limit``.
+# -- inbound stream budgets --------------------------------------------------------------------
+
+
+READ_CHUNK = 64 * 1024
+"""Read size while a stream message's end is not known yet."""
+BODY_CHUNK = 1024 * 1024
+"""Read size once it is (the rest is copied once, never parsed again)."""
+QUIET_WAIT = 0.02
+"""Before framing is tried again on a buffer that grew less than twice since the last
+try: how long the peer must be quiet (doubling after each try that still needed more)."""
+QUIET_WAIT_MAX = 1.0
+
+
+@dataclass(eq=False)
+class Slot:
+    """One stream's place in the ``StreamBudget``: its source, the bytes it holds."""
+
+    ip: str
+    known: bool
+    """The source address is a known member's."""
+    evictable: bool = True
+    """An inbound stream still reading its message (handed on: no longer)."""
+    held: int = 0
+    scope: trio.CancelScope | None = None
+    gone: bool = False
+    """Released or evicted: its counts are no longer in the budget."""
+
+
+@dataclass
+class StreamCounters:
+    admitted: int = 0
+    refused: int = 0
+    """Inbound streams closed at once: their source or the slots were full."""
+    evicted: int = 0
+    """Streams still reading that were closed to make room for a fairer claim."""
+    idle: int = 0
+    """Streams closed for sending nothing for ``stream_idle_timeout``."""
+    too_large: int = 0
+    byte_waits: int = 0
+    """Times a stream waited for room in the byte budget."""
+
+
+class StreamBudget:
+    """Slots and buffered bytes of stream messages, per source and for all together.
+
+    Slots (inbound streams): at most ``stream_slots`` at once; connections from
+    addresses that are not known members' (``is_known``; joiners, and anyone else on
+    the underlay) share ``stream_slots - stream_slots_reserved`` of them, at most
+    ``stream_slots_per_source`` each, so a flood of idle connections cannot lock
+    members out of push/pull. When the pool a newcomer belongs to is full, the oldest
+    still-reading stream of the source holding the most slots is closed for it if that
+    source holds more than the newcomer would (accept order by source; a member's
+    stream also displaces a non-member's).
+    Bytes: every stream message buffered (inbound, and replies to our requests) holds
+    its bytes in a budget of ``stream_buffer_bytes``, of which non-members may hold
+    ``stream_buffer_unknown_bytes``; a stream whose message does not fit waits (within
+    its timeouts), after displacing a still-reading non-member stream whose source
+    holds more than its own would.
+    """
+
+    def __init__(self, limits: Limits | None = None, is_known: Callable[[str], bool] | None = None) -> None:
+        self.limits = limits or Limits()
+        self.is_known = is_known or (lambda ip: False)
+        self.counters = StreamCounters()
+        self.slots: dict[str, list[Slot]] = {}
+        """Active inbound slots by source IP, oldest first."""
+        self.total = 0
+        self.unknown = 0
+        self.bytes = 0
+        self.unknown_bytes = 0
+        self._freed = trio.Event()
+        self._bytes_by_ip: dict[str, int] = {}
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    def admit(self, ip: str) -> Slot | None:
+        """A slot for a new inbound stream from ``ip``, or None: close it."""
+        lim = self.limits
+        known = self.is_known(ip)
+        mine = len(self.slots.get(ip, ()))
+        if not known and mine >= lim.stream_slots_per_source:
+            self.counters.refused += 1
+            return None
+        if not self._room(known):
+            victim = self._victim(lambda s: (not s.known) or known, mine + 1, by_bytes=False, member=known)
+            if victim is None:
+                self.counters.refused += 1
+                return None
+            self.evict(victim)
+        slot = Slot(ip, known)
+        self.slots.setdefault(ip, []).append(slot)
+        self.total += 1
+        self.unknown += not known
+        self.counters.admitted += 1
+        return slot
+
+    def _room(self, known: bool) -> bool:
+        lim = self.limits
+        if self.total >= lim.stream_slots:
+            return False
+        return known or self.unknown < lim.stream_slots - lim.stream_slots_reserved
+
+    def _victim(self, eligible: Callable[[Slot], bool], mine: int, *, by_bytes: bool,
+                member: bool) -> Slot | None:
+        """The oldest evictable, ``eligible`` slot of the source with the most (slots or
+        bytes), if that is more than ``mine`` (what the claimant's source would hold);
+        non-members' first, and for a ``member`` claimant a non-member's in any case."""
+        best: Slot | None = None
+        best_key: tuple[int, int] | None = None
+        for ip, slots in self.slots.items():
+            candidates = [s for s in slots if s.evictable and eligible(s)]
+            if not candidates:
+                continue
+            weight = self._bytes_by_ip.get(ip, 0) if by_bytes else len(slots)
+            stranger = not candidates[0].known
+            key = (int(stranger), weight)
+            if (weight > mine or (member and stranger)) and (best_key is None or key > best_key):
+                best, best_key = candidates[0], key
+        return best
+
+    def evict(self, slot: Slot) -> None:
+        """Close a stream now (its task ends at its next checkpoint) and free its share."""
+        self.counters.evicted += 1
+        if slot.scope is not None:
+            slot.scope.cancel()
+        self.release(slot)
+
+    def release(self, slot: Slot) -> None:
+        """The stream is done: its slot and bytes go back (idempotent; its task releases
+        again when it ends, for bytes it took between an eviction and its cancellation)."""
+        self.give(slot)
+        if slot.gone:
+            return
+        slot.gone = True
+        slots = self.slots.get(slot.ip)
+        if slots is not None and slot in slots:
+            slots.remove(slot)
+            if not slots:
+                del self.slots[slot.ip]
+            self.total -= 1
+            self.unknown -= not slot.known
+
+    # -- bytes ------------------------------------------------------------------------------------
+
+    def _fits(self, slot: Slot, n: int) -> bool:
+        lim = self.limits
+        if self.bytes + n > lim.stream_buffer_bytes:
+            return False
+        return slot.known or self.unknown_bytes + n <= lim.stream_buffer_unknown_bytes
+
+    def can_ever_hold(self, slot: Slot, size: int) -> bool:
+        lim = self.limits
+        return size <= (lim.stream_buffer_bytes if slot.known else lim.stream_buffer_unknown_bytes)
+
+    async def take(self, slot: Slot, total: int) -> None:
+        """Let ``slot`` hold ``total`` bytes (it holds ``slot.held``): waits for room."""
+        need = total - slot.held
+        if need <= 0:
+            return
+        if slot.gone:  # evicted: its cancellation is delivered here
+            await trio.lowlevel.checkpoint()
+        waited = False
+        while not self._fits(slot, need):
+            mine = self._bytes_by_ip.get(slot.ip, 0) + need
+            victim = self._victim(lambda s: s is not slot and not s.known and (slot.known or s.ip != slot.ip),
+                                  mine, by_bytes=True, member=slot.known)
+            if victim is not None:
+                self.evict(victim)
+                continue
+            if not waited:
+                waited = True
+                self.counters.byte_waits += 1
+            freed = self._freed
+            await freed.wait()
+        slot.held += need
+        self.bytes += need
+        self.unknown_bytes += 0 if slot.known else need
+        self._bytes_by_ip[slot.ip] = self._bytes_by_ip.get(slot.ip, 0) + need
+
+    def give(self, slot: Slot) -> None:
+        """Everything ``slot`` holds goes back."""
+        n, slot.held = slot.held, 0
+        if not n:
+            return
+        self.bytes -= n
+        self.unknown_bytes -= 0 if slot.known else n
+        left = self._bytes_by_ip.get(slot.ip, 0) - n
+        if left > 0:
+            self._bytes_by_ip[slot.ip] = left
+        else:
+            self._bytes_by_ip.pop(slot.ip, None)
+        self._freed.set()
+        self._freed = trio.Event()
+
+    def status(self) -> dict[str, Any]:
+        return {"inbound": self.total, "inbound_non_members": self.unknown, "buffered_bytes": self.bytes,
+                **dataclasses.asdict(self.counters)}
+
+
+# -- streams -------------------------------------------------------------------------------------
+
+
+async def read_message(
+    stream: trio.abc.ReceiveStream,
+    limit: int = MAX_STREAM,
+    *,
+    budget: StreamBudget | None = None,
+    slot: Slot | None = None,
+    idle_timeout: float | None = None,
+) -> bytes | None:
+    """Read until one complete stream message; None on EOF first, beyond ``limit``, or
+    after ``idle_timeout`` seconds without a byte (the exchange as a whole has its own).
 
     Raises DecodeError when the bytes cannot be the start of a message. Reads
     nothing past the message: a Go peer keeps its side open waiting for our reply.
+    Framing is tried when the buffer doubled or the peer went quiet, so the head is
+    parsed O(log n) times; once the end is known (an encrypted stream's length field,
+    or a complete head: ``stream_message_end``) the rest is read in large chunks and
+    never looked at again. With a ``budget``, the bytes are held in ``slot`` (released
+    by the caller once the message is handled): the whole framed size as soon as it is
+    known, else what was read so far.
     """
     buf = bytearray()
+    end: int | None = None
+    tried = 0
+    quiet_wait = QUIET_WAIT
+    quiet = False
+    idle_at = trio.current_time() + idle_timeout if idle_timeout is not None else math.inf
     while True:
-        if buf:
-            size = stream_message_size(bytes(buf))
-            if size is not None:
-                return bytes(buf[:size])
-            if len(buf) > limit:
-                log.debug("event=stream-too-large bytes=%d", len(buf))
+        if end is None and buf and (quiet or len(buf) >= 2 * tried):
+            quiet = False
+            tried = len(buf)
+            end = stream_message_end(buf)
+            if end is not None:
+                if end > limit or (budget is not None and slot is not None
+                                   and not budget.can_ever_hold(slot, end)):
+                    log.debug("event=stream-too-large bytes=%d", end)
+                    if budget is not None:
+                        budget.counters.too_large += 1
+                    return None
+                if budget is not None and slot is not None:
+                    await budget.take(slot, end)
+        if end is not None and len(buf) >= end:
+            return bytes(buf[:end])
+        if end is None and len(buf) > limit:
+            log.debug("event=stream-too-large bytes=%d", len(buf))
+            if budget is not None:
+                budget.counters.too_large += 1
+            return None
+        want = READ_CHUNK if end is None else min(BODY_CHUNK, end - len(buf))
+        if budget is not None and slot is not None and end is None:
+            await budget.take(slot, len(buf) + want)
+        # Framing would look at the same head again: retry it only once the peer is quiet.
+        retry_at = trio.current_time() + quiet_wait if end is None and buf and len(buf) < 2 * tried else math.inf
+        chunk = None
+        with trio.move_on_at(min(idle_at, retry_at)):
+            chunk = await stream.receive_some(want)
+        if chunk is None:
+            if trio.current_time() >= idle_at:
+                log.debug("event=stream-idle bytes=%d", len(buf))
+                if budget is not None:
+                    budget.counters.idle += 1
                 return None
-        chunk = await stream.receive_some(65536)
+            quiet, quiet_wait = True, min(quiet_wait * 2, QUIET_WAIT_MAX)
+            continue
         if not chunk:
             return None
         buf += chunk
+        if idle_timeout is not None:
+            idle_at = trio.current_time() + idle_timeout
 
 
 async def serve_streams(
@@ -231,31 +489,40 @@ async def serve_streams(
     on_decode_error: DecodeErrorSink,
     *,
     exchange_timeout: float,
-    limit: int = STREAM_LIMIT,
+    budget: StreamBudget | None = None,
 ) -> None:
-    """Accept inbound streams forever; each gets ``exchange_timeout`` for all of it."""
+    """Accept inbound streams forever within ``budget``'s slots and bytes (a default
+    one when not given); each gets ``exchange_timeout`` for all of it and
+    ``stream_idle_timeout`` between bytes until its message is complete."""
+    budget = budget or StreamBudget()
+    lim = budget.limits
     listener = trio.SocketListener(sock)
-    active = 0
 
-    async def serve_one(stream: trio.SocketStream, src: Address) -> None:
-        nonlocal active
+    async def serve_one(stream: trio.SocketStream, src: Address, slot: Slot) -> None:
         try:
-            async with stream:
-                with trio.move_on_after(exchange_timeout):
-                    try:
-                        data = await read_message(stream)
-                    except DecodeError as exc:
-                        on_decode_error(src, exc)
-                        return
-                    if data is None:
-                        return
-                    reply = await handler(src, data)
-                    if reply:
-                        await stream.send_all(reply)
-        except (OSError, trio.BrokenResourceError):
+            with trio.CancelScope() as scope:
+                slot.scope = scope
+                if slot.gone:  # evicted before it started
+                    scope.cancel()
+                async with stream:
+                    with trio.move_on_after(exchange_timeout):
+                        try:
+                            data = await read_message(stream, lim.stream_max_bytes, budget=budget, slot=slot,
+                                                      idle_timeout=lim.stream_idle_timeout)
+                        except DecodeError as exc:
+                            on_decode_error(src, exc)
+                            return
+                        if data is None:
+                            return
+                        slot.evictable = False
+                        reply = await handler(src, data)
+                        del data
+                        if reply:
+                            await stream.send_all(reply)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away; it will time out or retry
         finally:
-            active -= 1
+            budget.release(slot)
 
     async with trio.open_nursery() as nursery:
         while True:
@@ -265,17 +532,17 @@ async def serve_streams(
                 log.warning("event=tcp-accept-error errno=%s", exc.errno)
                 await trio.sleep(0.1)
                 continue
-            if active >= limit:
-                log.debug("event=tcp-stream-refused reason=too-many-streams")
-                await stream.aclose()
-                continue
             try:
                 src = peer_address(stream.socket.getpeername())
             except OSError:  # reset before we looked
                 await stream.aclose()
                 continue
-            active += 1
-            nursery.start_soon(serve_one, stream, src)
+            slot = budget.admit(src[0])
+            if slot is None:
+                log.debug("event=tcp-stream-refused src=%s reason=no-slot", format_address(src))
+                await stream.aclose()
+                continue
+            nursery.start_soon(serve_one, stream, src, slot)
 
 
 async def request(
@@ -285,20 +552,28 @@ async def request(
     expect_reply: bool,
     exchange_timeout: float,
     on_decode_error: DecodeErrorSink,
+    budget: StreamBudget | None = None,
 ) -> bytes | None:
-    """One outbound stream exchange; the reply, b"" when none is expected, None on failure."""
-    with trio.move_on_after(exchange_timeout):
-        try:
-            sock = trio.socket.socket(family_of(to[0]), stdsocket.SOCK_STREAM)
-            with sock:
-                await sock.connect(to)
-                async with trio.SocketStream(sock) as stream:
-                    await stream.send_all(data)
-                    if not expect_reply:
-                        return b""
-                    return await read_message(stream)
-        except (OSError, trio.BrokenResourceError) as exc:
-            log.debug("event=tcp-request-failed to=%s error=%s", format_address(to), type(exc).__name__)
-        except DecodeError as exc:
-            on_decode_error(to, exc)
-    return None
+    """One outbound stream exchange; the reply, b"" when none is expected, None on failure.
+    The reply is read within ``budget``'s bytes like an inbound message (as a member's)."""
+    slot = Slot(to[0], known=True, evictable=False)
+    try:
+        with trio.move_on_after(exchange_timeout):
+            try:
+                sock = trio.socket.socket(family_of(to[0]), stdsocket.SOCK_STREAM)
+                with sock:
+                    await sock.connect(to)
+                    async with trio.SocketStream(sock) as stream:
+                        await stream.send_all(data)
+                        if not expect_reply:
+                            return b""
+                        limit = budget.limits.stream_max_bytes if budget is not None else MAX_STREAM
+                        return await read_message(stream, limit, budget=budget, slot=slot)
+            except (OSError, trio.BrokenResourceError) as exc:
+                log.debug("event=tcp-request-failed to=%s error=%s", format_address(to), type(exc).__name__)
+            except DecodeError as exc:
+                on_decode_error(to, exc)
+        return None
+    finally:
+        if budget is not None:
+            budget.give(slot)

@@ -3,13 +3,19 @@
 Owns (an ``agent.service.Extension``):
 - the gossip delegate: ``gossip.tables.replica.Tables``, whose change signal
   (``Tables.subscribe``) pokes the reconciler on every table change (``make_delegate``);
-- this host's endpoints: creating one publishes its row, then builds its veth pair
-  (``agent.overlay.veths``); a failure takes the row back, so nothing half-created stays;
-  removing one deletes the pair, then the row. Local endpoints are persisted in the
-  state dir (record ``endpoints``) and handed back to ``restore_local_endpoints`` on
-  the next start, before the join, so a restarted owner reasserts its rows while the
-  kernel keeps forwarding; an endpoint whose veth vanished meanwhile is dropped, and
-  an orphan veth of ours (a crash between the two steps) is deleted;
+- this host's endpoints: creating one publishes its row, builds its veth pair
+  (``agent.overlay.veths``), attaches it to the network's bridge when that exists and
+  saves the record; a failure at any step (the bridge is full, the state cannot be
+  saved) undoes the earlier ones, so nothing half-created or unsaved stays; a create is
+  refused up front when the network has ``limits.endpoints_per_network`` endpoints here
+  (a Linux bridge holds 1,023 ports) or the state dir cannot take the record. Removing
+  one saves the record without it first, then deletes the pair, then the row. Local
+  endpoints are persisted in the state dir (record ``endpoints``) and handed back to
+  ``restore_local_endpoints`` on the next start, before the join, so a restarted owner
+  reasserts its rows while the kernel keeps forwarding; an endpoint whose veth vanished
+  meanwhile is dropped, and an orphan veth of ours (a crash between the steps) is
+  deleted, but only when the record was read and understood: without one, every
+  endpoint interface found is kept (``kept``, a status warning) until the operator acts;
 - endpoints live and die with their container: ``agent.overlay.lifecycle`` (started by
   ``run``) withdraws a local endpoint whose veth vanished with its namespace
   (``withdraw_vanished``); the ``cni`` control op of ``agent.runtimes.cni.attachments``
@@ -35,6 +41,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +52,7 @@ import trio
 from agent.config import AgentConfig
 from agent.control import protocol as api
 from agent.control.server import ControlServer
+from agent.limits import BRIDGE_MAX_PORTS, ENDPOINTS_PER_NETWORK, Limits
 from agent.log import kv
 from agent.overlay import ops as netops
 from agent.overlay.lifecycle import Lifecycle
@@ -54,6 +62,7 @@ from agent.overlay.veths import (
     Plumber,
     PlumbError,
     VethSpec,
+    bridge_full_message,
     check_ifname,
     host_ifname,
     netns_path,
@@ -63,6 +72,7 @@ from agent.runtimes.cni.attachments import ops as cni_ops
 from dataplane.compile import overlay_mtu
 from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
+from dataplane.naming import bridge_name
 from dataplane.nft.kernel import NftKernel
 from dataplane.nft.target import NftReconciler, NftTarget
 from dataplane.reconciler import ReconcilerConfig
@@ -89,7 +99,13 @@ SYNC_WAIT = 10.0
 """After the join, how long to wait for the first bulk sync of our networks before
 the reconciler may delete (a peer that never answers must not block it forever)."""
 LOCAL_SETTLE = 5.0
-"""``endpoint create`` waits up to this long for the local pass (bridge, port) to finish."""
+"""``endpoint create`` waits up to this long for the local pass (bridge, port) to finish
+when the network's bridge did not exist yet."""
+RECORD_GROWTH = 4096
+"""Room a create needs in the state dir beyond the record's current size."""
+KEPT_CHECK_INTERVAL = 10.0
+"""How often interfaces kept without a record (``Overlay.kept``) are checked for deletion
+by the operator, so their warning goes away."""
 
 
 class Overlay:
@@ -140,6 +156,13 @@ class Overlay:
         self.change_listeners: list[Callable[[], None]] = []
         """Called (in the driver task; must not block) whenever the tables changed."""
         self._restore_notes: list[str] = []
+        self.kept: set[str] = set()
+        """Endpoint interfaces (host side) found with no endpoint to own them while the
+        endpoints record was unreadable or absent: left alone until the operator acts."""
+        self._record_problem: str | None = None
+        """Why the endpoints record could not be used at start (a status warning)."""
+        self._ep_dicts: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
+        self.limits = Limits()
 
     # -- wiring (agent.service) -----------------------------------------------------------------
 
@@ -156,6 +179,7 @@ class Overlay:
         if self.tables is None:
             raise RuntimeError("Overlay.setup before make_delegate (pass it to service.run)")
         self.rt = rt
+        self.limits = rt.config.limits_config()
         self.tables.attach(rt.driver.swim)
         for name, op in {**netops.ops(self), **cni_ops(self)}.items():
             server.register(name, op)
@@ -207,6 +231,8 @@ class Overlay:
                     self.gw = NftReconciler(NftTarget(NftKernel()), view, self.reconciler_config, name="gateway")
                     await nursery.start(self.gw.run)
                 nursery.start_soon(Lifecycle(self).run)  # endpoints die with their namespace
+                if self.kept:
+                    nursery.start_soon(self._watch_kept)
                 nursery.start_soon(self._become_ready, rt)
             self._started.set()
             task_status.started()
@@ -246,29 +272,86 @@ class Overlay:
 
     # -- persistence -----------------------------------------------------------------------------
 
-    def _record(self) -> dict[str, Any]:
+    def _ep_dict(self, e: Endpoint) -> dict[str, Any]:
+        """``dataclasses.asdict`` of a local endpoint, computed once per version of it
+        (asdict costs ~20 µs a row: the record is rewritten on every create)."""
+        cached = self._ep_dicts.get(e.id)
+        if cached is None or cached[0] != e:
+            cached = (e, dataclasses.asdict(e))
+            self._ep_dicts[e.id] = cached
+        return cached[1]
+
+    def _record(self, without: str | None = None) -> dict[str, Any]:
+        """The endpoints record (without endpoint ``without``: a remove saves first)."""
         assert self.tables is not None
-        return {
+        eps = [e for e in self.tables.local_endpoints() if e.id != without]
+        if len(self._ep_dicts) > len(eps):
+            live = {e.id for e in eps}
+            self._ep_dicts = {k: v for k, v in self._ep_dicts.items() if k in live}
+        record: dict[str, Any] = {
             "version": 1,
             "clock": self.tables.clock,
             "networks": [dataclasses.asdict(n) for n in self.tables.local_networks()],
-            "endpoints": [dataclasses.asdict(e) for e in self.tables.local_endpoints()],
-            "interfaces": self.interfaces,
+            "endpoints": [self._ep_dict(e) for e in eps],
+            # A copy: the write runs in a worker thread while the loop goes on.
+            "interfaces": {k: dict(v) for k, v in self.interfaces.items() if k != without},
         }
+        if self.kept:
+            record["kept_interfaces"] = sorted(self.kept)
+        return record
+
+    async def _save(self, without: str | None = None) -> str | None:
+        """Write the record; the reason when it could not be written (None: saved, or
+        there is no state dir)."""
+        assert self.rt is not None
+        if self.rt.store is None:
+            return None
+        if await self.rt.persister.save_json(RECORD, self._record(without)):
+            return None
+        return self.rt.persister.last_error or "unknown error"
 
     async def _persist(self) -> None:
+        """Best effort: the write of a change that has happened anyway (a withdrawn
+        endpoint, an amended interface record); a failure is logged and shown by status."""
+        error = await self._save()
+        if error is not None:
+            log.warning(kv("endpoints-not-persisted", error=error))
+
+    def _check_writable(self, what: str) -> None:
+        """ApiError now, before anything changes, when the state dir cannot take the
+        record (read-only, full): a change that cannot be saved would be undone by the
+        next restart."""
         assert self.rt is not None
-        if self.rt.store is not None and not await self.rt.persister.save_json(RECORD, self._record()):
-            log.warning(kv("endpoints-not-persisted", error=self.rt.persister.last_error))
+        store = self.rt.store
+        if store is None:
+            return
+        try:
+            size = os.stat(store.file(RECORD)).st_size
+        except OSError:
+            size = 0
+        problem = store.writable(size + RECORD_GROWTH)
+        if problem is not None:
+            log.warning(kv("endpoint-refused", reason=problem))
+            raise api.ApiError(f"{what}: {problem}; nothing was changed")
 
     async def _restore(self, rt: Runtime) -> None:
-        """Persisted endpoints back into the tables (before the join), veths checked."""
+        """Persisted endpoints back into the tables (before the join), veths checked.
+
+        Only a record that was read and understood is trusted to say which of our
+        interfaces are orphans (deleted): when it is unreadable (moved aside, see
+        ``StateStore.load_json``), malformed or absent, every endpoint interface found is
+        kept as it is (``kept``), listed in the record and in a status warning, until the
+        operator restores the record or deletes the interfaces (docs/operations.md,
+        "State directory")."""
         assert self.tables is not None
-        record = rt.store.load_json(RECORD) if rt.store is not None else None
+        store = rt.store
+        record = store.load_json(RECORD) if store is not None else None
         eps: list[Endpoint] = []
         nets: list[Network] = []
         clock = 0
         ifaces: dict[str, dict[str, Any]] = {}
+        kept: set[str] = set()
+        trusted = record is not None  # an unreadable one is reported by the store (status too)
         if record is not None:
             try:
                 if not isinstance(record, dict):
@@ -279,11 +362,16 @@ class Overlay:
                 clock = saved if isinstance(saved, int) and not isinstance(saved, bool) else 0
                 raw = record.get("interfaces")
                 ifaces = {k: v for k, v in raw.items() if isinstance(v, dict)} if isinstance(raw, dict) else {}
+                raw_kept = record.get("kept_interfaces") or []
+                kept = {k for k in raw_kept if isinstance(k, str)} if isinstance(raw_kept, list) else set()
             except TableError as exc:
-                log.warning(kv("endpoints-record-ignored", reason=str(exc)))
-                eps, nets = [], []
-        if self.dataplane and rt.store is not None:
-            eps = await self._check_interfaces(eps)
+                log.error(kv("endpoints-record-ignored", file=store.file(RECORD) if store else None,
+                             reason=str(exc)))
+                self._record_problem = (f"state file {store.file(RECORD) if store else RECORD} could not be "
+                                        f"used ({exc})")
+                eps, nets, trusted = [], [], False
+        if self.dataplane and store is not None:
+            eps = await self._check_interfaces(eps, kept, trusted)
         if eps:
 
             def restore(swim: Swim, now: float) -> tuple[str | None, list[Effect]]:
@@ -295,20 +383,41 @@ class Overlay:
 
             problem = await rt.driver.call(restore)
             if problem is not None:
-                log.warning(kv("endpoints-not-restored", reason=problem))
+                log.error(kv("endpoints-not-restored", reason=problem))
+                self._record_problem = f"the endpoints in state file {RECORD}.json could not be restored ({problem})"
+                self.kept |= {host_ifname(self.prefix, e.id) for e in eps}
                 eps = []
         self.interfaces = {e.id: ifaces.get(e.id, {"host_ifname": host_ifname(self.prefix, e.id)}) for e in eps}
         if eps:
             log.info(kv("endpoints-restored", count=len(eps)))
-        if record is not None:
+        if record is not None or self.kept:
             await self._persist()
 
-    async def _check_interfaces(self, eps: list[Endpoint]) -> list[Endpoint]:
-        """Keep endpoints whose veth still exists; delete our veths that no endpoint owns."""
+    async def _watch_kept(self) -> None:
+        """Forget kept interfaces the operator deleted (their warning goes with them)."""
+        while self.kept:
+            await trio.sleep(KEPT_CHECK_INTERVAL)
+            try:
+                present = set(await trio.to_thread.run_sync(self.plumber.existing, self.prefix))
+            except PlumbError:
+                continue
+            async with self._lock:
+                gone = self.kept - present
+                if gone:
+                    self.kept -= gone
+                    log.info(kv("kept-interfaces-gone", interfaces=",".join(sorted(gone)), left=len(self.kept)))
+                    await self._persist()
+
+    async def _check_interfaces(self, eps: list[Endpoint], kept: set[str], trusted: bool) -> list[Endpoint]:
+        """Keep endpoints whose veth still exists. Our veths that no endpoint owns are
+        deleted when the record is ``trusted`` (a crash between creating one and saving
+        the record), unless the operator has not decided about them yet (``kept``);
+        otherwise they are all kept: an unreadable record never deletes interfaces."""
         try:
             present = set(await trio.to_thread.run_sync(self.plumber.existing, self.prefix))
         except PlumbError as exc:
             log.warning(kv("endpoint-interfaces-unknown", reason=str(exc)))
+            self.kept = kept
             return eps
         keep = [e for e in eps if host_ifname(self.prefix, e.id) in present]
         for e in eps:
@@ -317,7 +426,17 @@ class Overlay:
                 self._restore_notes.append(note)
                 log.warning(kv("endpoint-dropped", endpoint=e.id[:12], name=e.name, reason="interface gone"))
         wanted = {host_ifname(self.prefix, e.id) for e in keep}
-        for name in sorted(present - wanted):
+        unowned = sorted(present - wanted)
+        if not trusted:
+            self.kept = set(unowned)
+            if unowned:
+                log.error(kv("endpoint-interfaces-kept", count=len(unowned), interfaces=",".join(unowned[:20]),
+                             reason="no readable endpoints record: they are left as they are"))
+            return keep
+        self.kept = kept & set(unowned)
+        for name in unowned:
+            if name in self.kept:
+                continue
             try:
                 await trio.to_thread.run_sync(self.plumber.remove, name)
                 log.warning(kv("orphan-interface-removed", ifname=name))
@@ -382,6 +501,68 @@ class Overlay:
         log.info(kv("network-removed", name=network.name, id=network.id[:12]))
         return network
 
+    async def _room_for(self, network: str) -> None:
+        """ApiError unless one more local endpoint fits on ``network``'s bridge."""
+        limit = self.limits.endpoints_per_network
+
+        def count(t: Tables) -> tuple[Network, int]:
+            net = t.find_network(network)
+            return net, sum(1 for e in t.local_endpoints() if e.network == net.id)
+
+        net, n = await self.read(count)
+        if n >= limit:
+            if limit >= ENDPOINTS_PER_NETWORK:
+                why = (f"a Linux bridge holds at most {BRIDGE_MAX_PORTS} ports: the network's VXLAN "
+                       f"device and {ENDPOINTS_PER_NETWORK} endpoints")
+            else:
+                why = f"limits.endpoints_per_network = {limit}"
+            log.warning(kv("endpoint-refused", network=net.name, endpoints=n, reason="network full on this host"))
+            raise api.ApiError(f"network {net.name!r} already has {n} endpoints on this host, the most it "
+                               f"can have ({why}); put further endpoints on another network or host")
+
+    async def _confirm_attached(self, spec: VethSpec) -> None:
+        """ApiError when the new host-side interface did not end up on its bridge because
+        the dataplane refused it (a full bridge: EXFULL). When the bridge did not exist
+        yet, the reconciler makes it and attaches the port: waits for that pass."""
+        is_attached = getattr(self.plumber, "is_attached", None)
+        if self.rec is None or spec.bridge is None or is_attached is None:
+            return
+        try:
+            if await trio.to_thread.run_sync(is_attached, spec.host_ifname, spec.bridge):
+                return
+            with trio.move_on_after(LOCAL_SETTLE):
+                await self.rec.settled()
+            if await trio.to_thread.run_sync(is_attached, spec.host_ifname, spec.bridge):
+                return
+        except PlumbError as exc:
+            raise api.ApiError(str(exc)) from None
+        errors = [e for e in self.rec.status()["last_reconcile"]["errors"]
+                  if spec.host_ifname in e or spec.bridge in e]
+        if errors:
+            reason = bridge_full_message(spec.bridge) if "Exchange full" in errors[0] else errors[0]
+            raise api.ApiError(f"the endpoint's interface {spec.host_ifname} could not be attached to "
+                               f"{spec.bridge}: {reason}")
+        # No refusal seen: the reconciler is slow (a large first apply) and will attach it.
+        log.warning(kv("endpoint-not-attached-yet", ifname=spec.host_ifname, bridge=spec.bridge))
+
+    async def _undo_create(self, ep: Endpoint, ifname: str) -> None:
+        """Take back a create that failed after its row and interface were made."""
+        self.interfaces.pop(ep.id, None)
+        try:
+            await trio.to_thread.run_sync(self.plumber.remove, ifname)
+        except PlumbError as exc:
+            log.warning(kv("endpoint-rollback-incomplete", ifname=ifname, reason=str(exc)))
+        try:
+            await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
+        except api.ApiError as exc:
+            log.warning(kv("endpoint-rollback-incomplete", id=ep.id[:12], reason=str(exc)))
+
+    async def _save_or_fail(self, what: str) -> None:
+        error = await self._save()
+        if error is not None:
+            log.warning(kv("endpoint-not-saved", error=error))
+            raise api.ApiError(f"{what}: the state could not be saved ({error}); nothing was changed")
+
     async def create_endpoint(
         self,
         network: str,
@@ -395,7 +576,14 @@ class Overlay:
         attachment: dict[str, Any] | None = None,
     ) -> Endpoint:
         """``attachment``: extra keys for the persisted interface record (a runtime's
-        container id, ``agent.runtimes.cni.attachments``)."""
+        container id, ``agent.runtimes.cni.attachments``).
+
+        All or nothing: the row is published, the veth made and attached to the
+        network's bridge, the record saved; a failure at any step (the bridge is full,
+        the state dir is full or read-only) undoes the earlier ones and is the error.
+        Refused before anything changes when the network already has
+        ``limits.endpoints_per_network`` endpoints here or the state dir cannot take
+        the record."""
         if not self.dataplane:
             raise api.ApiError("this agent runs without a dataplane (dataplane = false): it cannot host endpoints")
         await self._started.wait()
@@ -409,12 +597,18 @@ class Overlay:
                 await trio.to_thread.run_sync(self.plumber.check_target, path, ifname)
             except PlumbError as exc:
                 raise api.ApiError(str(exc)) from None
+            await self._room_for(network)
+            self._check_writable("endpoint not created")
             ep: Endpoint = await self._table_call(
                 lambda t, now: t.create_endpoint(now, network, name, ipv4, ipv6, mac))
             net: Network = await self.read(lambda t: t.find_network(ep.network))
             spec = VethSpec(host_ifname(self.prefix, ep.id), path, ifname, ep.mac,
                             prefixed([(ep.ipv4, net.subnet_v4), (ep.ipv6, net.subnet_v6)]), self.effective_mtu(net),
+                            bridge=bridge_name(self.prefix, net.vni) if self.rec is not None else None,
                             gateways=tuple(g for _, g in net.gateways()) if self.gw is not None else ())
+            if self.rec is not None:
+                # A pass that read the tables before this row would detach the new port.
+                await self.rec.current_pass_done()
             try:
                 await trio.to_thread.run_sync(self.plumber.create, spec)
             except PlumbError as exc:
@@ -424,12 +618,17 @@ class Overlay:
                 raise api.ApiError(str(exc)) from None
             self.interfaces[ep.id] = {**(attachment or {}), "netns": path, "ifname": ifname,
                                       "host_ifname": spec.host_ifname}
-            await self._persist()
+            try:
+                await self._confirm_attached(spec)
+                await self._save_or_fail("endpoint not created")
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await self._undo_create(ep, spec.host_ifname)
+                if isinstance(exc, api.ApiError):
+                    log.warning(kv("endpoint-create-failed", network=net.name, reason=str(exc)))
+                raise
         log.info(kv("endpoint-created", id=ep.id[:12], name=ep.name, network=net.name,
                     ipv4=ep.ipv4, ipv6=ep.ipv6, mac=ep.mac, netns=path, ifname=ifname))
-        if self.rec is not None:
-            with trio.move_on_after(LOCAL_SETTLE):
-                await self.rec.settled()  # the bridge and the port exist when the command returns
         return ep
 
     async def create_endpoint_with(
@@ -445,11 +644,13 @@ class Overlay:
         left in the agent's namespace for dockerd to move). Publishes the row, then runs
         ``build(ep, net, host_ifname, mtu)`` in a worker thread (blocking; PlumbError) and
         keeps what it returns as the endpoint's interface record. A failure takes the row
-        back, as ``create_endpoint`` does."""
+        back, as ``create_endpoint`` does (a record that cannot be saved too)."""
         if not self.dataplane:
             raise api.ApiError("this agent runs without a dataplane (dataplane = false): it cannot host endpoints")
         await self._started.wait()
         async with self._lock:
+            await self._room_for(network)
+            self._check_writable("endpoint not created")
             ep: Endpoint = await self._table_call(
                 lambda t, now: t.create_endpoint(now, network, name, ipv4, None, mac))
             net: Network = await self.read(lambda t: t.find_network(ep.network))
@@ -461,7 +662,12 @@ class Overlay:
                     await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
                 raise api.ApiError(str(exc)) from None
             self.interfaces[ep.id] = {**info, "host_ifname": ifname}
-            await self._persist()
+            try:
+                await self._save_or_fail("endpoint not created")
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._undo_create(ep, ifname)
+                raise
         log.info(kv("endpoint-created", id=ep.id[:12], name=ep.name, network=net.name,
                     ipv4=ep.ipv4, mac=ep.mac, ifname=info.get("ifname")))
         return ep
@@ -475,6 +681,9 @@ class Overlay:
                 await self._persist()
 
     async def remove_endpoint(self, ref: str) -> Endpoint:
+        """The record without the endpoint is saved first: a remove that cannot be saved
+        is refused and changes nothing (a restart would bring the endpoint back without
+        its interface)."""
         assert self.tables is not None
         me = self.tables.node
         async with self._lock:
@@ -483,14 +692,19 @@ class Overlay:
                 raise api.ApiError(f"endpoint {ref} belongs to node {ep.owner}; remove it there")
             info = self.interfaces.get(ep.id, {})
             ifname = str(info.get("host_ifname") or host_ifname(self.prefix, ep.id))
+            error = await self._save(without=ep.id)
+            if error is not None:
+                log.warning(kv("endpoint-not-saved", error=error))
+                raise api.ApiError(f"endpoint {ep.name} not removed: the state could not be saved "
+                                   f"({error}); nothing was changed")
             if self.dataplane:
                 try:
                     await trio.to_thread.run_sync(self.plumber.remove, ifname)
                 except PlumbError as exc:
+                    await self._persist()  # it is still here: back into the record
                     raise api.ApiError(str(exc)) from None
             await self._table_call(lambda t, now: t.remove_endpoint(now, ep.id))
             self.interfaces.pop(ep.id, None)
-            await self._persist()
         log.info(kv("endpoint-removed", id=ep.id[:12], name=ep.name))
         return ep
 
@@ -559,6 +773,15 @@ class Overlay:
             out.append(f"underlay MTU unknown, assuming {DEFAULT_UNDERLAY_MTU}: {self.underlay_source}; "
                        "set underlay_mtu")
         out.extend(self._restore_notes)
+        if self._record_problem is not None:
+            out.append(self._record_problem)
+        if self.kept:
+            names = sorted(self.kept)
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            out.append(f"{len(names)} endpoint interface(s) without a readable endpoints record are kept "
+                       f"as they are, not published: {shown}; restore {RECORD}.json from the copy moved "
+                       f"aside and restart, or delete them (ip link del NAME) (docs/operations.md, "
+                       f"\"State directory\")")
         return out
 
     def metrics(self) -> list[MetricFamily]:

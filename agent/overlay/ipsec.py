@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agent import limits
 from agent.log import kv
 from crypto import ipsec
 from dataplane.reconciler import PassReport, Reconciler, ReconcilerConfig
@@ -125,8 +126,9 @@ class KeyStore:
         if path is None:
             return {}
         try:
-            with open(path) as f:
-                data = json.load(f)
+            with open(path, "rb") as f:
+                data = limits.loads(f.read(limits.KEYRING_FILE_MAX + 1), max_bytes=limits.KEYRING_FILE_MAX,
+                                    what="the key file")
             if not isinstance(data, dict) or data.get("boot") != self.boot or data.get("vtep") != vtep:
                 return {}
             out: dict[int, ipsec.EpochKey] = {}

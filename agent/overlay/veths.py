@@ -3,8 +3,11 @@
 Owns: naming of the host-side interface (``<prefix><12 hex of the endpoint id>``, so
 the dataplane recognises it as ours and a restarted agent finds it again), resolving
 ``--netns NAME|PATH``, and creating / removing / listing the pairs with pyroute2:
-the host side stays in the agent's namespace (the reconciler attaches it to the
-network's bridge); the container side is created directly inside the target
+the host side stays in the agent's namespace and is attached to the network's bridge
+when that exists already (``VethSpec.bridge``; otherwise the reconciler attaches it once
+it made the bridge), so that a bridge that cannot take another port (``EXFULL``: a Linux
+bridge holds at most ``agent.limits.BRIDGE_MAX_PORTS`` ports) fails the create with a
+message that says so instead of leaving a veth that is never attached; the container side is created directly inside the target
 namespace under its final name (``--ifname``), gets the MAC, the addresses with the
 network's prefix length, the MTU, and is brought up. A failure at any step deletes
 what was made, so nothing half-created is left behind.
@@ -57,6 +60,9 @@ class VethSpec:
     addresses: tuple[tuple[str, int], ...]
     """(address, prefix length) pairs put on the container side."""
     mtu: int
+    bridge: str | None = None
+    """The network's bridge: the host side is attached to it if it exists (else left to
+    the reconciler, which creates the bridge)."""
     gateways: tuple[str, ...] = ()
     """The network's anycast gateways (one per family): the container's default routes
     through this interface, unless the namespace already has a default route of that
@@ -99,6 +105,14 @@ def netns_path(ref: str) -> str:
     return path
 
 
+def bridge_full_message(bridge: str) -> str:
+    from agent.limits import BRIDGE_MAX_PORTS, ENDPOINTS_PER_NETWORK
+
+    return (f"the bridge {bridge} has no free port (Exchange full): a Linux bridge holds at most "
+            f"{BRIDGE_MAX_PORTS} ports, i.e. {ENDPOINTS_PER_NETWORK} endpoints of one network on one "
+            f"host; put further endpoints on another network or host")
+
+
 def prefixed(addresses: Sequence[tuple[str | None, str | None]]) -> tuple[tuple[str, int], ...]:
     """(address, subnet) pairs -> (address, prefix length) for the ones that are set."""
     out = []
@@ -122,6 +136,11 @@ class Plumber(Protocol):
 
     def remove(self, host_ifname: str) -> bool:
         """Delete the pair (both ends go); False when it was already gone. PlumbError."""
+        ...
+
+    def is_attached(self, ifname: str, bridge: str) -> bool:
+        """Whether ``ifname`` is a port of ``bridge`` (False when either does not exist).
+        PlumbError."""
         ...
 
     def existing(self, prefix: str) -> list[str]:
@@ -269,6 +288,9 @@ class LinuxPlumber:
             for gw in spec.gateways:
                 step = f"add the default route via {gw}"
                 _default_route(inner, index, gw)
+            if spec.bridge is not None:
+                step = f"attach {spec.host_ifname} to {spec.bridge}"
+                self._attach(host, spec.host_ifname, spec.bridge)
             step = f"bring {spec.host_ifname} up"
             host.link("set", ifname=spec.host_ifname, state="up")
         except BaseException as exc:
@@ -279,6 +301,37 @@ class LinuxPlumber:
             if isinstance(exc, Exception):
                 raise PlumbError(f"cannot {step} in {spec.netns}: {_reason(exc)}") from None
             raise
+
+    @staticmethod
+    def _attach(host: Any, ifname: str, bridge: str) -> None:
+        """Attach ``ifname`` to ``bridge`` if the bridge exists; PlumbError when the kernel
+        refuses (a full bridge: EXFULL)."""
+        found = host.link_lookup(ifname=bridge)
+        if not found:
+            return  # the reconciler makes the bridge and attaches every port
+        try:
+            host.link("set", ifname=ifname, master=found[0])
+        except Exception as exc:
+            if _code(exc) == errno.EXFULL:
+                raise PlumbError(bridge_full_message(bridge)) from None
+            raise
+
+    def is_attached(self, ifname: str, bridge: str) -> bool:
+        # Two raw RTM_GETLINKs: cheaper than setting up pyroute2 once more per create.
+        from dataplane import rtnl
+
+        try:
+            sock = rtnl.RtnlSocket()
+            try:
+                port = rtnl.get_link(sock, ifname)
+                if port is None or not port.master:
+                    return False
+                master = rtnl.get_link(sock, bridge)
+            finally:
+                sock.close()
+        except OSError as exc:
+            raise PlumbError(f"cannot look up {ifname}: {_reason(exc)}") from None
+        return master is not None and master.index == port.master
 
     def remove(self, host_ifname: str) -> bool:
         try:

@@ -26,8 +26,9 @@ from typing import Any
 
 import trio
 
+from agent import limits
 from agent.config import AgentConfig
-from agent.store.files import StateStore, atomic_write, encode_json
+from agent.store.files import StateStore, atomic_write
 from crypto.keyring import decode_key, encode_key
 
 NODE_RECORD = "node"
@@ -58,15 +59,15 @@ def read_keyring_file(path: str) -> list[bytes] | None:
     """The keys in a keyring file, primary first; None if there is no file. Raises PersistError."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(limits.KEYRING_FILE_MAX + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise PersistError(f"keyring file {path}: {exc.strerror or exc}") from None
     try:
-        items = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise PersistError(f"keyring file {path}: not valid JSON (expected an array of base64 keys)") from None
+        items = limits.loads(data, max_bytes=limits.KEYRING_FILE_MAX, what="it")
+    except limits.JSONLimitError as exc:
+        raise PersistError(f"keyring file {path}: {exc} (expected an array of base64 keys)") from None
     if not isinstance(items, list) or not items or not all(isinstance(k, str) for k in items):
         raise PersistError(f"keyring file {path}: expected a non-empty JSON array of base64 keys")
     keys: list[bytes] = []
@@ -176,6 +177,8 @@ class Persister:
         self.saved_incarnation: int | None = None
         self.errors = 0
         self.last_error: str | None = None
+        self.failing = False
+        """The last write failed (cleared by the next one that succeeds)."""
         self._lock = trio.Lock()
 
     async def _write(self, fn: Any, *args: Any) -> bool:
@@ -184,8 +187,10 @@ class Persister:
                 await trio.to_thread.run_sync(fn, *args)
             except OSError as exc:
                 self.errors += 1
+                self.failing = True
                 self.last_error = f"{exc.strerror or exc}"
                 return False
+        self.failing = False
         return True
 
     async def save_incarnation(self, incarnation: int) -> bool:
@@ -206,5 +211,5 @@ class Persister:
         """A generic record in the state dir (e.g. local endpoints). False without a state dir."""
         if self.store is None:
             return False
-        encode_json(obj)  # TypeError now, on the caller's side, for a non-JSON value
+        # Encoded in the worker thread: a non-JSON value raises TypeError out of here.
         return await self._write(self.store.save_json, name, obj)

@@ -9,6 +9,7 @@ Address math is in ``ipam.py``; the scheme is described in docs/tables.md.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,14 +41,21 @@ def layout_for(net: Network, family: int, config: TablesConfig) -> ipam.Layout |
     return ipam.layout(subnet, config.ipam_block, config.ipam_min_blocks)
 
 
+# Parsed once: every create walks all of a network's addresses, and ipaddress parsing
+# was most of an endpoint create's cost at 1,000 endpoints (pure functions, memoized).
+_address = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_address)
+_v4 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv4Address)
+_v6 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv6Address)
+
+
 def used_addresses(endpoints: Iterable[Endpoint]) -> dict[int, set[int]]:
     """Addresses (as integers) per family held by the given endpoints."""
     used: dict[int, set[int]] = {4: set(), 6: set()}
     for ep in endpoints:
         if ep.ipv4:
-            used[4].add(int(ipaddress.IPv4Address(ep.ipv4)))
+            used[4].add(int(_v4(ep.ipv4)))
         if ep.ipv6:
-            used[6].add(int(ipaddress.IPv6Address(ep.ipv6)))
+            used[6].add(int(_v6(ep.ipv6)))
     return used
 
 
@@ -89,11 +97,12 @@ def claim_changes(
     one of its addresses (so such a block is never free, whoever wins it), plus one
     spare block it owns per family for the next allocation; nothing else."""
     want: dict[BlockKey, None] = {}
+    layouts = {4: layout_for(net, 4, config), 6: layout_for(net, 6, config)}
     for ep in local:
         for family, text in ((4, ep.ipv4), (6, ep.ipv6)):
-            lay = layout_for(net, family, config)
+            lay = layouts[family]
             if text and lay is not None:
-                addr = ipaddress.ip_address(text)
+                addr = _address(text)
                 if addr in lay.subnet:
                     want[(family, lay.block_of(addr))] = None
     owners = ipam.block_owners(claims.values())

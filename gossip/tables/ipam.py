@@ -17,6 +17,7 @@ claims or partitions are detected and resolved in ``conflicts.py``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -80,9 +81,11 @@ class Layout:
         return str(ipaddress.ip_address(value) if self.family == 6 else ipaddress.IPv4Address(value))
 
 
+@functools.lru_cache(maxsize=1024)
 def layout(subnet: str, block_size: int, min_blocks: int) -> Layout:
     """Blocks of ``block_size`` addresses, halved (down to 4) until there are at least
-    ``min_blocks`` of them, so a /24 still serves 64 nodes."""
+    ``min_blocks`` of them, so a /24 still serves 64 nodes. Memoized: a pure function
+    of its arguments (an immutable ``Layout``), asked for on every endpoint create."""
     net = ipaddress.ip_network(subnet)
     total = net.num_addresses
     size = block_size

@@ -383,6 +383,17 @@ def stream_message_size(buf: bytes) -> int | None:
     be a valid stream. Looks at the outer layer only (an encrypted stream's size
     comes from its length field; its content is checked by :func:`decode_stream`).
     """
+    end = stream_message_end(buf)
+    return end if end is not None and len(buf) >= end else None
+
+
+def stream_message_end(buf: bytes | bytearray) -> int | None:
+    """Where the first stream message starting at ``buf`` ends, as soon as that is known:
+    from the length field of an encrypted stream, else once the message's head is
+    complete (its raw tail, e.g. a push/pull's user state, need not be there yet). None
+    if more bytes are needed to tell; :class:`DecodeError` as :func:`stream_message_size`.
+    A reader that knows the end reads the rest without looking at the bytes again.
+    """
     n = len(buf)
     if n == 0:
         return None
@@ -405,9 +416,7 @@ def stream_message_size(buf: bytes) -> int | None:
             raise DecodeError(f"encrypted stream of {size} bytes exceeds the limit")
         if size < CRYPTO_OVERHEAD:
             raise DecodeError(f"encrypted stream of {size} bytes is too short")
-        end = off + 5 + size
-        return end if n >= end else None
+        return off + 5 + size
     if t not in STREAM_TYPES and t != _T_COMPRESS:
         raise DecodeError(f"message type {t} does not start a stream")
-    head_end = stream_head_end(buf, off + 1, t)
-    return head_end if head_end is not None and n >= head_end else None
+    return stream_head_end(buf if type(buf) is bytes else bytes(buf), off + 1, t)

@@ -310,7 +310,6 @@ def control_lines(draw: st.DrawFn) -> bytes:
     return craft.deep_json(draw(st.integers(1, 100_000)))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 2: fix not landed yet")
 @FUZZ
 @given(control_lines())
 def test_control_request_parser_refuses_or_accepts_within_a_memory_bound(line: bytes) -> None:
@@ -322,7 +321,6 @@ def test_control_request_parser_refuses_or_accepts_within_a_memory_bound(line: b
     assert peak <= bound(line, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 2: fix not landed yet")
 def test_control_request_parser_refuses_1000_nested_brackets_with_one_line() -> None:
     """Item 2: ~1,000 nested brackets raised RecursionError out of the parser."""
     line = b'{"v":1,"op":"members","args":{"x":' + craft.deep_json(1000) + b"}}"

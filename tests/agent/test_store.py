@@ -108,7 +108,7 @@ def test_keyring_file_seeds_then_wins(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        (b"[", "not valid JSON"),
+        (b"[", "not JSON"),
         (b"[]", "non-empty JSON array"),
         (b'{"k": 1}', "non-empty JSON array"),
         (b'["AAAA"]', "key #1: encryption key must decode to 16, 24 or 32 bytes"),
