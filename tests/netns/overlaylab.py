@@ -111,7 +111,7 @@ class OverlayLab:
             tail = proc.log_text()[-2000:] if proc is not None else ""
             pytest.fail(f"{self.nodes[i].name} is not running; log tail:\n{tail}")
 
-    def wait_ready(self, i: int) -> None:
+    def wait_ready(self, i: int, within: float = WAIT) -> None:
         def ready() -> bool:
             self.check_running(i)
             try:
@@ -119,7 +119,7 @@ class OverlayLab:
             except CtlError:
                 return False
 
-        wait_for(ready, f"{self.nodes[i].name} to be ready")
+        wait_for(ready, f"{self.nodes[i].name} to be ready", within)
 
     def kill(self, i: int) -> None:
         proc = self.nodes[i].proc
