@@ -357,6 +357,8 @@ def main() -> int:
         )
         clock.freeze(clock.now())  # no further epoch change while we look
         final = clock.now()
+        for a in agents:  # the state at the frozen time: a boundary may have passed since the last tick
+            a.tick(final)
         problems = []
         for i, a in enumerate(agents, start=1):
             assert a.sock is not None
