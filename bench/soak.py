@@ -34,7 +34,6 @@ Owns: the benchmark's steps and its report. Does not: build the lab
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -49,6 +48,7 @@ from typing import Any
 from agent.lab import procstat
 from agent.lab.agentnode import ControlClient, agent_argv
 from agent.lab.netlab import Lab, LabError, LabProc
+from bench.summary import log, write_json
 
 SUBNET = "10.129.0.0/16"
 NETWORK = "soak"
@@ -66,10 +66,6 @@ FD_SLACK = 4
 CPU_TOLERANCE = 1.5
 CPU_SLACK = 0.01
 """CPU-s per s: a 1 % absolute allowance, because an idle agent's rate is tiny and noisy."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def fd_count(pid: int) -> int | None:
@@ -325,10 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"soak {report['minutes']:g} min, {report['hosts']} agents, {report['creates']} creates, "
           f"{report['removes']} removes, {sum(report['restarts'].values())} restarts: {report['verdict']}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     return 0 if report["verdict"] != "growth" else 3
 
 
