@@ -78,7 +78,9 @@ def test_cni_contract(ol: OverlayLab) -> None:
     add = call(h0, "ADD", cfg, container=id_a, netns=pa, args="IgnoreUnknown=1;K8S_POD_NAME=web-a")
     res = assert_ok(add)
     # The default route through the network's anycast gateway (issue 13 item 1).
-    assert res["cniVersion"] == "1.1.0" and res["dns"] == {}
+    assert res["cniVersion"] == "1.1.0"
+    # The DNS responder listens on the gateway (issue 13 item 3); the network is the search domain.
+    assert res["dns"] == {"nameservers": ["10.61.0.1"], "search": ["blue"]}
     assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.61.0.1"}] and res["ips"][0]["gateway"] == "10.61.0.1"
     host_if, inner = res["interfaces"]
     assert host_if["name"].startswith("ov-") and "sandbox" not in host_if

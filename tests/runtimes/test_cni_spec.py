@@ -117,6 +117,31 @@ def test_results_per_version() -> None:
     assert spec.expected_addresses(new) == {"10.0.0.5/24", "fd00::5/64"}
 
 
+def test_result_dns_is_the_gateway_when_there_is_one() -> None:
+    """The gateways are the nameservers (the agent's DNS responder listens there) and the
+    network's name the search domain; without a gateway the result names no DNS server."""
+    ep = {"host_ifname": "ov-0123456789ab", "mac": "02:42:0a:00:00:05", "network_name": "blue",
+          "ipv4_cidr": "10.0.0.5/24", "ipv6_cidr": "fd00::5/64", "gateways": ["10.0.0.1", "fd00::1"]}
+    res = spec.add_result(spec.parse(ENV, conf()), ep)
+    assert res["dns"] == {"nameservers": ["10.0.0.1", "fd00::1"], "search": ["blue"]}
+    assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}, {"dst": "::/0", "gw": "fd00::1"}]
+    v4only = spec.add_result(spec.parse(ENV, conf()), {**ep, "gateways": ["10.0.0.1"]})
+    assert v4only["dns"] == {"nameservers": ["10.0.0.1"], "search": ["blue"]}
+    assert spec.add_result(spec.parse(ENV, conf()), {**ep, "gateways": []})["dns"] == {}
+
+
+def test_endpoint_name_from_cni_args() -> None:
+    """K8S_POD_NAME first (podman passes the container's name there), else NAME/name."""
+    def name(args: str) -> str | None:
+        return spec.parse({**ENV, "CNI_ARGS": args}, conf()).name
+
+    assert name("IgnoreUnknown=1;K8S_POD_NAME=web;NAME=other") == "web"
+    assert name("IgnoreUnknown=1;NAME=db") == "db"
+    assert name("IgnoreUnknown=1;name=cache") == "cache"
+    assert name("IgnoreUnknown=1;K8S_POD_NAME=;NAME=db") == "db"
+    assert name("IgnoreUnknown=1") is None
+
+
 def test_error_reply_has_no_details() -> None:
     reply = spec.error_reply("1.0.0", CniError(7, "bad\nthing"))
     assert reply == {"cniVersion": "1.0.0", "code": 7, "msg": "bad thing"}

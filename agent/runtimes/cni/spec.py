@@ -8,7 +8,7 @@ stdin) into an ``Invocation``, with every input bounded and checked, so a bad on
 VERSION reply, error object). Configuration keys of ours (``network``, ``socket``) and the
 conventional ones read here: ``runtimeConfig.ips`` / ``runtimeConfig.mac`` (the ``ips`` and
 ``mac`` capabilities), ``args.cni.ips`` / ``args.cni.mac`` and ``CNI_ARGS`` ``IP=``/``MAC=``
-(a fixed address), ``K8S_POD_NAME`` (the endpoint's name), ``prevResult`` (CHECK, DEL),
+(a fixed address), ``K8S_POD_NAME`` or ``NAME`` (the endpoint's name), ``prevResult`` (CHECK, DEL),
 ``cni.dev/valid-attachments`` (GC).
 Does not: talk to the agent (``agent.runtimes.cni.plugin``) or touch the kernel.
 """
@@ -47,6 +47,11 @@ TRY_AGAIN = 11
 NOT_AVAILABLE = 50
 AGENT_REFUSED = 100
 """The agent refused the request (its one-line reason is the message)."""
+
+NAME_ARGS = ("K8S_POD_NAME", "NAME", "name")
+"""``CNI_ARGS`` keys naming the endpoint, first found: Kubernetes' pod name (podman passes
+the container's name there too), else a plain ``NAME=``/``name=`` (with ``IgnoreUnknown=1``
+the other plugins of a chain skip it)."""
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,1023}\Z")
 _IFNAME_BAD = re.compile(r"[/:\s]")
@@ -93,7 +98,8 @@ class Invocation:
     netns: str
     ifname: str
     name: str | None
-    """The endpoint's name (``K8S_POD_NAME``: podman passes the container's name)."""
+    """The endpoint's name (``CNI_ARGS`` ``K8S_POD_NAME``, where podman passes the container's
+    name, or ``NAME``)."""
     ipv4: str | None
     ipv6: str | None
     mac: str | None
@@ -261,7 +267,7 @@ def parse(env: Mapping[str, str], data: bytes) -> Invocation:
     if "\0" in netns:
         raise CniError(INVALID_ENV, "CNI_NETNS contains a NUL byte")
     args = parse_cni_args(_env(env, "CNI_ARGS", False))
-    name = args.get("K8S_POD_NAME") or None
+    name = next((args[k] for k in NAME_ARGS if args.get(k)), None)
     ipv4, ipv6 = _fixed_addresses(_ips_from(conf, args), "fixed addresses")
     mac = _mac_from(conf, args)
     return base.but(container=container, netns=netns, ifname=ifname, name=name,
@@ -309,7 +315,8 @@ def add_result(inv: Invocation, endpoint: Mapping[str, Any]) -> dict[str, Any]:
     """ADD's result for the endpoint the agent made (``agentctl endpoint``'s JSON object):
     the host-side veth and the container's interface, its addresses (prefix length of the
     network) with the network's anycast gateway of their family, and a default route per
-    gateway (the agent has already put it in the namespace), shaped for ``inv.version``."""
+    gateway (the agent has already put it in the namespace), the gateways as DNS servers
+with the network's name as search domain (``_dns``), shaped for ``inv.version``."""
     legacy = inv.version.startswith("0.")
     host: dict[str, Any] = {"name": str(endpoint.get("host_ifname") or "")}
     inner: dict[str, Any] = {"name": inv.ifname, "mac": str(endpoint.get("mac") or ""), "sandbox": inv.netns}
@@ -330,7 +337,20 @@ def add_result(inv: Invocation, endpoint: Mapping[str, Any]) -> dict[str, Any]:
             if legacy:
                 ip = {"version": family, **ip}
             ips.append(ip)
-    return {"cniVersion": inv.version, "interfaces": [host, inner], "ips": ips, "routes": routes, "dns": {}}
+    return {"cniVersion": inv.version, "interfaces": [host, inner], "ips": ips, "routes": routes,
+            "dns": _dns(endpoint, gateways)}
+
+
+def _dns(endpoint: Mapping[str, Any], gateways: Mapping[str, str]) -> dict[str, Any]:
+    """The agent's DNS responder listens on the network's gateway addresses (agent.dns):
+    those are the nameservers, and the network's name is the search domain (names resolve
+    as ``NAME`` and ``NAME.NETWORK``). No gateway, no DNS server: an empty object."""
+    servers = [gateways[f] for f in ("4", "6") if f in gateways]
+    if not servers:
+        return {}
+    network = endpoint.get("network_name")
+    search = [network] if isinstance(network, str) and network else []
+    return {"nameservers": servers, "search": search} if search else {"nameservers": servers}
 
 
 def expected_addresses(prev: Mapping[str, Any] | None) -> set[str]:
