@@ -370,6 +370,24 @@ class Tables:
         self._finish(effects)
         return ep, effects
 
+    def rename_endpoint(self, now: float, ref: str, name: str) -> tuple[Endpoint, list[Effect]]:
+        """Give a local endpoint another name (the Docker plugin learns the container's
+        name only after the row is out): the row goes out again, same id, addresses and
+        creation time, at a new Lamport time. Raises TableError (a name taken here)."""
+        self._now = now
+        ep = self._find_local(ref)
+        check_name(name, "endpoint")
+        if name == ep.name:
+            return ep, []
+        if any(e.name == name for e in self._local.values()):
+            raise TableError(f"an endpoint named {name!r} already exists on this node")
+        ep = self._local[ep.id] = replace(ep, name=name)
+        effects: list[Effect] = []
+        self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
+        self.sync.gossip(now, ep.network, effects)
+        self._finish(effects)
+        return ep, effects
+
     def remove_endpoint(self, now: float, ref: str) -> tuple[Endpoint, list[Effect]]:
         """Remove a local endpoint (by id, id prefix or name). Raises TableError."""
         self._now = now
