@@ -680,6 +680,15 @@ class Overlay:
                 self.interfaces[endpoint_id].update(info)
                 await self._persist()
 
+    async def rename_endpoint(self, endpoint_id: str, name: str) -> Endpoint:
+        """Give a local endpoint another name (a runtime that learns the container's name
+        after the row was published: the Docker plugin) and persist it. ApiError."""
+        async with self._lock:
+            ep: Endpoint = await self._table_call(lambda t, now: t.rename_endpoint(now, endpoint_id, name))
+            await self._persist()
+        log.info(kv("endpoint-renamed", id=ep.id[:12], name=ep.name))
+        return ep
+
     async def remove_endpoint(self, ref: str) -> Endpoint:
         """The record without the endpoint is saved first: a remove that cannot be saved
         is refused and changes nothing (a restart would bring the endpoint back without
