@@ -110,6 +110,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     add("--docker-plugin-socket", metavar="PATH",
         help="serve the Docker network + IPAM plugin here, e.g. /run/docker/plugins/overlay-agent.sock "
              "(the file name is the driver name; default: off)")
+    add("--docker-api-socket", metavar="PATH",
+        help="dockerd's API socket, for the names of containers on the plugin's networks "
+             "(default: /run/docker.sock)")
     add("--log-level", choices=LOG_LEVELS, help="default: info")
     add("--log-format", choices=LOG_FORMATS, help="kv (key=value) or json (default: kv)")
 
@@ -211,6 +214,7 @@ def describe(loaded: cfg.Loaded) -> str:
         ("control_group", c.control_group or "(none: mode 0600)", "control_group"),
         ("metrics_address", addr(c.metrics_address) if c.metrics_address else "(off)", "metrics_address"),
         ("docker_plugin_socket", c.docker_plugin_socket or "(off)", "docker_plugin_socket"),
+        ("docker_api_socket", c.docker_api_socket, "docker_api_socket"),
         ("log_level", c.log_level, "log_level"),
         ("log_format", c.log_format, "log_format"),
         ("leave_on_terminate", str(c.leave_on_terminate).lower(), "leave_on_terminate"),

@@ -44,6 +44,7 @@ SOCKET_ENV = "OVERLAY_AGENT_SOCKET"
 DEFAULT_VXLAN_PORT = 4789
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_CONTROL_SOCKET = "/run/overlay-agent/agent.sock"
+DEFAULT_DOCKER_API_SOCKET = "/run/docker.sock"
 DEFAULT_ROLE = "overlay-agent"
 KEYRING_FILE_NAME = "keyring.json"
 PROFILES = ("lan", "wan", "local")
@@ -106,6 +107,8 @@ class AgentConfig:
     metrics_address: Address | None = None
     docker_plugin_socket: str | None = None
     """Serve the Docker network + IPAM plugin on this Unix socket (agent/runtimes/docker)."""
+    docker_api_socket: str = DEFAULT_DOCKER_API_SOCKET
+    """dockerd's API socket, asked for the names of containers on the plugin's networks."""
     config_file: str | None = None
 
     def gossip_config(self) -> Config:
@@ -184,6 +187,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("metrics_address", "str", "serve Prometheus metrics on IP[:PORT] (default: off)", "--metrics-address"),
     Key("docker_plugin_socket", "str", "serve the Docker network + IPAM plugin on this Unix socket, e.g. "
         "/run/docker/plugins/overlay-agent.sock (default: off)", "--docker-plugin-socket"),
+    Key("docker_api_socket", "str", "dockerd's API socket, asked for container names by the Docker plugin "
+        "(default: /run/docker.sock)", "--docker-api-socket"),
     Key("log_level", "str", "debug, info, warning or error", "--log-level"),
     Key("log_format", "str", "kv (key=value lines) or json", "--log-format"),
     Key("leave_on_terminate", "bool", "announce a graceful leave on SIGTERM/SIGINT", "--leave-on-terminate"),
@@ -630,6 +635,7 @@ def build(layer: Layer, *, config_file: str | None = None,
         ipsec_rotation_interval=_default(rotation, 12 * 3600.0),
         metrics_address=metrics,
         docker_plugin_socket=b.convert("docker_plugin_socket", _socket_path),
+        docker_api_socket=b.convert("docker_api_socket", _socket_path) or DEFAULT_DOCKER_API_SOCKET,
         config_file=config_file,
     )
 
