@@ -104,6 +104,8 @@ class AgentConfig:
     """Seconds per IPsec key epoch of encrypted networks (agent/overlay/ipsec.py)."""
     dataplane: bool = True
     """False: tables only (networks are seen and made here), no kernel programming, no endpoints."""
+    dns: bool = True
+    """A DNS responder on each network's gateway address (agent/dns, docs/dns.md); false: none."""
     metrics_address: Address | None = None
     docker_plugin_socket: str | None = None
     """Serve the Docker network + IPAM plugin on this Unix socket (agent/runtimes/docker)."""
@@ -178,6 +180,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("underlay_mtu", "int", "MTU of the underlay network (default: the interface's)", "--underlay-mtu"),
     Key("dataplane", "bool", "program the kernel (VXLAN, bridges, FDB, neighbours) and host endpoints",
         "--dataplane"),
+    Key("dns", "bool", "answer container names on each network's gateway address, UDP/TCP 53 "
+        "(default true; docs/dns.md)"),
     Key("ipsec_rotation_interval", "float", "seconds between IPsec key rotations of encrypted networks "
         "(default 43200 = 12 h; every agent of a cluster must use the same value)",
         "--ipsec-rotation-interval"),
@@ -632,6 +636,7 @@ def build(layer: Layer, *, config_file: str | None = None,
         underlay_interface=b.convert("underlay_interface", _ifname),
         underlay_mtu=mtu,
         dataplane=_default(b.convert("dataplane", _as_bool), True),
+        dns=_default(b.convert("dns", _as_bool), True),
         ipsec_rotation_interval=_default(rotation, 12 * 3600.0),
         metrics_address=metrics,
         docker_plugin_socket=b.convert("docker_plugin_socket", _socket_path),
