@@ -230,6 +230,10 @@ class Overlay:
                 if self.gateway:  # the same view: gateways, egress and isolation rules
                     self.gw = NftReconciler(NftTarget(NftKernel()), view, self.reconciler_config, name="gateway")
                     await nursery.start(self.gw.run)
+                    if rt.config.dns:  # names on each gateway address (docs/dns.md)
+                        from agent.dns.manager import DnsManager
+
+                        await nursery.start(DnsManager(self).run, rt)
                 nursery.start_soon(Lifecycle(self).run)  # endpoints die with their namespace
                 if self.kept:
                     nursery.start_soon(self._watch_kept)
