@@ -105,6 +105,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help="IPsec key rotation of encrypted networks (default: 43200 = 12 h)")
     add("--dataplane", action=argparse.BooleanOptionalAction, default=None,
         help="program VXLAN devices, bridges, FDB and neighbours and host endpoints (default: yes)")
+    add("--dns", action=argparse.BooleanOptionalAction, default=None,
+        help="answer container names on each network's gateway address, UDP/TCP 53 (default: yes)")
     add("--metrics-address", metavar="IP[:PORT]",
         help=f"serve Prometheus metrics here (default: off; default port {cfg.DEFAULT_METRICS_PORT})")
     add("--docker-plugin-socket", metavar="PATH",
@@ -209,6 +211,7 @@ def describe(loaded: cfg.Loaded) -> str:
         ("underlay_interface", c.underlay_interface or "(by route)", "underlay_interface"),
         ("underlay_mtu", str(c.underlay_mtu) if c.underlay_mtu else "(interface MTU)", "underlay_mtu"),
         ("dataplane", str(c.dataplane).lower(), "dataplane"),
+        ("dns", str(c.dns).lower(), "dns"),
         ("state_dir", c.state_dir or "(none: nothing persists)", "state_dir"),
         ("control_socket", c.control_socket, "control_socket"),
         ("control_group", c.control_group or "(none: mode 0600)", "control_group"),

@@ -181,7 +181,7 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("dataplane", "bool", "program the kernel (VXLAN, bridges, FDB, neighbours) and host endpoints",
         "--dataplane"),
     Key("dns", "bool", "answer container names on each network's gateway address, UDP/TCP 53 "
-        "(default true; docs/dns.md)"),
+        "(default true; docs/dns.md)", "--dns"),
     Key("ipsec_rotation_interval", "float", "seconds between IPsec key rotations of encrypted networks "
         "(default 43200 = 12 h; every agent of a cluster must use the same value)",
         "--ipsec-rotation-interval"),
