@@ -312,40 +312,47 @@ class LinuxKernel:
         entries: list[Entry] = []
         sent: list[EntryOp] = []
         index = self._index
+        append, keep = entries.append, sent.append
+        # One pass, dispatching on the exact class: a program of 20,000 rows spends
+        # more here than in the kernel if each op walks an isinstance chain.
         for op in ops:
+            cls = type(op)
             i = index.get(op.device)
             if i is None:
                 i = self._lookup(op.device)
-            if i is None:
-                if not isinstance(op, FdbDel | FloodDel | NeighDel):  # gone is what we wanted
-                    result.errors.append(OpError(op, errno.ENODEV, f"no device {op.device}"))
-                continue
-            if isinstance(op, FdbSet):
-                entries.append((FDB_SET, i, op.mac, op.dst))
-            elif isinstance(op, NeighSet):
-                entries.append((NEIGH_SET, i, op.ip, op.mac))
-            elif isinstance(op, FloodAdd):
-                entries.append((FLOOD_ADD, i, op.dst, ""))
-            elif isinstance(op, FdbDel):
+                if i is None:
+                    if cls not in _DELETES:  # gone is what a delete wanted
+                        result.errors.append(OpError(op, errno.ENODEV, f"no device {op.device}"))
+                    continue
+            if type(op) is FdbSet:
+                append((FDB_SET, i, op.mac, op.dst))
+            elif type(op) is NeighSet:
+                append((NEIGH_SET, i, op.ip, op.mac))
+            elif type(op) is FloodAdd:
+                append((FLOOD_ADD, i, op.dst, ""))
+            elif type(op) is FdbDel:
                 if op.dst.endswith(ATTRS_SUFFIX):
-                    entries.append((FDB_DEL_ANY, i, op.mac, ""))  # the whole row goes
+                    append((FDB_DEL_ANY, i, op.mac, ""))  # the whole row goes
                 else:
-                    entries.append((FDB_DEL, i, op.mac, op.dst))
-            elif isinstance(op, FloodDel):
-                entries.append((FDB_DEL, i, ZERO_MAC, op.dst.removesuffix(ATTRS_SUFFIX)))
+                    append((FDB_DEL, i, op.mac, op.dst))
+            elif type(op) is FloodDel:
+                append((FDB_DEL, i, ZERO_MAC, op.dst.removesuffix(ATTRS_SUFFIX)))
+            elif type(op) is NeighDel:
+                append((NEIGH_DEL, i, op.ip, ""))
             else:
-                entries.append((NEIGH_DEL, i, op.ip, ""))
-            sent.append(op)
+                raise TypeError(f"not an entry operation: {op!r}")
+            keep(op)
         res = self._batch.run(entries)
         result.applied += res.sent
         result.lost = result.lost or res.lost
         for k, code, text in res.errors:
             op = sent[k]
-            if code in _DELETE_OK and isinstance(op, FdbDel | FloodDel | NeighDel):
+            if code in _DELETE_OK and type(op) in _DELETES:
                 continue
             result.errors.append(OpError(op, code, text))
 
 
+_DELETES = frozenset((FdbDel, FloodDel, NeighDel))
 _NO_ADDRGEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 
 

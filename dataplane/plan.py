@@ -38,7 +38,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from dataplane.model import Link, State
 from dataplane.naming import owned_kind
@@ -72,8 +72,13 @@ class SetLink:
     up: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class FdbSet:
+# Entry operations come by the ten thousand (a full program of 20,100 rows): they are
+# NamedTuples, built in C-backed ``tuple.__new__`` at ~0.3 µs rather than a frozen
+# dataclass's ~0.8 µs (three ``object.__setattr__`` calls), and as immutable. Equality
+# also compares the class (``_same_op``), so ``FdbSet(d, m, v) != FdbDel(d, m, v)``.
+
+
+class FdbSet(NamedTuple):
     """Unicast FDB row (NTF_SELF, permanent), replace semantics."""
 
     device: str
@@ -81,8 +86,7 @@ class FdbSet:
     dst: str
 
 
-@dataclass(frozen=True, slots=True)
-class FdbDel:
+class FdbDel(NamedTuple):
     """Delete a unicast FDB row, guarded by the destination it was seen with."""
 
     device: str
@@ -90,22 +94,19 @@ class FdbDel:
     dst: str
 
 
-@dataclass(frozen=True, slots=True)
-class FloodAdd:
+class FloodAdd(NamedTuple):
     """Append an all-zero-MAC row toward ``dst`` (head-end replication)."""
 
     device: str
     dst: str
 
 
-@dataclass(frozen=True, slots=True)
-class FloodDel:
+class FloodDel(NamedTuple):
     device: str
     dst: str
 
 
-@dataclass(frozen=True, slots=True)
-class NeighSet:
+class NeighSet(NamedTuple):
     """Permanent neighbour, replace semantics."""
 
     device: str
@@ -113,10 +114,24 @@ class NeighSet:
     mac: str
 
 
-@dataclass(frozen=True, slots=True)
-class NeighDel:
+class NeighDel(NamedTuple):
     device: str
     ip: str
+
+
+def _same_op(self: tuple[str, ...], other: object) -> bool:
+    return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _other_op(self: tuple[str, ...], other: object) -> bool:
+    return not _same_op(self, other)
+
+
+for _cls in (FdbSet, FdbDel, FloodAdd, FloodDel, NeighSet, NeighDel):
+    # Set after creation: a NamedTuple body may not define dunders; the tuple hash
+    # stays (equal ops hash equal; ops of two classes merely may collide).
+    setattr(_cls, "__eq__", _same_op)  # noqa: B010
+    setattr(_cls, "__ne__", _other_op)  # noqa: B010
 
 
 LinkOp = CreateLink | DeleteLink | SetLink
