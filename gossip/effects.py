@@ -102,6 +102,16 @@ class QueryFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class UserEvent:
+    """A serf user event new to this node (``serf event``, ``agentctl event``)."""
+
+    name: str
+    payload: bytes
+    ltime: int
+    coalesce: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """A noteworthy thing the shell should log (not on the hot path)."""
 
@@ -118,5 +128,6 @@ Effect = (
     | KeyringChanged
     | QueryResponse
     | QueryFinished
+    | UserEvent
     | Log
 )

@@ -172,7 +172,7 @@ class Swim:
         self._timers = Timers()
         self._seq_no = 0
         self._token = 0
-        self._serf = SerfLayer(self.encryption)
+        self._serf = SerfLayer(self.encryption, lambda: self._table.members, rng)
         self._prober = Prober(self)
         self._sync = AntiEntropy(self)
         self._capacity = Capacity(self)
@@ -366,6 +366,16 @@ class Swim:
         effects.append(self._open_stream("user", peer.address, data, expect_reply=False))
         return effects
 
+    def serf_message(self, now: float, payload: bytes) -> list[Effect]:
+        """A serf message of our own (``SerfLayer.user_event``/``force_leave``): applied
+        as if heard, so it is recorded, reported and relayed like serf's own."""
+        if now > self._now:
+            self._now = now
+        effects: list[Effect] = []
+        self._serf_message(now, payload, effects)
+        effects.extend(self._gossip(now))
+        return effects
+
     def send_query(
         self,
         now: float,
@@ -554,11 +564,19 @@ class Swim:
     def _serf_message(self, now: float, payload: bytes, effects: list[Effect]) -> None:
         """Serf's part of a user message or push/pull state: ``gossip/serf/layer.py``
         decides, we pass queries on and send its answers."""
-        reply = self._serf.receive(payload, self.local)
+        reply = self._serf.receive(now, payload, self.local)
         if reply is None:
             return
         if reply.relay is not None:
             self._broadcasts.queue(reply.relay_key, wire.encode(UserMsg(reply.relay)))
+        for name in reply.left:  # serf's force-leave of a failed member
+            current = self._table.members[name]
+            gone = current.evolve(status=Status.LEFT)
+            self._table.set(gone)
+            effects.append(MemberLeft(gone))
+            effects.extend(self.delegate.on_member_change(now, current, gone))
+        for to, part in reply.sends:
+            self._out.emit(to, [wire.encode(UserMsg(part))], self._prober.target_at(to), effects)
         if reply.to is not None:
             # Answers go bare, like memberlist's SendToAddress: piggybacking would spend
             # the relays of this very query on the querier, who already has it.
@@ -695,7 +713,7 @@ class Swim:
                 self._refute(now, incarnation, effects)
             return
         self._suspicions.pop(name, None)
-        status = Status.LEFT if from_ == name else Status.DEAD
+        status = Status.LEFT if from_ == name or self._serf.take_leaving(now, name) else Status.DEAD
         gone = Member(current.name, current.addr, current.port, incarnation, status,
                       current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
         self._table.set(gone)

@@ -3,8 +3,9 @@
 Owns: encoding/decoding serf tags (node meta), leave/join intents, the serf message
 envelope ``[serf type][msgpack]`` carried inside memberlist user messages (without
 the 0x08 byte), queries and query responses including the key-management payloads.
+Also the relay envelope (``[9]{DestAddr, DestName}`` + the message to forward).
 Does not: keep serf's Lamport clocks or handle queries (``layer.py``), decide
-answers (``queries.py``) or keep event buffers (we keep none).
+answers (``queries.py``) or keep the recent-message buffers (``recent.py``).
 Reference: serf 0.9.4 ``messages.go``, ``serf.go`` (encodeTags/decodeTags),
 ``query.go``, ``internal_query.go``; docs/wire.md.
 """
@@ -167,12 +168,14 @@ def encode_query(
     timeout_ns: int,
     filters: Sequence[bytes] = (),
     want_ack: bool = True,
+    relay_factor: int = 0,
 ) -> bytes:
     """``[4]{Addr, Filters, Flags, ID, LTime, Name, Payload, Port, RelayFactor, SourceNode,
     Timeout}``: a serf query; members answer by UDP to ``addr:port``."""
     _uint(ltime, _U64, "LTime")
     _uint(query_id, _U32, "ID")
     _uint(port, _U16, "Port")
+    _uint(relay_factor, 0xFF, "RelayFactor")
     return _msg(
         SerfType.QUERY,
         {
@@ -184,16 +187,56 @@ def encode_query(
             "Name": name,
             "Payload": payload,
             "Port": port,
-            "RelayFactor": 0,
+            "RelayFactor": relay_factor,
             "SourceNode": source_node,
             "Timeout": timeout_ns,
         },
     )
 
 
+def encode_relay(addr: bytes, port: int, dest_name: str, message: bytes) -> bytes:
+    """``[9]{DestAddr: {IP, Port, Zone}, DestName}`` + ``message`` (a whole serf message):
+    serf's relayed query response (``encodeRelayMessage``; Go's ``net.UDPAddr`` as a map)."""
+    _uint(port, _U16, "Port")
+    header = {"DestAddr": {"IP": addr, "Port": port, "Zone": ""}, "DestName": dest_name}
+    return bytes((SerfType.RELAY,)) + _pack(header) + message
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A decoded relay message: forward ``message`` to ``addr:port`` as a user message."""
+
+    addr: bytes
+    port: int
+    dest_name: str
+    message: bytes
+
+
+def decode_relay(payload: bytes) -> Relay:
+    """A ``[9]`` relay message; DecodeError if the header is not serf's."""
+    t, f = decode_serf_message(payload)
+    if t is not SerfType.RELAY:
+        raise DecodeError("not a serf relay message")
+    header = f["Header"]
+    dest = header.get(b"DestAddr")
+    if type(dest) is not dict:
+        raise DecodeError("relay.DestAddr: expected a map")
+    return Relay(
+        addr=_raw(dest.get(b"IP"), "relay.DestAddr.IP"),
+        port=_uint(dest.get(b"Port"), _U16, "relay.DestAddr.Port"),
+        dest_name=_text(header.get(b"DestName"), "relay.DestName"),
+        message=f["Message"],
+    )
+
+
 def encode_node_filter(names: Sequence[str]) -> bytes:
     """A query filter that addresses only the named nodes."""
     return b"\x00" + _pack(list(names))
+
+
+def encode_tag_filter(tag: str, expr: str) -> bytes:
+    """A query filter that addresses nodes whose tag ``tag`` matches the regex ``expr``."""
+    return b"\x01" + _pack({"Tag": tag, "Expr": expr})
 
 
 def _fields(t: SerfType, d: dict[bytes, Any]) -> dict[str, Any]:

@@ -76,7 +76,8 @@ def addressed_to_us(query: Query, name: str, tags: Mapping[str, str]) -> bool:
 def answer(query: Query, keyring: Keyring | None) -> QueryAnswer:
     """What to answer to a query addressed to us (``addressed_to_us`` already checked)."""
     if query.name == "_serf_ping":
-        return QueryAnswer(query.wants_ack, b"")
+        # serf's internal ping: the ack is the answer; no response (serf counts 0).
+        return QueryAnswer(query.wants_ack, None)
     if query.name in _KEY_QUERIES:
         return _key_query(query, keyring)
     if query.name == MODE_QUERY:

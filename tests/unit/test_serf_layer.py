@@ -27,24 +27,23 @@ def _query(name: str, qid: int = 9, ltime: int = 4, payload: bytes = b"", filter
 
 
 def _layer(keyring: Keyring | None = None) -> SerfLayer:
-    return SerfLayer(GossipEncryption(keyring))
+    return SerfLayer(GossipEncryption(keyring), lambda: {ME.name: ME}, random.Random(0))
 
 
 def test_a_new_query_is_passed_on_and_answered_once() -> None:
     layer = _layer()
     payload = _query("_serf_ping")
-    reply = layer.receive(payload, ME)
+    reply = layer.receive(0.0, payload, ME)
     assert reply is not None and reply.relay == payload and reply.relay_key == query_key(9)
     assert reply.to == ("10.0.0.9", 7946)
     kinds = [serfcompat.decode_serf_message(a) for a in reply.answers]
-    assert [(t, f["Flags"]) for t, f in kinds] == [(serfcompat.SerfType.QUERY_RESPONSE, 1),
-                                                    (serfcompat.SerfType.QUERY_RESPONSE, 0)]  # ack, response
-    assert layer.receive(payload, ME) is None  # re-gossiped: neither passed on nor answered
+    assert [(t, f["Flags"]) for t, f in kinds] == [(serfcompat.SerfType.QUERY_RESPONSE, 1)]  # ack only
+    assert layer.receive(0.0, payload, ME) is None  # re-gossiped: neither passed on nor answered
 
 
 def test_a_query_for_another_node_is_passed_on_unanswered() -> None:
     only_other = serfcompat.encode_node_filter(["someone-else"])
-    reply = _layer().receive(_query("_serf_ping", filters=(only_other,)), ME)
+    reply = _layer().receive(0.0, _query("_serf_ping", filters=(only_other,)), ME)
     assert reply is not None and reply.relay is not None
     assert reply.to is None and reply.answers == () and reply.events == ()
 
@@ -52,7 +51,8 @@ def test_a_query_for_another_node_is_passed_on_unanswered() -> None:
 def test_the_leave_intent_is_later_than_every_clock_seen() -> None:
     layer = _layer()
     assert serfcompat.decode_serf_message(layer.leave_intent("ours", 3))[1]["LTime"] == 4
-    layer.receive(serfcompat.encode_user_event(41, "deploy", b""), ME)
+    layer.receive(0.0, serfcompat.encode_join_intent(41, "serf1"), ME)  # the member clock
+    layer.receive(0.0, serfcompat.encode_user_event(99, "deploy", b""), ME)  # another clock
     assert serfcompat.decode_serf_message(layer.leave_intent("ours", 3))[1]["LTime"] == 42
 
 
@@ -60,17 +60,17 @@ def test_our_query_collects_responses_until_it_finishes() -> None:
     layer = _layer()
     layer.new_query(0.0, 77, ME, "_serf_ping", b"", timeout=1.0, filters=(), want_ack=True)
     ack = serfcompat.encode_query_response(1, 77, "b", None, True)
-    reply = layer.receive(ack, ME)
+    reply = layer.receive(0.0, ack, ME)
     assert reply is not None and reply.events == (QueryResponse(77, "b", True, b""),)
     assert layer.query_finished(77) and not layer.query_finished(77)
-    assert layer.receive(ack, ME) is None  # late: ignored
+    assert layer.receive(0.0, ack, ME) is None  # late: ignored
 
 
 def test_a_remote_install_switches_encryption_on_in_the_roll_out_window() -> None:
     ring = Keyring([], nonce_source=random.Random(0).randbytes)
-    layer = SerfLayer(enc := GossipEncryption(ring))
-    reply = layer.receive(_query("_serf_install-key", payload=serfcompat.encode_key_request(KEY)), ME)
+    layer = SerfLayer(enc := GossipEncryption(ring), lambda: {ME.name: ME}, random.Random(0))
+    reply = layer.receive(0.0, _query("_serf_install-key", payload=serfcompat.encode_key_request(KEY)), ME)
     assert reply is not None and reply.events == (KeyringChanged(),)
     assert ring.keys == (KEY,) and enc.mode is EncryptionMode.ACCEPT
-    layer.receive(_query(MODE_QUERY, qid=10, payload=b"require"), ME)
+    layer.receive(0.0, _query(MODE_QUERY, qid=10, payload=b"require"), ME)
     assert enc.mode is EncryptionMode.REQUIRE
