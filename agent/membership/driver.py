@@ -16,6 +16,8 @@ Does not: bind sockets (``agent.membership.transport``), parse control requests
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
 import logging
 import time
@@ -48,6 +50,7 @@ from gossip.effects import (
     QueryResponse,
     Send,
     StreamRequest,
+    UserEvent,
 )
 from gossip.errors import DecodeError
 from gossip.members import Status
@@ -64,6 +67,8 @@ INBOX_SIZE = 1024
 """Pending inputs; memberlist's handoff queue holds 1024 messages too."""
 STREAM_CONCURRENCY = 32
 """Outbound TCP exchanges at once; more wait their turn (the core times them out)."""
+RECENT_USER_EVENTS = 512
+"""User events kept for ``agentctl events --recent`` (serf's EventBuffer is 512 too)."""
 DECODE_WARNING_INTERVAL = 60.0
 """At most one warning per source address per interval; every error is logged at debug."""
 
@@ -170,6 +175,8 @@ class Driver:
         """Member name -> IP, for every member in the table (until reaped)."""
         self._ips: dict[str, int] = {}
         """IP -> how many members have it."""
+        self.user_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_USER_EVENTS)
+        """The user events new to this node, oldest first (``user_event_json``)."""
         self._live: set[str] = set()
         """Other members alive or suspect, from the member events."""
         self.streams = transport.StreamBudget(limits, is_known=self.is_member_address)
@@ -392,6 +399,8 @@ class Driver:
                 log.log(level, kv("join-finished", contacted=effect.contacted, failed=failed))
             elif isinstance(effect, QueryResponse | QueryFinished):
                 pass  # consumed by listeners (agentctl keys)
+            elif isinstance(effect, UserEvent):
+                self._user_event(effect)
             else:
                 self._member_event(effect)
             for callback in self._listeners.get(type(effect), ()):
@@ -400,6 +409,13 @@ class Driver:
                 except Exception:
                     self.counters.internal_errors += 1
                     log.exception(kv("internal-error", where="effect-listener"))
+
+    def _user_event(self, effect: UserEvent) -> None:
+        body = user_event_json(effect)
+        self.user_events.append(body)
+        log.info(kv("user-event", name=effect.name, ltime=effect.ltime, size=len(effect.payload),
+                    coalesce=effect.coalesce))
+        self.hub.publish(body)
 
     def _member_event(self, effect: MemberJoined | MemberUpdated | MemberSuspected | MemberFailed | MemberLeft | MemberReaped) -> None:
         name = EVENT_NAMES[type(effect)]
@@ -426,3 +442,16 @@ class Driver:
             self.counters.stream_failures += 1
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._send.send(_StreamOutcome(req.token, reply))  # unless the driver is gone
+
+
+def user_event_json(effect: UserEvent) -> dict[str, Any]:
+    """A user event as ``agentctl events`` shows it (payload in base64)."""
+    return {
+        "type": "user",
+        "time": time.time(),
+        "name": effect.name,
+        "ltime": effect.ltime,
+        "coalesce": effect.coalesce,
+        "payload_size": len(effect.payload),
+        "payload": base64.b64encode(effect.payload).decode("ascii"),
+    }
