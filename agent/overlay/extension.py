@@ -597,6 +597,9 @@ class Overlay:
         except PlumbError as exc:
             raise api.ApiError(str(exc)) from None
         async with self._lock:
+            same = await self._repeated_create(network, path, ifname, name, ipv4, ipv6, mac)
+            if same is not None:
+                return same
             try:
                 await trio.to_thread.run_sync(self.plumber.check_target, path, ifname)
             except PlumbError as exc:
@@ -633,6 +636,31 @@ class Overlay:
                 raise
         log.info(kv("endpoint-created", id=ep.id[:12], name=ep.name, network=net.name,
                     ipv4=ep.ipv4, ipv6=ep.ipv6, mac=ep.mac, netns=path, ifname=ifname))
+        return ep
+
+    async def _repeated_create(self, network: str, path: str, ifname: str, name: str | None,
+                               ipv4: str | None, ipv6: str | None, mac: str | None) -> Endpoint | None:
+        """The local endpoint that already is this create (same namespace and interface,
+        same network, and every given name/address/MAC equal): a client that timed out
+        and retries gets it back instead of a conflict. ApiError when that interface
+        belongs to an endpoint with a different spec; None when no endpoint has it."""
+        owner = next((ep_id for ep_id, info in self.interfaces.items()
+                      if info.get("netns") == path and info.get("ifname") == ifname), None)
+        if owner is None:
+            return None
+
+        def find(t: Tables) -> tuple[Endpoint | None, Network]:
+            return next((e for e in t.local_endpoints() if e.id == owner), None), t.find_network(network)
+
+        ep, net = await self.read(find)
+        if ep is None:
+            return None
+        wanted = {"network": net.id, "name": name, "ipv4": ipv4, "ipv6": ipv6, "mac": mac}
+        differs = [k for k, v in wanted.items() if v is not None and str(getattr(ep, k)).lower() != v.lower()]
+        if differs:
+            raise api.ApiError(f"interface {ifname} in network namespace {path} already belongs to endpoint "
+                               f"{ep.name} ({ep.id[:12]}), whose {', '.join(differs)} differ from this request")
+        log.info(kv("endpoint-create-repeated", id=ep.id[:12], name=ep.name, netns=path, ifname=ifname))
         return ep
 
     async def create_endpoint_with(

@@ -218,8 +218,17 @@ async def test_bad_input_is_one_line_and_nothing_is_left(pair: tuple[Agent, Agen
     assert st["overlay"]["endpoints_local"] == 0
     # Still serving.
     ep = await query(a.socket, "endpoint", {"action": "create", "network": "blue", "netns": ns})
-    assert "already exists" in await error_of(a.socket, "endpoint", {"action": "create", "network": "blue",
-                                                                      "netns": ns})
+    # A retry of the same create (a client that timed out) gets the same endpoint back;
+    # the same interface asked for with another spec is a conflict.
+    again = await query(a.socket, "endpoint", {"action": "create", "network": "blue", "netns": ns,
+                                                "ip": ep["ipv4"], "name": ep["name"]})
+    assert (again["id"], again["ipv4"], again["mac"]) == (ep["id"], ep["ipv4"], ep["mac"])
+    other_ip = "10.9.0.99" if ep["ipv4"] != "10.9.0.99" else "10.9.0.98"
+    message = await error_of(a.socket, "endpoint", {"action": "create", "network": "blue", "netns": ns,
+                                                     "ip": other_ip})
+    assert "already belongs to endpoint" in message and "ipv4" in message
+    assert "name differ" in await error_of(a.socket, "endpoint", {"action": "create", "network": "blue",
+                                                                   "netns": ns, "name": "other"})
     assert [e["id"] for e in await query(a.socket, "endpoint", {"action": "ls"})] == [ep["id"]]
 
 
