@@ -197,6 +197,11 @@ class Swim:
         return self._table.members[self.name]
 
     @property
+    def serf(self) -> SerfLayer:
+        """Serf's layer (its clocks; the user events and intents the shell makes)."""
+        return self._serf
+
+    @property
     def keyring(self) -> Keyring | None:
         return self.encryption.keyring
 
