@@ -66,7 +66,7 @@ def run_docker(runs: int) -> dict[str, Any]:
             sock = str(lab.workdir / f"host{i}.sock")
             lab.spawn(host, agent_argv(f"host{i}", host.addr, sock, join=[lab.hosts[0].addr] if i else [],
                                        state_dir=str(lab.workdir / f"state{i}"),
-                                       extra=["--docker-plugin-socket", hosts.plugin_socket(i)]),
+                                       extra=hosts.agent_args(i)),
                       name=f"agent{i}")
             _wait_ready(sock)
         with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:

@@ -107,6 +107,11 @@ class DockerHosts:
     def plugin_socket(self, i: int) -> str:
         return f"{PLUGIN_DIR}/{self.plugins[i]}.sock"
 
+    def agent_args(self, i: int) -> list[str]:
+        """The flags of host i's agent: serve its plugin, and ask its dockerd (a private
+        API socket) for container names."""
+        return ["--docker-plugin-socket", self.plugin_socket(i), "--docker-api-socket", self.daemons[i].sock]
+
     def start(self, i: int) -> None:
         """Start host i's dockerd and wait until its API answers. LabError."""
         d = self.daemons[i]

@@ -52,7 +52,7 @@ def run(lab: Lab, hosts: dockerd.DockerHosts, workdir: Path) -> None:
         sock = str(lab.workdir / f"host{i + 1}.sock")
         argv = agent_argv(f"host{i + 1}", host.addr, sock, join=[lab.hosts[0].addr] if i else [],
                           state_dir=str(lab.workdir / f"state-host{i + 1}"),
-                          extra=["--docker-plugin-socket", hosts.plugin_socket(i)])
+                          extra=hosts.agent_args(i))
         proc = lab.spawn(host, argv, name=f"agent{i + 1}", env=_agent_env())
         socks.append(sock)
         print(f"  host{i + 1}: overlay-agent (pid {proc.pid}) serving Docker plugin {hosts.plugins[i]!r} "

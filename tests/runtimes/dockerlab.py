@@ -33,7 +33,7 @@ class DockerLab:
     # -- agents ------------------------------------------------------------------------------
     def start_agent(self, i: int, *, wait_ready: bool = True) -> None:
         # OverlayLab passes ``extra`` to every agent it starts: set this host's plugin socket.
-        self.ol.extra = ["--docker-plugin-socket", self.hosts.plugin_socket(i)]
+        self.ol.extra = self.hosts.agent_args(i)
         first = i == 0 and self.ol.nodes[0].proc is None
         self.ol.start(i, join=[] if first else [1 if i == 0 else 0], wait_ready=wait_ready)
 

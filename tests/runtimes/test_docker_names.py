@@ -8,6 +8,10 @@ The real dockerd case is in tests/runtimes/test_docker_plugin.py.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from gossip.tables.rows import TableError
@@ -36,3 +40,141 @@ def test_rename_reaches_peers_and_keeps_the_endpoint() -> None:
     assert net.nodes["n0"].tables.find_endpoint(ep.id).name == "web-a"
     # the same name again: nothing to send
     assert net.call("n0", lambda t: t.rename_endpoint(net.now, ep.id, "web-a")).name == "web-a"
+
+
+# -- dockerd's answers --------------------------------------------------------------------------
+
+LISTING = [
+    {"Id": "c" * 64, "Names": ["/web-b"], "NetworkSettings": {"Networks": {
+        "blue": {"EndpointID": "e2" * 32, "Aliases": ["cccccccccccc", "www"]}}}},
+    {"Id": "a" * 64, "Names": ["/web-a"], "NetworkSettings": {"Networks": {
+        "blue": {"EndpointID": "e1" * 32, "Aliases": None},
+        "green": {"EndpointID": "e3" * 32}}}},
+]
+
+
+def test_find_container_by_endpoint_id() -> None:
+    from agent.runtimes.docker.dockerapi import Container, find_container
+
+    assert find_container(LISTING, "e1" * 32) == Container("a" * 64, "web-a", ())
+    assert find_container(LISTING, "e3" * 32) == Container("a" * 64, "web-a", ())
+    assert find_container(LISTING, "e2" * 32) == Container("c" * 64, "web-b", ("cccccccccccc", "www"))
+    assert find_container(LISTING, "ff" * 32) is None  # not (yet) recorded by dockerd
+    junk: Any
+    for junk in (None, {}, [1, "x", {"NetworkSettings": 5}, {"NetworkSettings": {"Networks": []}}],
+                 [{"Names": [], "NetworkSettings": {"Networks": {"n": {"EndpointID": "e1" * 32}}}}]):
+        assert find_container(junk, "e1" * 32) is None
+
+
+def test_containers_target_filters_by_network() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from agent.runtimes.docker.dockerapi import containers_target
+
+    url = urlsplit(containers_target("d" * 64))
+    assert url.path == "/containers/json"
+    assert parse_qs(url.query) == {"all": ["1"], "filters": ['{"network":["' + "d" * 64 + '"]}']}
+
+
+async def _serve_once(path: str, answer: bytes, ready: Any) -> None:
+    """A one-connection HTTP server on ``path`` that reads the request head and sends ``answer``."""
+    import socket as stdsocket
+
+    import trio
+
+    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    await sock.bind(path)
+    sock.listen(1)
+    ready.set()
+    conn, _ = await sock.accept()
+    with conn:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await conn.recv(4096)
+        assert data.startswith(b"GET /containers/json")
+        await conn.send(answer)
+    sock.close()
+
+
+def _answer(status: int, body: bytes, length: int | None = None) -> bytes:
+    n = len(body) if length is None else length
+    return (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+            .encode() + body)
+
+
+@pytest.mark.parametrize(("answer", "expect"), [
+    (_answer(200, json.dumps(LISTING).encode()), None),
+    (_answer(500, b'{"message": "boom"}'), "answered 500: boom"),
+    (_answer(200, b"not json"), "is not JSON"),
+    (_answer(200, b"[]", length=1 << 30), "larger than"),
+    (_answer(200, b"[" + b" " * 5000 + b"]"), "larger than"),
+    (b"garbage\r\n\r\n", "dockerd at"),
+    (b"", "dockerd at"),
+])
+def test_get_json_is_bounded_and_one_line(tmp_path: Path, answer: bytes, expect: str | None) -> None:
+    import trio
+
+    from agent.runtimes.docker.dockerapi import DockerApiError, get_json
+
+    path = str(tmp_path / "docker.sock")
+
+    async def main() -> Any:
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+            nursery.start_soon(_serve_once, path, answer, ready)
+            await ready.wait()
+            try:
+                return await get_json(path, "/containers/json?all=1", limit=4096, within=10)
+            except DockerApiError as exc:
+                return exc
+
+    result = trio.run(main)
+    if expect is None:
+        assert result == LISTING
+    else:
+        assert isinstance(result, Exception) and expect in str(result) and "\n" not in str(result), result
+
+
+def test_get_json_unreachable(tmp_path: Path) -> None:
+    import trio
+
+    from agent.runtimes.docker.dockerapi import DockerApiError, get_json
+
+    with pytest.raises(DockerApiError) as info:
+        trio.run(get_json, str(tmp_path / "none.sock"), "/containers/json")
+    assert info.value.unreachable and "none.sock" in str(info.value)
+
+
+def test_namer_without_dockerd_keeps_the_name_and_warns_once(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """No dockerd on the configured socket: endpoints keep ``ep-<id>``; one warning for
+    several endpoints."""
+    import logging
+
+    import trio
+
+    from agent.runtimes.docker.context import Context
+    from agent.runtimes.docker.naming import Namer
+    from agent.runtimes.docker.state import DockerEndpoint
+
+    renamed: list[tuple[str, str]] = []
+
+    class FakeOverlay:
+        async def rename_endpoint(self, endpoint: str, name: str) -> None:
+            renamed.append((endpoint, name))
+
+    async def main() -> Namer:
+        ctx = Context(FakeOverlay(), "p")  # type: ignore[arg-type]
+        namer = Namer(ctx, str(tmp_path / "none.sock"))
+        async with trio.open_nursery() as nursery:
+            namer.nursery = nursery
+            for k in range(3):
+                ctx.state.endpoints[f"d{k}"] = DockerEndpoint(f"d{k}", "net", f"ep{k}", f"10.0.0.{k + 2}")
+                namer.joined(f"d{k}", f"ep{k}", "net")
+        return namer
+
+    with caplog.at_level(logging.INFO, logger="agent.runtimes.docker"):
+        namer = trio.run(main)
+    assert renamed == [] and (namer.renamed, namer.kept) == (0, 3) and not namer.pending
+    warnings = [r for r in caplog.records if "docker-api-unreachable" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]

@@ -4,9 +4,11 @@ Each lab host runs an agent serving a uniquely named plugin and its own dockerd
 (tests/runtimes/dockerlab.py). Covered: ``docker network create`` on both hosts maps
 to one cluster network; named containers on the two hosts ping each other with 0 %
 loss and the underlay carries VXLAN; ``docker stop`` withdraws the endpoint from the
-other host's kernel (deadline wait); ``docker network connect/disconnect`` of a
+other host's kernel (deadline wait); endpoints are named after their containers (each
+agent asks its dockerd) on every host; ``docker network connect/disconnect`` of a
 running container; a dockerd restart and an agent restart keep networks and running
-containers working. Waits use deadlines; no timing is asserted.
+containers working; a Docker container and an ``agentctl endpoint`` on the other host
+share a network. Waits use deadlines; no timing is asserted.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def cluster_network(dl: DockerLab, i: int, name: str | None = None) -> dict[str,
     return inspect
 
 
+def names(dl: DockerLab, i: int) -> dict[str, str]:
+    """Endpoint name by IPv4 address, as host i sees the cluster."""
+    return {e["ipv4"]: e["name"] for e in dl.ol.endpoints(i)}
+
+
 def remote_entries(dl: DockerLab, i: int, vni: int) -> tuple[dict[str, str], dict[str, str]]:
     return dl.ol.fdb(i, vni), dl.ol.neigh(i, vni)
 
@@ -94,6 +101,9 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
         links = dl.lab.run(dl.lab.hosts[i], ["ip", "-o", "link"]).stdout
         assert "docker_gwbridge" not in links and "docker0" not in links
     assert "eth1" not in dl.exec(0, "web-a", ["ip", "-o", "link"]).stdout
+    # Endpoints are named after their containers (asked of each host's dockerd), on both hosts.
+    wait_for(lambda: names(dl, 0) == {ip_a: "web-a", ip_b: "web-b"} == names(dl, 1),
+             "both hosts to show the endpoints under their containers' names")
 
     mac_b = next(m for ip, m in dl.ol.neigh(0, vni).items() if ip == ip_b)
     dl.docker(1, "stop", "-t", "1", "web-b")
@@ -170,3 +180,31 @@ def test_dockerd_and_agent_restarts_keep_containers_working(dl: DockerLab) -> No
     dl.docker(0, "stop", "-t", "1", "web-a")
     wait_for(lambda: ip_a not in dl.ol.neigh(1, vni), "host 1 to drop web-a after the agent restart",
              within=WITHDRAW_WITHIN)
+
+
+def test_docker_container_and_agentctl_endpoint_share_a_network(dl: DockerLab) -> None:
+    """A ``docker run`` container on host 0 and an ``agentctl endpoint create`` endpoint on
+    host 1 share one cluster network: they ping each other with 0 % loss, and removing the
+    container withdraws its entries from host 1's kernel within 2 s."""
+    create_network(dl, 0, "mixed", "--ipam-opt", "network=mixed")
+    vni = int(cluster_network(dl, 0, "mixed")["Options"][VNI_OPTION])
+    ip_a = run(dl, 0, "web-a", "mixed")
+    wait_for(lambda: any(n["Name"] == "mixed" for n in dl.ol.request(1, "network", {"action": "ls"})),
+             "host 1 to know the network")
+    netns_b = dl.ol.container("b")
+    ep_b = dl.ol.create_endpoint(1, "mixed", netns_b, "--name", "plain-b")
+    ip_b = ep_b["ipv4"]
+    assert ip_b != ip_a and ip_b.startswith(SUBNET.rsplit(".", 1)[0] + ".")
+    wait_for(lambda: ip_a in dl.ol.neigh(1, vni) and ip_b in dl.ol.neigh(0, vni),
+             "both hosts to learn the other side's endpoint")
+    wait_for(lambda: dl.ping(0, "web-a", ip_b, count=1), "the first ping across (ARP settles)")
+    assert dl.ping(0, "web-a", ip_b), dl.exec(0, "web-a", ["ping", "-c", "3", ip_b]).stdout
+    assert dl.ol.ping(netns_b, ip_a)
+    wait_for(lambda: names(dl, 1).get(ip_a) == "web-a", "host 1 to show the container's name")
+
+    mac_a = dl.ol.neigh(1, vni)[ip_a]
+    dl.docker(0, "rm", "-f", "web-a")
+    wait_for(lambda: ip_a not in dl.ol.neigh(1, vni) and mac_a not in dl.ol.fdb(1, vni),
+             "host 1 to drop the removed container's entries", within=WITHDRAW_WITHIN)
+    assert ip_a not in names(dl, 1)
+    assert dl.ol.ping(netns_b, ip_b)  # its own endpoint is untouched

@@ -43,6 +43,9 @@ class Context:
         self.lock = trio.Lock()
         self.rt: Runtime | None = None
         self.save_errors = 0
+        self.joined: Callable[[str, str, str], None] | None = None
+        """Told (Docker endpoint, cluster endpoint, Docker network) after each Join: the
+        ``naming.Namer`` names the endpoint after its container."""
 
     async def save(self) -> None:
         rt = self.rt

@@ -10,8 +10,9 @@
   network's anycast gateway as ``Gateway`` (the container's default route; only when the
   agent runs the gateway, ``Overlay.gw``), and always ``DisableGatewayService``: a Join
   that Docker reads as "no gateway here" would make dockerd invent a docker_gwbridge,
-  and this keeps that impossible whatever else is answered. DeleteEndpoint withdraws the
-  row and deletes the pair, so peers drop their entries at once.
+  and this keeps that impossible whatever else is answered. After Join the endpoint
+  is renamed after its container (``naming``). DeleteEndpoint withdraws the row and
+  deletes the pair, so peers drop their entries at once.
 - Scope ``local``: each dockerd knows its own Docker network; the cluster network is
   what spans the hosts.
 
@@ -175,6 +176,8 @@ class Driver:
                     lambda t: t.find_network(t.find_endpoint(dep.endpoint).network).gateways())
                 for _, gw in gateways:
                     reply["GatewayIPv6" if ":" in gw else "Gateway"] = gw
+            if self.ctx.joined is not None:
+                self.ctx.joined(eid, dep.endpoint, dep.docker_network)
             return reply
 
         return await self.ctx.call(join)

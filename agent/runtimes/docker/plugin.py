@@ -9,7 +9,8 @@ Owns: the method table (``Plugin.Activate`` and every ``NetworkDriver.*`` /
 ``IpamDriver.*`` call dockerd makes, Discover* and the swarm-only calls included),
 opening the socket at set-up (a problem is a ``StartupError``), loading the persisted
 state at start (after the overlay restored its endpoints, so reservations whose
-endpoint did not survive are dropped), serving until the agent stops (then the
+endpoint did not survive are dropped), the ``naming.Namer`` (dockerd's API socket from
+config ``docker_api_socket``), serving until the agent stops (then the
 socket file goes), and a status section. Does not: implement the methods
 (``driver``, ``ipam``) or parse HTTP (``server``).
 """
@@ -27,6 +28,7 @@ from agent.log import kv
 from agent.runtimes.docker.context import Context
 from agent.runtimes.docker.driver import Driver
 from agent.runtimes.docker.ipam import Ipam
+from agent.runtimes.docker.naming import Namer
 from agent.runtimes.docker.server import Server, SocketError, UnknownMethod, open_socket
 from agent.runtimes.docker.state import RECORD, PluginState
 
@@ -51,6 +53,7 @@ class DockerPlugin:
         self.path = path
         self.ctx = Context(overlay, plugin_name(path))
         self.server: Server | None = None
+        self.namer: Namer | None = None
         self._notes: list[str] = []
         driver, ipam = Driver(self.ctx), Ipam(self.ctx)
         self.methods: dict[str, Method] = {
@@ -93,6 +96,8 @@ class DockerPlugin:
         from agent.service import StartupError
 
         self.ctx.rt = rt
+        self.namer = Namer(self.ctx, rt.config.docker_api_socket)
+        self.ctx.joined = self.namer.joined
         try:
             sock = open_socket(self.path)
         except SocketError as exc:
@@ -106,6 +111,8 @@ class DockerPlugin:
         try:
             await self._restore(rt)
             async with trio.open_nursery() as nursery:
+                if self.namer is not None:
+                    self.namer.nursery = nursery
                 await nursery.start(self.server.serve)
                 log.info(kv("docker-plugin-serving", socket=self.path, name=self.ctx.name))
                 task_status.started()
@@ -144,4 +151,5 @@ class DockerPlugin:
             "endpoints": len(s.endpoints),
             "calls": self.server.calls if self.server else 0,
             "refused": self.server.errors if self.server else 0,
+            "named": self.namer.renamed if self.namer else 0,
         }}
