@@ -24,6 +24,7 @@ from agent.control.server import Op
 from agent.events import OVERFLOW
 from agent.log import kv
 from agent.membership.queries import QueryBook
+from agent.membership.serfops import serf_ops
 from agent.runtime import Runtime
 from gossip.effects import Effect, JoinFinished
 from gossip.members import Status
@@ -247,4 +248,5 @@ def builtin_ops() -> dict[str, Op]:
         "leave": Op(leave, "leave the cluster gracefully, then stop", stops_agent=True),
         "events": Op(events, "stream member events", streaming=True),
         "keys": Op(keys_op, "gossip keyring: list, install, use, remove, require, allow-plaintext"),
+        **serf_ops(),  # event, user-events, force-leave, query (agent.membership.serfops)
     }

@@ -13,7 +13,6 @@ touch gossip state.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from agent import __version__
 from agent.addresses import DEFAULT_PORT, UsageError, format_address, parse_address
-from agent.ctl import network
+from agent.ctl import network, serf
 from agent.ctl.client import DEFAULT_SOCKET, SOCKET_ENV, Client, CtlError
 from agent.ctl.output import dump, table
 from gossip.tables import protocol as tables_protocol
@@ -262,13 +261,6 @@ def cmd_leave(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_events(client: Client, ns: argparse.Namespace, out: TextIO) -> int:
-    for ev in client.stream("events"):
-        out.write(json.dumps(ev, sort_keys=True) + "\n" if ns.format == "json" else format_event(ev))
-        out.flush()
-    return 0
-
-
 def _read_key(text: str) -> str:
     """``-`` reads the key from stdin, so that it never shows in a process listing."""
     if text == "-":
@@ -431,11 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="peers show this node as 'left' (a plain stop shows it failed)")
     _format(lv, ("text", "json"))
     lv.set_defaults(run=cmd_leave)
-    ev = sub.add_parser("events", help="print member events as they happen (until Ctrl-C)",
-                        epilog="example: agentctl events --follow --format json")
-    ev.add_argument("--follow", "-f", action="store_true", help="keep following (the default)")
-    _format(ev, ("text", "json"))
-    ev.set_defaults(run=cmd_events)
+    serf.add_commands(sub, _Parser, _format, format_event)  # event, events, query, force-leave
 
     k = sub.add_parser("keys", help="manage the gossip encryption keyring", epilog=KEYS_EPILOG,
                        formatter_class=raw)
