@@ -11,8 +11,9 @@ Does not: decide anything (``compile``, ``plan``).
 
 Why the ``nft`` tool rather than raw NFNETLINK: rules are compiled to expressions by
 libnftables; hand-building them would duplicate that for every rule shape we use. A
-read is one ``nft -j list table`` per family (~5 ms each), and the target skips it
-while nothing is wanted and nothing was held.
+read of the tables is one ``nft -j list table`` per family (~5 ms each on a host, a
+second or more on a slow CPU); ``read`` takes the shapes from the caller when it
+knows them (``NftTarget`` keeps them between passes, see there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,19 +94,27 @@ class NftKernel:
             self._ipr = None
 
     # -- read ---------------------------------------------------------------------------------
-    def read(self, desired: NftDesired) -> NftActual:
+    def read(self, desired: NftDesired, tables: Mapping[str, TableShape] | None = None) -> NftActual:
+        """The kernel as ``desired`` is compared with. ``tables``: our tables' shapes as the
+        caller already knows them (``NftTarget``'s cache): no ``nft`` process then."""
         bridges: dict[str, BridgeSeen] = {}
         for b in desired.bridges:
             seen = self._bridge(b.bridge)
             if seen is not None:
                 bridges[b.bridge] = seen
+        if tables is None:
+            tables = self.read_tables()
+        sysctls = {p: self._sysctl(p) for p in desired.sysctls}
+        return NftActual(bridges, dict(tables), sysctls)
+
+    def read_tables(self) -> dict[str, TableShape]:
+        """Our table in each family, as ``nft -j list table`` shows it (one process each)."""
         tables: dict[str, TableShape] = {}
         for family in FAMILIES:
             got = self._table(family)
             if got is not None:
                 tables[family] = got
-        sysctls = {p: self._sysctl(p) for p in desired.sysctls}
-        return NftActual(bridges, tables, sysctls)
+        return tables
 
     def _bridge(self, name: str) -> BridgeSeen | None:
         ipr = self._ip()

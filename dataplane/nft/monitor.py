@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -71,8 +71,10 @@ NftKernelEvent = AddrEvent | MacEvent | NftEvent
 class NftMonitor:
     """Create in any thread (blocking); use from the trio thread."""
 
-    def __init__(self, netns: str | None, prefix: str) -> None:
+    def __init__(self, netns: str | None, prefix: str, on_lost: Callable[[], None] | None = None) -> None:
         self.prefix = prefix
+        self.on_lost = on_lost
+        """Called when events were lost (ENOBUFS), before ``next_events`` returns None."""
         self._rt = rtnl.RtnlSocket(netns, groups=(rtnl.RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR))
         try:
             if netns is None:
@@ -114,6 +116,8 @@ class NftMonitor:
                         break
                     except OSError as e:
                         if e.errno == errno.ENOBUFS:
+                            if self.on_lost is not None:
+                                self.on_lost()
                             return None
                         raise
                     out.extend(decode(buf))
