@@ -29,7 +29,7 @@ class CountingKernel:
 
     def __init__(self) -> None:
         self.table_reads = 0
-        self.during_read: Callable[[], None] | None = None
+        self.during_read: Callable[[], object] | None = None
 
     def read(self, desired: NftDesired, tables: Mapping[str, TableShape] | None = None) -> NftActual:
         if tables is None:
