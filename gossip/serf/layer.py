@@ -102,6 +102,8 @@ class SerfLayer:
         self._clock = LamportClock()
         self._event_clock = LamportClock()
         self._query_clock = LamportClock()
+        for clock in (self._clock, self._event_clock, self._query_clock):
+            clock.increment()  # serf starts each at 1, so an intent at 0 is never news
         self._events = LtimeBuffer(EVENT_BUFFER)
         self._queries = LtimeBuffer(QUERY_BUFFER)
         self._intents = Intents()
