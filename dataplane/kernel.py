@@ -111,6 +111,7 @@ class LinuxKernel:
         self._batch: Batcher | None = None
         self._index: dict[str, int] = {}
         """Name -> ifindex of the links seen by the last read or created since."""
+        self._dumps = _DumpCache()
 
     # -- plumbing -----------------------------------------------------------------------------
     def _thread_check(self) -> None:
@@ -195,6 +196,11 @@ class LinuxKernel:
         fdb: dict[tuple[str, str], str] = {}
         flood: dict[tuple[str, str], bool] = {}
         neigh: dict[tuple[str, str], str] = {}
+        # Dump buffers whose rows are unchanged since the last read (cacheinfo aside)
+        # are not decoded again: their decoded rows are kept by signature, and only the
+        # buffers seen in this read are kept for the next (_DumpCache).
+        cache = self._dumps
+        cache.begin()
         for i, lk in mine.items():
             if lk.kind != "vxlan":
                 continue
@@ -202,13 +208,14 @@ class LinuxKernel:
             sock.dump(
                 rtnl.RTM_GETNEIGH,
                 rtnl.fdb_dump_body(i),
-                lambda buf, name=name: rtnl.parse_fdb(buf, fdb, flood, name),  # type: ignore[misc]
+                lambda buf, name=name: cache.fdb(buf, name, fdb, flood),  # type: ignore[misc]
             )
             sock.dump(
                 rtnl.RTM_GETNEIGH,
                 rtnl.neigh_dump_body(i),
-                lambda buf, name=name: rtnl.parse_neigh(buf, neigh, name),  # type: ignore[misc]
+                lambda buf, name=name: cache.neigh(buf, name, neigh),  # type: ignore[misc]
             )
+        cache.end()
         return State(links, ports, fdb, flood, neigh)
 
     # -- apply --------------------------------------------------------------------------------
@@ -353,6 +360,63 @@ class LinuxKernel:
 
 
 _DELETES = frozenset((FdbDel, FloodDel, NeighDel))
+
+_Rows = dict[tuple[str, str], str]
+_Flood = dict[tuple[str, str], bool]
+
+
+class _DumpCache:
+    """Decoded rows of the entry dumps' buffers, by (dump, device, signature).
+
+    A no-change resync of 20,000 rows receives ~1.4 MB in ~50 buffers; decoding them
+    costs ~1 µs a row, while cutting each buffer's cacheinfo out (``stable_signature``,
+    in C) and merging the kept rows costs ~0.1 µs. A buffer is kept only if it decoded
+    as one uniform run of fixed-layout rows: then an equal signature means equal rows.
+    Memory: the signatures (~75% of the dump) and one dict per buffer, only for the
+    buffers of the last read.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[bool, str, bytes], tuple[_Rows, _Flood]] = {}
+        self._now: dict[tuple[bool, str, bytes], tuple[_Rows, _Flood]] = {}
+
+    def begin(self) -> None:
+        self._now = {}
+
+    def end(self) -> None:
+        self._last, self._now = self._now, {}
+
+    def fdb(self, buf: bytes, device: str, fdb: _Rows, flood: _Flood) -> bool:
+        sig = rtnl.stable_signature(buf)
+        if sig is not None:
+            key = (True, device, sig)
+            hit = self._last.get(key)
+            if hit is None:
+                rows: _Rows = {}
+                floods: _Flood = {}
+                if rtnl.fdb_run_all(buf, rows, floods, device):
+                    hit = (rows, floods)
+            if hit is not None:
+                self._now[key] = hit
+                fdb.update(hit[0])
+                flood.update(hit[1])
+                return False  # a uniform run holds no NLMSG_DONE
+        return rtnl.parse_fdb(buf, fdb, flood, device)
+
+    def neigh(self, buf: bytes, device: str, neigh: _Rows) -> bool:
+        sig = rtnl.stable_signature(buf)
+        if sig is not None:
+            key = (False, device, sig)
+            hit = self._last.get(key)
+            if hit is None:
+                rows: _Rows = {}
+                if rtnl.neigh_run_all(buf, rows, device):
+                    hit = (rows, {})
+            if hit is not None:
+                self._now[key] = hit
+                neigh.update(hit[0])
+                return False
+        return rtnl.parse_neigh(buf, neigh, device)
 _NO_ADDRGEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 
 
