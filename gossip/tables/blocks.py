@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from gossip.tables import ipam
 from gossip.tables.config import TablesConfig
-from gossip.tables.rows import ClaimRow, Endpoint, Network, TableError
+from gossip.tables.rows import ClaimRow, Endpoint, IpamPool, Network, TableError
 from gossip.tables.store import ClaimKey
 
 BlockKey = tuple[int, int]
@@ -34,11 +34,95 @@ class Block:
     """True if this claim wins the block (the claimant allocates from it)."""
 
 
-def layout_for(net: Network, family: int, config: TablesConfig) -> ipam.Layout | None:
-    subnet = net.subnet_v4 if family == 4 else net.subnet_v6
-    if subnet is None:
+class Pools:
+    """A network's subnets of one family as one numbering of blocks: the blocks of each
+    pool (its ``--ip-range``, else its subnet) follow those of the pools before it, so a
+    plain network (one pool) numbers its blocks exactly as a single ``ipam.Layout``.
+    Addresses handed out skip each subnet's network and broadcast addresses, its gateway
+    and its aux addresses."""
+
+    def __init__(self, family: int, parts: list[tuple[ipam.Layout, ipam.IPNetwork, frozenset[int]]]) -> None:
+        self.family = family
+        self.parts: list[tuple[int, ipam.Layout, ipam.IPNetwork, frozenset[int]]] = []
+        offset = 0
+        for lay, subnet, excluded in parts:
+            self.parts.append((offset, lay, subnet, excluded))
+            offset += lay.count
+        self.count = offset
+
+    @property
+    def text_subnets(self) -> str:
+        return ", ".join(str(p[2]) for p in self.parts)
+
+    def _part(self, block: int) -> tuple[int, ipam.Layout, ipam.IPNetwork, frozenset[int]]:
+        for part in reversed(self.parts):
+            if block >= part[0]:
+                return part
+        raise IndexError(block)
+
+    def block_of(self, addr: ipam.IPAddress) -> int | None:
+        for offset, lay, _, _ in self.parts:
+            if addr.version == self.family and addr in lay.subnet:
+                return offset + lay.block_of(addr)
         return None
-    return ipam.layout(subnet, config.ipam_block, config.ipam_min_blocks)
+
+    def block_cidr(self, block: int) -> str:
+        offset, lay, _, _ = self._part(block)
+        return lay.block_cidr(block - offset)
+
+    def addresses(self, block: int) -> Iterator[int]:
+        offset, lay, subnet, excluded = self._part(block)
+        first = int(subnet.network_address)
+        last = first + subnet.num_addresses - 1
+        start = lay.base + (block - offset) * lay.size
+        for value in range(start, start + lay.size):
+            if value != first and not (self.family == 4 and value == last) and value not in excluded:
+                yield value
+
+    def text(self, value: int) -> str:
+        return str(ipaddress.ip_address(value) if self.family == 6 else ipaddress.IPv4Address(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pools(pools: tuple[IpamPool, ...], family: int, block_size: int, min_blocks: int) -> Pools | None:
+    parts = []
+    for p in pools:
+        subnet = ipaddress.ip_network(p.subnet)
+        if subnet.version != family:
+            continue
+        excluded = frozenset(int(ipaddress.ip_address(a)) for a in (p.gateway_address, *(x for _, x in p.aux)))
+        parts.append((ipam.layout(p.ip_range or p.subnet, block_size, min_blocks), subnet, excluded))
+    return Pools(family, parts) if parts else None
+
+
+def layout_for(net: Network, family: int, config: TablesConfig) -> Pools | None:
+    """The blocks of a network's subnets of ``family`` (None: it has none)."""
+    return _pools(net.pools, family, config.ipam_block, config.ipam_min_blocks)
+
+
+def check_address(net: Network, text: str, family: int) -> ipam.IPAddress:
+    """An address given by the operator: in one of the network's subnets of ``family``,
+    and not its network, broadcast, gateway or aux address. Raises TableError."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise TableError(f"invalid IPv{family} address {text!r}") from None
+    if addr.version != family:
+        raise TableError(f"{text} is not an IPv{family} address")
+    pools = [p for p in net.pools if ipaddress.ip_network(p.subnet).version == family]
+    if not pools:
+        raise TableError(f"the network has no IPv{family} subnet for {text}")
+    pool = next((p for p in pools if addr in ipaddress.ip_network(p.subnet)), None)
+    if pool is None:
+        raise TableError(f"address {text} is outside the subnet {', '.join(p.subnet for p in pools)}")
+    subnet = ipaddress.ip_network(pool.subnet)
+    role = ("network address" if addr == subnet.network_address
+            else "broadcast address" if family == 4 and addr == subnet.broadcast_address
+            else "gateway" if str(addr) == pool.gateway_address
+            else next((f"aux address {n!r}" for n, a in pool.aux if a == str(addr)), None))
+    if role is not None:
+        raise TableError(f"address {text} is the subnet's {role}")
+    return addr
 
 
 # Parsed once: every create walks all of a network's addresses, and ipaddress parsing
@@ -69,24 +153,35 @@ def allocate(
     assert lay is not None
     live = [c for c in claims if not c.deleted]
     owners = ipam.block_owners(live)
-    mine = sorted(b for (f, b), who in owners.items() if f == family and who == node)
-    value = ipam.allocate(lay, mine, used)
+    mine = sorted(b for (f, b), who in owners.items() if f == family and who == node and b < lay.count)
+    value = _first_free(lay, mine, used)
     if value is not None:
         return lay.text(value)
     claimed = {c.block for c in live if c.family == family}
-    start = ipam.start_block(node, net.id, family, lay.count)
+    # Spread within the first pool (a plain network: the whole subnet, as always); free_block
+    # then goes on through the later pools in order, so the first subnet fills up first.
+    start = ipam.start_block(node, net.id, family, lay.parts[0][1].count)
     while True:
         block = ipam.free_block(lay, claimed, start)
         if block is None:
             raise TableError(
-                f"no free address block in {lay.subnet} of network {net.name!r} "
-                f"({lay.count} blocks of {lay.size} addresses, all claimed); "
+                f"no free address block in {lay.text_subnets} of network {net.name!r} "
+                f"({lay.count} blocks, all claimed); "
                 "use a larger subnet or give an address"
             )
-        value = ipam.allocate(lay, [block], used)
+        value = _first_free(lay, [block], used)
         if value is not None:
             return lay.text(value)
         claimed.add(block)  # only hidden rows live there; try the next one
+
+
+def _first_free(lay: Pools, blocks: Iterable[int], used: set[int]) -> int | None:
+    """The lowest address not in ``used`` inside the given blocks (in order)."""
+    for block in blocks:
+        for value in lay.addresses(block):
+            if value not in used:
+                return value
+    return None
 
 
 def claim_changes(
@@ -102,9 +197,9 @@ def claim_changes(
         for family, text in ((4, ep.ipv4), (6, ep.ipv6)):
             lay = layouts[family]
             if text and lay is not None:
-                addr = _address(text)
-                if addr in lay.subnet:
-                    want[(family, lay.block_of(addr))] = None
+                block = lay.block_of(_address(text))
+                if block is not None:
+                    want[(family, block)] = None
     owners = ipam.block_owners(claims.values())
     mine = sorted((c.family, c.block) for c in claims.values() if c.node == node and not c.deleted)
     for family in (4, 6):

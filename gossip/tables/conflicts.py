@@ -5,6 +5,9 @@ which of several visible endpoints keeps a contested IPv4, IPv6 or MAC address.
 Pure functions of the rows alone (never of arrival order), so nodes holding the
 same rows agree. Does not: hide anything (``visibility.py`` uses the result).
 
+Networks that both allow overlapping subnets (``--allow-overlap``, ``netopts``) do
+not contest their subnets.
+
 Precedence: the earlier creation in Lamport order, then the node name, then the
 id — i.e. the lowest ``(created, node, id)`` keeps the value.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gossip.tables import ipam
+from gossip.tables import ipam, netopts
 from gossip.tables.rows import Conflict, Endpoint, Network
 
 
@@ -32,8 +35,10 @@ def resolve_networks(networks: Iterable[Network]) -> tuple[list[Network], list[C
             clash = ("network-vni", str(net.vni), by_vni[net.vni])
         else:
             for other in accepted:
+                if netopts.overlap_allowed(net, other):
+                    continue
                 hit = next(
-                    (s for s in net.subnets for o in other.subnets if ipam.overlapping(s, o)), None
+                    (s for s in net.all_subnets for o in other.all_subnets if ipam.overlapping(s, o)), None
                 )
                 if hit is not None:
                     clash = ("network-subnet", hit, other)

@@ -23,6 +23,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gossip.tables.rows import ClaimRow, TableError
 
@@ -199,7 +200,12 @@ def start_block(node: str, net_id: str, family: int, count: int) -> int:
     return int.from_bytes(digest[:16], "big") % count
 
 
-def free_block(lay: Layout, claimed: set[int], start: int) -> int | None:
+class _Counted(Protocol):
+    @property
+    def count(self) -> int: ...
+
+
+def free_block(lay: _Counted, claimed: set[int], start: int) -> int | None:
     """The first block from ``start`` (wrapping) that nobody claims."""
     count = lay.count
     if len(claimed) >= count:

@@ -35,10 +35,12 @@ from gossip.serf.payloads import decode_tags
 PROTOCOL_MIN = 1
 PROTOCOL_MAX = 2
 """1: release 0.1.0 (networks, members, claims, endpoints, IPsec key rows).
-2: extension rows (unknown kinds kept and relayed), the advertised range."""
+2: extension rows (unknown kinds kept and relayed), the advertised range, network
+options (extension rows of kind 4, ``gossip.tables.netopts``)."""
 
 FEATURES: dict[str, int] = {
     "extension-rows": 2,
+    "network-options": 2,
 }
 """Feature name -> the protocol version that introduced it."""
 

@@ -42,7 +42,7 @@ from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
 from gossip.members import Member
-from gossip.tables import agenttag, blocks, extrows, framing, ipam, ipsecrows, validation
+from gossip.tables import agenttag, blocks, extrows, framing, ipam, ipsecrows, netopts, validation
 from gossip.tables.blocks import Block
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
@@ -54,6 +54,7 @@ from gossip.tables.rows import (
     EndpointRow,
     MemberRow,
     Network,
+    NetworkOptions,
     NetworkRow,
     TableError,
     check_name,
@@ -190,6 +191,8 @@ class Tables:
             self.stats.rows_applied += 1
             if event:  # re-broadcast once, like a known cluster-wide row
                 self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
+            if row.kind == netopts.KIND:
+                self._refresh_opts()
 
     def protocol_version(self, network: str | None = None) -> int:
         """The highest tables protocol every agent member that is up (or, with ``network``,
@@ -275,12 +278,19 @@ class Tables:
         encrypted: bool = False,
         mtu: int | None = None,
         created_at: float | None = None,
+        options: NetworkOptions | None = None,
+        underlay: Sequence[str] = (),
     ) -> tuple[Network, list[Effect]]:
         """A new cluster-wide network (``created_at``: the agent's wall-clock time, shown
-        by inspect). It spreads with the gossip. Raises TableError."""
+        by inspect; ``options``: ``netopts.parse_options``, whose subnets replace
+        ``subnets``; ``underlay``: this host's underlay prefixes, refused as subnets).
+        It spreads with the gossip. Raises TableError."""
         self._now = now
         live = self.visibility.live_networks()
-        nets, mtu = validation.check_new_network(live, name, subnets, vni, mtu, self.config.default_mtu)
+        if options is not None:
+            subnets = netopts.check_usable(options, self.protocol_version())
+        nets, mtu = validation.check_new_network(live, name, subnets, vni, mtu, self.config.default_mtu,
+                                                 options, underlay)
         net_id = self._new_id(lambda i: i in self.store.networks)
         if vni is None:
             vni = ipam.pick_vni(net_id, {n.vni for n in live}, self.config.vni_min, self.config.vni_max)
@@ -289,6 +299,9 @@ class Tables:
                           float(now if created_at is None else created_at), self.node, created)
         row = NetworkRow(net_id, created, self.node, False, network)
         self._write(now, row)
+        if options is not None:
+            self._write_opts(now, net_id, options)
+            network = replace(network, options=options)
         effects = self._push_now(now, row)
         self._follow_unscoped(now, net_id, effects)
         self._finish(effects)
@@ -311,8 +324,10 @@ class Tables:
         if nodes:
             where = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
             raise TableError(f"network {network.name!r} is in use by endpoints on {where}; remove them first")
-        row = NetworkRow(network.id, self._tick(), self.node, True, network, now + self.config.tombstone_ttl)
+        row = NetworkRow(network.id, self._tick(), self.node, True, replace(network, options=None),
+                         now + self.config.tombstone_ttl)
         self._write(now, row)
+        self._tidy_opts(now)
         effects = self._push_now(now, row)
         self._follow_unscoped(now, network.id, effects)
         self._finish(effects)
@@ -347,7 +362,7 @@ class Tables:
         addrs: dict[int, str | None] = {4: None, 6: None}
         for family, given, subnet in ((4, ipv4, net.subnet_v4), (6, ipv6, net.subnet_v6)):
             if given is not None:
-                addr = ipam.parse_address(given, subnet, family)
+                addr = blocks.check_address(net, given, family)
                 if int(addr) in used[family]:
                     raise TableError(f"address {addr} is already in use in network {net.name!r}")
                 addrs[family] = str(addr)
@@ -430,7 +445,7 @@ class Tables:
         for net in sorted({e.network for e in self._local.values()}):
             r = self.store.networks.get(net)
             if r is not None and r.value is not None:
-                out.append(r.value)
+                out.append(self.visibility.with_options(r.value))
         return out
 
     def network_peers(self, network: str) -> list[tuple[str, str]]:
@@ -478,9 +493,11 @@ class Tables:
             if n.id not in self.store.networks and n.id in in_use:
                 # Published at once: if it was deleted (or even forgotten) meanwhile, it
                 # comes back because it is in use; any other version is the same network.
-                self._write(now, NetworkRow(n.id, self._tick(), self.node, False, n))
+                self._write(now, NetworkRow(n.id, self._tick(), self.node, False, replace(n, options=None)))
                 # The join push/pull brings the cluster's version if anyone has one.
                 self._unconfirmed[n.id] = now + 2 * self.sync.push_pull_interval()
+            if n.options is not None and n.id in in_use and n.id not in self.visibility.netopts:
+                self._write_opts(now, n.id, n.options)
         effects: list[Effect] = []
         touched: dict[str, None] = {}
         for e in eps:
@@ -602,6 +619,7 @@ class Tables:
             self._bcast.queue(queue_key(row), framing.encode_event(encode_row(row, now)))
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
+            self._refresh_opts()
             self._keep_in_use(now, row.id, effects)
             if not row.deleted:
                 self._tidy_claims(now, row.id)
@@ -718,6 +736,7 @@ class Tables:
         self.store.endpoints.setdefault(net, {})
         self._write(now, self._member_row(now, net, True))
         self.sync.join(now, net, effects)
+        self._tidy_opts(now)
 
     def _leave(self, now: float, net: str) -> None:
         # Our tombstones went out already; the leave obsoletes our rows at every peer
@@ -748,7 +767,8 @@ class Tables:
         if net not in self.sync.joined or row is None or row.value is None:
             return
         claims = self.store.claims.get(net, {})
-        take, drop = blocks.claim_changes(claims, self.node, row.value, self.visibility.local_on(net), self.config)
+        take, drop = blocks.claim_changes(claims, self.node, self.visibility.with_options(row.value),
+                                          self.visibility.local_on(net), self.config)
         for family, block in drop:
             self._write(now, self._claim_row(now, net, family, block, False))
         for family, block in take:
@@ -762,6 +782,27 @@ class Tables:
         others = sorted(m.name for m in self.swim.members()
                         if m.name != self.node and m.status in UP and self.accepts_user_data(m))
         return self.sync.push(framing.encode_event(encode_row(row, now)), others)
+
+    def _write_opts(self, now: float, net: str, opts: NetworkOptions | None) -> None:
+        """Our copy of a network's options row (None: its tombstone), spread cluster-wide."""
+        row = netopts.row(net, self.node, self._tick(), opts,
+                          math.inf if opts is not None else now + self.config.tombstone_ttl)
+        stored = self.ext.merge(row)
+        assert stored or opts is None, f"local write did not supersede: {row}"
+        self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
+        self._refresh_opts()
+
+    def _tidy_opts(self, now: float) -> None:
+        for net, opts in netopts.own_changes(self.ext.cluster_rows(), self.node, self.sync.joined,
+                                             self.store.live_network, self.visibility.netopts):
+            self._write_opts(now, net, opts)
+
+    def _refresh_opts(self) -> None:
+        nets = {r.id: r.value for r in self.store.networks.values() if not r.deleted and r.value is not None}
+        opts = netopts.pick(self.ext.cluster_rows(), nets) if len(self.ext) else {}
+        if opts != self.visibility.netopts:
+            self.visibility.netopts = opts
+            self._touch_all()
 
     # ============================================================ what changed
 
@@ -793,7 +834,9 @@ class Tables:
         if self.store.reap(now, lambda node: vis.reaped(node, now), now - self.config.owner_reap, self.node):
             self._touch_all()
         self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and vis.reaped(r.node, now)])
-        self.ext.reap(now, lambda node: vis.reaped(node, now), self.sync.joined)
+        if self.ext.reap(now, lambda node: vis.reaped(node, now), self.sync.joined):
+            self._refresh_opts()
+        self._tidy_opts(now)
         vis.forget_gone(now)
         for net in [n for n, t in self._unconfirmed.items() if t <= now]:
             del self._unconfirmed[net]

@@ -79,6 +79,9 @@ class Network:
     creator: str
     created: int
     """Lamport time of the creation: the precedence of concurrent conflicting creates."""
+    options: NetworkOptions | None = None
+    """What the network row of release 0.1.0 cannot carry (``gossip.tables.netopts``:
+    an extension row); None: a plain network (one subnet per family, defaults)."""
 
     @property
     def subnet_v4(self) -> str | None:
@@ -88,13 +91,65 @@ class Network:
     def subnet_v6(self) -> str | None:
         return next((s for s in self.subnets if ":" in s), None)
 
+    @property
+    def pools(self) -> tuple[IpamPool, ...]:
+        """Every subnet with its range, gateway and reserved addresses (v4 first, then
+        as given); a plain network's subnets with their default gateways."""
+        if self.options is not None and self.options.pools:
+            return self.options.pools
+        return tuple(IpamPool(s, None, None, ()) for s in self.subnets)
+
+    @property
+    def all_subnets(self) -> tuple[str, ...]:
+        return tuple(p.subnet for p in self.pools)
+
+    @property
+    def internal(self) -> bool:
+        return self.options is not None and self.options.internal
+
+    def subnet_of(self, addr: str) -> str | None:
+        """The subnet of the network holding ``addr`` (None: none does)."""
+        ip = ipaddress.ip_address(addr)
+        return next((p.subnet for p in self.pools if ip in ipaddress.ip_network(p.subnet)), None)
+
     def gateways(self) -> list[tuple[str, str]]:
-        """(subnet, gateway) pairs; the gateway is the first address after the network's."""
-        out = []
-        for s in self.subnets:
-            net = ipaddress.ip_network(s)
-            out.append((s, str(net.network_address + 1)))
-        return out
+        """(subnet, gateway) pairs; the gateway is ``--gateway`` or else the first address
+        after the network's."""
+        return [(p.subnet, p.gateway_address) for p in self.pools]
+
+
+@dataclass(frozen=True, slots=True)
+class IpamPool:
+    """One subnet of a network, like one entry of Docker's ``IPAM.Config``."""
+
+    subnet: str
+    ip_range: str | None
+    """Allocations (without an explicit address) come from here only."""
+    gateway: str | None
+    """None: the subnet's first address after the network's."""
+    aux: tuple[tuple[str, str], ...]
+    """(name, address) reserved in IPAM, never handed out (``--aux-address``)."""
+
+    @property
+    def gateway_address(self) -> str:
+        if self.gateway is not None:
+            return self.gateway
+        return str(ipaddress.ip_network(self.subnet).network_address + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkOptions:
+    """The options of ``network create`` beyond a network row's (``netopts``)."""
+
+    pools: tuple[IpamPool, ...] = ()
+    """Every subnet (the first of each family is also in the network row); () = the row's."""
+    internal: bool = False
+    """No egress: nothing leaves the overlay subnets (no masquerade)."""
+    allow_overlap: bool = False
+    """Subnets may overlap those of other networks that allow it too."""
+    labels: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = ()
+    """Driver options passed through (``--opt``), shown by inspect."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,12 +508,26 @@ def _from_dict(cls: type[Any], d: Any, what: str) -> Any:
 
 
 def network_from_dict(d: Any) -> Network:
-    """Inverse of ``dataclasses.asdict`` for persisted networks (the agent's state file).
-    Shape only; ``Tables.restore_local_endpoints`` validates the values."""
+    """Inverse of ``dataclasses.asdict`` for persisted networks (the agent's state file;
+    files from before options have no ``options``). Shape only;
+    ``Tables.restore_local_endpoints`` validates the values."""
+    if isinstance(d, dict) and "options" not in d:
+        d = {**d, "options": None}
     n: Network = _from_dict(Network, d, "network")
     if not isinstance(n.subnets, list | tuple):
         raise TableError("cannot restore network: subnets must be a list")
-    return replace(n, subnets=tuple(n.subnets))
+    opts = n.options
+    if opts is not None:
+        o = _from_dict(NetworkOptions, opts, "network options")
+        try:
+            pools = tuple(IpamPool(p["subnet"], p["ip_range"], p["gateway"], tuple((str(a), str(b)) for a, b in p["aux"]))
+                          for p in o.pools)
+            opts = NetworkOptions(pools, o.internal, o.allow_overlap,
+                                  tuple((str(a), str(b)) for a, b in o.labels),
+                                  tuple((str(a), str(b)) for a, b in o.options))
+        except (KeyError, TypeError, ValueError):
+            raise TableError("cannot restore network: bad options") from None
+    return replace(n, subnets=tuple(n.subnets), options=opts)
 
 
 def endpoint_from_dict(d: Any) -> Endpoint:

@@ -11,26 +11,38 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from gossip.tables import ipam
-from gossip.tables.rows import Endpoint, Network, TableError, check_name, is_hex_id
+from gossip.tables import ipam, netopts
+from gossip.tables.rows import Endpoint, Network, NetworkOptions, TableError, check_name, is_hex_id
 
 _HEX = frozenset("0123456789abcdef")
 
 
 def check_new_network(
     live: Sequence[Network], name: str, subnets: Sequence[str], vni: int | None, mtu: int | None,
-    default_mtu: int | None,
+    default_mtu: int | None, options: NetworkOptions | None = None, underlay: Sequence[str] = (),
 ) -> tuple[tuple[str, ...], int | None]:
-    """(canonical subnets, MTU or None) for a new network, or TableError."""
+    """(canonical subnets, MTU or None) for a new network, or TableError. ``options``
+    (``netopts.parse_options``) bring more subnets; ``underlay``: this host's underlay
+    prefixes, which no subnet may overlap."""
     check_name(name, "network")
     nets = ipam.parse_subnets(subnets)
+    mine = [p.subnet for p in options.pools] if options is not None and options.pools else list(nets)
+    overlap_ok = options is not None and options.allow_overlap
+    clash = netopts.underlay_clash(mine, underlay)
+    if clash is not None:
+        raise TableError(f"{clash}; choose another subnet")
     for other in live:
         if other.name == name:
             raise TableError(f"network {name!r} already exists (id {other.id[:12]})")
-        for s in nets:
-            for o in other.subnets:
+        if overlap_ok and other.options is not None and other.options.allow_overlap:
+            continue
+        for s in mine:
+            for o in other.all_subnets:
                 if ipam.overlapping(s, o):
-                    raise TableError(f"subnet {s} overlaps {o} of network {other.name!r}")
+                    why = "" if overlap_ok else " (both networks need --allow-overlap)"
+                    if overlap_ok:
+                        why = f" and network {other.name!r} does not allow overlapping subnets"
+                    raise TableError(f"subnet {s} overlaps {o} of network {other.name!r}{why}")
     if vni is not None:
         if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni <= ipam.VNI_MAX:
             raise TableError(f"invalid VNI {vni!r}: expected 1-{ipam.VNI_MAX}")

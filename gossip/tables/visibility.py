@@ -18,11 +18,12 @@ core, the owner has joined the network (its member row is live) and the network 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gossip.members import Status
 from gossip.tables import conflicts, protocol
-from gossip.tables.rows import Conflict, Endpoint, EndpointRow, Network
+from gossip.tables.rows import Conflict, Endpoint, EndpointRow, Network, NetworkOptions
 from gossip.tables.store import TableStore
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class Visibility:
         """Owners not up, with since when (their rows hide, then go after ``owner_reap``)."""
         self._net_view: tuple[list[Network], list[Conflict]] | None = None
         self._addr_views: dict[str, tuple[dict[str, str], list[Conflict]]] = {}
+        self.netopts: dict[str, NetworkOptions] = {}
+        """Network id -> its options in force (``gossip.tables.netopts.pick``; set by
+        ``Tables``): attached to the networks this node shows."""
         self._peer_cache: dict[str, list[str]] = {}
         """net -> sorted names of the other live participants; dropped when a member row
         of the network changes or a member goes up or down (``forget_all``). Names only:
@@ -108,7 +112,12 @@ class Visibility:
         return [e for e in self.local.values() if e.network == net]
 
     def live_networks(self) -> list[Network]:
-        return [r.value for r in self.store.networks.values() if not r.deleted and r.value]
+        return [self.with_options(r.value) for r in self.store.networks.values() if not r.deleted and r.value]
+
+    def with_options(self, net: Network) -> Network:
+        """The network as shown: its row's value with the options in force, if any."""
+        opts = self.netopts.get(net.id)
+        return net if opts is None or net.options == opts else replace(net, options=opts)
 
     def _shown(self, net: str, owner: str, row: EndpointRow) -> bool:
         """The rule for a held remote row of a network that exists."""
