@@ -1,6 +1,6 @@
 """Runtime benchmark: container start through our plugins vs the runtimes' stock networking.
 
-``python -m bench runtime [--quick] [--json FILE] [--only SECTION] [--runs N]``
+``python -m bench runtime [--quick] [--json FILE] [--only SECTION] [--runs N] [--containers N]``
 
 Sections (each a function in ``SECTIONS`` returning its figures and ratios):
 
@@ -13,8 +13,11 @@ Sections (each a function in ``SECTIONS`` returning its figures and ratios):
   ``ratios.docker_run`` = median ours / median bridge (issue 12's target: <= 1.5).
 - ``cni``: podman with ``overlay-cni`` vs the stock bridge + host-local conflist
   (ratio ``cni_add``), in ``bench.runtime_cni``.
+- ``propagation``: ``docker start`` on host A -> the container's FDB row and
+  neighbour in host B's kernel, raw ``p50_ms`` / ``p99_ms`` over ``--containers N``
+  (default 50; target p99 <= 500 ms), in ``bench.runtime_propagation``.
 
-``--quick``: 5 runs per side (< 60 s). Needs root, Debian's docker.io and
+``--quick``: 5 runs per side, 10 containers. Needs root, Debian's docker.io and
 busybox-static.
 
 Owns: the steps, the figures and the JSON report. Does not: start daemons or agents
@@ -38,7 +41,7 @@ from typing import Any
 from agent.lab import dockerd
 from agent.lab.agentnode import agent_argv, wait_ready
 from agent.lab.netlab import Lab, LabError
-from bench import runtime_cni
+from bench import runtime_cni, runtime_propagation
 from bench.summary import log, write_json
 
 TARGET_DOCKER_RUN = 1.5
@@ -112,30 +115,38 @@ def run_docker(runs: int) -> dict[str, Any]:
 SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "docker": run_docker,
     "cni": runtime_cni.run_cni,  # podman + overlay-cni vs bridge/host-local (ratio cni_add)
+    # docker run on host A -> entries in host B's kernel; called with the container count
+    "propagation": runtime_propagation.run_propagation,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench runtime", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="5 runs per side (< 60 s)")
+    ap.add_argument("--quick", action="store_true", help="5 runs per side, 10 containers")
     ap.add_argument("--json", metavar="FILE", help="write the raw figures here")
     ap.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
     ap.add_argument("--runs", type=int, help="timed runs per side (default 20, quick 5)")
+    ap.add_argument("--containers", type=int,
+                    help=f"propagation: containers started (default {runtime_propagation.CONTAINERS}, "
+                         f"quick {runtime_propagation.QUICK_CONTAINERS})")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench runtime: needs root (network namespaces, container runtimes)", file=sys.stderr)
         return 1
     runs = args.runs or (5 if args.quick else 20)
-    if not 1 <= runs <= 1000:
-        print("bench runtime: --runs must be 1-1000", file=sys.stderr)
+    containers = args.containers or (runtime_propagation.QUICK_CONTAINERS if args.quick
+                                     else runtime_propagation.CONTAINERS)
+    if not 1 <= runs <= 1000 or not 1 <= containers <= 500:
+        print("bench runtime: --runs must be 1-1000 and --containers 1-500", file=sys.stderr)
         return 2
     report: dict[str, Any] = {"ratios": {}}
     for name, section in SECTIONS.items():
         if args.only and name != args.only:
             continue
-        log(f"section {name}: {runs} runs per side")
+        log(f"section {name}: {containers if name == 'propagation' else runs} "
+            f"{'containers' if name == 'propagation' else 'runs per side'}")
         try:
-            figures = section(runs)
+            figures = section(containers if name == "propagation" else runs)
         except (LabError, OSError, RuntimeError) as exc:
             print(f"bench runtime: {name}: {exc}", file=sys.stderr)
             return 1
@@ -155,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{d['runs']}): ratio docker_run {report['ratios']['docker_run']} (target <= {TARGET_DOCKER_RUN})")
     if "cni" in report:
         print(runtime_cni.summary(report))
+    if "propagation" in report:
+        print(runtime_propagation.summary(report))
     if args.json:
         write_json(args.json, report)
     return 0
