@@ -1,0 +1,158 @@
+"""Serf's message layer across our agents (issue 16): intents, user events, queries.
+
+Real Debian serf agents and ours in one lab (agent/lab/netlab.py), LAN profile. The
+serf↔serf paths are cut, so whatever one serf agent learns from the other it learns
+through our agents' relays:
+- ``serf event`` reaches the far serf agent and shows in ``agentctl events --recent``;
+  ``agentctl event`` reaches both serf agents (their logs: "Received event: user-event");
+- ``serf query _serf_ping`` gets one ack per member and no response (as serf answers);
+- ``serf query -relay-factor 3`` with the querier's direct paths to one of ours and to
+  the far serf agent cut: both acks arrive, through relays (ours sending its answer
+  through others, ours forwarding serf's relay message);
+- ``serf leave`` of the far serf agent: the near one shows it ``left`` (its intent came
+  through ours before the memberlist dead), never ``failed``;
+- force-leave both ways: ``serf force-leave`` of a killed agent of ours makes ours show
+  it ``left``; ``agentctl force-leave`` of a killed serf agent makes serf show it ``left``.
+Deadlines are generous bounds, not performance figures (those: ``python -m bench
+serf-conformance``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+
+from agent.lab.netlab import Host, Lab
+from bench.cluster import Cluster, Node, all_alive, sees_status
+from bench.serfnode import RPC_ADDR, serf_binary
+from gossip.config import Config, suspicion_bounds
+
+pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]
+
+CONFIG = Config.lan()
+JOIN_DEADLINE = 3 * CONFIG.push_pull_interval + 15.0
+EVENT_DEADLINE = 10.0
+"""Relayed at once by each agent (quiet gossip) or on the next 200 ms beat: seconds at most."""
+LEAVE_DEADLINE = 15.0
+
+LabCluster = Callable[[int], tuple[Lab, Cluster]]
+
+
+def detection_deadline(n: int) -> float:
+    _, high = suspicion_bounds(CONFIG, n)
+    return high + CONFIG.probe_interval * CONFIG.awareness_max_multiplier + CONFIG.probe_timeout + 2.0
+
+
+def serf_cli(lab: Lab, host: Host, *args: str, timeout: float = 30.0) -> str:
+    serf = serf_binary()
+    assert serf is not None
+    r = lab.run(host, [serf, args[0], f"-rpc-addr={RPC_ADDR[0]}:{RPC_ADDR[1]}", *args[1:]],
+                timeout=timeout, check=False)
+    assert r.returncode == 0, f"serf {' '.join(args)}: rc={r.returncode} {r.stderr.strip()}"
+    return r.stdout
+
+
+def wait_until(what: str, predicate: object, timeout: float) -> float:
+    assert callable(predicate)
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def serf_got_event(node: Node, name: str) -> int:
+    return node.proc.log_text().count(f"Received event: user-event: {name}")
+
+
+def our_events(cl: Cluster, node: Node) -> list[dict[str, object]]:
+    rc, out, err = cl.agentctl(node, "events", "--recent", "--format", "json")
+    assert rc == 0, err
+    events: list[dict[str, object]] = json.loads(out)
+    return events
+
+
+def start_line(lab: Lab, cl: Cluster) -> tuple[Node, Node, Node, Node]:
+    """serf-0, ours-0, ours-1, serf-1; all four alive everywhere."""
+    h = lab.hosts
+    s0 = cl.start_serf(h[0], "serf-0")
+    cl.wait_ready([s0], timeout=10)
+    o0 = cl.start_ours(h[1], "ours-0", join=[s0.bind])
+    o1 = cl.start_ours(h[2], "ours-1", join=[s0.bind])
+    cl.wait_ready([o0, o1], timeout=30)
+    s1 = cl.start_serf(h[3], "serf-1", join=[o0.bind])
+    every = [s0, o0, o1, s1]
+    cl.wait_for(every, all_alive(n.name for n in every), JOIN_DEADLINE, what="all 4 alive everywhere")
+    return s0, o0, o1, s1
+
+
+def test_events_queries_and_leave_cross_our_agents(lab_cluster: LabCluster) -> None:
+    lab, cl = lab_cluster(4)
+    s0, o0, o1, s1 = start_line(lab, cl)
+    # _serf_ping: an ack from every member, no response (serf's own answer); direct paths
+    out = serf_cli(lab, s0.host, "query", "-timeout=3s", "_serf_ping")
+    assert re.search(r"Total Acks:\s+4\b", out), out
+    assert re.search(r"Total Responses:\s+0\b", out), out
+
+    lab.cut([s0.host], [s1.host])
+
+    # serf -> ours -> serf
+    serf_cli(lab, s0.host, "event", "deploy-a", "v1")
+    t = wait_until("serf-1 receives serf-0's event", lambda: serf_got_event(s1, "deploy-a") > 0, EVENT_DEADLINE)
+    print(f"serf event crossed our agents in {t:.2f} s")
+    for o in (o0, o1):
+        wait_until(f"{o.name} shows the event",
+                   lambda o=o: any(e["name"] == "deploy-a" for e in our_events(cl, o)), EVENT_DEADLINE)
+    shown = [e for e in our_events(cl, o0) if e["name"] == "deploy-a"]
+    assert len(shown) == 1 and shown[0]["payload_size"] == 2 and shown[0]["coalesce"] is True
+
+    # ours -> both serf agents
+    rc, out, err = cl.agentctl(o1, "event", "deploy-b", "xyz", "--coalesce=false")
+    assert rc == 0 and "dispatched" in out, err
+    for s in (s0, s1):
+        wait_until(f"{s.name} receives our event", lambda s=s: serf_got_event(s, "deploy-b") > 0, EVENT_DEADLINE)
+    time.sleep(2.0)  # copies still in flight would show as a second "Received event"
+    assert serf_got_event(s0, "deploy-b") == 1 and serf_got_event(s1, "deploy-b") == 1
+    mine = [e for e in our_events(cl, o1) if e["name"] == "deploy-b"]
+    assert len(mine) == 1 and mine[0]["coalesce"] is False
+
+    # relay factor: serf-0 cannot reach ours-1 or serf-1 directly
+    lab.cut([s0.host], [o1.host])
+    out = serf_cli(lab, s0.host, "query", "-timeout=5s", "-relay-factor=3", "interop-relay")
+    acks = set(re.findall(r"Ack from '([^']+)'", out))
+    assert {"ours-1", "serf-1"} <= acks, out
+    lab.heal()
+    lab.cut([s0.host], [s1.host])
+
+    # serf leave of the far serf agent: left at serf-0, never failed
+    serf_cli(lab, s1.host, "leave")
+    cl.wait_for([s0, o0, o1], sees_status("serf-1", "left", "failed", "dead"), LEAVE_DEADLINE,
+                what="serf-1 gone everywhere")
+    time.sleep(1.0)
+    assert cl.view(s0)["serf-1"] == "left"
+    assert "EventMemberFailed: serf-1" not in s0.proc.log_text()
+    for o in (o0, o1):
+        assert cl.view(o)["serf-1"] == "left"
+
+
+def test_force_leave_both_ways(lab_cluster: LabCluster) -> None:
+    lab, cl = lab_cluster(4)
+    s0, o0, o1, s1 = start_line(lab, cl)
+    deadline = detection_deadline(4)
+
+    cl.kill(o1)
+    cl.wait_for([s0, s1, o0], sees_status("ours-1", "failed", "dead"), deadline, what="ours-1 failed")
+    serf_cli(lab, s0.host, "force-leave", "ours-1")
+    cl.wait_for([o0, s1], sees_status("ours-1", "left"), LEAVE_DEADLINE, what="ours-1 left after serf force-leave")
+
+    cl.kill(s1)
+    cl.wait_for([s0, o0], sees_status("serf-1", "failed", "dead"), deadline, what="serf-1 failed")
+    rc, out, err = cl.agentctl(o0, "force-leave", "serf-1")
+    assert rc == 0 and "serf-1: left" in out, (out, err)
+    cl.wait_for([s0], sees_status("serf-1", "left"), LEAVE_DEADLINE, what="serf-1 left after agentctl force-leave")
+    rc, _, err = cl.agentctl(o0, "force-leave", "nobody")
+    assert rc == 1 and "no member named 'nobody'" in err
