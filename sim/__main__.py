@@ -1,7 +1,7 @@
 """Command line: ``python -m sim --nodes N --duration S --scenario SPEC --seed S --out DIR``.
 
 Owns: argument parsing, sweeps (``--sweep KEY=V1,V2``, repeatable: the product
-is run), replay (``--replay DIR/result.json`` re-runs a recorded spec and
+is run by ``sim/sweep.py`` on the engine ``--engine`` names), replay (``--replay DIR/result.json`` re-runs a recorded spec and
 checks the trace hash) and the one-paragraph summary printed at the end.
 Errors in the arguments or the scenario are reported in one line, exit 2.
 """
@@ -9,16 +9,15 @@ Errors in the arguments or the scenario are reported in one line, exit 2.
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sim import keyplots, keyrotation, plots, scenarios
-from sim.output import write_json, write_run
+from sim import keyplots, keyrotation, plots, scenarios, sweep
+from sim.engines import ENGINES, EngineError, make_engine, parse_bytes
+from sim.engines.point import die_with_parent
+from sim.output import write_run
 from sim.progress import Progress
 from sim.run import RunSpec, SpecError, execute
 
@@ -44,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a gossip Config field, e.g. --set lifeguard=false (repeatable)")
     p.add_argument("--sweep", action="append", type=_pair, default=[], metavar="KEY=V1,V2,...",
                    help="run once per value; KEY is nodes, seed, duration or a Config field (repeatable: product)")
+    p.add_argument("--engine", default="local", metavar="|".join(ENGINES),
+                   help="where sweep points run: local (processes on this machine, default) or dask")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster on this machine)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="points run at once (default: this machine's cores; with --scheduler: its worker threads)")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="memory the concurrent points of a sweep may use together, e.g. 6G "
+                        "(default: MemAvailable here, or the dask workers' limits)")
     p.add_argument("--trace", type=Path, help="also write every traced event as JSON lines (small runs only)")
     p.add_argument("--replay", type=Path, metavar="RESULT_JSON",
                    help="re-run the spec recorded in a result.json and check that the trace hash matches")
@@ -120,79 +128,18 @@ def run_one(spec: RunSpec, out: Path | None, args: argparse.Namespace, label: st
     return result
 
 
-SUMMARY_KEYS = ("spec", "config", "trace_hash", "perf", "traffic", "detection", "false_positives", "dissemination",
-                "convergence", "network", "analytic", "core", "endpoints")
-
-
-def _slim(result: dict[str, Any]) -> dict[str, Any]:
-    out = {k: result[k] for k in SUMMARY_KEYS if k in result}
-    out["detection"] = {k: v for k, v in result["detection"].items() if k != "per_subject"}
-    return out
-
-
 def run_sweep(base: RunSpec, args: argparse.Namespace) -> int:
     axes: list[tuple[str, list[str]]] = [(k, [v for v in vs.split(",") if v]) for k, vs in args.sweep]
-    points: list[tuple[str, dict[str, Any]]] = []
-    rows = []
-    for combo in itertools.product(*(vals for _, vals in axes)):
-        spec = base
-        for (key, _), value in zip(axes, combo, strict=True):
-            spec = _with(spec, key, value)
-        name = "_".join(f"{k}={v}" for (k, _), v in zip(axes, combo, strict=True))
-        out = args.out / name if args.out else None
-        result = run_one(spec, out, args, label=f"{name} ")
-        print(summary_line(result))
-        points.append((combo[0], _slim(result)))
-        rows.append((dict(zip([k for k, _ in axes], combo, strict=True)), result))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(args.out / "sweep.json", {"axes": [{"key": k, "values": v} for k, v in axes],
-                                              "points": [{"value": v, "result": r} for v, r in points]})
-        _sweep_csv(args.out / "sweep.csv", rows)
-        if not args.no_plots:
-            plots.sweep_plots(args.out, axes[0][0], points)
-    return 0
-
-
-def _with(spec: RunSpec, key: str, value: str) -> RunSpec:
+    if args.trace:
+        raise SpecError("--trace is for single runs, not sweeps")
+    sweep.plan(base, axes)  # every point's spec checked before an engine starts
+    memory_limit = parse_bytes(args.memory_limit) if args.memory_limit else None
+    engine = make_engine(args.engine, args.workers, args.scheduler)
     try:
-        if key == "nodes":
-            return replace(spec, nodes=int(value))
-        if key == "seed":
-            return replace(spec, seed=int(value))
-        if key == "duration":
-            return replace(spec, duration=float(value))
-    except ValueError:
-        raise SpecError(f"--sweep {key}: {value!r} is not a number") from None
-    if key == "profile":
-        return replace(spec, profile=value)
-    others = tuple(kv for kv in spec.overrides if kv[0] != key)
-    return replace(spec, overrides=(*others, (key, value)))
-
-
-def _sweep_csv(path: Path, rows: list[tuple[dict[str, str], dict[str, Any]]]) -> None:
-    cols = [
-        ("wall_s", "perf", "wall_s"), ("cpu_s", "perf", "cpu_s"),
-        ("events_per_wall_s", "perf", "events_per_wall_s"), ("rss_end_mib", "perf", "rss_end_mib"),
-        ("peak_rss_mib", "perf", "peak_rss_mib"),
-        ("udp_msgs_per_node_per_s", "traffic", "udp_msgs_per_node_per_s"),
-        ("udp_bytes_per_node_per_s", "traffic", "udp_bytes_per_node_per_s"),
-        ("udp_msgs_per_node_per_s_median_second", "traffic", "udp_msgs_per_node_per_s_median_second"),
-        ("udp_bytes_per_node_per_s_median_second", "traffic", "udp_bytes_per_node_per_s_median_second"),
-        ("tcp_bytes_per_node_per_s", "traffic", "tcp_bytes_per_node_per_s"),
-        ("fp_suspicions", "false_positives", "suspicions"), ("fp_deaths", "false_positives", "deaths"),
-    ]
-    keys = list(rows[0][0]) if rows else []
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*keys, *(c[0] for c in cols), "first_suspicion_mean", "detect_p50", "detect_max",
-                    "update_t50", "update_t99", "update_t100", "trace_hash"])
-        for point, r in rows:
-            det = r["detection"]
-            dis = r["dissemination"][0] if r["dissemination"] else {}
-            w.writerow([*(point[k] for k in keys), *(r[a][b] for _, a, b in cols),
-                        det["first_suspicion"]["mean"], det["latency"]["p50"], det["latency"]["max"],
-                        dis.get("t50"), dis.get("t99"), dis.get("t100"), r["trace_hash"]])
+        return sweep.run_sweep(base, axes, args.out, engine, plots_on=not args.no_plots,
+                               memory_limit=memory_limit, show_progress=args.progress is not False)
+    finally:
+        engine.close()
 
 
 def replay(path: Path, args: argparse.Namespace) -> int:
@@ -211,6 +158,7 @@ def replay(path: Path, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = build_parser().parse_args(argv)
     if args.list_scenarios:
         print(scenarios.describe())
@@ -226,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_one(spec, args.out, args)
         print(summary_line(result))
         return 0
-    except (SpecError, scenarios.ScenarioError) as e:
+    except (SpecError, scenarios.ScenarioError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
