@@ -50,6 +50,11 @@ class NetworkSpec:
     """Overlay MTU set by the network; None = derived from the underlay."""
     subnets: tuple[str, ...] = ()
     encrypted: bool = False
+    internal: bool = False
+    """No egress (``--internal``): nothing from the network leaves its bridge routed."""
+    gateways: tuple[str, ...] = ()
+    """The gateway address of each subnet, in ``subnets``' order (``--gateway``);
+    empty: each subnet's first address after the network's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,10 @@ NETWORK_EPILOG = """\
 examples:
   agentctl network create blue --subnet 10.10.0.0/24                 prints the network id
   agentctl network create red --subnet 10.20.0.0/24 --subnet fd00:20::/64 --vni 4200 --mtu 1400
+  agentctl network create lab --subnet 10.30.0.0/24 --subnet 10.31.0.0/24 --ip-range 10.30.0.128/25 \
+      --gateway 10.30.0.254 --aux-address printer=10.30.0.5 --label team=infra --opt com.example.x=1
+  agentctl network create vault --subnet 10.40.0.0/24 --internal       no egress
+  agentctl network create b1 --subnet 10.50.0.0/24 --allow-overlap     (b2 too: both must allow it)
   agentctl network ls
   agentctl network inspect blue        JSON like 'docker network inspect' (endpoints, peers + VTEPs)
   agentctl network rm blue             refused while endpoints use it
@@ -61,7 +65,19 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser], fmt: Any
     nc = nsub.add_parser("create", help="create a network (cluster-wide); prints its id")
     nc.add_argument("name", metavar="NAME")
     nc.add_argument("--subnet", action="append", required=True, metavar="CIDR",
-                    help="IPv4 and/or IPv6 subnet (at most one of each)")
+                    help="IPv4 and/or IPv6 subnet (repeat for several, of either family)")
+    nc.add_argument("--ip-range", action="append", default=[], metavar="CIDR",
+                    help="allocate addresses only from this range of the subnet holding it")
+    nc.add_argument("--gateway", action="append", default=[], metavar="IP",
+                    help="gateway of the subnet holding it (default: its first address)")
+    nc.add_argument("--aux-address", action="append", default=[], metavar="NAME=IP",
+                    help="reserve an address (never handed out)")
+    nc.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (shown by inspect)")
+    nc.add_argument("--opt", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="a driver option, passed through (shown by inspect under Options)")
+    nc.add_argument("--internal", action="store_true", help="no egress: nothing leaves the overlay subnets")
+    nc.add_argument("--allow-overlap", action="store_true",
+                    help="subnets may overlap those of other networks that allow it too")
     nc.add_argument("--vni", type=int, metavar="N", help="VXLAN network identifier (default: picked)")
     nc.add_argument("--encrypted", action="store_true", help="encrypt the network's traffic (IPsec)")
     nc.add_argument("--mtu", type=int, metavar="N", help="overlay MTU (default: underlay MTU - 50)")
@@ -158,9 +174,34 @@ def cmd_network_create(client: _Client, ns: argparse.Namespace, out: TextIO) -> 
         args["mtu"] = ns.mtu
     if ns.encrypted:
         args["encrypted"] = True
+    if ns.ip_range:
+        args["ip_ranges"] = ns.ip_range
+    if ns.gateway:
+        args["gateways"] = ns.gateway
+    for flag, key, items in (("--aux-address", "aux_addresses", ns.aux_address), ("--label", "labels", ns.label),
+                             ("--opt", "options", ns.opt)):
+        if items:
+            args[key] = _pairs(flag, items)
+    if ns.internal:
+        args["internal"] = True
+    if ns.allow_overlap:
+        args["allow_overlap"] = True
     result = client.request("network", args)
     out.write(f"{result['ID']}\n")
     return 0
+
+
+def _pairs(flag: str, items: Sequence[str]) -> dict[str, str]:
+    """KEY=VALUE arguments as an object; CtlError (one line) for one without '='."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CtlError(f"{flag} {item!r}: expected KEY=VALUE")
+        if key in out:
+            raise CtlError(f"{flag} {key!r} given twice")
+        out[key] = value
+    return out
 
 
 def cmd_network_ls(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:

@@ -55,6 +55,7 @@ from agent.control.server import ControlServer
 from agent.limits import BRIDGE_MAX_PORTS, ENDPOINTS_PER_NETWORK, Limits
 from agent.log import kv
 from agent.overlay import ops as netops
+from agent.overlay.hostnets import underlay_prefixes
 from agent.overlay.lifecycle import Lifecycle
 from agent.overlay.underlay import underlay_mtu
 from agent.overlay.veths import (
@@ -86,6 +87,7 @@ from gossip.tables.view import ViewSource
 
 if TYPE_CHECKING:
     from agent.runtime import MetricFamily, Runtime
+    from gossip.tables.rows import NetworkOptions
 
 log = logging.getLogger("agent.overlay.extension")
 
@@ -486,16 +488,19 @@ class Overlay:
         return overlay_mtu(NetworkSpec(net.id, net.vni, net.mtu, net.subnets, net.encrypted), self.underlay_mtu, v6)
 
     async def create_network(
-        self, name: str, subnets: list[str], vni: int | None, encrypted: bool, mtu: int | None
+        self, name: str, subnets: list[str], vni: int | None, encrypted: bool, mtu: int | None,
+        options: NetworkOptions | None = None,
     ) -> Network:
+        """``options``: ``netopts.parse_options``; subnets on the underlay are refused."""
         await self._started.wait()
         if encrypted:
             problem = await self.ipsec_problem()
             if problem is not None:
                 raise api.ApiError(f"cannot create encrypted network {name!r}: {problem}")
         created_at = time.time()
+        underlay = await trio.to_thread.run_sync(underlay_prefixes, self.prefix) if self.dataplane else []
         network: Network = await self._table_call(
-            lambda t, now: t.create_network(now, name, subnets, vni, encrypted, mtu, created_at))
+            lambda t, now: t.create_network(now, name, subnets, vni, encrypted, mtu, created_at, options, underlay))
         log.info(kv("network-created", name=network.name, id=network.id[:12], vni=network.vni,
                     subnets=",".join(network.subnets), encrypted=network.encrypted, mtu=network.mtu))
         return network
@@ -610,9 +615,9 @@ class Overlay:
                 lambda t, now: t.create_endpoint(now, network, name, ipv4, ipv6, mac))
             net: Network = await self.read(lambda t: t.find_network(ep.network))
             spec = VethSpec(host_ifname(self.prefix, ep.id), path, ifname, ep.mac,
-                            prefixed([(ep.ipv4, net.subnet_v4), (ep.ipv6, net.subnet_v6)]), self.effective_mtu(net),
+                            prefixed([(a, net.subnet_of(a) if a else None) for a in (ep.ipv4, ep.ipv6)]), self.effective_mtu(net),
                             bridge=bridge_name(self.prefix, net.vni) if self.rec is not None else None,
-                            gateways=tuple(g for _, g in net.gateways()) if self.gw is not None else ())
+                            gateways=net.gateways_of(ep.ipv4, ep.ipv6) if self.gw is not None else ())
             if self.rec is not None:
                 # A pass that read the tables before this row would detach the new port.
                 await self.rec.current_pass_done()

@@ -2,13 +2,17 @@
 
 Owns: the arguments each op accepts (checked here, so bad input is one error line
 and nothing changes) and the JSON shapes of the replies: ``network inspect`` is
-shaped like ``docker network inspect`` (Name, Id, Created, Scope, Driver, IPAM.Config,
-Options with the VNI, Containers keyed by endpoint id, Peers with their VTEPs); rows of
+shaped like ``docker network inspect`` (Name, Id, Created, Scope, Driver, IPAM.Config
+with Subnet/IPRange/Gateway/AuxiliaryAddresses, Internal, Labels, Options with the
+``--opt`` pairs and the VNI, Containers keyed by endpoint id, Peers with their VTEPs); rows of
 ``network ls`` / ``endpoint ls`` and the endpoint object are documented in
 docs/operations.md. Requests:
 
     {"op": "network",  "args": {"action": "create", "name": N, "subnets": [CIDR...],
-                                "vni": int?, "encrypted": bool?, "mtu": int?}}
+                                "vni": int?, "encrypted": bool?, "mtu": int?,
+                                "ip_ranges": [CIDR...]?, "gateways": [IP...]?,
+                                "aux_addresses": {NAME: IP}?, "labels": {K: V}?,
+                                "options": {K: V}?, "internal": bool?, "allow_overlap": bool?}}
     {"op": "network",  "args": {"action": "ls" | "inspect" | "rm", "ref": NAME|ID|PREFIX}}
     {"op": "endpoint", "args": {"action": "create", "network": REF, "netns": NAME|PATH,
                                 "ip": IP?, "ip6": IP?, "mac": MAC?, "ifname": "eth0", "name": N?}}
@@ -31,8 +35,9 @@ import trio
 from agent.control import protocol as api
 from agent.control.server import Op
 from agent.overlay.veths import host_ifname
+from gossip.tables import netopts
 from gossip.tables.replica import Tables
-from gossip.tables.rows import Endpoint, Network
+from gossip.tables.rows import Endpoint, IpamPool, Network, NetworkOptions, TableError
 
 if TYPE_CHECKING:
     from agent.overlay.extension import Overlay
@@ -79,6 +84,38 @@ def _action(args: dict[str, Any], known: tuple[str, ...]) -> str:
     return str(action)
 
 
+def _list(args: dict[str, Any], key: str) -> list[str]:
+    value = args.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise api.ApiError(f"{key!r} must be a list of strings")
+    return value
+
+
+def _map(args: dict[str, Any], key: str) -> dict[str, str]:
+    value = args.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise api.ApiError(f"{key!r} must be an object of strings")
+    return value
+
+
+def _flag(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise api.ApiError(f"{key!r} must be true or false")
+    return value
+
+
+def network_options(args: dict[str, Any], subnets: list[str]) -> NetworkOptions | None:
+    """The options of a create request (``gossip.tables.netopts.parse_options``)."""
+    try:
+        return netopts.parse_options(
+            subnets, _list(args, "ip_ranges"), _list(args, "gateways"), _map(args, "aux_addresses"),
+            internal=_flag(args, "internal"), allow_overlap=_flag(args, "allow_overlap"),
+            labels=_map(args, "labels"), options=_map(args, "options"))[1]
+    except TableError as exc:
+        raise api.ApiError(str(exc)) from None
+
+
 def _split_ips(args: dict[str, Any]) -> tuple[str | None, str | None]:
     """``ip`` and ``ip6``; an IPv6 address given as ``ip`` counts as ``ip6``."""
     ip, ip6 = _opt_str(args, "ip"), _opt_str(args, "ip6")
@@ -113,7 +150,7 @@ def network_row(n: Network) -> dict[str, Any]:
         "Driver": DRIVER,
         "Scope": SCOPE,
         "VNI": n.vni,
-        "Subnets": list(n.subnets),
+        "Subnets": list(n.all_subnets),
         "MTU": n.mtu,
         "Encrypted": n.encrypted,
         "Created": _timestamp(n.created_at),
@@ -134,8 +171,8 @@ def endpoint_json(ep: Endpoint, net: Network | None, me: str, iface: dict[str, A
         "mac": ep.mac,
         "ipv4": ep.ipv4,
         "ipv6": ep.ipv6,
-        "ipv4_cidr": _cidr(ep.ipv4, net.subnet_v4 if net else None) or None,
-        "ipv6_cidr": _cidr(ep.ipv6, net.subnet_v6 if net else None) or None,
+        "ipv4_cidr": _cidr(ep.ipv4, net.subnet_of(ep.ipv4) if net and ep.ipv4 else None) or None,
+        "ipv6_cidr": _cidr(ep.ipv6, net.subnet_of(ep.ipv6) if net and ep.ipv6 else None) or None,
         "conflict": ep.conflict,
     }
     if ep.owner == me:
@@ -159,8 +196,8 @@ def inspect_json(t: Tables, n: Network, mtu: int) -> dict[str, Any]:
             "Name": ep.name,
             "EndpointID": ep.id,
             "MacAddress": ep.mac,
-            "IPv4Address": _cidr(ep.ipv4, n.subnet_v4),
-            "IPv6Address": _cidr(ep.ipv6, n.subnet_v6),
+            "IPv4Address": _cidr(ep.ipv4, n.subnet_of(ep.ipv4) if ep.ipv4 else None),
+            "IPv6Address": _cidr(ep.ipv6, n.subnet_of(ep.ipv6) if ep.ipv6 else None),
             "Node": ep.owner,
             "VTEP": ep.vtep,
             "Local": ep.owner == me,
@@ -170,7 +207,9 @@ def inspect_json(t: Tables, n: Network, mtu: int) -> dict[str, Any]:
     if joined:
         peers.append({"Name": me, "IP": t.vtep})
     peers.sort(key=lambda p: p["Name"])
-    options = {VNI_OPTION: str(n.vni)}
+    opts = n.options
+    options = dict(opts.options) if opts is not None else {}
+    options[VNI_OPTION] = str(n.vni)
     if n.mtu is not None:
         options[MTU_OPTION] = str(n.mtu)
     if n.encrypted:
@@ -186,21 +225,33 @@ def inspect_json(t: Tables, n: Network, mtu: int) -> dict[str, Any]:
         "IPAM": {
             "Driver": "default",
             "Options": None,
-            "Config": [{"Subnet": s, "Gateway": g} for s, g in n.gateways()],
+            "Config": [_ipam_config(p) for p in n.pools],
         },
-        "Internal": False,
+        "Internal": n.internal,
+        "AllowOverlap": opts is not None and opts.allow_overlap,
         "Attachable": True,
         "Ingress": False,
         "ConfigOnly": False,
         "Containers": containers,
         "Options": options,
-        "Labels": {},
+        "Labels": dict(opts.labels) if opts is not None else {},
         "Peers": peers,
         "Creator": n.creator,
         "MTU": mtu,
         "InForce": in_force,
         "Conflicts": [c.text for c in t.conflicts() if n.id in (c.network, c.winner, c.loser)],
     }
+
+
+def _ipam_config(p: IpamPool) -> dict[str, Any]:
+    """One ``IPAM.Config`` entry with Docker's keys (IPRange and AuxiliaryAddresses only when set)."""
+    out: dict[str, Any] = {"Subnet": p.subnet}
+    if p.ip_range is not None:
+        out["IPRange"] = p.ip_range
+    out["Gateway"] = p.gateway_address
+    if p.aux:
+        out["AuxiliaryAddresses"] = dict(p.aux)
+    return out
 
 
 # -- handlers ---------------------------------------------------------------------------------------
@@ -225,7 +276,7 @@ class _Handlers:
             if not isinstance(encrypted, bool):
                 raise api.ApiError("'encrypted' must be true or false")
             n = await self.o.create_network(name, subnets, _opt_int(args, "vni"), encrypted,
-                                            _opt_int(args, "mtu"))
+                                            _opt_int(args, "mtu"), network_options(args, subnets))
             return network_row(n)
         ref = _str(args, "ref", "network name or id")
         if action == "inspect":

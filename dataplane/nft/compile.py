@@ -16,6 +16,12 @@ its addresses (each subnet's gateway, ``gateway_of``), and the rules:
   arrive from, the VXLAN port (the gateway is local on every host: its MAC on the
   underlay would make remote bridges see their own address arrive).
 
+* ``--internal`` networks (``NetworkSpec.internal``): no masquerade; nothing entering
+  from their bridge is forwarded anywhere else (chain ``forward``), and the host itself
+  takes from them only traffic to their own subnets, i.e. the gateway (chain ``input``,
+  present only while an internal network is). Traffic inside the network (bridged, or
+  routed between its subnets through the gateway: iif = oif) is untouched.
+
 Rules name bridges exactly, so traffic that is only bridged (iif = oif = B, seen by the
 inet hooks when br_netfilter is loaded, as on Docker hosts) never matches them.
 
@@ -61,6 +67,7 @@ def compile(view: OverlayView) -> NftDesired:
     bridges: list[BridgeL3] = []
     forward: list[str] = []
     nat: list[str] = []
+    local_in: list[str] = []
     out: list[str] = []
     pre: list[str] = []
     seen_vni: set[int] = set()
@@ -82,22 +89,35 @@ def compile(view: OverlayView) -> NftDesired:
         taken.extend((s, net.id) for s in subnets)
         br, vx, mac = bridge_name(prefix, net.vni), vxlan_name(prefix, net.vni), gateway_mac(net.id)
         addrs = []
-        for s in subnets:
+        for i, s in enumerate(subnets):
             gw, plen = gateway_of(str(s))
+            if i < len(net.gateways):  # --gateway
+                gw = canonical_ip(net.gateways[i])
             addrs.append(f"{gw}/{plen}")
             family = "ip" if s.version == 4 else "ip6"
             want_v4 |= s.version == 4
             want_v6 |= s.version == 6
-            nat.append(f'{family} saddr {s} oifname != "{br}" masquerade')
+            if not net.internal:
+                nat.append(f'{family} saddr {s} oifname != "{br}" masquerade')
+        if net.internal:  # to the host itself only its own subnets (the gateway); nothing else
+            for version, family in ((4, "ip"), (6, "ip6")):
+                own = ", ".join(str(t) for t in subnets if t.version == version)
+                if own:
+                    local_in.append(f'iifname "{br}" {family} daddr != {{ {own} }} drop')
         bridges.append(BridgeL3(br, net.id, mac, tuple(addrs)))
+        if net.internal:  # no egress: nothing routed out of the bridge, replies included
+            forward.append(f'iifname "{br}" oifname != "{br}" drop')
         forward.append(f'oifname "{br}" iifname != "{br}" ct state established,related accept')
         forward.append(f'oifname "{br}" iifname != "{br}" drop')
         out.append(f'oifname "{vx}" ether saddr {mac} drop')
         pre.append(f'iifname "{vx}" ether saddr {mac} drop')
     tables: list[Table] = []
     if bridges:
-        tables.append(Table("inet", (Chain("forward", "filter", "forward", FORWARD_PRIORITY, tuple(forward)),
-                                     Chain("postrouting", "nat", "postrouting", NAT_PRIORITY, tuple(nat)))))
+        chains = [Chain("forward", "filter", "forward", FORWARD_PRIORITY, tuple(forward)),
+                  Chain("postrouting", "nat", "postrouting", NAT_PRIORITY, tuple(nat))]
+        if local_in:  # only with an internal network, so other hosts' tables stay as they were
+            chains.append(Chain("input", "filter", "input", FORWARD_PRIORITY, tuple(local_in)))
+        tables.append(Table("inet", tuple(chains)))
         tables.append(Table("bridge", (Chain("output", "filter", "output", BRIDGE_PRIORITY, tuple(out)),
                                        Chain("prerouting", "filter", "prerouting", BRIDGE_PRIORITY, tuple(pre)))))
     sysctls = tuple(p for p, on in ((IPV4_FORWARD, want_v4), (IPV6_FORWARD, want_v6)) if on)

@@ -112,6 +112,11 @@ class Network:
         ip = ipaddress.ip_address(addr)
         return next((p.subnet for p in self.pools if ip in ipaddress.ip_network(p.subnet)), None)
 
+    def gateways_of(self, *addrs: str | None) -> tuple[str, ...]:
+        """The gateways of the subnets holding ``addrs`` (an endpoint's default routes)."""
+        mine = {self.subnet_of(a) for a in addrs if a}
+        return tuple(g for s, g in self.gateways() if s in mine)
+
     def gateways(self) -> list[tuple[str, str]]:
         """(subnet, gateway) pairs; the gateway is ``--gateway`` or else the first address
         after the network's."""

@@ -73,7 +73,9 @@ def build_view(
     """The ``OverlayView`` of ``tables``; ``alive``: member name -> alive or suspect;
     ``ifname``: endpoint id -> host-side interface name of a local endpoint."""
     networks = tuple(
-        NetworkSpec(n.id, n.vni, n.mtu, n.subnets, n.encrypted) for n in tables.networks()
+        NetworkSpec(n.id, n.vni, n.mtu, n.all_subnets, n.encrypted, n.internal,
+                    tuple(g for _, g in n.gateways()))
+        for n in tables.networks()
     )
     me = tables.node
     endpoints = []
