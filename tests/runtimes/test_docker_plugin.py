@@ -174,6 +174,7 @@ def test_dockerd_and_agent_restarts_keep_containers_working(dl: DockerLab) -> No
     wait_for(lambda: dl.ping(0, "web-a", ip_b, count=1), "web-a to reach web-b after the agent restart")
     assert dl.ping(0, "web-a", ip_b), dl.exec(0, "web-a", ["ping", "-c", "3", ip_b]).stdout
     assert dl.ping(1, "web-c", ip_a)
+    assert names(dl, 0)[ip_a] == "web-a"  # the name was kept with the endpoint
     ip_d = run(dl, 0, "web-d", "blue")
     assert ip_d not in (ip_a, ip_b, ip_c)
     wait_for(lambda: dl.ping(1, "web-b", ip_d, count=1), "web-b to reach the container made after the agent restart")

@@ -10,7 +10,8 @@ Owns: the method table (``Plugin.Activate`` and every ``NetworkDriver.*`` /
 opening the socket at set-up (a problem is a ``StartupError``), loading the persisted
 state at start (after the overlay restored its endpoints, so reservations whose
 endpoint did not survive are dropped), the ``naming.Namer`` (dockerd's API socket from
-config ``docker_api_socket``), serving until the agent stops (then the
+config ``docker_api_socket``; restored endpoints still unnamed are looked up again),
+serving until the agent stops (then the
 socket file goes), and a status section. Does not: implement the methods
 (``driver``, ``ipam``) or parse HTTP (``server``).
 """
@@ -115,6 +116,7 @@ class DockerPlugin:
                     self.namer.nursery = nursery
                 await nursery.start(self.server.serve)
                 log.info(kv("docker-plugin-serving", socket=self.path, name=self.ctx.name))
+                await self._name_restored()
                 task_status.started()
         finally:
             self.server.close()
@@ -141,6 +143,16 @@ class DockerPlugin:
         if state.networks or state.pools:
             log.info(kv("docker-plugin-restored", networks=len(state.networks), endpoints=len(state.endpoints)))
             await self.ctx.save()
+
+    async def _name_restored(self) -> None:
+        """Restored endpoints still named ``ep-<id>`` (the agent stopped before their
+        container was found, or dockerd was unreachable) are looked up again."""
+        if self.namer is None:
+            return
+        names: dict[str, str] = await self.ctx.read(lambda t: {e.id: e.name for e in t.local_endpoints()})
+        for dep in list(self.ctx.state.endpoints.values()):
+            if dep.sandbox is not None and names.get(dep.endpoint, "").startswith("ep-"):
+                self.namer.joined(dep.id, dep.endpoint, dep.docker_network)
 
     def status(self) -> dict[str, Any]:
         s = self.ctx.state
