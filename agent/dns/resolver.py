@@ -32,7 +32,6 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
@@ -46,16 +45,18 @@ TTL = 5
 """Seconds a client may cache one of our answers: short, names come and go with containers."""
 MAX_QUERY = 4096
 """Longest query we parse (UDP and TCP); a real query is well under 512 bytes."""
-UDP_PAYLOAD = 1232
-"""Our EDNS payload size (the DNS flag day's choice: no IP fragmentation)."""
 PLAIN_UDP = 512
-"""Reply size limit for a UDP query without EDNS."""
+"""Reply size limit over UDP (we answer without EDNS; a larger answer is truncated, TC set,
+and the client asks again over TCP)."""
 MAX_ANSWERS = 32
 """Addresses returned for one name (two endpoints may share a name on different hosts)."""
 MAX_NAMESERVERS = 3
 """glibc reads at most three nameserver lines."""
 _HEADER = struct.Struct("!HHHHHH")
 _QR = 0x8000
+_OPCODE = 0x7800
+_RD = 0x0100
+_CD = 0x0010
 _REVERSE = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
 
 Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -112,7 +113,8 @@ def build_names(net: Network, endpoints: Iterable[Endpoint],
         for addr in (ep.ipv4, ep.ipv6):
             if addr:
                 ptr.setdefault(str(ipaddress.ip_address(addr)), f"{ep.name.lower()}.{netname}")
-    subnets = tuple(ipaddress.ip_network(s, strict=False) for s in net.subnets)
+    # gateways(): every subnet of the network (with --subnet given twice per family too)
+    subnets = tuple(ipaddress.ip_network(s, strict=False) for s, _ in net.gateways())
     return NetworkNames(net.id, netname, subnets,
                         {k: tuple(v) for k, v in v4.items() if v}, {k: tuple(v) for k, v in v6.items() if v}, ptr)
 
@@ -194,17 +196,22 @@ def decide(data: bytes, client: str, names: NetworkNames, *, tcp: bool = False) 
     """What to do with one query ``data`` from address ``client``. Never raises."""
     if len(data) < _HEADER.size or len(data) > MAX_QUERY:
         return None
-    qid, flags, *_ = _HEADER.unpack_from(data)
+    qid, flags, qdcount, *_ = _HEADER.unpack_from(data)
     if flags & _QR:
         return None
+    if flags & _OPCODE:  # not a QUERY (opcode 0)
+        return Reply(_bare(qid, flags, dns.rcode.NOTIMP), dns.rcode.NOTIMP, False)
+    if qdcount != 1:
+        return Reply(_bare(qid, flags, dns.rcode.FORMERR), dns.rcode.FORMERR, False)
     try:
-        msg = dns.message.from_wire(data)
+        # Only the header and the question are read, with the header's flags cut down to
+        # RD and CD: dnspython keeps an enum member for every flags value it ever parsed
+        # (Python's Flag caches pseudo-members), so arbitrary flags, and the EDNS flags of
+        # the additional section, would grow memory with every new value an attacker sends.
+        clean = data[:2] + struct.pack("!H", flags & (_RD | _CD)) + data[4:]
+        msg = dns.message.from_wire(clean, question_only=True)
     except Exception:  # dnspython raises many kinds (FormError, ShortHeader, BadLabelType, ...)
         return Reply(_bare(qid, flags, dns.rcode.FORMERR), dns.rcode.FORMERR, False)
-    if msg.opcode() != dns.opcode.QUERY:
-        return _reply(msg, dns.rcode.NOTIMP, tcp=tcp)
-    if len(msg.question) != 1:
-        return _reply(msg, dns.rcode.FORMERR, tcp=tcp)
     if not names.inside(client):
         return _reply(msg, dns.rcode.REFUSED, tcp=tcp)
     q = msg.question[0]
@@ -237,7 +244,7 @@ def _answer(msg: dns.message.Message, qname: dns.name.Name, qtype: int, key: str
         for a in names.v6[key]:
             rrs.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.AAAA, a), TTL)
         r.answer.append(rrs)
-    return _finish(msg, r, dns.rcode.NOERROR, tcp=tcp, aa=True)
+    return _finish(r, dns.rcode.NOERROR, tcp=tcp, aa=True)
 
 
 def _reverse(msg: dns.message.Message, qname: dns.name.Name, qtype: int, data: bytes, names: NetworkNames,
@@ -261,7 +268,7 @@ def _reverse(msg: dns.message.Message, qname: dns.name.Name, qtype: int, data: b
         rrs = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.PTR)
         rrs.add(rdata, TTL)
         r.answer.append(rrs)
-    return _finish(msg, r, dns.rcode.NOERROR, tcp=tcp, aa=True)
+    return _finish(r, dns.rcode.NOERROR, tcp=tcp, aa=True)
 
 
 def _forward(msg: dns.message.Message, data: bytes, tcp: bool) -> Forward:
@@ -270,23 +277,19 @@ def _forward(msg: dns.message.Message, data: bytes, tcp: bool) -> Forward:
 
 
 def _response(msg: dns.message.Message) -> dns.message.Message:
-    return dns.message.make_response(msg, recursion_available=True, our_payload=UDP_PAYLOAD)
+    return dns.message.make_response(msg, recursion_available=True)
 
 
 def _reply(msg: dns.message.Message, rcode: int, *, tcp: bool, aa: bool = False) -> Reply:
-    return _finish(msg, _response(msg), rcode, tcp=tcp, aa=aa)
+    return _finish(_response(msg), rcode, tcp=tcp, aa=aa)
 
 
-def _finish(query: dns.message.Message, r: dns.message.Message, rcode: int, *, tcp: bool, aa: bool) -> Reply:
+def _finish(r: dns.message.Message, rcode: int, *, tcp: bool, aa: bool) -> Reply:
     r.set_rcode(dns.rcode.Rcode.make(rcode))
     if aa:
         r.flags |= dns.flags.AA
-    if tcp:
-        limit = 65535
-    elif query.edns >= 0:
-        limit = max(PLAIN_UDP, min(query.payload, UDP_PAYLOAD))
-    else:
-        limit = PLAIN_UDP
+    # The additional section is not read (see decide): no EDNS, so 512 bytes over UDP.
+    limit = 65535 if tcp else PLAIN_UDP
     return Reply(r.to_wire(max_size=limit, prefer_truncation=True), rcode, aa)
 
 
@@ -305,7 +308,7 @@ def upstream_reply(forward: Forward, sent_id: int, data: bytes) -> bytes | None:
     if qid != sent_id or not flags & _QR:
         return None
     try:
-        reply = dns.message.from_wire(data, question_only=True)
+        reply = dns.message.from_wire(data[:2] + struct.pack("!H", _QR) + data[4:], question_only=True)  # see decide
     except Exception:  # see decide
         return None
     if reply.question != forward.query.question:

@@ -94,8 +94,11 @@ class Upstreams:
     """The host's resolvers: the ``nameserver`` lines of ``path`` (the agent's namespace),
     re-read when the file changes; ``exclude`` gives our own gateway addresses."""
 
-    def __init__(self, path: str = RESOLV_CONF, exclude: Callable[[], Iterable[str]] = tuple) -> None:
+    def __init__(self, path: str = RESOLV_CONF, exclude: Callable[[], Iterable[str]] = tuple,
+                 port: int = DNS_PORT) -> None:
         self.path = path
+        self.port = port
+        """The upstreams' port (53; tests run theirs elsewhere)."""
         self.exclude = exclude
         self._seen: tuple[int, int] | None = None
         self._servers: list[str] = []
@@ -119,10 +122,10 @@ class Upstreams:
         return self._servers
 
 
-async def _exchange_udp(server: str, wire: bytes, fwd: Forward, qid: int) -> bytes | None:
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+async def _exchange_udp(server: tuple[str, int], wire: bytes, fwd: Forward, qid: int) -> bytes | None:
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
     with trio.socket.socket(family, socket.SOCK_DGRAM) as s:
-        await s.connect((server, DNS_PORT))
+        await s.connect(server)
         await s.send(wire)
         while True:  # anything that is not the answer (late, spoofed) is skipped
             data = await s.recv(65535)
@@ -131,10 +134,10 @@ async def _exchange_udp(server: str, wire: bytes, fwd: Forward, qid: int) -> byt
                 return reply
 
 
-async def _exchange_tcp(server: str, wire: bytes, fwd: Forward, qid: int) -> bytes | None:
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+async def _exchange_tcp(server: tuple[str, int], wire: bytes, fwd: Forward, qid: int) -> bytes | None:
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
     with trio.socket.socket(family, socket.SOCK_STREAM) as s:
-        await s.connect((server, DNS_PORT))
+        await s.connect(server)
         await _send_all(s, struct.pack("!H", len(wire)) + wire)
         head = await _recv_exactly(s, 2)
         if head is None:
@@ -143,7 +146,8 @@ async def _exchange_tcp(server: str, wire: bytes, fwd: Forward, qid: int) -> byt
         return None if data is None else upstream_reply(fwd, qid, data)
 
 
-async def forward(fwd: Forward, servers: list[str], *, tcp: bool, limits: DnsLimits, rng: random.Random) -> bytes | None:
+async def forward(fwd: Forward, servers: list[str], *, tcp: bool, limits: DnsLimits, rng: random.Random,
+                  port: int = DNS_PORT) -> bytes | None:
     """The upstreams' answer to ``fwd`` (the first that answers, in resolv.conf's order),
     or None when none did within the deadlines."""
     exchange = _exchange_tcp if tcp else _exchange_udp
@@ -152,7 +156,7 @@ async def forward(fwd: Forward, servers: list[str], *, tcp: bool, limits: DnsLim
             qid = rng.randrange(1 << 16)  # a fresh id per try: replies to the client's id are not ours
             with trio.move_on_after(limits.forward_timeout):
                 try:
-                    reply = await exchange(server, fwd.with_id(qid), fwd, qid)
+                    reply = await exchange((server, port), fwd.with_id(qid), fwd, qid)
                 except OSError:
                     continue
                 if reply is not None:
@@ -300,7 +304,8 @@ class Responder:
     async def _forward(self, fwd: Forward, servers: list[str], *, tcp: bool) -> bytes:
         """The upstreams' reply, or the client's SERVFAIL; releases the slot."""
         try:
-            reply = await forward(fwd, servers, tcp=tcp, limits=self.limits, rng=self.rng)
+            reply = await forward(fwd, servers, tcp=tcp, limits=self.limits, rng=self.rng,
+                                  port=self.upstreams.port)
         finally:
             self._forwards -= 1
         if reply is None:
