@@ -177,15 +177,18 @@ class Prober:
             peer = swim._table.get(msg.source_node) if msg.source_node else None
             if peer is not None and peer.address != to:
                 peer = None
-            swim._send(to, wire.encode(Ack(msg.seq_no, None)), effects, peer)
+            swim._send(to, wire.encode(Ack(msg.seq_no, swim._serf.ack_payload())), effects, peer)
 
-    def on_ack(self, now: float, seq: int, effects: list[Effect]) -> None:
+    def on_ack(self, now: float, seq: int, payload: bytes | None, effects: list[Effect]) -> None:
         probe = self.current
         if probe is not None and probe.seq == seq:
             if not probe.acked:
                 probe.acked = True
                 probe.rtt = now - probe.started
-                self._swim.stats.last_rtt = probe.rtt
+                swim = self._swim
+                swim.stats.last_rtt = probe.rtt
+                if payload:  # only a direct ack carries one (relays send none): serf's coordinate
+                    swim._serf.ping_complete(swim.name, probe.target, probe.rtt, payload)
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:

@@ -547,7 +547,7 @@ class Swim:
         elif isinstance(msg, Ping):
             self._prober.on_ping(src, msg, effects)
         elif isinstance(msg, Ack):
-            self._prober.on_ack(now, msg.seq_no, effects)
+            self._prober.on_ack(now, msg.seq_no, msg.payload, effects)
         elif isinstance(msg, Nack):
             self._prober.on_nack(msg.seq_no)
         elif isinstance(msg, IndirectPing):

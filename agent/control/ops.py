@@ -43,7 +43,11 @@ JOIN_WAIT_EXTRA = 2.0
 async def members(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
     def view(swim: Swim, now: float) -> tuple[list[dict[str, Any]], list[Effect]]:
         me = swim.local.name
-        return [api.member_json(m, me) for m in sorted(swim.members(), key=lambda m: m.name)], []
+        rows = [api.member_json(m, me) for m in sorted(swim.members(), key=lambda m: m.name)]
+        for row in rows:  # serf's network coordinate, once a ping exchanged one (issue 16)
+            coord = swim.serf.coordinate(row["name"])
+            row["coordinate"] = coord.to_json() if coord is not None else None
+        return rows, []
 
     return await rt.driver.call(view)
 

@@ -1,4 +1,4 @@
-"""``agentctl event``, ``events``, ``query`` and ``force-leave``: serf's message layer.
+"""``agentctl event``, ``events``, ``query``, ``force-leave`` and ``rtt``: serf's message layer.
 
 Owns: their argument parsers (hooked into ``agent.ctl.main.build_parser``), the
 requests they send (``agent.membership.serfops`` and the ``events`` stream of
@@ -142,6 +142,16 @@ def cmd_query(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_rtt(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
+    result = client.request("rtt", {"nodes": ns.nodes}) or {}
+    if ns.format == "json":
+        dump(result, out)
+    else:
+        a, b = result["nodes"]
+        out.write(f"Estimated {a} <-> {b} rtt: {float(result['rtt_ms']):.3f} ms\n")
+    return 0
+
+
 def add_commands(
     sub: Any, parser_class: type[argparse.ArgumentParser], fmt: Any,
     format_member_event: Callable[[dict[str, Any]], str],
@@ -176,6 +186,12 @@ def add_commands(
                    help="how long to collect answers (default: serf's, from the cluster size)")
     fmt(q, ("text", "json"))
     q.set_defaults(run=cmd_query)
+
+    r = sub.add_parser("rtt", help="estimated round trip between two nodes (serf's coordinates)",
+                       epilog="example: agentctl rtt serf1 (from this node); agentctl rtt a b")
+    r.add_argument("nodes", nargs="+", metavar="NODE", help="one node (to this one) or two")
+    fmt(r, ("text", "json"))
+    r.set_defaults(run=cmd_rtt)
 
     fl = sub.add_parser("force-leave", help="mark a failed member left, as 'serf force-leave' does",
                         epilog="example: agentctl force-leave host3")

@@ -160,6 +160,7 @@ class Driver:
         limits: Limits | None = None,
     ) -> None:
         self.swim = swim
+        swim.serf.enable_coordinates(swim.name)  # serf's network coordinates in our acks
         self.udp = udp
         self.config = config
         self.hub = hub

@@ -1,4 +1,5 @@
-"""Control ops for serf's message layer: ``event``, ``user-events``, ``force-leave``, ``query``.
+"""Control ops for serf's message layer: ``event``, ``user-events``, ``force-leave``, ``query``,
+and ``rtt`` (serf's network coordinates).
 
 Owns: checking each request's arguments (a clear one-line error, nothing changed on
 bad input), making the serf message through the core's serf layer
@@ -159,10 +160,32 @@ async def query(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any
     }
 
 
+async def rtt(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+    """``{"nodes": [A] or [A, B]}``: the round trip serf's coordinates estimate between A
+    and B (B: this node), like ``serf rtt``."""
+    nodes = req.args.get("nodes")
+    if not isinstance(nodes, list) or not 1 <= len(nodes) <= 2 or not all(isinstance(n, str) and n for n in nodes):
+        raise api.ApiError("One or two node names must be specified")
+
+    def run(swim: Swim, now: float) -> tuple[tuple[list[str], float], list[Effect]]:
+        names = [nodes[0], nodes[1] if len(nodes) == 2 else swim.name]
+        coords = []
+        for name in names:
+            coord = swim.serf.coordinate(name)
+            if coord is None:
+                raise api.ApiError(f"Could not find a coordinate for node {name!r}")
+            coords.append(coord)
+        return (names, coords[0].distance(coords[1])), []
+
+    names, seconds = await rt.driver.call(run)
+    return {"nodes": names, "rtt_ms": round(seconds * 1000.0, 3)}
+
+
 def serf_ops() -> dict[str, Op]:
     return {
         "event": Op(event, "send a serf user event"),
         "user-events": Op(user_events, "the recent serf user events this node saw"),
         "force-leave": Op(force_leave, "mark a failed member left (serf's force-leave)"),
         "query": Op(query, "send a serf query with filters and collect the answers"),
+        "rtt": Op(rtt, "the round trip between two nodes estimated from serf's coordinates"),
     }

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from gossip.effects import Address, Effect, KeyringChanged, QueryResponse, UserEvent
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, ip_text
+from gossip.serf import coordinate as vivaldi
 from gossip.serf import payloads as serfcompat
 from gossip.serf import queries as serfquery
 from gossip.serf.payloads import Query, SerfType
@@ -90,7 +91,7 @@ class SerfLayer:
     """One node's serf state; see the module docstring."""
 
     __slots__ = (
-        "_clock", "_encryption", "_event_clock", "_events", "_intents", "_leaving",
+        "_ack_payload", "_clock", "_coord_cache", "_coords", "_encryption", "_event_clock", "_events", "_intents", "_leaving",
         "_leaving_self", "_members", "_my_queries", "_queries", "_query_clock", "_rng",
         "_status_ltime",
     )
@@ -114,6 +115,48 @@ class SerfLayer:
         self._leaving_self = False
         self._my_queries: dict[int, tuple[float, set[tuple[str, bool]]]] = {}
         """Our queries still waiting for answers: id -> (timeout, (node, ack) seen)."""
+        self._coords: vivaldi.CoordinateClient | None = None
+        """Our network coordinate (off unless the shell turns it on: the simulator's
+        traces stay those of memberlist's core without ack payloads)."""
+        self._coord_cache: dict[str, vivaldi.Coordinate] = {}
+        self._ack_payload: bytes | None = None
+
+    # ------------------------------------------------------------ coordinates
+
+    def enable_coordinates(self, name: str) -> None:
+        """Carry serf's network coordinate in ping acks and learn from peers' acks. The
+        client's randomness is seeded from the node name (not the core's rng)."""
+        if self._coords is None:
+            self._coords = vivaldi.CoordinateClient(random.Random(f"vivaldi:{name}"))
+            self._ack_payload = vivaldi.encode_ack_payload(self._coords.coord)
+
+    def ack_payload(self) -> bytes | None:
+        """serf's AckPayload for a ping we answer (None: coordinates are off)."""
+        return self._ack_payload
+
+    def ping_complete(self, me: str, node: str, rtt: float, payload: bytes | None) -> None:
+        """serf's NotifyPingComplete: a direct ping of ``node`` was acked after ``rtt``
+        seconds carrying ``payload``; a bad payload or round trip is ignored, as serf does."""
+        coords = self._coords
+        if coords is None or not payload:
+            return
+        try:
+            theirs = vivaldi.decode_ack_payload(payload)
+        except DecodeError:
+            return
+        ours = coords.update(node, theirs, rtt)
+        if ours is None:
+            return
+        cache = self._coord_cache
+        if node not in cache and len(cache) >= vivaldi.MAX_FILTERED_NODES:
+            del cache[next(iter(cache))]
+        cache[node] = theirs
+        cache[me] = ours
+        self._ack_payload = vivaldi.encode_ack_payload(ours)
+
+    def coordinate(self, name: str) -> vivaldi.Coordinate | None:
+        """The last coordinate known for ``name`` (ours once a ping completed)."""
+        return self._coord_cache.get(name)
 
     # ------------------------------------------------------------ our messages
 
