@@ -26,6 +26,8 @@ BENCHMARKS = {
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
     "endpoints": ("bench.endpoints", "endpoint create time at 100/500/1,000 endpoints on one host"),
     "runtime": ("bench.runtime", "docker run / podman run through our plugins vs the stock networking"),
+    "core": ("bench.core", "CPU per gossip message: our sans-IO core vs memberlist 0.2.2's Go code"),
+    "churn": ("bench.churn", "N agents, one SIGKILLed and restarted every 2 s: CPU and bytes, ours vs serf"),
     "soak": ("bench.soak", "6 agents, endpoint churn and restarts for --minutes M: RSS, CPU, fds do not grow"),
 }
 
