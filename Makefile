@@ -5,7 +5,7 @@ PY := .venv/bin/python
 # gcc: builds the optional native LZW accelerator (gossip/wire/_lzw.c) during the venv install.
 # systemd-container, nftables, python3: tests/systemd boots the unit with systemd-nspawn (Debian's
 # python3 runs the machine's venv; nft is what the sandbox must allow).
-DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc docker.io podman containernetworking-plugins systemd-container nftables python3
+DEBS := serf iproute2 iputils-ping tcpdump qemu-system-x86 busybox-static systemd gcc docker.io podman containernetworking-plugins systemd-container nftables python3 golang-go golang-github-hashicorp-memberlist-dev
 PYTEST_ARGS ?=
 
 .PHONY: setup debs venv vm-image test test-fast explore lint demo demo-docker clean-lab
