@@ -162,7 +162,8 @@ def encode_ack_payload(coord: Coordinate) -> bytes:
     """serf's AckPayload: the version byte, then the coordinate as Go encodes the struct."""
     body = {"Vec": list(coord.vec), "Error": coord.error, "Adjustment": coord.adjustment,
             "Height": coord.height}
-    return bytes((PING_VERSION,)) + msgpack.packb(body, use_bin_type=False, use_single_float=False)
+    packed: bytes = msgpack.packb(body, use_bin_type=False, use_single_float=False)
+    return bytes((PING_VERSION,)) + packed
 
 
 def _float(v: Any, what: str) -> float:

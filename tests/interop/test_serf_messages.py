@@ -156,3 +156,41 @@ def test_force_leave_both_ways(lab_cluster: LabCluster) -> None:
     cl.wait_for([s0], sees_status("serf-1", "left"), LEAVE_DEADLINE, what="serf-1 left after agentctl force-leave")
     rc, _, err = cl.agentctl(o0, "force-leave", "nobody")
     assert rc == 1 and "no member named 'nobody'" in err
+
+
+def _rtt_ms(text: str) -> float:
+    m = re.search(r"rtt: ([0-9.]+) ms", text)
+    assert m is not None, text
+    return float(m.group(1))
+
+
+def test_network_coordinates_both_ways(lab_cluster: LabCluster) -> None:
+    lab, cl = lab_cluster(4)
+    s0, o0, _o1, _s1 = start_line(lab, cl)
+    serf = serf_binary()
+    assert serf is not None
+
+    def serf_rtt(*nodes: str) -> str | None:
+        r = lab.run(s0.host, [serf, "rtt", f"-rpc-addr={RPC_ADDR[0]}:{RPC_ADDR[1]}", *nodes],
+                    timeout=10, check=False)
+        return r.stdout if r.returncode == 0 else None
+
+    def ours_rtt(*nodes: str) -> str | None:
+        rc, out, _ = cl.agentctl(o0, "rtt", *nodes)
+        return out if rc == 0 else None
+
+    # A probe round of each agent reaches every member within a few probe intervals.
+    deadline = 10 * CONFIG.probe_interval * 4
+    wait_until("serf rtt ours-0 (serf's cache has our coordinate)", lambda: serf_rtt("ours-0") is not None, deadline)
+    wait_until("agentctl rtt serf-0 (our cache has serf's)", lambda: ours_rtt("serf-0") is not None, deadline)
+    wait_until("serf rtt between ours-1 and serf-1", lambda: serf_rtt("ours-1", "serf-1") is not None, deadline)
+    from_serf = _rtt_ms(serf_rtt("ours-0") or "")
+    from_ours = _rtt_ms(ours_rtt("serf-0") or "")
+    print(f"serf-0 <-> ours-0: serf estimates {from_serf:.3f} ms, ours {from_ours:.3f} ms")
+    assert 0.0 < from_serf < 1000.0 and 0.0 < from_ours < 1000.0
+    rc, out, _ = cl.agentctl(o0, "members", "--format", "json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    coord = rows["serf-0"]["coordinate"]
+    assert coord is not None and len(coord["Vec"]) == 8
+    rc, _, err = cl.agentctl(o0, "rtt", "nobody")
+    assert rc == 1 and "Could not find a coordinate for node 'nobody'" in err
