@@ -129,6 +129,7 @@ class SerfLayer:
         if self._coords is None:
             self._coords = vivaldi.CoordinateClient(random.Random(f"vivaldi:{name}"))
             self._ack_payload = vivaldi.encode_ack_payload(self._coords.coord)
+            self._coord_cache[name] = self._coords.coord  # serf caches its own at start
 
     def ack_payload(self) -> bytes | None:
         """serf's AckPayload for a ping we answer (None: coordinates are off)."""
