@@ -1,0 +1,121 @@
+"""Names across hosts with real agents (issue 13 items 3 and 5): the DNS responder on the gateway.
+
+Two agent hosts on the lab underlay; a "container" namespace on each. Queries are made the
+way a container would, with busybox's ``nslookup NAME GATEWAY`` (Debian's busybox-static),
+independently of the agent's code; hostile traffic is sent from a container with plain
+sockets. Every wait has a deadline; nothing asserts timing.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from agent.lab.netlab import Lab
+from tests.netns.overlaylab import OverlayLab, wait_for
+
+pytestmark = pytest.mark.netns
+LabFactory = Callable[..., Lab]
+SUBNET, GATEWAY = "10.53.0.0/24", "10.53.0.1"
+SUBNET6, GATEWAY6 = "fd00:53::/64", "fd00:53::1"
+IPV6_ON = ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0"]
+BUSYBOX = "/bin/busybox"
+
+
+def _lab(lab_factory: LabFactory) -> tuple[Lab, OverlayLab]:
+    lab = lab_factory(2)
+    for h in lab.hosts:  # the lab turns IPv6 off; the dual-stack network needs it
+        lab.run(h, IPV6_ON)
+    ol = OverlayLab(lab)
+    ol.start_all()
+    return lab, ol
+
+
+def nslookup(ol: OverlayLab, netns: str, name: str, server: str = GATEWAY, qtype: str = "a"
+             ) -> tuple[str, list[str]]:
+    """(outcome, answers) of busybox nslookup: outcome "ok", or the error it names
+    (NXDOMAIN, REFUSED, ...); answers: the addresses (or, for PTR, the names) after the
+    server's own lines. Without ``-type`` busybox asks A and AAAA for a name (one type at a
+    time here) and PTR for an address (``qtype=""``)."""
+    argv = [BUSYBOX, "nslookup", *([f"-type={qtype}"] if qtype else []), name, server]
+    r = ol.in_container(netns, argv, timeout=30)
+    text = r.stdout + r.stderr
+    m = re.search(r"can't find \S+: (\w+)", text)
+    if m:
+        return m.group(1), []
+    body = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+    answers = re.findall(r"Address: ([0-9a-fA-F:.]+)", body) + re.findall(r"name = (\S+)", body)
+    return ("ok" if r.returncode == 0 and answers else f"rc={r.returncode}"), answers
+
+
+def test_a_name_on_host0_resolves_on_host1_and_vanishes_after_removal(lab_factory: LabFactory) -> None:
+    """Item 3: ``nslookup web`` in a container on host1 for a container on host0, as NAME and
+    NAME.NETWORK, A and AAAA, and PTR; NXDOMAIN for an unknown name and, once the endpoint
+    is removed on host0, for ``web`` too; a container of another network that sends its
+    query to this network's gateway is refused."""
+    lab, ol = _lab(lab_factory)
+    ol.create_network(0, "dn", "--subnet", SUBNET, "--subnet", SUBNET6)
+    c0, c1 = ol.container("d0"), ol.container("d1")
+    for cn in (c0, c1):
+        lab.run(cn, IPV6_ON)
+    web = ol.create_endpoint(0, "dn", c0, "--name", "web")
+    ol.create_endpoint(1, "dn", c1, "--name", "probe")
+    wait_for(lambda: nslookup(ol, c1, "web") == ("ok", [web["ipv4"]]), "web to resolve on host1", within=60)
+    assert nslookup(ol, c1, "web.dn") == ("ok", [web["ipv4"]])
+    assert nslookup(ol, c1, "web.dn", qtype="aaaa") == ("ok", [web["ipv6"]])
+    assert nslookup(ol, c1, "web", server=GATEWAY6, qtype="a") == ("ok", [web["ipv4"]])
+    assert nslookup(ol, c1, web["ipv4"], qtype="") == ("ok", ["web.dn"])
+    assert nslookup(ol, c1, "nobody")[0] == "NXDOMAIN"
+    assert nslookup(ol, c0, "probe.dn")[0] == "ok"  # and the other way round
+    # A container of another network on host1 asks dn's gateway (routed through the host).
+    ol.create_network(0, "other", "--subnet", "10.54.0.0/24")
+    c2 = ol.container("d2")
+    ol.create_endpoint(1, "other", c2, "--name", "stranger")
+    wait_for(lambda: nslookup(ol, c2, "stranger", server="10.54.0.1")[0] == "ok", "the other network's names")
+    assert nslookup(ol, c2, "web", server=GATEWAY)[0] == "REFUSED"
+    ol.ctl(0, "endpoint", "rm", web["id"])
+    wait_for(lambda: nslookup(ol, c1, "web")[0] == "NXDOMAIN", "web to vanish on host1")
+    assert nslookup(ol, c1, "web.dn")[0] == "NXDOMAIN"
+    assert nslookup(ol, c1, web["ipv4"], qtype="")[0] == "NXDOMAIN"
+    status = ol.request(1, "status")
+    assert status["dns"]["serving"] == 2 and status["dns"]["nxdomain"] >= 3, status["dns"]
+
+
+HOSTILE = r"""
+import random, socket, struct, sys
+gw = sys.argv[1]
+rng = random.Random(53)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(3000):
+    u.sendto(rng.randbytes(rng.randrange(0, 700)), (gw, 53))
+u.sendto(b"\x12\x34" + b"\x01\x00\x00\x01" + b"\x00" * 6 + b"\x3f" + b"a" * 20, (gw, 53))  # truncated
+held = []
+for i in range(40):  # more connections than the responder takes, each idle or hostile
+    t = socket.create_connection((gw, 53), timeout=5)
+    if i % 2:
+        t.sendall(b"\xff\xff" + b"\x00" * 64)  # a 64 KiB length prefix, then nothing
+    held.append(t)
+print("sent")
+"""
+
+
+def test_junk_and_hostile_clients_do_not_stop_it_serving(lab_factory: LabFactory) -> None:
+    """Item 5: thousands of junk datagrams and more TCP connections than allowed (idle, or
+    with a 64 KiB length prefix) from a container; the responder keeps answering, the agent
+    keeps running, and counts what it dropped."""
+    _, ol = _lab(lab_factory)
+    ol.create_network(0, "jk", "--subnet", SUBNET)
+    c0, c1 = ol.container("j0"), ol.container("j1")
+    web = ol.create_endpoint(0, "jk", c0, "--name", "web")
+    ol.create_endpoint(1, "jk", c1, "--name", "attacker")
+    wait_for(lambda: nslookup(ol, c1, "web") == ("ok", [web["ipv4"]]), "web to resolve on host1", within=60)
+    r = ol.in_container(c1, [sys.executable, "-c", HOSTILE, GATEWAY], timeout=120)
+    assert "sent" in r.stdout, r.stderr
+    ol.check_running(1)
+    wait_for(lambda: nslookup(ol, c1, "web") == ("ok", [web["ipv4"]]), "web to resolve after the junk")
+    dns = ol.request(1, "status")["dns"]
+    assert dns["malformed"] > 0 and dns["tcp_rejected"] > 0, dns
+    assert ol.ping(c1, web["ipv4"]), "the overlay itself is unaffected"
