@@ -24,6 +24,7 @@ BENCHMARKS = {
         "endpoint create on one host -> FDB + neighbour entries on another (real agents)",
     ),
     "ipsec": ("bench.ipsec", "IPsec: program SAs for 100 peers; ESP vs plain throughput (VM)"),
+    "dns": ("bench.dns", "endpoint create on one host -> its name resolving on another's gateway (real agents)"),
     "endpoints": ("bench.endpoints", "endpoint create time at 100/500/1,000 endpoints on one host"),
     "runtime": ("bench.runtime", "docker run / podman run through our plugins vs the stock networking"),
     "core": ("bench.core", "CPU per gossip message: our sans-IO core vs memberlist 0.2.2's Go code"),
