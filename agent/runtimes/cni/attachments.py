@@ -183,6 +183,13 @@ class Attachments:
                 return await self._shape(ep)  # a repeated ADD: the same attachment
             raise api.ApiError(f"container {container[:12]} already has {ifname} on another network "
                                "or namespace (DEL it first)")
+        # The overlay hands a retried create on the same interface back as it is (a client
+        # that timed out); for CNI that interface must also be this container's.
+        taken = next((ep_id for ep_id, info in self.o.interfaces.items()
+                      if info.get("netns") == netns and info.get("ifname") == ifname), None)
+        if taken is not None:
+            raise api.ApiError(f"{ifname} already exists in {netns}: it is endpoint {taken[:12]} of another "
+                               "container (DEL that one first)")
         ip, ip6 = _str(args, "ip", False), _str(args, "ip6", False)
         ep = await self.o.create_endpoint(
             net.id, netns, name=await self._free_name(_str(args, "name", False)), ipv4=ip, ipv6=ip6,
