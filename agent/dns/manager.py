@@ -146,7 +146,7 @@ class DnsManager:
             "port": self.port,
             "responders": {self._netname(n): list(addrs) for n, (addrs, _) in sorted(self.running.items())},
             "serving": len(self.serving),
-            "upstreams": self.upstreams._servers,
+            "upstreams": self.upstreams.current(),
             "queries": s.queries, "answered": s.answered, "nxdomain": s.nxdomain, "refused": s.refused,
             "forwarded": s.forwarded, "forward_failed": s.forward_failed, "malformed": s.malformed,
             "rate_limited": s.rate_limited, "tcp_rejected": s.tcp_rejected,
