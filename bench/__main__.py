@@ -29,6 +29,7 @@ BENCHMARKS = {
     "runtime": ("bench.runtime", "docker run / podman run through our plugins vs the stock networking"),
     "core": ("bench.core", "CPU per gossip message: our sans-IO core vs memberlist 0.2.2's Go code"),
     "churn": ("bench.churn", "N agents, one SIGKILLed and restarted every 2 s: CPU and bytes, ours vs serf"),
+    "serf-conformance": ("bench.serfconformance", "serf's CLI on 3 serf + 3 ours vs 6 serf: leaves, events, queries, rtt"),
     "soak": ("bench.soak", "6 agents, endpoint churn and restarts for --minutes M: RSS, CPU, fds do not grow"),
 }
 
