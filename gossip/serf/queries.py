@@ -93,25 +93,47 @@ def answer(query: Query, keyring: Keyring | None) -> QueryAnswer:
     return QueryAnswer(query.wants_ack, None)
 
 
+_SERF_KEY_ERRORS = {
+    "size": "key size must be 16, 24 or 32 bytes",
+    "use": "Requested key is not in the keyring",
+    "remove": "Removing the primary key is not allowed",
+    "list": "Keyring is empty (encryption not enabled)",
+    "none": "No keyring to modify (encryption not enabled)",
+}
+"""Serf's answers, word for word (serf 0.9.4 ``internal_query.go``, memberlist 0.2.2
+``keyring.go``, the versions Debian's serf is built with), so ``serf keys`` prints the
+same failure lines for our agents as for serf's."""
+
+
+def _refuse(query: Query, why: str) -> QueryAnswer:
+    return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(False, _SERF_KEY_ERRORS[why]))
+
+
 def _key_query(query: Query, keyring: Keyring | None) -> QueryAnswer:
     if keyring is None or (keyring.primary is None and query.name != "_serf_install-key"):
-        return QueryAnswer(
-            query.wants_ack,
-            serfcompat.encode_key_response(False, "No keyring to modify (encryption not enabled)"),
-        )
+        return _refuse(query, "list" if query.name == "_serf_list-keys" else "none")
     if query.name == "_serf_list-keys":
         keys = [encode_key(k) for k in keyring.keys]
         primary = encode_key(keyring.primary) if keyring.primary else ""
         return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, "", keys, primary))
     try:
         key = serfcompat.decode_key_request(query.payload)
-        if query.name == "_serf_install-key":
-            if key not in keyring.keys:
-                keyring.install(key)
-        elif query.name == "_serf_use-key":
-            keyring.use(key)
-        else:
-            keyring.remove(key)
-    except (DecodeError, ValueError) as exc:
+    except DecodeError as exc:
         return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(False, str(exc)))
+    if len(key) not in (16, 24, 32):
+        return _refuse(query, "size")
+    if query.name == "_serf_install-key":
+        if key in keyring.keys:
+            return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, ""))
+        keyring.install(key)
+    elif query.name == "_serf_use-key":
+        if key not in keyring.keys:
+            return _refuse(query, "use")
+        keyring.use(key)
+    else:
+        if key == keyring.primary:
+            return _refuse(query, "remove")
+        if key not in keyring.keys:  # memberlist removes nothing and reports success
+            return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, ""))
+        keyring.remove(key)
     return QueryAnswer(query.wants_ack, serfcompat.encode_key_response(True, ""), True)
