@@ -74,3 +74,23 @@ def test_a_remote_install_switches_encryption_on_in_the_roll_out_window() -> Non
     assert ring.keys == (KEY,) and enc.mode is EncryptionMode.ACCEPT
     layer.receive(0.0, _query(MODE_QUERY, qid=10, payload=b"require"), ME)
     assert enc.mode is EncryptionMode.REQUIRE
+
+
+def _key_answer(layer: SerfLayer, name: str, key: bytes | None, qid: int) -> dict[str, object]:
+    reply = layer.receive(0.0, _query(name, qid=qid, payload=serfcompat.encode_key_request(key)), ME)
+    assert reply is not None and len(reply.answers) == 2
+    response = serfcompat.decode_serf_message(reply.answers[1])[1]["Payload"]
+    return serfcompat.decode_serf_message(response)[1]
+
+
+def test_key_refusals_are_worded_as_serfs() -> None:
+    other = bytes(range(16))
+    layer = _layer(Keyring([KEY], nonce_source=random.Random(0).randbytes))
+    assert _key_answer(layer, "_serf_use-key", other, 20)["Message"] == "Requested key is not in the keyring"
+    assert _key_answer(layer, "_serf_remove-key", KEY, 21)["Message"] == "Removing the primary key is not allowed"
+    assert _key_answer(layer, "_serf_install-key", b"short", 22)["Message"] == "key size must be 16, 24 or 32 bytes"
+    gone = _key_answer(layer, "_serf_remove-key", other, 23)  # not installed: memberlist reports success
+    assert gone["Result"] is True and gone["Message"] == ""
+    bare = _layer()
+    assert _key_answer(bare, "_serf_list-keys", None, 24)["Message"] == "Keyring is empty (encryption not enabled)"
+    assert _key_answer(bare, "_serf_use-key", KEY, 25)["Message"] == "No keyring to modify (encryption not enabled)"
