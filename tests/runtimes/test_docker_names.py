@@ -178,3 +178,52 @@ def test_namer_without_dockerd_keeps_the_name_and_warns_once(tmp_path: Path,
     assert renamed == [] and (namer.renamed, namer.kept) == (0, 3) and not namer.pending
     warnings = [r for r in caplog.records if "docker-api-unreachable" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_namer_polls_until_dockerd_lists_the_endpoint(tmp_path: Path) -> None:
+    """dockerd lists the endpoint id only once the start is done: the first answers lack
+    it; the endpoint is renamed to the container's name when it shows up."""
+    import socket as stdsocket
+
+    import trio
+
+    from agent.runtimes.docker.context import Context
+    from agent.runtimes.docker.naming import Namer
+    from agent.runtimes.docker.state import DockerEndpoint
+
+    path = str(tmp_path / "docker.sock")
+    answers = [b"[]", b"[]", json.dumps(LISTING).encode()]
+    renamed: list[tuple[str, str]] = []
+
+    class FakeOverlay:
+        async def rename_endpoint(self, endpoint: str, name: str) -> Any:
+            renamed.append((endpoint, name))
+            return type("Ep", (), {"name": name})()
+
+    async def serve(sock: trio.socket.SocketType) -> None:
+        for body in answers:
+            conn, _ = await sock.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += await conn.recv(4096)
+                await conn.send(_answer(200, body))
+
+    async def main() -> Namer:
+        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen(4)
+        ctx = Context(FakeOverlay(), "p")  # type: ignore[arg-type]
+        namer = Namer(ctx, path)
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve, sock)
+                namer.nursery = nursery
+                ctx.state.endpoints["e2" * 32] = DockerEndpoint("e2" * 32, "net", "ep-cluster", "10.0.0.2")
+                namer.joined("e2" * 32, "ep-cluster", "net")
+                namer.joined("e2" * 32, "ep-cluster", "net")  # a second Join while pending: one task
+        sock.close()
+        return namer
+
+    namer = trio.run(main)
+    assert renamed == [("ep-cluster", "web-b")] and namer.renamed == 1 and not namer.pending
