@@ -55,6 +55,10 @@ class NetworkSpec:
     gateways: tuple[str, ...] = ()
     """The gateway address of each subnet, in ``subnets``' order (``--gateway``);
     empty: each subnet's first address after the network's."""
+    host_addresses: tuple[str, ...] = ()
+    """This host's own addresses in the network (host access; docs/dataplane.md)."""
+    host_mac: str | None = None
+    """The MAC of this host's endpoint row, which its frames carry on the underlay."""
 
 
 @dataclass(frozen=True, slots=True)

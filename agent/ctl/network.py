@@ -78,6 +78,9 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser], fmt: Any
     nc.add_argument("--internal", action="store_true", help="no egress: nothing leaves the overlay subnets")
     nc.add_argument("--allow-overlap", action="store_true",
                     help="subnets may overlap those of other networks that allow it too")
+    nc.add_argument("--host-access", action="store_true",
+                    help="every host holds an address of its own in the network: hosts reach containers "
+                         "on other hosts")
     nc.add_argument("--vni", type=int, metavar="N", help="VXLAN network identifier (default: picked)")
     nc.add_argument("--encrypted", action="store_true", help="encrypt the network's traffic (IPsec)")
     nc.add_argument("--mtu", type=int, metavar="N", help="overlay MTU (default: underlay MTU - 50)")
@@ -186,6 +189,8 @@ def cmd_network_create(client: _Client, ns: argparse.Namespace, out: TextIO) -> 
         args["internal"] = True
     if ns.allow_overlap:
         args["allow_overlap"] = True
+    if ns.host_access:
+        args["host_access"] = True
     result = client.request("network", args)
     out.write(f"{result['ID']}\n")
     return 0

@@ -12,7 +12,8 @@ docs/operations.md. Requests:
                                 "vni": int?, "encrypted": bool?, "mtu": int?,
                                 "ip_ranges": [CIDR...]?, "gateways": [IP...]?,
                                 "aux_addresses": {NAME: IP}?, "labels": {K: V}?,
-                                "options": {K: V}?, "internal": bool?, "allow_overlap": bool?}}
+                                "options": {K: V}?, "internal": bool?, "allow_overlap": bool?,
+                                "host_access": bool?}}
     {"op": "network",  "args": {"action": "ls" | "inspect" | "rm", "ref": NAME|ID|PREFIX}}
     {"op": "endpoint", "args": {"action": "create", "network": REF, "netns": NAME|PATH,
                                 "ip": IP?, "ip6": IP?, "mac": MAC?, "ifname": "eth0", "name": N?}}
@@ -111,7 +112,8 @@ def network_options(args: dict[str, Any], subnets: list[str]) -> NetworkOptions 
         return netopts.parse_options(
             subnets, _list(args, "ip_ranges"), _list(args, "gateways"), _map(args, "aux_addresses"),
             internal=_flag(args, "internal"), allow_overlap=_flag(args, "allow_overlap"),
-            labels=_map(args, "labels"), options=_map(args, "options"))[1]
+            labels=_map(args, "labels"), options=_map(args, "options"),
+            host_access=_flag(args, "host_access"))[1]
     except TableError as exc:
         raise api.ApiError(str(exc)) from None
 
@@ -229,6 +231,7 @@ def inspect_json(t: Tables, n: Network, mtu: int) -> dict[str, Any]:
         },
         "Internal": n.internal,
         "AllowOverlap": opts is not None and opts.allow_overlap,
+        "HostAccess": opts is not None and opts.host_access,
         "Attachable": True,
         "Ingress": False,
         "ConfigOnly": False,

@@ -22,6 +22,12 @@ its addresses (each subnet's gateway, ``gateway_of``), and the rules:
   present only while an internal network is). Traffic inside the network (bridged, or
   routed between its subnets through the gateway: iif = oif) is untouched.
 
+* Host access (``NetworkSpec.host_addresses``, docs/dataplane.md): the bridge holds
+  the host's own address with the subnet's length and the gateway as a host route;
+  ``bridge`` rules give our frames towards the VXLAN port the host endpoint's MAC
+  (``output``) and turn frames from it addressed to that MAC into frames to the bridge's
+  own (``prerouting``), so the host's stack takes them.
+
 Rules name bridges exactly, so traffic that is only bridged (iif = oif = B, seen by the
 inet hooks when br_netfilter is loaded, as on Docker hosts) never matches them.
 
@@ -59,6 +65,20 @@ def gateway_of(subnet: str) -> tuple[str, int]:
     return canonical_ip(str(net.network_address + 1)), net.prefixlen
 
 
+def _host_access(vx: str, gw_mac: str, host_mac: str,
+                 addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> list[str]:
+    """Bridge ``output`` rules of host access: our own packets towards the VXLAN port
+    leave with the host endpoint's MAC instead of the gateway's; our ARP requests and
+    neighbour solicitations reach the VXLAN device, whose proxy answers them from its
+    neighbour table (they never cross the underlay)."""
+    rules = [f'oifname "{vx}" ether saddr {gw_mac} ether type arp accept',
+             f'oifname "{vx}" ether saddr {gw_mac} icmpv6 type nd-neighbor-solicit accept']
+    for a in addrs:
+        family = "ip" if a.version == 4 else "ip6"
+        rules.append(f'oifname "{vx}" ether saddr {gw_mac} {family} saddr {a} ether saddr set {host_mac} accept')
+    return rules
+
+
 def compile(view: OverlayView) -> NftDesired:
     prefix = check_prefix(view.prefix)
     local = {e.network_id for e in view.endpoints if e.local}
@@ -89,11 +109,17 @@ def compile(view: OverlayView) -> NftDesired:
         taken.extend((s, net.id) for s in subnets)
         br, vx, mac = bridge_name(prefix, net.vni), vxlan_name(prefix, net.vni), gateway_mac(net.id)
         addrs = []
+        hosts = {canonical_ip(a): ipaddress.ip_address(a) for a in net.host_addresses}
         for i, s in enumerate(subnets):
             gw, plen = gateway_of(str(s))
             if i < len(net.gateways):  # --gateway
                 gw = canonical_ip(net.gateways[i])
-            addrs.append(f"{gw}/{plen}")
+            mine = next((h for h, a in hosts.items() if a in s), None)
+            if mine is not None:  # host access: our address is the subnet's, the gateway a host route
+                addrs.append(f"{mine}/{plen}")
+                addrs.append(f"{gw}/{s.max_prefixlen}")
+            else:
+                addrs.append(f"{gw}/{plen}")
             family = "ip" if s.version == 4 else "ip6"
             want_v4 |= s.version == 4
             want_v6 |= s.version == 6
@@ -109,6 +135,11 @@ def compile(view: OverlayView) -> NftDesired:
             forward.append(f'iifname "{br}" oifname != "{br}" drop')
         forward.append(f'oifname "{br}" iifname != "{br}" ct state established,related accept')
         forward.append(f'oifname "{br}" iifname != "{br}" drop')
+        if hosts and net.host_mac:
+            out.extend(_host_access(vx, mac, net.host_mac, list(hosts.values())))
+            # The bridge decided "not for me" from the old address before this hook: the
+            # packet type must be corrected too, or IP drops it as another host's.
+            pre.append(f'iifname "{vx}" ether daddr {net.host_mac} ether daddr set {mac} meta pkttype set host')
         out.append(f'oifname "{vx}" ether saddr {mac} drop')
         pre.append(f'iifname "{vx}" ether saddr {mac} drop')
     tables: list[Table] = []

@@ -2,7 +2,7 @@
 
 Owns: checking the operator's options (several subnets per family, ``--ip-range``,
 ``--gateway``, ``--aux-address``, ``--label``, ``--opt``, ``--internal``,
-``--allow-overlap``) into a ``NetworkOptions``, the options row (an extension row of
+``--allow-overlap``, ``--host-access``) into a ``NetworkOptions``, the options row (an extension row of
 kind ``KIND``, cluster-wide, id = the network's id) and its payload codec, and which
 row of a network is read when several nodes hold copies (``pick``).
 Does not: store or gossip rows (``replica``, ``extrows``), allocate (``blocks``).
@@ -22,7 +22,7 @@ the network row.
 
 Payload (msgpack, no maps): ``[1, [[subnet, ip_range|nil, gateway|nil, [[name, ip],
 ...]], ...], internal, allow_overlap, [[key, value], ...] (labels), [[key, value],
-...] (options)]``. Bounds: 16 subnets, 64 aux addresses per subnet, 64 labels and 64
+...] (options), host_access]``. Bounds: 16 subnets, 64 aux addresses per subnet, 64 labels and 64
 options of at most 255 characters per key or value; the whole row within
 ``extrows.MAX_ROW_BYTES``.
 """
@@ -97,6 +97,7 @@ def parse_options(
     allow_overlap: bool = False,
     labels: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     options: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    host_access: bool = False,
 ) -> tuple[tuple[str, ...], NetworkOptions | None]:
     """(the network row's subnets, the options or None for a plain network), like
     ``docker network create``: each ``--ip-range`` and ``--gateway`` belongs to the one
@@ -107,8 +108,8 @@ def parse_options(
         raise TableError("a network needs at least one subnet (--subnet CIDR)")
     if len(subnets) > MAX_POOLS:
         raise TableError(f"too many subnets ({len(subnets)}; at most {MAX_POOLS})")
-    if not all(isinstance(x, bool) for x in (internal, allow_overlap)):
-        raise TableError("'internal' and 'allow_overlap' must be true or false")
+    if not all(isinstance(x, bool) for x in (internal, allow_overlap, host_access)):
+        raise TableError("'internal', 'allow_overlap' and 'host_access' must be true or false")
     nets = [_net(s, "subnet") for s in subnets]
     for n in nets:
         ipam.parse_subnets([str(n)])  # the size limits of a single subnet
@@ -151,9 +152,10 @@ def parse_options(
                  tuple(auxes[i]))
         for i, n in enumerate(nets))
     base = tuple(str(next(n for n in nets if n.version == v)) for v in (4, 6) if any(n.version == v for n in nets))
-    opts = NetworkOptions(pools, internal, allow_overlap, _pairs(labels, "label"), _pairs(options, "option"))
+    opts = NetworkOptions(pools, internal, allow_overlap, _pairs(labels, "label"), _pairs(options, "option"),
+                          host_access)
     plain = (len(pools) == len(base) and all(p.ip_range is None and p.gateway is None and not p.aux for p in pools)
-             and not internal and not allow_overlap and not opts.labels and not opts.options)
+             and not internal and not allow_overlap and not opts.labels and not opts.options and not host_access)
     if plain:
         return base, None
     if len(_packb(payload(opts))) > MAX_ROW_BYTES - 128:
@@ -187,7 +189,7 @@ def payload(opts: NetworkOptions) -> list[Any]:
     return [FORMAT,
             [[p.subnet, p.ip_range, p.gateway, [list(a) for a in p.aux]] for p in opts.pools],
             opts.internal, opts.allow_overlap,
-            [list(kv) for kv in opts.labels], [list(kv) for kv in opts.options]]
+            [list(kv) for kv in opts.labels], [list(kv) for kv in opts.options], opts.host_access]
 
 
 def decode_payload(body: Any) -> NetworkOptions | None:
@@ -197,6 +199,7 @@ def decode_payload(body: Any) -> NetworkOptions | None:
         if not (isinstance(body, list) and len(body) >= 6 and body[0] == FORMAT):
             return None
         _, pools, internal, overlap, labels, options = body[:6]
+        host_access = body[6] if len(body) > 6 else False
         if not isinstance(pools, list) or not pools:
             return None
         subnets = [p[0] for p in pools]
@@ -204,7 +207,8 @@ def decode_payload(body: Any) -> NetworkOptions | None:
         gws = [p[2] for p in pools if p[2] is not None]
         aux = [tuple(a) for p in pools for a in p[3]]
         _, opts = parse_options(subnets, ranges, gws, aux, internal=internal, allow_overlap=overlap,
-                                   labels=[tuple(kv) for kv in labels], options=[tuple(kv) for kv in options])
+                                   labels=[tuple(kv) for kv in labels], options=[tuple(kv) for kv in options],
+                                   host_access=host_access)
     except (TableError, TypeError, ValueError, IndexError):
         return None
     return opts

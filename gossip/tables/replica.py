@@ -42,7 +42,17 @@ from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
 from gossip.members import Member
-from gossip.tables import agenttag, blocks, extrows, framing, ipam, ipsecrows, netopts, validation
+from gossip.tables import (
+    agenttag,
+    blocks,
+    extrows,
+    framing,
+    hostaccess,
+    ipam,
+    ipsecrows,
+    netopts,
+    validation,
+)
 from gossip.tables.blocks import Block
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
@@ -102,6 +112,9 @@ class Tables:
         self.stats = TablesStats()
         self.store = TableStore()
         self._local: dict[str, Endpoint] = {}
+        self._hosts: dict[str, Endpoint] = {}
+        """Network id -> this node's host endpoint there (``gossip.tables.hostaccess``):
+        written like a local endpoint's row, but no veth, not persisted, not shown here."""
         self.visibility = Visibility(node, self.store, self._local, self.config.owner_reap)
         """Who is up, what this node shows, the cached views (``gossip.tables.visibility``)."""
         self.sync = NetSync(node, rng, self.config, self.stats, self.visibility.peers, self._sync_rows)
@@ -380,6 +393,7 @@ class Tables:
                       self.node, self.vtep, created)
         self._local[ep_id] = ep
         self._write(now, EndpointRow(net.id, self.node, ep_id, created, False, ep, since=now))
+        self._tidy_hosts(now)
         self._tidy_claims(now, net.id)
         self.sync.gossip(now, net.id, effects)
         self._finish(effects)
@@ -410,6 +424,7 @@ class Tables:
         del self._local[ep.id]
         effects: list[Effect] = []
         self._write(now, self._endpoint_tombstone(now, ep.network, ep.id))
+        self._tidy_hosts(now)
         self.sync.gossip(now, ep.network, effects)
         if self.visibility.local_on(ep.network) or not self._scoped(ep.network):
             self._tidy_claims(now, ep.network)
@@ -509,6 +524,7 @@ class Tables:
             self._local[ep.id] = ep
             self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
             touched[ep.network] = None
+        self._tidy_hosts(now)
         for net in touched:
             self._tidy_claims(now, net)
             self._keep_in_use(now, net, effects)
@@ -595,7 +611,7 @@ class Tables:
         for net in self.sync.joined:
             for (owner, _), row in self.store.endpoints[net].items():
                 if owner == self.node and not row.deleted:
-                    assert row.id in self._local
+                    assert row.id in self._local or row.value == self._hosts.get(net), row
         assert self.clock >= max((r.lamport for r in self.store.cluster_rows()), default=0)
 
     # ========================================================== merge (remote)
@@ -671,15 +687,15 @@ class Tables:
             self._write(now, self._member_row(now, row.net, joined))
             if joined and row.deleted:
                 # Peers dropped our rows older than that leave: publish them above it.
-                for ep in self.visibility.local_on(row.net):
+                for ep in self._mine_on(row.net):
                     self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
                 self.sync.gossip(now, row.net, effects)
         elif isinstance(row, ClaimRow):
             live = cur is not None and not cur.deleted
             self._write(now, self._claim_row(now, row.net, row.family, row.block, live))
         elif isinstance(row, EndpointRow):
-            mine = self._local.get(row.id)
-            if mine is not None and mine.network == row.net:
+            mine = self._local.get(row.id) or self._hosts.get(row.net)
+            if mine is not None and mine.network == row.net and mine.id == row.id:
                 self._write(now, EndpointRow(row.net, self.node, mine.id, self._tick(), False, mine, since=now))
             else:
                 self._write(now, self._endpoint_tombstone(now, row.net, row.id))
@@ -768,7 +784,7 @@ class Tables:
             return
         claims = self.store.claims.get(net, {})
         take, drop = blocks.claim_changes(claims, self.node, self.visibility.with_options(row.value),
-                                          self.visibility.local_on(net), self.config)
+                                          self._mine_on(net), self.config)
         for family, block in drop:
             self._write(now, self._claim_row(now, net, family, block, False))
         for family, block in take:
@@ -797,12 +813,50 @@ class Tables:
                                              self.store.live_network, self.visibility.netopts):
             self._write_opts(now, net, opts)
 
+    def _mine_on(self, net: str) -> list[Endpoint]:
+        """This node's endpoints of ``net`` with its host endpoint (what it claims blocks for)."""
+        host = self._hosts.get(net)
+        return self.visibility.local_on(net) + ([host] if host is not None else [])
+
+    def host_endpoint(self, network: str) -> Endpoint | None:
+        """This node's own address in a network with host access (``hostaccess``), if any."""
+        return self._hosts.get(network)
+
+    def _tidy_hosts(self, now: float) -> None:
+        """Hold a host endpoint in each network with host access we have endpoints on."""
+        add, drop = hostaccess.wanted(self.sync.joined, self._shown_network,
+                                      lambda n: bool(self.visibility.local_on(n)), self._hosts)
+        for net_id in drop:
+            ep = self._hosts.pop(net_id)
+            if net_id in self.sync.joined:
+                self._write(now, self._endpoint_tombstone(now, net_id, ep.id))
+        for net in add:
+            known = [*self.stored_endpoints(net.id), *self.visibility.local_on(net.id)]
+            used = blocks.used_addresses(known)
+            claims = self.store.claims.get(net.id, {}).values()
+            try:
+                addrs = {f: blocks.allocate(claims, self.node, net, f, used[f], self.config)
+                         for f in (4, 6) if blocks.layout_for(net, f, self.config) is not None}
+            except TableError:
+                continue  # a full network: no host access on this host until an address frees
+            ep = Endpoint(hostaccess.endpoint_id(net.id, self.node), hostaccess.name(self.node), net.id,
+                          addrs.get(4), addrs.get(6), hostaccess.mac(net.id, self.node), self.node, self.vtep,
+                          self._tick())
+            self._hosts[net.id] = ep
+            self._write(now, EndpointRow(net.id, self.node, ep.id, ep.created, False, ep, since=now))
+            self._tidy_claims(now, net.id)
+
+    def _shown_network(self, net: str) -> Network | None:
+        row = self.store.networks.get(net)
+        return self.visibility.with_options(row.value) if row is not None and row.value and not row.deleted else None
+
     def _refresh_opts(self) -> None:
         nets = {r.id: r.value for r in self.store.networks.values() if not r.deleted and r.value is not None}
         opts = netopts.pick(self.ext.cluster_rows(), nets) if len(self.ext) else {}
         if opts != self.visibility.netopts:
             self.visibility.netopts = opts
             self._touch_all()
+            self._tidy_hosts(self._now)
 
     # ============================================================ what changed
 

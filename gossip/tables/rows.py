@@ -155,6 +155,9 @@ class NetworkOptions:
     labels: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, str], ...] = ()
     """Driver options passed through (``--opt``), shown by inspect."""
+    host_access: bool = False
+    """Each host taking part holds an address of its own in the network, published as an
+    endpoint row, so it reaches containers on other hosts (``gossip.tables.hostaccess``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,7 +532,7 @@ def network_from_dict(d: Any) -> Network:
                           for p in o.pools)
             opts = NetworkOptions(pools, o.internal, o.allow_overlap,
                                   tuple((str(a), str(b)) for a, b in o.labels),
-                                  tuple((str(a), str(b)) for a, b in o.options))
+                                  tuple((str(a), str(b)) for a, b in o.options), bool(o.host_access))
         except (KeyError, TypeError, ValueError):
             raise TableError("cannot restore network: bad options") from None
     return replace(n, subnets=tuple(n.subnets), options=opts)

@@ -72,11 +72,13 @@ def build_view(
 ) -> OverlayView:
     """The ``OverlayView`` of ``tables``; ``alive``: member name -> alive or suspect;
     ``ifname``: endpoint id -> host-side interface name of a local endpoint."""
-    networks = tuple(
-        NetworkSpec(n.id, n.vni, n.mtu, n.all_subnets, n.encrypted, n.internal,
-                    tuple(g for _, g in n.gateways()))
-        for n in tables.networks()
-    )
+    networks = []
+    for n in tables.networks():
+        host = tables.host_endpoint(n.id)
+        networks.append(NetworkSpec(
+            n.id, n.vni, n.mtu, n.all_subnets, n.encrypted, n.internal, tuple(g for _, g in n.gateways()),
+            tuple(a for a in (host.ipv4, host.ipv6) if a) if host is not None else (),
+            host.mac if host is not None else None))
     me = tables.node
     endpoints = []
     for ep in tables.endpoints():
@@ -96,7 +98,7 @@ def build_view(
             version=ep.created,
         ))
     return OverlayView(
-        networks=networks,
+        networks=tuple(networks),
         endpoints=tuple(endpoints),
         local_vtep=local_vtep,
         underlay_mtu=underlay_mtu,

@@ -4,13 +4,19 @@ underlay check, and the protocol gate for clusters with release-0.1.0 agents."""
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
 
 import msgpack
 import pytest
 
 from gossip.serf.payloads import encode_tags
-from gossip.tables import extrows, framing, netopts
+from gossip.tables import extrows, framing, hostaccess, netopts
 from gossip.tables.agenttag import AGENT_TAG
 from gossip.tables.rows import IpamPool, NetworkOptions, TableError, network_from_dict
 from tests.stateful.tablesnet import cluster
@@ -191,3 +197,53 @@ def test_persisted_networks_keep_their_options() -> None:
     old = {k: v for k, v in dataclasses.asdict(n).items() if k != "options"}
     assert network_from_dict(old).options is None
     assert ipaddress.ip_network(back.all_subnets[1]).prefixlen == 24
+
+
+def test_host_access_publishes_one_host_endpoint_per_host_and_withdraws_it() -> None:
+    net = cluster(2)
+    _create(net, "n0", "web", ["10.1.0.0/24"], host_access=True)
+    net.wait(lambda: all(n.tables.networks() and n.tables.networks()[0].options for n in net.nodes.values()),
+             timeout=60)
+    a = net.call("n0", lambda t: t.create_endpoint(net.now, "web", name="a"))
+    net.run_for(2)  # n0's claims known (the two nodes' hashed start blocks collide here)
+    net.call("n1", lambda t: t.create_endpoint(net.now, "web", name="b"))
+    t0, t1 = net.nodes["n0"].tables, net.nodes["n1"].tables
+    h0 = t0.host_endpoint(a.network)
+    assert h0 is not None and h0.name == "host-n0" and h0.ipv4 not in (a.ipv4, "10.1.0.1")
+    assert h0.mac.startswith("0a:") and h0.id == hostaccess.endpoint_id(a.network, "n0")
+    assert [e.name for e in t0.local_endpoints()] == ["a"]  # no veth, not persisted
+    net.wait(lambda: {e.name for e in t1.endpoints()} == {"a", "b", "host-n0"}, timeout=60)
+    assert {e.name for e in t0.endpoints()} == {"a", "b", "host-n1"}  # a node does not show its own
+    net.call("n0", lambda t: t.remove_endpoint(net.now, "a"))
+    assert t0.host_endpoint(a.network) is None
+    net.wait(lambda: {e.name for e in t1.endpoints()} == {"b"}, timeout=60)
+    for n in net.nodes.values():
+        n.tables.check_invariants()
+
+
+def test_without_host_access_no_host_endpoint() -> None:
+    net = cluster(1)
+    _create(net, "n0", "web", ["10.1.0.0/24"], labels={"a": "b"})
+    ep = net.call("n0", lambda t: t.create_endpoint(net.now, "web"))
+    assert net.nodes["n0"].tables.host_endpoint(ep.network) is None
+
+
+def test_release_0_1_0_reads_the_state_of_a_node_with_options(tmp_path: Path) -> None:
+    """The push/pull state of a node holding a network with options, and the piggybacked
+    options row, decode with release 0.1.0's own decoder: the network row as usual, the
+    options row skipped (it never sees kind 4)."""
+    from tests.unit.test_tables_protocol import RELEASE_0_1_0, REPO, _release_decoder_script
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", RELEASE_0_1_0, "gossip", "crypto"],
+                         capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(tmp_path, filter="data")
+    net = cluster(1)
+    _create(net, "n0", "web", ["10.1.0.0/24", "10.2.0.0/24", "fd00::/64"], internal=True, aux={"a": "10.1.0.9"})
+    t = net.nodes["n0"].tables
+    row = next(r for r in t.ext.cluster_rows() if r.kind == netopts.KIND)
+    messages = [t.local_state(join=False), extrows.encode_event(row, net.now)]
+    r = subprocess.run([sys.executable, "-c", _release_decoder_script()], cwd=tmp_path,
+                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                       input=json.dumps([m.hex() for m in messages]), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [["State", 1, 0], ["NoneType", None, 0]]
