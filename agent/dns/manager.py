@@ -49,8 +49,8 @@ class DnsManager:
         self.upstreams = Upstreams(resolv_conf, self._gateway_addresses)
         self.running: dict[str, tuple[tuple[str, ...], trio.CancelScope]] = {}
         """Network id -> (addresses, the scope of its responder task)."""
-        self.serving: set[str] = set()
-        """Networks whose responder is bound and serving."""
+        self.serving: dict[str, Responder] = {}
+        """Network id -> its responder, while bound and serving."""
         self.problems: dict[str, str] = {}
         """Network id -> why its responder is not serving (a bind error)."""
         self._wake = trio.Event()
@@ -98,7 +98,7 @@ class DnsManager:
             if want.get(net_id) != addrs:
                 scope.cancel()
                 del self.running[net_id]
-                self.serving.discard(net_id)
+                self.serving.pop(net_id, None)
                 self.problems.pop(net_id, None)
                 log.info(kv("dns-responder-stopped", network=net_id[:12]))
         for net_id, addrs in want.items():
@@ -116,14 +116,14 @@ class DnsManager:
                 try:
                     await responder.bind()
                 except OSError as exc:
-                    self.serving.discard(net_id)
+                    self.serving.pop(net_id, None)
                     reason = exc.strerror or str(exc)
                     if self.problems.get(net_id) != reason:
                         log.warning(kv("dns-responder-bind-failed", network=net_id[:12],
                                        addresses=",".join(addrs), port=self.port, error=reason))
                     self.problems[net_id] = reason
                 else:
-                    self.serving.add(net_id)
+                    self.serving[net_id] = responder
                     self.problems.pop(net_id, None)
                     log.info(kv("dns-responder-started", network=net_id[:12], addresses=",".join(addrs),
                                 port=self.port))
@@ -131,7 +131,7 @@ class DnsManager:
                         await responder.serve()
                     except Exception as exc:  # a bug of ours must cost names, not the agent
                         log.exception(kv("dns-responder-failed", network=net_id[:12], error=repr(exc)))
-                    self.serving.discard(net_id)
+                    self.serving.pop(net_id, None)
                 await trio.sleep(RETRY)
 
     # -- status, warnings, metrics ----------------------------------------------------------

@@ -1,0 +1,134 @@
+"""agent.dns.manager: responders follow the gateways, the index follows the table changes.
+
+Real replicated tables (``gossip.tables.replica.Tables``) behind a stand-in for the
+overlay (its ``tables`` and ``change_listeners``, which is all the manager uses); the
+network's subnet is inside 127.0.0.0/8, so its gateway address is local on loopback and
+the responder can be asked for real (port 0: one picked per socket).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import dns.message
+import dns.rcode
+import trio
+import trio.socket as tsocket
+
+from agent.dns.manager import DnsManager
+from gossip.tables.replica import Tables
+
+DEADLINE = 10.0
+CLIENT = "127.77.0.9"
+
+
+@dataclass
+class FakeOverlay:
+    tables: Tables
+    change_listeners: list[Any] = field(default_factory=list)
+
+    def changed(self, now: float) -> None:
+        for listener in self.change_listeners:
+            listener()
+
+
+@dataclass
+class FakeRuntime:
+    status_sections: list[Any] = field(default_factory=list)
+    warning_sources: list[Any] = field(default_factory=list)
+    metric_sources: list[Any] = field(default_factory=list)
+
+
+async def until(cond: Any) -> None:
+    with trio.fail_after(DEADLINE):
+        while True:
+            if cond():
+                return
+            await trio.sleep(0.01)
+
+
+async def ask(port: int, name: str) -> dns.message.Message | None:
+    """The responder's answer from a client inside the network, None when none comes."""
+    with tsocket.socket(tsocket.AF_INET, tsocket.SOCK_DGRAM) as s:
+        await s.bind((CLIENT, 0))
+        await s.connect(("127.77.0.1", port))
+        q = dns.message.make_query(name, "A")
+        try:
+            await s.send(q.to_wire())
+        except ConnectionRefusedError:
+            return None
+        with trio.move_on_after(1.0):
+            try:
+                return dns.message.from_wire(await s.recv(65535))
+            except ConnectionRefusedError:  # ICMP port unreachable: nothing listens
+                return None
+        return None
+
+
+async def test_responder_starts_with_the_first_local_endpoint_and_stops_with_the_last(tmp_path: Path) -> None:
+    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(1))
+    overlay = FakeOverlay(tables)
+    tables.subscribe(overlay.changed)
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("")
+    mgr = DnsManager(cast(Any, overlay), port=0, resolv_conf=str(conf))
+    rt = FakeRuntime()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run, cast(Any, rt))
+        net, _ = tables.create_network(1.0, "blue", ["127.77.0.0/16"])
+        await trio.sleep(0.05)
+        assert mgr.running == {}  # a network without a local endpoint has no gateway here
+        web, _ = tables.create_endpoint(2.0, "blue", "web")
+        await until(lambda: net.id in mgr.serving)
+        responder = mgr.serving[net.id]
+        assert responder.addresses == ("127.77.0.1",)
+        port = next(p for kind, _, p in responder.bound if kind == "udp")
+        r = await ask(port, "web.blue")
+        assert r is not None and [rd.to_text() for rrs in r.answer for rd in rrs] == [web.ipv4]
+        # a second endpoint: the index follows, the responder stays the same one
+        db, _ = tables.create_endpoint(3.0, "blue", "db")
+        await until(lambda: mgr.index.get(net.id) is not None and "db" in mgr.index.get(net.id).v4)  # type: ignore[union-attr]
+        r = await ask(port, "db")
+        assert r is not None and r.rcode() == dns.rcode.NOERROR
+        assert mgr.serving[net.id] is responder
+        tables.remove_endpoint(4.0, "db")
+        await until(lambda: "db" not in mgr.index.get(net.id).v4)  # type: ignore[union-attr]
+        r = await ask(port, "db")
+        assert r is not None and r.rcode() == dns.rcode.NXDOMAIN
+        status = rt.status_sections[0]()["dns"]
+        assert status["responders"] == {"blue": ["127.77.0.1"]} and status["nxdomain"] == 1
+        assert rt.warning_sources[0]() == []
+        tables.remove_endpoint(5.0, "web")  # the last local endpoint: the gateway goes, so does the responder
+        await until(lambda: net.id not in mgr.running and not mgr.serving)
+        assert await ask(port, "web") is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_port_that_cannot_be_bound_is_a_warning_and_retried(tmp_path: Path) -> None:
+    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(2))
+    overlay = FakeOverlay(tables)
+    tables.subscribe(overlay.changed)
+    taken = tsocket.socket(tsocket.AF_INET, tsocket.SOCK_DGRAM)
+    await taken.bind(("127.78.0.1", 0))
+    port = taken.getsockname()[1]
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("")
+    mgr = DnsManager(cast(Any, overlay), port=port, resolv_conf=str(conf))
+    rt = FakeRuntime()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mgr.run, cast(Any, rt))
+            net, _ = tables.create_network(1.0, "red", ["127.78.0.0/16"])
+            tables.create_endpoint(2.0, "red", "web")
+            await until(lambda: net.id in mgr.problems)
+            warnings = rt.warning_sources[0]()
+            assert len(warnings) == 1 and "red" in warnings[0] and "127.78.0.1" in warnings[0], warnings
+            taken.close()  # the port comes free: the retry binds it
+            await until(lambda: net.id in mgr.serving)
+            assert rt.warning_sources[0]() == []
+            nursery.cancel_scope.cancel()
+    finally:
+        taken.close()
