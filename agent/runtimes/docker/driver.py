@@ -32,12 +32,14 @@ from agent.runtimes.docker.context import Context, address_of, mapping, opt_text
 from agent.runtimes.docker.ipam import remove_endpoint
 from agent.runtimes.docker.server import PluginError
 from agent.runtimes.docker.state import DockerEndpoint, DockerNetwork
+from gossip.tables import netopts
 from gossip.tables.rows import Endpoint, Network
 
 log = logging.getLogger("agent.runtimes.docker")
 
 GENERIC = "com.docker.network.generic"
 ENCRYPTED_OPTION = "encrypted"
+INTERNAL_OPTION = "com.docker.network.internal"
 MTU_OPTION = "com.docker.network.driver.mtu"
 DST_PREFIX = "eth"
 
@@ -72,6 +74,8 @@ class Driver:
         encrypted = str(generic.get(ENCRYPTED_OPTION, "false")).lower() not in ("false", "0", "no") \
             if ENCRYPTED_OPTION in generic else False
         mtu = _mtu(generic.get(MTU_OPTION))
+        # docker network create --internal: libnetwork puts it among the driver's options.
+        internal = mapping(req, "Options").get(INTERNAL_OPTION) is True
 
         async def create() -> dict[str, Any]:
             state = self.ctx.state
@@ -90,7 +94,8 @@ class Driver:
                     raise PluginError(f"overlay-agent: cluster network {net.name!r} exists and is not encrypted")
             else:
                 name = pool.name or f"docker-{nid[:12]}"
-                net = await self.ctx.overlay.create_network(name, [pool.subnet], None, encrypted, mtu)
+                opts = netopts.parse_options([pool.subnet], internal=True)[1] if internal else None
+                net = await self.ctx.overlay.create_network(name, [pool.subnet], None, encrypted, mtu, opts)
                 pool.network = net.id
             pool.docker_network = nid
             state.networks[nid] = DockerNetwork(nid, net.id, pool.id, created)
