@@ -390,6 +390,7 @@ class Swim:
         timeout: float,
         filters: Sequence[bytes] = (),
         want_ack: bool = True,
+        relay_factor: int = 0,
     ) -> tuple[int, list[Effect]]:
         """Broadcast a serf query (e.g. ``_serf_install-key``) to every member.
 
@@ -401,7 +402,8 @@ class Swim:
             self._now = now
         query_id = self.rng.getrandbits(32)
         data = self._serf.new_query(
-            now, query_id, self.local, name, payload, timeout=timeout, filters=filters, want_ack=want_ack
+            now, query_id, self.local, name, payload, timeout=timeout, filters=filters, want_ack=want_ack,
+            relay_factor=relay_factor,
         )
         self._broadcasts.queue(query_key(query_id), wire.encode(UserMsg(data)))
         self._timers.set(now + timeout, TimerKind.QUERY_TIMEOUT, query_id)

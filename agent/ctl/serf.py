@@ -125,6 +125,8 @@ def cmd_query(client: _Client, ns: argparse.Namespace, out: TextIO) -> int:
                             "nodes": ns.node or [], "tags": dict(ns.tag or [])}
     if ns.timeout_s is not None:
         args["timeout"] = ns.timeout_s
+    if ns.relay_factor:
+        args["relay_factor"] = ns.relay_factor
     result = client.request("query", args) or {}
     if ns.format == "json":
         dump(result, out)
@@ -182,6 +184,8 @@ def add_commands(
     q.add_argument("--tag", action="append", type=_tag, metavar="TAG=REGEX",
                    help="only nodes whose tag matches (repeatable)")
     q.add_argument("--no-ack", action="store_true", help="do not ask for acks")
+    q.add_argument("--relay-factor", type=int, default=0, metavar="N",
+                   help="members also send their answers through N random others (serf's -relay-factor)")
     q.add_argument("--query-timeout", dest="timeout_s", type=float, metavar="SECONDS",
                    help="how long to collect answers (default: serf's, from the cluster size)")
     fmt(q, ("text", "json"))

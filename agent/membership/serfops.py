@@ -118,7 +118,8 @@ def _filters(args: dict[str, Any]) -> list[bytes]:
 
 
 async def query(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
-    """``{"name", "payload", "nodes": [..], "tags": {tag: regex}, "timeout": s, "ack": bool}``:
+    """``{"name", "payload", "nodes": [..], "tags": {tag: regex}, "timeout": s, "ack": bool,
+    "relay_factor": 0..255}``:
     a serf query with serf's filters; waits for the timeout and returns acks and responses."""
     name = _name(req.args, "query")
     payload = _payload(req.args)
@@ -132,6 +133,9 @@ async def query(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any
         or not 0 < timeout_arg <= MAX_QUERY_TIMEOUT
     ):
         raise api.ApiError(f'"timeout" must be a number of seconds in (0, {MAX_QUERY_TIMEOUT:g}]')
+    relay_factor = req.args.get("relay_factor", 0)
+    if not isinstance(relay_factor, int) or isinstance(relay_factor, bool) or not 0 <= relay_factor <= 255:
+        raise api.ApiError("Relay factor must be between 0 and 255")
     if rt.queries is None:
         rt.queries = QueryBook(rt.driver)
     book: QueryBook = rt.queries
@@ -140,7 +144,7 @@ async def query(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any
         timeout = float(timeout_arg) if timeout_arg is not None else query_timeout(swim)
         try:
             qid, effects = swim.send_query(now, name, payload, timeout=timeout, filters=filters,
-                                           want_ack=want_ack)
+                                           want_ack=want_ack, relay_factor=relay_factor)
         except ValueError as exc:
             raise api.ApiError(f"Error sending query: {exc}") from None
         live = sum(1 for m in swim.members() if m.status in (Status.ALIVE, Status.SUSPECT))

@@ -8,7 +8,9 @@ through our agents' relays:
 - ``serf query _serf_ping`` gets one ack per member and no response (as serf answers);
 - ``serf query -relay-factor 3`` with the querier's direct paths to one of ours and to
   the far serf agent cut: both acks arrive, through relays (ours sending its answer
-  through others, ours forwarding serf's relay message);
+  through others, ours forwarding serf's relay message); ``agentctl query
+  --relay-factor 3`` from that agent of ours gets serf-0's ack through relays too, and
+  ``--node`` addresses one member only;
 - ``serf leave`` of the far serf agent: the near one shows it ``left`` (its intent came
   through ours before the memberlist dead), never ``failed``;
 - force-leave both ways: ``serf force-leave`` of a killed agent of ours makes ours show
@@ -125,6 +127,13 @@ def test_events_queries_and_leave_cross_our_agents(lab_cluster: LabCluster) -> N
     out = serf_cli(lab, s0.host, "query", "-timeout=5s", "-relay-factor=3", "interop-relay")
     acks = set(re.findall(r"Ack from '([^']+)'", out))
     assert {"ours-1", "serf-1"} <= acks, out
+    # ...and the other way: our query, serf-0 answering through relays (serf's relayResponse)
+    rc, out, err = cl.agentctl(o1, "query", "--relay-factor", "3", "--query-timeout", "4", "interop-ours",
+                               "--format", "json")
+    assert rc == 0, err
+    assert set(json.loads(out)["acks"]) >= {"serf-0", "ours-0", "serf-1"}, out
+    rc, out, err = cl.agentctl(o0, "query", "--node", "serf-1", "--query-timeout", "3", "only-serf-1")
+    assert rc == 0 and "Ack from 'serf-1'" in out and "Total Acks: 1" in out, (out, err)
     lab.heal()
     lab.cut([s0.host], [s1.host])
 
