@@ -90,6 +90,53 @@ def _mac(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
+_Shape = tuple[struct.Struct, bytes, bytes, bytes]
+_SHAPES_DUMMY = struct.Struct("")
+
+
+def _make_shape(kind: int, ifindex: int, alen: int) -> _Shape:
+    """Split the full layout of (kind, address length) into what is constant for one
+    ifindex and what each message fills in: [len type flags] seq [pid ndmsg attr-hdr]
+    then the first value, [padding + next attr-hdr], the second value."""
+    if kind in (FDB_SET, FDB_DEL, FLOOD_ADD):
+        full = _FDB4 if alen == 4 else _FDB6
+        if kind == FDB_SET:
+            mtype, flags, state = RTM_NEWNEIGH, _SET, _PERM
+        elif kind == FLOOD_ADD:
+            mtype, flags, state = RTM_NEWNEIGH, _APPEND, _PERM
+        else:
+            mtype, flags, state = RTM_DELNEIGH, NLM_F_REQUEST, 0
+        raw = full.pack(
+            full.size, mtype, flags, 0, 0, AF_BRIDGE, ifindex, state, NTF_SELF, 0,
+            10, NDA_LLADDR, ZERO_MAC, 4 + alen, NDA_DST, bytes(alen),
+        )  # fmt: skip
+        # [0:8] head, [8:12] seq, [12:32] pid..LLADDR hdr, [32:38] mac, [38:44] pad + DST hdr, dst
+        return struct.Struct(f"=8sI20s6s6s{alen}s"), raw[:8], raw[12:32], raw[38:44]
+    if kind == NEIGH_SET:
+        full, fam = (_NEIGH4, socket.AF_INET) if alen == 4 else (_NEIGH6, socket.AF_INET6)
+        raw = full.pack(
+            full.size, RTM_NEWNEIGH, _SET, 0, 0, fam, ifindex, NUD_PERMANENT, 0, 0,
+            4 + alen, NDA_DST, bytes(alen), 10, NDA_LLADDR, ZERO_MAC,
+        )  # fmt: skip
+        # [12:32] pid..DST hdr, ip, LLADDR hdr (4), mac, 2 bytes padding
+        return struct.Struct(f"=8sI20s{alen}s4s6s2x"), raw[:8], raw[12:32], raw[32 + alen : 36 + alen]
+    if kind == NEIGH_DEL:
+        full, fam = (_NDEL4, socket.AF_INET) if alen == 4 else (_NDEL6, socket.AF_INET6)
+        raw = full.pack(
+            full.size, RTM_DELNEIGH, NLM_F_REQUEST, 0, 0, fam, ifindex, 0, 0, 0,
+            4 + alen, NDA_DST, bytes(alen),
+        )  # fmt: skip
+        return struct.Struct(f"=8sI20s{alen}s"), raw[:8], raw[12:32], b""
+    if kind == FDB_DEL_ANY:
+        full = _FDBDEL_ANY
+        raw = full.pack(
+            full.size, RTM_DELNEIGH, NLM_F_REQUEST, 0, 0, AF_BRIDGE, ifindex, 0, NTF_SELF, 0,
+            10, NDA_LLADDR, ZERO_MAC,
+        )  # fmt: skip
+        return struct.Struct("=8sI20s6s2x"), raw[:8], raw[12:32], b""
+    raise ValueError(f"unknown batch entry kind {kind}")
+
+
 class Batcher:
     """Encode and send entries over one RtnlSocket (same thread as the socket's owner)."""
 
@@ -97,6 +144,7 @@ class Batcher:
         self.sock = sock
         self.chunk = chunk
         self._ips: dict[str, bytes] = {}
+        self._shapes: dict[tuple[int, int, int], _Shape] = {}
 
     def _addr(self, addr: str) -> bytes:
         raw = self._ips.get(addr)
@@ -108,59 +156,67 @@ class Batcher:
         return raw
 
     def encode(self, entries: Sequence[Entry], first_seq: int) -> bytearray:
-        """The messages of ``entries`` back to back, sequence numbers from ``first_seq``."""
+        """The messages of ``entries`` back to back, sequence numbers from ``first_seq``.
+
+        Each message is a template's constant parts (header without the sequence
+        number, ndmsg, attribute headers: ``_shape``) packed with what varies: a
+        4-argument pack costs a third of packing all 16 fields (a full program is
+        20,100 messages)."""
         buf = bytearray()
         addr, ips = self._addr, self._ips.get  # inline hits: no method call
+        shape = self._shape
+        last: tuple[int, int, int] | None = None
+        st = _SHAPES_DUMMY
+        head = mid = tail = b""
         seq = first_seq
         for kind, ifindex, key, value in entries:
             if kind in (FDB_SET, FDB_DEL):
                 dst = ips(value) or addr(value)
-                st = _FDB4 if len(dst) == 4 else _FDB6
-                if kind == FDB_SET:
-                    mtype, flags, state = RTM_NEWNEIGH, _SET, _PERM
-                else:
-                    mtype, flags, state = RTM_DELNEIGH, NLM_F_REQUEST, 0
-                buf += st.pack(
-                    st.size, mtype, flags, seq, 0, AF_BRIDGE, ifindex, state, NTF_SELF, 0,
-                    10, NDA_LLADDR, _mac(key), 4 + len(dst), NDA_DST, dst,
-                )  # fmt: skip
-            elif kind == FLOOD_ADD:
-                dst = ips(key) or addr(key)
-                st = _FDB4 if len(dst) == 4 else _FDB6
-                buf += st.pack(
-                    st.size, RTM_NEWNEIGH, _APPEND, seq, 0, AF_BRIDGE, ifindex, _PERM, NTF_SELF, 0,
-                    10, NDA_LLADDR, ZERO_MAC, 4 + len(dst), NDA_DST, dst,
-                )  # fmt: skip
+                k = (kind, ifindex, len(dst))
+                if k != last:
+                    st, head, mid, tail = shape(k)
+                    last = k
+                buf += st.pack(head, seq, mid, _mac(key), tail, dst)
             elif kind == NEIGH_SET:
                 ip = ips(key) or addr(key)
-                if len(ip) == 4:
-                    st, fam = _NEIGH4, socket.AF_INET
-                else:
-                    st, fam = _NEIGH6, socket.AF_INET6
-                buf += st.pack(
-                    st.size, RTM_NEWNEIGH, _SET, seq, 0, fam, ifindex, NUD_PERMANENT, 0, 0,
-                    4 + len(ip), NDA_DST, ip, 10, NDA_LLADDR, _mac(value),
-                )  # fmt: skip
+                k = (kind, ifindex, len(ip))
+                if k != last:
+                    st, head, mid, tail = shape(k)
+                    last = k
+                buf += st.pack(head, seq, mid, ip, tail, _mac(value))
+            elif kind == FLOOD_ADD:
+                dst = ips(key) or addr(key)
+                k = (kind, ifindex, len(dst))
+                if k != last:
+                    st, head, mid, tail = shape(k)
+                    last = k
+                buf += st.pack(head, seq, mid, ZERO_MAC, tail, dst)
             elif kind == NEIGH_DEL:
                 ip = ips(key) or addr(key)
-                if len(ip) == 4:
-                    st, fam = _NDEL4, socket.AF_INET
-                else:
-                    st, fam = _NDEL6, socket.AF_INET6
-                buf += st.pack(
-                    st.size, RTM_DELNEIGH, NLM_F_REQUEST, seq, 0, fam, ifindex, 0, 0, 0,
-                    4 + len(ip), NDA_DST, ip,
-                )  # fmt: skip
+                k = (kind, ifindex, len(ip))
+                if k != last:
+                    st, head, mid, tail = shape(k)
+                    last = k
+                buf += st.pack(head, seq, mid, ip)
             elif kind == FDB_DEL_ANY:
-                st = _FDBDEL_ANY
-                buf += st.pack(
-                    st.size, RTM_DELNEIGH, NLM_F_REQUEST, seq, 0, AF_BRIDGE, ifindex, 0, NTF_SELF, 0,
-                    10, NDA_LLADDR, _mac(key),
-                )  # fmt: skip
+                k = (kind, ifindex, 0)
+                if k != last:
+                    st, head, mid, tail = shape(k)
+                    last = k
+                buf += st.pack(head, seq, mid, _mac(key))
             else:
                 raise ValueError(f"unknown batch entry kind {kind}")
             seq += 1
         return buf
+
+    def _shape(self, k: tuple[int, int, int]) -> _Shape:
+        """The template of one message shape: (struct, header head, middle, tail)."""
+        shape = self._shapes.get(k)
+        if shape is None:
+            if len(self._shapes) > 4096:
+                self._shapes.clear()
+            shape = self._shapes[k] = _make_shape(*k)
+        return shape
 
     def run(self, entries: Sequence[Entry]) -> BatchResult:
         """Send every entry; return the per-entry failures.
