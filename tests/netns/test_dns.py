@@ -119,3 +119,18 @@ def test_junk_and_hostile_clients_do_not_stop_it_serving(lab_factory: LabFactory
     dns = ol.request(1, "status")["dns"]
     assert dns["malformed"] > 0 and dns["tcp_rejected"] > 0, dns
     assert ol.ping(c1, web["ipv4"]), "the overlay itself is unaffected"
+
+
+def test_no_dns_means_no_responder(lab_factory: LabFactory) -> None:
+    """``--no-dns``: the gateway is there, nothing listens on port 53, no dns status."""
+    lab = lab_factory(2)
+    ol = OverlayLab(lab, extra=["--no-dns"])
+    ol.start_all()
+    ol.create_network(0, "nd", "--subnet", SUBNET)
+    c0 = ol.container("n0")
+    ol.create_endpoint(0, "nd", c0, "--name", "web")
+    wait_for(lambda: ol.ping(c0, GATEWAY, count=1), "the gateway to answer pings")
+    listening = lab.run(ol.nodes[0].host, ["ss", "-H", "-lnu", "sport", "=", ":53"]).stdout.strip()
+    assert listening == "", listening
+    assert "dns" not in ol.request(0, "status")
+    assert nslookup(ol, c0, "web")[0] != "ok"

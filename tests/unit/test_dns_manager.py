@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import dns.message
 import dns.rcode
+import pytest
 import trio
 import trio.socket as tsocket
 
@@ -132,3 +133,30 @@ async def test_a_port_that_cannot_be_bound_is_a_warning_and_retried(tmp_path: Pa
             nursery.cancel_scope.cancel()
     finally:
         taken.close()
+
+
+def _config(flags: list[str], env: dict[str, str], text: str | None, tmp_path: Path) -> bool:
+    from agent import cli
+    from agent import config as cfg
+
+    path = None
+    if text is not None:
+        path = tmp_path / "agent.toml"
+        path.write_text(text)
+    ns = cli.build_parser().parse_args(["--node", "h0", "--bind", "127.0.0.1", *flags])
+    values = {name: getattr(ns, name) for name in cfg.KEYS}
+    loaded = cfg.load(values, config_file=str(path) if path else None, environ=env)
+    return loaded.config.dns
+
+
+def test_the_dns_key_is_on_by_default_and_turned_off_by_file_env_or_flag(tmp_path: Path) -> None:
+    from agent.config import ConfigError
+
+    assert _config([], {}, None, tmp_path) is True
+    assert _config([], {}, "dns = false\n", tmp_path) is False
+    assert _config([], {"OVERLAY_AGENT_DNS": "false"}, None, tmp_path) is False
+    assert _config(["--no-dns"], {}, None, tmp_path) is False
+    assert _config(["--dns"], {"OVERLAY_AGENT_DNS": "false"}, "dns = false\n", tmp_path) is True  # flag wins
+    with pytest.raises(ConfigError, match="dns") as err:
+        _config([], {}, 'dns = "maybe"\n', tmp_path)
+    assert "\n" not in str(err.value)
