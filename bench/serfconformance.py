@@ -137,12 +137,16 @@ class Scenario:
             for k in range(EVENTS):
                 name = f"{tag}-{k}"
                 _serf(self.lab, self.edge.host, "event", name, "p")
-                took = _until(lambda name=name: all(self._received(n, name) for n in self.far), EVENT_WINDOW)
+
+                def everywhere(name: str = name) -> bool:
+                    return all(self._received(n, name) for n in self.far)
+
+                took = _until(everywhere, EVENT_WINDOW)
                 if took is not None:
                     arrived += 1
                     slowest = round(max(slowest, took), 3)
                 else:
-                    _until(lambda name=name: all(self._received(n, name) for n in self.far), 10.0)
+                    _until(everywhere, 10.0)
         finally:
             self.lab.heal()
         return arrived, slowest
