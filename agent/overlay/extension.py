@@ -657,7 +657,8 @@ class Overlay:
         def find(t: Tables) -> tuple[Endpoint | None, Network]:
             return next((e for e in t.local_endpoints() if e.id == owner), None), t.find_network(network)
 
-        ep, net = await self.read(find)
+        found: tuple[Endpoint | None, Network] = await self.read(find)
+        ep, net = found
         if ep is None:
             return None
         wanted = {"network": net.id, "name": name, "ipv4": ipv4, "ipv6": ipv6, "mac": mac}
