@@ -9,7 +9,8 @@ only from ``rng``.
 Delegates to: ``store`` (rows and LWW merge), ``visibility`` (what this node
 shows, owner liveness, cached views), ``sync`` (network-scoped gossip and bulk
 sync), ``blocks``/``ipam`` (addresses), ``conflicts`` (deterministic winners),
-``validation`` (checks, lookups), ``rows``, ``framing`` and ``ipsecrows`` (bytes).
+``validation`` (checks, lookups), ``rows``, ``framing`` and ``ipsecrows`` (bytes),
+``extras`` (the rows network options make it write: options copies, host endpoints).
 Does not touch the kernel: the dataplane watches ``version``.
 
 Rules in one place (docs/tables.md has the why):
@@ -47,7 +48,6 @@ from gossip.tables import (
     blocks,
     extrows,
     framing,
-    hostaccess,
     ipam,
     ipsecrows,
     netopts,
@@ -56,6 +56,7 @@ from gossip.tables import (
 from gossip.tables.blocks import Block
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
+from gossip.tables.extras import Extras
 from gossip.tables.rows import (
     AnyRow,
     ClaimRow,
@@ -112,9 +113,6 @@ class Tables:
         self.stats = TablesStats()
         self.store = TableStore()
         self._local: dict[str, Endpoint] = {}
-        self._hosts: dict[str, Endpoint] = {}
-        """Network id -> this node's host endpoint there (``gossip.tables.hostaccess``):
-        written like a local endpoint's row, but no veth, not persisted, not shown here."""
         self.visibility = Visibility(node, self.store, self._local, self.config.owner_reap)
         """Who is up, what this node shows, the cached views (``gossip.tables.visibility``)."""
         self.sync = NetSync(node, rng, self.config, self.stats, self.visibility.peers, self._sync_rows)
@@ -132,6 +130,8 @@ class Tables:
         self.ext = extrows.ExtensionStore()
         """Rows of kinds this build does not know, kept and relayed (``gossip.tables.extrows``)."""
         self.sync.ext_rows = lambda net, now: extrows.objs(self.ext.scoped_rows(net), now)
+        self.extras = Extras(self)
+        """The rows network options make this node write (``gossip.tables.extras``)."""
 
     def attach(self, swim: Swim) -> None:
         """Second wiring step: the core this delegate sends through."""
@@ -205,7 +205,7 @@ class Tables:
             if event:  # re-broadcast once, like a known cluster-wide row
                 self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
             if row.kind == netopts.KIND:
-                self._refresh_opts()
+                self.extras.refresh_opts()
 
     def protocol_version(self, network: str | None = None) -> int:
         """The highest tables protocol every agent member that is up (or, with ``network``,
@@ -313,7 +313,7 @@ class Tables:
         row = NetworkRow(net_id, created, self.node, False, network)
         self._write(now, row)
         if options is not None:
-            self._write_opts(now, net_id, options)
+            self.extras.write_opts(now, net_id, options)
             network = replace(network, options=options)
         effects = self._push_now(now, row)
         self._follow_unscoped(now, net_id, effects)
@@ -340,7 +340,7 @@ class Tables:
         row = NetworkRow(network.id, self._tick(), self.node, True, replace(network, options=None),
                          now + self.config.tombstone_ttl)
         self._write(now, row)
-        self._tidy_opts(now)
+        self.extras.tidy_opts(now)
         effects = self._push_now(now, row)
         self._follow_unscoped(now, network.id, effects)
         self._finish(effects)
@@ -393,7 +393,7 @@ class Tables:
                       self.node, self.vtep, created)
         self._local[ep_id] = ep
         self._write(now, EndpointRow(net.id, self.node, ep_id, created, False, ep, since=now))
-        self._tidy_hosts(now)
+        self.extras.tidy_hosts(now)
         self._tidy_claims(now, net.id)
         self.sync.gossip(now, net.id, effects)
         self._finish(effects)
@@ -424,7 +424,7 @@ class Tables:
         del self._local[ep.id]
         effects: list[Effect] = []
         self._write(now, self._endpoint_tombstone(now, ep.network, ep.id))
-        self._tidy_hosts(now)
+        self.extras.tidy_hosts(now)
         self.sync.gossip(now, ep.network, effects)
         if self.visibility.local_on(ep.network) or not self._scoped(ep.network):
             self._tidy_claims(now, ep.network)
@@ -512,7 +512,7 @@ class Tables:
                 # The join push/pull brings the cluster's version if anyone has one.
                 self._unconfirmed[n.id] = now + 2 * self.sync.push_pull_interval()
             if n.options is not None and n.id in in_use and n.id not in self.visibility.netopts:
-                self._write_opts(now, n.id, n.options)
+                self.extras.write_opts(now, n.id, n.options)
         effects: list[Effect] = []
         touched: dict[str, None] = {}
         for e in eps:
@@ -524,7 +524,7 @@ class Tables:
             self._local[ep.id] = ep
             self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
             touched[ep.network] = None
-        self._tidy_hosts(now)
+        self.extras.tidy_hosts(now)
         for net in touched:
             self._tidy_claims(now, net)
             self._keep_in_use(now, net, effects)
@@ -611,7 +611,7 @@ class Tables:
         for net in self.sync.joined:
             for (owner, _), row in self.store.endpoints[net].items():
                 if owner == self.node and not row.deleted:
-                    assert row.id in self._local or row.value == self._hosts.get(net), row
+                    assert row.id in self._local or row.value == self.extras.hosts.get(net), row
         assert self.clock >= max((r.lamport for r in self.store.cluster_rows()), default=0)
 
     # ========================================================== merge (remote)
@@ -635,7 +635,7 @@ class Tables:
             self._bcast.queue(queue_key(row), framing.encode_event(encode_row(row, now)))
         if isinstance(row, NetworkRow):
             self._touch(row.id, networks=True)
-            self._refresh_opts()
+            self.extras.refresh_opts()
             self._keep_in_use(now, row.id, effects)
             if not row.deleted:
                 self._tidy_claims(now, row.id)
@@ -687,14 +687,14 @@ class Tables:
             self._write(now, self._member_row(now, row.net, joined))
             if joined and row.deleted:
                 # Peers dropped our rows older than that leave: publish them above it.
-                for ep in self._mine_on(row.net):
+                for ep in self.extras.mine_on(row.net):
                     self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
                 self.sync.gossip(now, row.net, effects)
         elif isinstance(row, ClaimRow):
             live = cur is not None and not cur.deleted
             self._write(now, self._claim_row(now, row.net, row.family, row.block, live))
         elif isinstance(row, EndpointRow):
-            mine = self._local.get(row.id) or self._hosts.get(row.net)
+            mine = self._local.get(row.id) or self.extras.hosts.get(row.net)
             if mine is not None and mine.network == row.net and mine.id == row.id:
                 self._write(now, EndpointRow(row.net, self.node, mine.id, self._tick(), False, mine, since=now))
             else:
@@ -752,7 +752,7 @@ class Tables:
         self.store.endpoints.setdefault(net, {})
         self._write(now, self._member_row(now, net, True))
         self.sync.join(now, net, effects)
-        self._tidy_opts(now)
+        self.extras.tidy_opts(now)
 
     def _leave(self, now: float, net: str) -> None:
         # Our tombstones went out already; the leave obsoletes our rows at every peer
@@ -784,7 +784,7 @@ class Tables:
             return
         claims = self.store.claims.get(net, {})
         take, drop = blocks.claim_changes(claims, self.node, self.visibility.with_options(row.value),
-                                          self._mine_on(net), self.config)
+                                          self.extras.mine_on(net), self.config)
         for family, block in drop:
             self._write(now, self._claim_row(now, net, family, block, False))
         for family, block in take:
@@ -799,64 +799,9 @@ class Tables:
                         if m.name != self.node and m.status in UP and self.accepts_user_data(m))
         return self.sync.push(framing.encode_event(encode_row(row, now)), others)
 
-    def _write_opts(self, now: float, net: str, opts: NetworkOptions | None) -> None:
-        """Our copy of a network's options row (None: its tombstone), spread cluster-wide."""
-        row = netopts.row(net, self.node, self._tick(), opts,
-                          math.inf if opts is not None else now + self.config.tombstone_ttl)
-        stored = self.ext.merge(row)
-        assert stored or opts is None, f"local write did not supersede: {row}"
-        self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
-        self._refresh_opts()
-
-    def _tidy_opts(self, now: float) -> None:
-        for net, opts in netopts.own_changes(self.ext.cluster_rows(), self.node, self.sync.joined,
-                                             self.store.live_network, self.visibility.netopts):
-            self._write_opts(now, net, opts)
-
-    def _mine_on(self, net: str) -> list[Endpoint]:
-        """This node's endpoints of ``net`` with its host endpoint (what it claims blocks for)."""
-        host = self._hosts.get(net)
-        return self.visibility.local_on(net) + ([host] if host is not None else [])
-
     def host_endpoint(self, network: str) -> Endpoint | None:
         """This node's own address in a network with host access (``hostaccess``), if any."""
-        return self._hosts.get(network)
-
-    def _tidy_hosts(self, now: float) -> None:
-        """Hold a host endpoint in each network with host access we have endpoints on."""
-        add, drop = hostaccess.wanted(self.sync.joined, self._shown_network,
-                                      lambda n: bool(self.visibility.local_on(n)), self._hosts)
-        for net_id in drop:
-            ep = self._hosts.pop(net_id)
-            if net_id in self.sync.joined:
-                self._write(now, self._endpoint_tombstone(now, net_id, ep.id))
-        for net in add:
-            known = [*self.stored_endpoints(net.id), *self.visibility.local_on(net.id)]
-            used = blocks.used_addresses(known)
-            claims = self.store.claims.get(net.id, {}).values()
-            try:
-                addrs = {f: blocks.allocate(claims, self.node, net, f, used[f], self.config)
-                         for f in (4, 6) if blocks.layout_for(net, f, self.config) is not None}
-            except TableError:
-                continue  # a full network: no host access on this host until an address frees
-            ep = Endpoint(hostaccess.endpoint_id(net.id, self.node), hostaccess.name(self.node), net.id,
-                          addrs.get(4), addrs.get(6), hostaccess.mac(net.id, self.node), self.node, self.vtep,
-                          self._tick())
-            self._hosts[net.id] = ep
-            self._write(now, EndpointRow(net.id, self.node, ep.id, ep.created, False, ep, since=now))
-            self._tidy_claims(now, net.id)
-
-    def _shown_network(self, net: str) -> Network | None:
-        row = self.store.networks.get(net)
-        return self.visibility.with_options(row.value) if row is not None and row.value and not row.deleted else None
-
-    def _refresh_opts(self) -> None:
-        nets = {r.id: r.value for r in self.store.networks.values() if not r.deleted and r.value is not None}
-        opts = netopts.pick(self.ext.cluster_rows(), nets) if len(self.ext) else {}
-        if opts != self.visibility.netopts:
-            self.visibility.netopts = opts
-            self._touch_all()
-            self._tidy_hosts(self._now)
+        return self.extras.hosts.get(network)
 
     # ============================================================ what changed
 
@@ -889,8 +834,8 @@ class Tables:
             self._touch_all()
         self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and vis.reaped(r.node, now)])
         if self.ext.reap(now, lambda node: vis.reaped(node, now), self.sync.joined):
-            self._refresh_opts()
-        self._tidy_opts(now)
+            self.extras.refresh_opts()
+        self.extras.tidy_opts(now)
         vis.forget_gone(now)
         for net in [n for n, t in self._unconfirmed.items() if t <= now]:
             del self._unconfirmed[net]

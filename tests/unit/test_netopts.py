@@ -175,7 +175,7 @@ def test_options_outlive_the_creator_through_the_participants_copies() -> None:
     # the creator's copy gone: n2 still reads n1's
     for key in [k for k, r in net.nodes["n2"].tables.ext.rows.items() if r.writer == "n0"]:
         net.nodes["n2"].tables.ext._remove(key)
-    net.nodes["n2"].tables._refresh_opts()
+    net.nodes["n2"].tables.extras.refresh_opts()
     assert net.nodes["n2"].tables.find_network("web").internal
 
 
