@@ -56,8 +56,8 @@ def create_network(dl: DockerLab, i: int, name: str, *extra: str, subnet: str | 
               *extra, name)
 
 
-def run(dl: DockerLab, i: int, name: str, network: str) -> str:
-    dl.docker(i, "run", "-d", "--name", name, "--network", network, IMAGE, "sleep", "3600")
+def run(dl: DockerLab, i: int, name: str, network: str, *extra: str) -> str:
+    dl.docker(i, "run", "-d", "--name", name, "--network", network, *extra, IMAGE, "sleep", "3600")
     return dl.container_ip(i, name, network)
 
 
@@ -73,6 +73,13 @@ def names(dl: DockerLab, i: int) -> dict[str, str]:
     return {e["ipv4"]: e["name"] for e in dl.ol.endpoints(i)}
 
 
+def resolves(dl: DockerLab, i: int, container: str, name: str) -> str | None:
+    """The IPv4 address ``nslookup NAME`` in ``container`` gives (its resolv.conf), or None."""
+    out = dl.exec(i, container, ["nslookup", name], timeout=30).stdout
+    tail = out.split("Name:", 1)[1] if "Name:" in out else ""
+    return next((w for w in tail.split() if w.count(".") == 3 and w.replace(".", "").isdigit()), None)
+
+
 def working(dl: DockerLab, i: int, container: str, ip: str, what: str) -> None:
     """Wait (deadline) for a 3-ping round from ``container`` on host i to ``ip`` with 0 % loss."""
     wait_for(lambda: dl.ping(i, container, ip, count=3), what + " (3 pings, 0 % loss)")
@@ -83,14 +90,17 @@ def remote_entries(dl: DockerLab, i: int, vni: int) -> tuple[dict[str, str], dic
 
 
 def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
-    """Same network on both hosts; named containers ping each other over VXLAN; docker stop
-    withdraws the stopped container's entries from the other host within 2 s."""
+    """Same network on both hosts; named containers ping each other over VXLAN; the
+    container names resolve across hosts through the agent's DNS responder (``docker run
+    --dns GATEWAY``, behind Docker's embedded resolver); docker stop withdraws the stopped
+    container's entries from the other host within 2 s, and its name."""
     create_network(dl, 0, "blue")
     create_network(dl, 1, "blue")
     net = cluster_network(dl, 0)
     assert cluster_network(dl, 1)["Id"] == net["Id"]  # the second host joined, not a new network
     vni = int(net["Options"][VNI_OPTION])
-    ip_a = run(dl, 0, "web-a", "blue")
+    gateway = net["IPAM"]["Config"][0]["Gateway"]
+    ip_a = run(dl, 0, "web-a", "blue", "--dns", gateway)
     ip_b = run(dl, 1, "web-b", "blue")
     assert ip_a != ip_b
     wait_for(lambda: ip_a in dl.ol.neigh(1, vni) and ip_b in dl.ol.neigh(0, vni), "both hosts to learn the other container")
@@ -109,11 +119,15 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
     # Endpoints are named after their containers (asked of each host's dockerd), on both hosts.
     wait_for(lambda: names(dl, 0) == {ip_a: "web-a", ip_b: "web-b"} == names(dl, 1),
              "both hosts to show the endpoints under their containers' names")
+    wait_for(lambda: resolves(dl, 0, "web-a", "web-b") == ip_b, "web-a to resolve web-b (on host 1) by name")
+    # NAME.NETWORK with the cluster network's name (docker-<id> here: no --ipam-opt network=)
+    assert resolves(dl, 0, "web-a", f"web-b.{net['Name']}") == ip_b
 
     mac_b = next(m for ip, m in dl.ol.neigh(0, vni).items() if ip == ip_b)
     dl.docker(1, "stop", "-t", "1", "web-b")
     wait_for(lambda: ip_b not in dl.ol.neigh(0, vni) and mac_b not in dl.ol.fdb(0, vni),
              "host 0 to drop the stopped container's entries", within=WITHDRAW_WITHIN)
+    wait_for(lambda: resolves(dl, 0, "web-a", "web-b") is None, "web-b's name to go")
 
 
 def test_connect_disconnect_running_container(dl: DockerLab) -> None:
