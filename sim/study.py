@@ -27,11 +27,12 @@ Result = dict[str, Any]
 
 
 def load(dirs: Sequence[Path]) -> list[Result]:
-    """Every point of the sweeps in ``dirs`` (a point in several is taken once, by spec)."""
+    """Every finished point under ``dirs`` (a point in several is taken once, by spec)."""
     seen: dict[str, Result] = {}
     for d in dirs:
-        for p in json.loads((d / "sweep.json").read_text())["points"]:
-            r = p["result"]
+        # The points' own files, not sweep.json: a sweep cut off before its end counts too.
+        for path in sorted(d.glob("*/result.json")):
+            r = json.loads(path.read_text())
             seen[json.dumps(r["spec"], sort_keys=True)] = r
     return list(seen.values())
 
