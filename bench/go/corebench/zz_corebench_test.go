@@ -56,9 +56,9 @@ func (t *benchTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 	t.bytes += len(b)
 	return time.Now(), nil
 }
-func (t *benchTransport) PacketCh() <-chan *Packet    { return t.packets }
-func (t *benchTransport) StreamCh() <-chan net.Conn   { return t.streams }
-func (t *benchTransport) Shutdown() error             { return nil }
+func (t *benchTransport) PacketCh() <-chan *Packet  { return t.packets }
+func (t *benchTransport) StreamCh() <-chan net.Conn { return t.streams }
+func (t *benchTransport) Shutdown() error           { return nil }
 func (t *benchTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	return nil, fmt.Errorf("bench transport dials nobody")
 }
