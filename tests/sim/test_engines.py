@@ -220,10 +220,13 @@ def test_local_engine_runs_a_killed_point_again(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dask_point_survives_its_worker_dying(tmp_path: Path) -> None:
+def test_dask_point_survives_its_worker_dying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     distributed = pytest.importorskip("distributed")
     import logging
     out = tmp_path / "k"
+    # The killed worker cannot remove its point's temporary directory: keep it in tmp_path.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
                                   dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
             distributed.Client(cluster) as client:
