@@ -156,18 +156,26 @@ class ErrorQueue:
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = stdsocket.socket(fileno=os.dup(sock.fileno()))
         self._sock.setblocking(False)
+        self.last_read = 0
 
     def drain(self, limit: int = 64) -> list[Address]:
-        """Destinations whose datagrams met "port unreachable", oldest first."""
+        """Destinations whose datagrams met "port unreachable", oldest first.
+        ``last_read`` says how many queued errors this call took off the queue."""
         found: list[Address] = []
+        self.last_read = 0
         for _ in range(limit):
             try:
                 _, ancdata, _, dest = self._sock.recvmsg(1, 1024, stdsocket.MSG_ERRQUEUE)
             except OSError:  # BlockingIOError: drained
                 break
+            self.last_read += 1
             if dest and port_unreachable(ancdata):
                 found.append(peer_address(dest))
         return found
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        """One datagram without waiting (BlockingIOError when there is none)."""
+        return self._sock.recvfrom(size)
 
     def close(self) -> None:
         self._sock.close()
@@ -180,26 +188,51 @@ async def receive_datagrams(
 ) -> None:
     """Forever: read datagrams and ``deliver`` them (which must not block). With
     ``unreachable``, also report each destination that answered a datagram of ours with
-    ICMP port unreachable (the kernel queues those when IP_RECVERR is on, and the next
-    read fails once to say so)."""
-    errors = ErrorQueue(sock) if unreachable is not None else None
+    ICMP port unreachable (the kernel queues those when IP_RECVERR is on).
+
+    Why not ``sock.recvfrom``: a queued ICMP error keeps the socket "readable" (POLLERR)
+    until the error queue is drained, and when a *send* is what reported the error, no
+    read ever fails to say so: trio's recvfrom then waits, wakes at once, gets EAGAIN
+    and goes round again, a busy loop that lasts until another error surfaces in a read
+    (seen as a CPU-bound agent while peers were being killed and restarted). So the
+    loop reads without waiting itself and drains the error queue whenever a wake-up
+    finds no datagram.
+    """
+    errors = ErrorQueue(sock)
+    fruitless = 0
     try:
         while True:
             try:
-                data, src = await sock.recvfrom(MAX_DATAGRAM)
-            except OSError as exc:
-                if errors is not None and unreachable is not None and exc.errno in _ERROR_ERRNOS:
-                    for dest in errors.drain():
+                data, src = errors.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                dests = errors.drain()
+                if unreachable is not None:
+                    for dest in dests:
                         unreachable(dest)
+                # A wake-up with neither a datagram nor a queued error twice in a row:
+                # something else keeps the socket readable; never spin on it.
+                fruitless = fruitless + 1 if errors.last_read == 0 else 0
+                if fruitless >= 2:
+                    await trio.sleep(0.01)
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno in _ERROR_ERRNOS:
+                    dests = errors.drain()
+                    if unreachable is not None:
+                        for dest in dests:
+                            unreachable(dest)
+                    await trio.lowlevel.checkpoint()
                     continue
                 log.debug("event=udp-receive-error error=%s", exc.errno)
                 await trio.sleep(0.01)  # never spin on a persistent error
                 continue
+            fruitless = 0
             if data:  # memberlist discards zero-length datagrams too
                 deliver(peer_address(src), data)
+            await trio.lowlevel.checkpoint()
     finally:
-        if errors is not None:
-            errors.close()
+        errors.close()
 
 
 async def send_datagram(sock: trio.socket.SocketType, to: Address, data: bytes) -> bool:

@@ -7,6 +7,7 @@ host whose agent was killed does.
 from __future__ import annotations
 
 import dataclasses
+import select
 import socket
 
 import pytest
@@ -44,6 +45,37 @@ async def test_transport_reports_the_destination_that_answered_port_unreachable(
                 # Normal datagrams still flow after the error.
                 assert await transport.send_datagram(sockets.udp, sockets.addr, b"hello")
                 await hello.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        sockets.close()
+    assert set(seen) == {dead}
+
+
+async def test_an_error_a_send_reported_is_drained_not_spun_on() -> None:
+    # The ICMP error of the first datagram is reported by the *second* send (it takes
+    # the socket's pending error), but its error-queue entry stays: the socket stays
+    # readable (POLLERR) with nothing to read. The receive loop must drain the queue
+    # (and report the destination) instead of waking, finding nothing, and going round.
+    sockets = await transport.bind(("127.0.0.1", 0))
+    dead = ("127.0.0.1", _closed_udp_port())
+    seen: list[tuple[str, int]] = []
+    try:
+        assert await transport.send_datagram(sockets.udp, dead, b"ping")
+        with trio.fail_after(5):
+            # Until a send reports the first one's error.
+            while await transport.send_datagram(sockets.udp, dead, b"ping"):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        poller = select.poll()
+        poller.register(sockets.udp.fileno(), select.POLLIN)
+        assert poller.poll(0), "the queued error should keep the socket readable"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.receive_datagrams, sockets.udp, lambda *_: None,
+                               seen.append)
+            with trio.fail_after(5):
+                while dead not in seen:  # noqa: ASYNC110 (seen is a plain list)
+                    await trio.sleep(0.01)
+                while poller.poll(0):  # noqa: ASYNC110 (the last error may still arrive)
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     finally:
         sockets.close()
