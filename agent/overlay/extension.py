@@ -233,9 +233,7 @@ class Overlay:
                     self.gw = NftReconciler(NftTarget(NftKernel()), view, self.reconciler_config, name="gateway")
                     await nursery.start(self.gw.run)
                     if rt.config.dns:  # names on each gateway address (docs/dns.md)
-                        from agent.dns.manager import DnsManager
-
-                        await nursery.start(DnsManager(self).run, rt)
+                        nursery.start_soon(self._dns_once_needed, rt)
                 nursery.start_soon(Lifecycle(self).run)  # endpoints die with their namespace
                 if self.kept:
                     nursery.start_soon(self._watch_kept)
@@ -398,6 +396,27 @@ class Overlay:
             log.info(kv("endpoints-restored", count=len(eps)))
         if record is not None or self.kept:
             await self._persist()
+
+    async def _dns_once_needed(self, rt: Runtime) -> None:
+        """Start the DNS responders' manager once this host has a local endpoint. Why
+        not at once: dnspython imports hashlib, which maps OpenSSL (~5 MiB per agent),
+        and a host with no endpoint serves no names."""
+        assert self.tables is not None
+        changed = trio.Event()
+
+        def poke() -> None:
+            changed.set()
+
+        self.change_listeners.append(poke)
+        try:
+            while not self.tables.local_endpoints():
+                await changed.wait()
+                changed = trio.Event()
+        finally:
+            self.change_listeners.remove(poke)
+        from agent.dns.manager import DnsManager
+
+        await DnsManager(self).run(rt)
 
     async def _watch_kept(self) -> None:
         """Forget kept interfaces the operator deleted (their warning goes with them)."""
