@@ -35,7 +35,6 @@ import argparse
 import compileall
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from agent.lab.agentnode import PROJECT_ROOT
 from agent.lab.netlab import Lab, LabError
 from bench.cluster import Cluster, ClusterTimeout, Node, all_alive
 from bench.serfnode import serf_binary
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 
 PROFILE = "lan"
 PACKAGES = ("agent", "gossip", "crypto", "dataplane")
@@ -256,12 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {"churn_cpu": 2.0},
         "quick": args.quick,
         "command": "python -m bench churn" + (" --quick" if args.quick else ""),
-        "machine": {
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(),
     }
     print(table(report))
     if args.json:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -46,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 from dataplane import rtnl
 from dataplane.compile import compile as compile_view
 from dataplane.kernel import LinuxKernel
@@ -518,12 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report["quick"] = args.quick
     report["command"] = "python -m bench dataplane" + (" --quick" if args.quick else "")
-    report["machine"] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = machine()
     print(table(report))
     if args.json:
         write_json(args.json, report)

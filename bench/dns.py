@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -40,7 +39,7 @@ import dns.rdatatype
 
 from agent.lab.netlab import Lab, LabError
 from bench.propagation import Cluster, percentile
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 
 TARGET_P99_MS = 500.0
 NETWORK = "dnsb"
@@ -165,12 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     report["quick"] = args.quick
     report["command"] = "python -m bench dns" + (" --quick" if args.quick else "")
-    report["machine"] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = machine()
     print(f"dns over 2 hosts, {endpoints} endpoints: create -> resolvable p50 {report['p50_ms']} ms, "
           f"p99 {report['p99_ms']} ms (min {report['min_ms']}, max {report['max_ms']}); "
           f"remove -> NXDOMAIN p50 {report['vanish_p50_ms']} ms, p99 {report['vanish_p99_ms']} ms; "

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 from agent.lab import procstat
 from agent.lab.agentnode import ControlClient, agent_argv
 from agent.lab.netlab import Lab, LabError
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 
 TARGET_MS = 100.0
 WINDOW = 100
@@ -159,12 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     report["quick"] = args.quick
     report["command"] = "python -m bench endpoints" + (" --quick" if args.quick else "")
-    report["machine"] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = machine()
     for w in report["windows"]:
         print(f"creates {w['creates']:>9}: mean {w['mean_ms']} ms, p50 {w['p50_ms']} ms, p90 {w['p90_ms']} ms, "
               f"max {w['max_ms']} ms, agent CPU {w['agent_cpu_ms']} ms per create")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ import trio
 
 from agent.lab.agentnode import ControlClient, agent_argv
 from agent.lab.netlab import Lab, LabError, LabProc
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 from dataplane.events import FdbEvent, NeighEvent
 from dataplane.kernel import LinuxKernel
 from dataplane.monitor import NetlinkMonitor
@@ -235,12 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     report["quick"] = args.quick
     report["command"] = "python -m bench propagation" + (" --quick" if args.quick else "")
-    report["machine"] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = machine()
     print(f"propagation over {hosts} hosts, {endpoints} endpoints: p50 {report['p50_ms']} ms, "
           f"p99 {report['p99_ms']} ms (min {report['min_ms']}, max {report['max_ms']}); "
           f"target p99 <= {TARGET_P99_MS:g} ms")

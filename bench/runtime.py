@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from agent.lab import dockerd
 from agent.lab.agentnode import agent_argv, wait_ready
 from agent.lab.netlab import Lab, LabError
 from bench import runtime_cni, runtime_propagation
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 
 TARGET_DOCKER_RUN = 1.5
 WAIT = 60.0
@@ -154,12 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update(figures)
     report["quick"] = args.quick
     report["command"] = "python -m bench runtime" + (" --quick" if args.quick else "")
-    report["machine"] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = machine()
     if "docker" in report:
         d = report["docker"]
         print(f"docker run --rm: ours {d['ours_median_ms']} ms vs bridge {d['bridge_median_ms']} ms (median of "

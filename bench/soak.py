@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import signal
 import statistics
@@ -48,7 +47,7 @@ from typing import Any
 from agent.lab import procstat
 from agent.lab.agentnode import ControlClient, agent_argv
 from agent.lab.netlab import Lab, LabError, LabProc
-from bench.summary import log, write_json
+from bench.summary import log, machine, write_json
 
 SUBNET = "10.129.0.0/16"
 NETWORK = "soak"
@@ -307,12 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["quick"] = args.quick
     report["command"] = "python -m bench soak" + (" --quick" if args.quick else "") + \
         (f" --minutes {args.minutes:g}" if args.minutes is not None else "")
-    report["machine"] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = machine()
     for name, j in report["long_lived"].items():
         if "rss_kib_first" in j:
             print(f"{name}: RSS {j['rss_kib_first'] / 1024:.1f} -> {j['rss_kib_last'] / 1024:.1f} MiB, "

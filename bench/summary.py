@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -118,3 +119,13 @@ def write_json(path: str, report: Mapping[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
+
+
+def machine() -> dict[str, Any]:
+    """The run's machine facts every report carries (load read at the end of the run)."""
+    return {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
