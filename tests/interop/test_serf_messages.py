@@ -40,6 +40,8 @@ JOIN_DEADLINE = 3 * CONFIG.push_pull_interval + 15.0
 EVENT_DEADLINE = 10.0
 """Relayed at once by each agent (quiet gossip) or on the next 200 ms beat: seconds at most."""
 LEAVE_DEADLINE = 15.0
+RELAY_TRIES = 3
+"""Serf's random relay choice misses the only working relay ~3 % of the time (see below)."""
 
 LabCluster = Callable[[int], tuple[Lab, Cluster]]
 
@@ -123,15 +125,30 @@ def test_events_queries_and_leave_cross_our_agents(lab_cluster: LabCluster) -> N
     assert len(mine) == 1 and mine[0]["coalesce"] is False
 
     # relay factor: serf-0 cannot reach ours-1 or serf-1 directly
+    # A serf agent picks its relays with kRandomMembers (3·n random draws over all n
+    # members, self and non-alive skipped): with 4 members it misses the one relay that
+    # still works (ours-0) in (3/4)^12 ≈ 3 % of queries. So up to RELAY_TRIES queries,
+    # each an independent draw; our own relays are a sample of all candidates (no miss).
     lab.cut([s0.host], [o1.host])
-    out = serf_cli(lab, s0.host, "query", "-timeout=5s", "-relay-factor=3", "interop-relay")
-    acks = set(re.findall(r"Ack from '([^']+)'", out))
-    assert {"ours-1", "serf-1"} <= acks, out
+    outs: list[str] = []
+    for i in range(RELAY_TRIES):
+        out = serf_cli(lab, s0.host, "query", "-timeout=5s", "-relay-factor=3", f"interop-relay-{i}")
+        outs.append(out)
+        if {"ours-1", "serf-1"} <= set(re.findall(r"Ack from '([^']+)'", out)):
+            break
+    else:
+        raise AssertionError("\n".join(outs))
     # ...and the other way: our query, serf-0 answering through relays (serf's relayResponse)
-    rc, out, err = cl.agentctl(o1, "query", "--relay-factor", "3", "--query-timeout", "4", "interop-ours",
-                               "--format", "json")
-    assert rc == 0, err
-    assert set(json.loads(out)["acks"]) >= {"serf-0", "ours-0", "serf-1"}, out
+    outs = []
+    for i in range(RELAY_TRIES):
+        rc, out, err = cl.agentctl(o1, "query", "--relay-factor", "3", "--query-timeout", "4",
+                                   f"interop-ours-{i}", "--format", "json")
+        assert rc == 0, err
+        outs.append(out)
+        if set(json.loads(out)["acks"]) >= {"serf-0", "ours-0", "serf-1"}:
+            break
+    else:
+        raise AssertionError("\n".join(outs))
     rc, out, err = cl.agentctl(o0, "query", "--node", "serf-1", "--query-timeout", "3", "only-serf-1")
     assert rc == 0 and "Ack from 'serf-1'" in out and "Total Acks: 1" in out, (out, err)
     lab.heal()
