@@ -204,6 +204,7 @@ class Tables:
             self.stats.rows_applied += 1
             if event:  # re-broadcast once, like a known cluster-wide row
                 self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
+            self.extras.on_ext(now, row, relay=isinstance(msg, framing.NetGossip))
             if row.kind == netopts.KIND:
                 self.extras.refresh_opts()
 
@@ -424,6 +425,7 @@ class Tables:
         del self._local[ep.id]
         effects: list[Effect] = []
         self._write(now, self._endpoint_tombstone(now, ep.network, ep.id))
+        self.extras.drop_aliases(now, ep)
         self.extras.tidy_hosts(now)
         self.sync.gossip(now, ep.network, effects)
         if self.visibility.local_on(ep.network) or not self._scoped(ep.network):
