@@ -4,18 +4,23 @@ Owns: this node's copies of options rows (``gossip.tables.netopts``: one per net
 created or takes part in, tombstoned once the network is gone), the options in force
 (``Visibility.netopts``, recomputed when an options or network row changes) and this
 node's host endpoints (``gossip.tables.hostaccess``: allocated, written and withdrawn
-here, held in ``hosts``). Called by ``Tables`` at the points where those can change
+here, held in ``hosts``) and the alias rows of this node's endpoints
+(``gossip.tables.aliases``: written on request, tombstoned with the endpoint, relayed
+with the network's gossip). Called by ``Tables`` at the points where those can change
 (create/remove of networks and endpoints, joins, merges, restore, the reap tick).
-Does not: merge remote rows (``replica``) or decide what options mean (``netopts``,
-``hostaccess``, ``blocks``).
+Does not: merge remote rows (``replica``) or decide what options or aliases mean
+(``netopts``, ``aliases``, ``hostaccess``, ``blocks``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gossip.tables import blocks, extrows, hostaccess, netopts
+from gossip.effects import Effect
+from gossip.tables import aliases, blocks, extrows, hostaccess, netopts
+from gossip.tables.extrows import ExtensionRow
 from gossip.tables.rows import Endpoint, EndpointRow, Network, NetworkOptions, TableError
 
 if TYPE_CHECKING:
@@ -42,8 +47,10 @@ class Extras:
         self.refresh_opts()
 
     def tidy_opts(self, now: float) -> None:
-        """Our copies: one per network we take part in, none of networks that are gone."""
+        """Our copies: one per network we take part in, none of networks that are gone
+        (and our alias rows: none for endpoints we no longer have)."""
         t = self.t
+        self.tidy_aliases(now)
         for net, opts in netopts.own_changes(t.ext.cluster_rows(), t.node, t.sync.joined,
                                              t.store.live_network, t.visibility.netopts):
             self.write_opts(now, net, opts)
@@ -92,3 +99,75 @@ class Extras:
             t.visibility.netopts = opts
             t._touch_all()
             self.tidy_hosts(t._now)
+
+    # -- endpoint aliases ----------------------------------------------------------------------
+
+    def set_aliases(self, now: float, ref: str, names: Iterable[str]) -> tuple[tuple[str, ...], list[Effect]]:
+        """Publish the aliases of local endpoint ``ref`` (replacing earlier ones; none:
+        withdraw them) and send them to the network's peers at once. Raises TableError."""
+        t = self.t
+        t._now = now
+        wanted = aliases.check(names)
+        ep = t._find_local(ref)
+        effects: list[Effect] = []
+        if wanted != self.own_aliases(ep):
+            if not wanted:
+                self.drop_aliases(now, ep)
+            elif not self._write_alias(now, aliases.row(ep.network, t.node, ep.id, t._tick(), wanted)):
+                raise TableError("aliases not published: this node holds too many extension rows")
+            t.sync.gossip(now, ep.network, effects)
+            t._finish(effects)
+        return wanted, effects
+
+    def drop_aliases(self, now: float, ep: Endpoint) -> None:
+        """Tombstone our alias row of ``ep`` (removed, or its aliases withdrawn), if any."""
+        cur = self._own_alias_row(ep.network, ep.id)
+        if cur is not None and not cur.deleted:
+            t = self.t
+            self._write_alias(now, aliases.row(ep.network, t.node, ep.id, t._tick(), None,
+                                               now + t.config.tombstone_ttl))
+
+    def own_aliases(self, ep: Endpoint) -> tuple[str, ...]:
+        cur = self._own_alias_row(ep.network, ep.id)
+        if cur is None or cur.deleted:
+            return ()
+        return aliases.decode_payload(cur.payload) or ()
+
+    def aliases(self, endpoints: Iterable[Endpoint]) -> dict[str, tuple[str, ...]]:
+        """Endpoint id -> aliases in force, for the ``endpoints`` given (visible ones)."""
+        t = self.t
+        eps = list(endpoints)
+        rows = [r for net in {e.network for e in eps} for r in t.ext.scoped_rows(net) if r.kind == aliases.KIND]
+        return aliases.pick(rows, eps)
+
+    def on_ext(self, now: float, row: ExtensionRow, relay: bool) -> None:
+        """A scoped extension row newly stored from network gossip: relayed like an
+        endpoint row (``relay``), and the view changes when it is an alias row."""
+        t = self.t
+        if not row.net:
+            return
+        if relay:
+            t.sync.queue_ext(now, row.net, extrows.queue_key(row), extrows.encode(row, now))
+        if row.kind == aliases.KIND:
+            t._touch(row.net)
+
+    def tidy_aliases(self, now: float) -> None:
+        t = self.t
+        for net in list(t.sync.joined):
+            for r in t.ext.scoped_rows(net):
+                if (r.kind == aliases.KIND and r.writer == t.node and not r.deleted
+                        and r.id not in t._local):
+                    self._write_alias(now, aliases.row(net, t.node, r.id, t._tick(), None,
+                                                       now + t.config.tombstone_ttl))
+
+    def _own_alias_row(self, net: str, ep_id: str) -> ExtensionRow | None:
+        return self.t.ext.rows.get((net, aliases.KIND, self.t.node, ep_id, extrows.EMPTY_EXTRA))
+
+    def _write_alias(self, now: float, row: ExtensionRow) -> bool:
+        """Store and queue a row we wrote; False when a bound of the store refused a new key."""
+        t = self.t
+        if not t.ext.merge(row):
+            return False
+        t.sync.queue_ext(now, row.net, extrows.queue_key(row), extrows.encode(row, now))
+        t._touch(row.net)
+        return True

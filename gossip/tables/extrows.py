@@ -86,6 +86,10 @@ def _packb(obj: Any) -> bytes:
     return out
 
 
+EMPTY_EXTRA = _packb([])
+"""The last key field of a row without extra key fields."""
+
+
 def _want(cond: bool, what: str) -> None:
     if not cond:
         raise DecodeError(f"extension row: bad {what}")

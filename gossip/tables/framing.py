@@ -127,10 +127,13 @@ def encode_event(row: bytes) -> bytes:
     return bytes([EVENT]) + row
 
 
-def encode_net_gossip(net: str, rows: Sequence[bytes], ext: Sequence[Any] = ()) -> bytes:
-    """``ext``: the network's extension rows (msgpack-ready lists), a trailing field."""
-    tail = _pack(list(ext)) if ext else b""
-    return (bytes([NET_GOSSIP]) + _array_header(4 if ext else 3) + _pack(FORMAT) + _pack(bytes.fromhex(net))
+def encode_net_gossip(net: str, rows: Sequence[bytes], ext: Sequence[Any] = (),
+                      ext_encoded: Sequence[bytes] = ()) -> bytes:
+    """``ext``: the network's extension rows (msgpack-ready lists), a trailing field;
+    ``ext_encoded``: more of them, each already encoded (``extrows.encode``)."""
+    parts = [_pack(x) for x in ext] + list(ext_encoded)
+    tail = _rows_array(parts) if parts else b""
+    return (bytes([NET_GOSSIP]) + _array_header(4 if parts else 3) + _pack(FORMAT) + _pack(bytes.fromhex(net))
             + _rows_array(rows) + tail)
 
 

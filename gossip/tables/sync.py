@@ -1,7 +1,7 @@
 """When and to whom network-scoped table messages go.
 
-Owns: for each network the local node takes part in, the queue of endpoint-row
-events and whether a first bulk sync has arrived; the gossip round (soon after
+Owns: for each network the local node takes part in, the queues of endpoint-row
+events and of scoped extension rows (``extrows``: endpoint aliases) and whether a first bulk sync has arrived; the gossip round (soon after
 an idle queue fills, then every interval; queued events to up to
 ``gossip_nodes`` random network peers, each event ``transmit_limit`` times, in
 messages that fit one UDP packet); bulk syncs over TCP (on joining a network
@@ -53,6 +53,8 @@ def transmit_limit(base: int, n: int, fanout: int, miss: float) -> int:
 @dataclass(slots=True)
 class _Joined:
     queue: Broadcasts = field(default_factory=Broadcasts)
+    ext: Broadcasts = field(default_factory=Broadcasts)
+    """Encoded scoped extension rows, sent in NET_GOSSIP's trailing field."""
     synced: bool = False
 
 
@@ -101,6 +103,13 @@ class NetSync:
             joined.queue.queue(key, data)
             self.arm(now)
 
+    def queue_ext(self, now: float, net: str, key: str, data: bytes) -> None:
+        """Queue an encoded scoped extension row for the network's gossip."""
+        joined = self.joined.get(net)
+        if joined is not None:
+            joined.ext.queue(key, data)
+            self.arm(now)
+
     def arm(self, now: float) -> None:
         """Schedule a round for queued events: soon after the first one on an idle node
         (a relay then costs ``gossip_coalesce`` rather than a whole interval), but at
@@ -114,7 +123,7 @@ class NetSync:
         joined = self.joined.get(net)
         if joined is None:
             return
-        if joined.queue:
+        if joined.queue or joined.ext:
             self.arm(now)
         if not joined.synced:
             self.bulk_sync(now, net, peer, True, effects)
@@ -125,7 +134,7 @@ class NetSync:
         """One gossip round for one network."""
         joined = self.joined.get(net)
         swim = self.swim
-        if joined is None or not joined.queue:
+        if joined is None or not (joined.queue or joined.ext):
             return
         peers = self._peers(net)
         if swim is None or not peers:
@@ -137,13 +146,16 @@ class NetSync:
         budget -= framing.NET_GOSSIP_OVERHEAD
         for peer in self.rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
             items = joined.queue.take(0, budget, limit)
-            if not items:
+            # The trailing field: at most an array header (3 bytes) beyond the rows.
+            room = budget - sum(len(i) for i in items) - 3
+            ext = joined.ext.take(0, room, limit) if joined.ext else []
+            if not items and not ext:
                 break
-            payload = framing.encode_net_gossip(net, items)
+            payload = framing.encode_net_gossip(net, items, ext_encoded=ext)
             self.stats.gossip_sent += 1
             self.stats.gossip_bytes += len(payload)
             effects.extend(swim.send_user(peer, payload))
-        if joined.queue:
+        if joined.queue or joined.ext:
             self.arm(now)
 
     def bulk_sync(self, now: float, net: str, peer: str, unsolicited: bool, effects: list[Effect]) -> None:
