@@ -35,6 +35,12 @@ class TablesConfig:
     after the previous round, so steady load sends no more rounds than before."""
     bulk_sync_interval: float | None = None
     """Per-network anti-entropy with one random network peer (None: push_pull_interval)."""
+    fresh_peers: int = 32
+    """A row this node just wrote (an endpoint created, renamed or removed) goes at once,
+    in a message of its own, to every peer of the network when it has at most this many,
+    else to this many random ones; the regular gossip rounds still send it their
+    ``transmit_limit`` times. 0: no such push (the write waits for a gossip round to
+    ``gossip_nodes`` peers, the behaviour before this option)."""
     join_sync_peers: int = 3
     """Peers asked for a full sync when this node joins a network."""
     sync_retry: float = 1.0
@@ -63,8 +69,8 @@ class TablesConfig:
             raise ValueError(f"VNI range must lie within 1-{VNI_MAX}")
         if self.tombstone_ttl <= 0 or self.owner_reap <= 0 or self.reap_period <= 0:
             raise ValueError("tombstone_ttl, owner_reap and reap_period must be positive")
-        if self.gossip_nodes < 0 or self.join_sync_peers < 0 or self.sync_retry <= 0:
-            raise ValueError("gossip_nodes and join_sync_peers must be >= 0, sync_retry > 0")
+        if self.gossip_nodes < 0 or self.join_sync_peers < 0 or self.fresh_peers < 0 or self.sync_retry <= 0:
+            raise ValueError("gossip_nodes, join_sync_peers and fresh_peers must be >= 0, sync_retry > 0")
         if not 0 < self.gossip_miss < 1 or self.gossip_coalesce < 0:
             raise ValueError("gossip_miss must lie in (0, 1) and gossip_coalesce be >= 0")
         if self.udp_payload < 200:
@@ -86,6 +92,8 @@ class TablesStats:
     """Broadcasts handed to the core to piggyback, with its per-part framing overhead."""
     state_bytes: int = 0
     """Push/pull user state handed to the core."""
+    fresh_sent: int = 0
+    """Messages that carried a freshly written local row at once (``fresh_peers``)."""
     rows_applied: int = 0
     reasserts: int = 0
     decode_errors: int = 0

@@ -6,7 +6,8 @@ owner authority, the change counter ``version`` and the synchronous API the agen
 calls. Sans-IO: every entry point takes ``now`` and returns effects; randomness
 only from ``rng``.
 
-Delegates to: ``store`` (rows and LWW merge), ``visibility`` (what this node
+Delegates to: ``remote`` (what a row from a peer does), ``startup`` (restoring
+persisted rows, converged starts), ``store`` (rows and LWW merge), ``visibility`` (what this node
 shows, owner liveness, cached views), ``sync`` (network-scoped gossip and bulk
 sync), ``blocks``/``ipam`` (addresses), ``conflicts`` (deterministic winners),
 ``validation`` (checks, lookups), ``rows``, ``framing`` and ``ipsecrows`` (bytes),
@@ -34,7 +35,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,8 @@ from gossip.tables import (
     ipam,
     ipsecrows,
     netopts,
+    remote,
+    startup,
     validation,
 )
 from gossip.tables.blocks import Block
@@ -70,7 +73,6 @@ from gossip.tables.rows import (
     TableError,
     check_name,
     encode_row,
-    newer,
     queue_key,
 )
 from gossip.tables.store import TableStore
@@ -132,6 +134,12 @@ class Tables:
         self.sync.ext_rows = lambda net, now: extrows.objs(self.ext.scoped_rows(net), now)
         self.extras = Extras(self)
         """The rows network options make this node write (``gossip.tables.extras``)."""
+        self.trace: Callable[[str, str, str], None] | None = None
+        """Stage marks for ``bench/propagation.py``, set by the shell when it measures:
+        ``trace(stage, endpoint id, detail)`` when ``create_endpoint`` starts ("call",
+        detail the network), a local endpoint row is written ("write") and sent at once
+        ("push", detail the peers, comma-separated), and a peer's endpoint row is merged
+        ("merge", detail its owner). The shell stamps the time; None costs one test."""
 
     def attach(self, swim: Swim) -> None:
         """Second wiring step: the core this delegate sends through."""
@@ -168,7 +176,7 @@ class Tables:
         effects: list[Effect] = []
         try:
             if not push_pull and data[:1] == bytes([ipsecrows.IPSEC_EVENT]):
-                self._merge_ipsec(now, ipsecrows.decode_event(data), effects, rebroadcast=True)
+                remote.merge_ipsec(self, now, ipsecrows.decode_event(data), effects, rebroadcast=True)
                 self._finish(effects)
                 return effects
             msg = framing.decode(data, now)
@@ -177,18 +185,18 @@ class Tables:
             self._bad_input(exc, effects)
             return effects
         for ipsec_row in extra:
-            self._merge_ipsec(now, ipsec_row, effects, rebroadcast=False)
+            remote.merge_ipsec(self, now, ipsec_row, effects, rebroadcast=False)
         if isinstance(msg, framing.State):
             for row in msg.rows:
-                self._merge_cluster(now, row, effects, rebroadcast=False)
+                remote.merge_cluster(self, now, row, effects, rebroadcast=False)
         elif push_pull:
             pass  # push/pull state carries STATE only
         elif isinstance(msg, framing.Event):
-            self._merge_cluster(now, msg.row, effects, rebroadcast=True)
+            remote.merge_cluster(self, now, msg.row, effects, rebroadcast=True)
         elif isinstance(msg, framing.NetGossip):
-            self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=True)
+            remote.merge_endpoints(self, now, msg.net, msg.rows, effects, rebroadcast=True)
         elif isinstance(msg, framing.BulkSync) and msg.net in self.sync.joined:
-            self._merge_endpoints(now, msg.net, msg.rows, effects, rebroadcast=False)
+            remote.merge_endpoints(self, now, msg.net, msg.rows, effects, rebroadcast=False)
             self.sync.on_bulk_sync(now, msg, effects)
         self._merge_ext(now, msg, push_pull)
         self._finish(effects)
@@ -359,6 +367,8 @@ class Tables:
         """A local endpoint; addresses are allocated when not given, the MAC defaults to
         Docker's 02:42 + IPv4. Its row goes to the network's peers. Raises TableError."""
         self._now = now
+        if self.trace is not None:
+            self.trace("call", "", network)
         net = self.find_network(network)
         winners, lost = self.visibility.networks_view()
         if all(w.id != net.id for w in winners):
@@ -393,10 +403,13 @@ class Tables:
         ep = Endpoint(ep_id, name or f"ep-{ep_id[:12]}", net.id, addrs[4], addrs[6], mac,
                       self.node, self.vtep, created)
         self._local[ep_id] = ep
-        self._write(now, EndpointRow(net.id, self.node, ep_id, created, False, ep, since=now))
+        row = EndpointRow(net.id, self.node, ep_id, created, False, ep, since=now)
+        self._write(now, row)
+        if self.trace is not None:
+            self.trace("write", ep_id, net.id)
         self.extras.tidy_hosts(now)
         self._tidy_claims(now, net.id)
-        self.sync.gossip(now, net.id, effects)
+        self._send_fresh(now, row, effects)
         self._finish(effects)
         return ep, effects
 
@@ -413,8 +426,9 @@ class Tables:
             raise TableError(f"an endpoint named {name!r} already exists on this node")
         ep = self._local[ep.id] = replace(ep, name=name)
         effects: list[Effect] = []
-        self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
-        self.sync.gossip(now, ep.network, effects)
+        row = EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now)
+        self._write(now, row)
+        self._send_fresh(now, row, effects)
         self._finish(effects)
         return ep, effects
 
@@ -424,13 +438,15 @@ class Tables:
         ep = self._find_local(ref)
         del self._local[ep.id]
         effects: list[Effect] = []
-        self._write(now, self._endpoint_tombstone(now, ep.network, ep.id))
+        tombstone = self._endpoint_tombstone(now, ep.network, ep.id)
+        self._write(now, tombstone)
         self.extras.drop_aliases(now, ep)
         self.extras.tidy_hosts(now)
-        self.sync.gossip(now, ep.network, effects)
+        self._send_fresh(now, tombstone, effects)
         if self.visibility.local_on(ep.network) or not self._scoped(ep.network):
             self._tidy_claims(now, ep.network)
         else:
+            self.sync.gossip(now, ep.network, effects)  # the queue goes with the leave: send it now
             self._leave(now, ep.network)
         self._finish(effects)
         return ep, effects
@@ -495,67 +511,15 @@ class Tables:
         clock: int = 0,
     ) -> list[Effect]:
         """After a restart: re-publish this node's persisted endpoints with fresh Lamport
-        times (owner, VTEP and conflict flag become this node's). ``networks`` are their
-        definitions (``local_networks()``), so a network deleted meanwhile comes back
-        while in use; ``clock`` is the persisted ``clock``. Call before ``Swim.join``.
-        Raises TableError, restoring nothing, if any row is malformed."""
-        self._now = now
-        eps, nets = list(endpoints), list(networks)
-        validation.check_restored(eps, nets)
-        if isinstance(clock, int) and not isinstance(clock, bool):
-            self.clock = max(self.clock, clock)
-        self.clock = max([self.clock, *(e.created for e in eps), *(n.created for n in nets)])
-        in_use = {e.network for e in eps}
-        for n in nets:
-            if n.id not in self.store.networks and n.id in in_use:
-                # Published at once: if it was deleted (or even forgotten) meanwhile, it
-                # comes back because it is in use; any other version is the same network.
-                self._write(now, NetworkRow(n.id, self._tick(), self.node, False, replace(n, options=None)))
-                # The join push/pull brings the cluster's version if anyone has one.
-                self._unconfirmed[n.id] = now + 2 * self.sync.push_pull_interval()
-            if n.options is not None and n.id in in_use and n.id not in self.visibility.netopts:
-                self.extras.write_opts(now, n.id, n.options)
-        effects: list[Effect] = []
-        touched: dict[str, None] = {}
-        for e in eps:
-            if e.id in self._local:
-                continue
-            ep = replace(e, owner=self.node, vtep=self.vtep, conflict=False)
-            if ep.network not in self.sync.joined:
-                self._join(now, ep.network, effects)
-            self._local[ep.id] = ep
-            self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
-            touched[ep.network] = None
-        self.extras.tidy_hosts(now)
-        for net in touched:
-            self._tidy_claims(now, net)
-            self._keep_in_use(now, net, effects)
-        self._finish(effects)
-        return effects
+        times; ``networks`` are their definitions (``local_networks()``), ``clock`` the
+        persisted ``clock``. Call before ``Swim.join``. Raises TableError, restoring
+        nothing, if any row is malformed (``startup.restore_local_endpoints``)."""
+        return startup.restore_local_endpoints(self, now, endpoints, networks, clock)
 
     def bootstrap_rows(self, rows: Iterable[AnyRow]) -> None:
         """Install rows as an already converged start, without traffic: for simulators
-        and tests only (the counterpart of ``Swim.bootstrap_members``); a real node learns
-        rows from gossip and push/pull.
-
-        Rows are merged by the usual order and held as given, not copied, so replicas may
-        share them (no replica mutates a live row it holds). The clock witnesses every
-        row. Skipped: rows this node writes (its own truth comes from its API calls) and
-        endpoint rows of networks it does not take part in. Owners are taken to be up.
-        Nothing is queued for gossip and no effect results; views are recomputed.
-        """
-        clock = self.clock
-        merge = self.store.merge
-        joined = self.sync.joined
-        for row in rows:
-            if row.lamport > clock:
-                clock = row.lamport
-            if row.writer == self.node or (isinstance(row, EndpointRow) and row.net not in joined):
-                continue
-            merge(row)
-        self.clock = clock
-        self._touch_all()
-        self.changes.announce(self._now)
+        and tests only (``startup.bootstrap_rows``)."""
+        startup.bootstrap_rows(self, rows)
 
     def publish_ipsec_keys(self, now: float, keys: Sequence[tuple[int, bytes]]) -> list[Effect]:
         """This node's IPsec public keys, (epoch, X25519 public) ascending: replaces the
@@ -579,26 +543,6 @@ class Tables:
         assert merged, f"local write did not supersede: {row}"
         self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
 
-    def _merge_ipsec(
-        self, now: float, row: ipsecrows.IpsecKeysRow, effects: list[Effect], *, rebroadcast: bool
-    ) -> None:
-        self._witness(row.lamport)
-        if row.node == self.node:
-            # Owner authority: a row of ours we do not hold (a life before a restart)
-            # is superseded by our current keys, or by "no keys" if we have none yet.
-            cur = self.ipsec.get(self.node)
-            if cur is None or ipsecrows.newer(row, cur):
-                self.stats.reasserts += 1
-                self._store_ipsec(ipsecrows.IpsecKeysRow(
-                    self.node, self._tick(), self.vtep, cur.keys if cur is not None else ()))
-            return
-        if self.visibility.reaped(row.node, now) or not self.ipsec.merge(row):
-            return
-        self.stats.rows_applied += 1
-        self.visibility.note_owner(row.node, now)
-        if rebroadcast:
-            self._bcast.queue(f"k\0{row.node}", ipsecrows.encode_event(row))
-
     def check_invariants(self) -> None:
         """For tests: internal consistency."""
         nets = {e.network for e in self._local.values()}
@@ -615,102 +559,6 @@ class Tables:
                 if owner == self.node and not row.deleted:
                     assert row.id in self._local or row.value == self.extras.hosts.get(net), row
         assert self.clock >= max((r.lamport for r in self.store.cluster_rows()), default=0)
-
-    # ========================================================== merge (remote)
-
-    def _merge_cluster(
-        self, now: float, row: framing.ClusterRow, effects: list[Effect], *, rebroadcast: bool
-    ) -> None:
-        self._witness(row.lamport)
-        if isinstance(row, NetworkRow):
-            self._unconfirmed.pop(row.id, None)  # the cluster's version is known now
-        else:
-            if row.writer == self.node:
-                self._own_echo(now, row, effects)
-                return
-            if self.visibility.reaped(row.writer, now):
-                return
-        if not self.store.merge(row):
-            return
-        self.stats.rows_applied += 1
-        if rebroadcast:
-            self._bcast.queue(queue_key(row), framing.encode_event(encode_row(row, now)))
-        if isinstance(row, NetworkRow):
-            self._touch(row.id, networks=True)
-            self.extras.refresh_opts()
-            self._keep_in_use(now, row.id, effects)
-            if not row.deleted:
-                self._tidy_claims(now, row.id)
-            self._follow_unscoped(now, row.id, effects)
-        elif isinstance(row, ClaimRow):
-            self.visibility.note_owner(row.writer, now)
-            self._tidy_claims(now, row.net)
-        else:
-            self.visibility.note_owner(row.writer, now)
-            self.visibility.forget_peers(row.net)
-            self._touch(row.net)
-            if not row.deleted and self.visibility.up(row.node):
-                self.sync.new_peer(now, row.net, row.node, effects)
-
-    def _merge_endpoints(
-        self, now: float, net: str, rows: Sequence[EndpointRow], effects: list[Effect], *, rebroadcast: bool
-    ) -> None:
-        if net not in self.sync.joined:
-            return  # scoping: we do not take part in this network
-        changed = False
-        for row in rows:
-            self._witness(row.lamport)
-            if row.owner == self.node:
-                self._own_echo(now, row, effects)
-                continue
-            if self.visibility.reaped(row.owner, now):
-                continue
-            row.since = now
-            if not self.store.merge(row):
-                continue
-            self.stats.rows_applied += 1
-            self.visibility.note_owner(row.owner, now)
-            changed = True
-            if rebroadcast:  # not rows from a bulk sync: that is anti-entropy already
-                self.sync.queue(now, net, queue_key(row), encode_row(row, now))
-        if changed:
-            self._touch(net)
-
-    def _own_echo(self, now: float, row: AnyRow, effects: list[Effect]) -> None:
-        """Owner authority: a version of our own row we do not hold supersedes ours
-        (a life before a restart, or a delete whose tombstone we reaped): publish
-        our truth above it."""
-        cur = self.store.current(row)
-        if cur is not None and not newer(row, cur):
-            return
-        self.stats.reasserts += 1
-        if isinstance(row, MemberRow):
-            joined = row.net in self.sync.joined
-            self._write(now, self._member_row(now, row.net, joined))
-            if joined and row.deleted:
-                # Peers dropped our rows older than that leave: publish them above it.
-                for ep in self.extras.mine_on(row.net):
-                    self._write(now, EndpointRow(ep.network, self.node, ep.id, self._tick(), False, ep, since=now))
-                self.sync.gossip(now, row.net, effects)
-        elif isinstance(row, ClaimRow):
-            live = cur is not None and not cur.deleted
-            self._write(now, self._claim_row(now, row.net, row.family, row.block, live))
-        elif isinstance(row, EndpointRow):
-            mine = self._local.get(row.id) or self.extras.hosts.get(row.net)
-            if mine is not None and mine.network == row.net and mine.id == row.id:
-                self._write(now, EndpointRow(row.net, self.node, mine.id, self._tick(), False, mine, since=now))
-            else:
-                self._write(now, self._endpoint_tombstone(now, row.net, row.id))
-
-    def _keep_in_use(self, now: float, net: str, effects: list[Effect]) -> None:
-        """A network deleted elsewhere while we have endpoints on it is re-published
-        (in use wins over a concurrent delete)."""
-        row = self.store.networks.get(net)
-        if row is None or not row.deleted or row.value is None or not self.visibility.local_on(net):
-            return
-        self._write(now, NetworkRow(net, self._tick(), self.node, False, row.value))
-        effects.append(Log("warning", f"tables: network {row.value.name!r} ({net[:12]}) was removed "
-                                      "elsewhere while local endpoints use it; re-published it"))
 
     # ========================================================= local writes
 
@@ -791,6 +639,18 @@ class Tables:
             self._write(now, self._claim_row(now, net, family, block, False))
         for family, block in take:
             self._write(now, self._claim_row(now, net, family, block, True))
+
+    def _send_fresh(self, now: float, row: EndpointRow, effects: list[Effect]) -> None:
+        """A local endpoint row just written goes at once to the network's peers (all of
+        a small network's, ``TablesConfig.fresh_peers`` of a larger one's) rather than
+        waiting for gossip rounds: the time to every host is then one datagram's
+        transit. With ``fresh_peers`` = 0, a gossip round now to ``gossip_nodes`` peers."""
+        if not self.config.fresh_peers:
+            self.sync.gossip(now, row.net, effects)
+            return
+        sent = self.sync.push_fresh(row.net, encode_row(row, now), effects)
+        if self.trace is not None:
+            self.trace("push", row.id, ",".join(sent))
 
     def _push_now(self, now: float, row: NetworkRow) -> list[Effect]:
         """A network change goes to a few members at once, so an agent that dies right

@@ -50,6 +50,19 @@ def transmit_limit(base: int, n: int, fanout: int, miss: float) -> int:
     return max(base, math.ceil(sends))
 
 
+def fresh_targets(peers: list[str], fanout: int, rng: random.Random) -> list[str]:
+    """Who gets a freshly written local row at once: every peer of a network of at most
+    ``fanout`` peers (the row is then on every host after one datagram's transit, not
+    after gossip rounds), else ``fanout`` random ones (a bounded burst per write; the
+    rest hear it from them and from the gossip rounds). ``peers`` in a stable order
+    (sorted names): the choice depends on ``rng`` alone."""
+    if fanout <= 0 or not peers:
+        return []
+    if len(peers) <= fanout:
+        return list(peers)
+    return rng.sample(peers, fanout)
+
+
 @dataclass(slots=True)
 class _Joined:
     queue: Broadcasts = field(default_factory=Broadcasts)
@@ -157,6 +170,28 @@ class NetSync:
             effects.extend(swim.send_user(peer, payload))
         if joined.queue or joined.ext:
             self.arm(now)
+
+    def push_fresh(self, net: str, data: bytes, effects: list[Effect]) -> list[str]:
+        """Send one freshly written local row (encoded) at once to ``fresh_targets`` of
+        the network's peers, in a message of its own; returns the peers. The row stays
+        queued for the regular rounds, which keep their pace and ``transmit_limit``
+        (a datagram of this push may be lost). Sans-IO: the core decides, the effects
+        it returns are the sends."""
+        swim = self.swim
+        if swim is None or net not in self.joined:
+            return []
+        budget = min(self.config.udp_payload, swim.config.udp_buffer_size - 100) - framing.NET_GOSSIP_OVERHEAD
+        if len(data) > budget:
+            return []  # cannot happen for a valid row; the rounds would skip it too
+        targets = fresh_targets(self._peers(net), self.config.fresh_peers, self.rng)
+        if not targets:
+            return []
+        payload = framing.encode_net_gossip(net, [data])
+        for peer in targets:
+            self.stats.fresh_sent += 1
+            self.stats.gossip_bytes += len(payload)
+            effects.extend(swim.send_user(peer, payload))
+        return targets
 
     def bulk_sync(self, now: float, net: str, peer: str, unsolicited: bool, effects: list[Effect]) -> None:
         """Everything we hold for the network, over TCP (the peer answers an unsolicited one)."""
