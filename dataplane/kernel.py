@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dataplane import rtnl
+from dataplane.mirror import ECHO_LIMIT, KernelMirror
 from dataplane.model import ZERO_MAC, Link, State, is_ipv6
 from dataplane.naming import check_prefix, owned_kind
 from dataplane.netlink_batch import (
@@ -101,8 +102,17 @@ class Kernel(Protocol):
 class LinuxKernel:
     """Kernel adapter for the real Linux kernel (see module docstring)."""
 
-    def __init__(self, netns: str | None = None, prefix: str = "ov-", chunk: int = 256) -> None:
+    def __init__(
+        self,
+        netns: str | None = None,
+        prefix: str = "ov-",
+        chunk: int = 256,
+        *,
+        mirror: bool = True,
+    ) -> None:
         self.netns = netns
+        self.use_mirror = mirror
+        self._mirror: KernelMirror | None = None
         self.prefix = check_prefix(prefix)
         self.chunk = chunk
         self._owner: int | None = None
@@ -127,6 +137,8 @@ class LinuxKernel:
         if self._sock is None:
             self._sock = rtnl.RtnlSocket(self.netns)
             self._batch = Batcher(self._sock, self.chunk)
+            if self.use_mirror:
+                self._mirror = KernelMirror(self.netns, self.prefix)
         return self._sock
 
     @property
@@ -142,6 +154,9 @@ class LinuxKernel:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -161,37 +176,31 @@ class LinuxKernel:
         return dict(self._index)
 
     # -- read ---------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Make the next read a full one (dumps), not one from the mirror (the
+        reconciler's start, periodic resync and retries: drift repair never depends
+        on the mirror's reasoning)."""
+        if self._mirror is not None:
+            self._mirror.valid = False
+
+    @property
+    def mirror(self) -> KernelMirror | None:
+        self.sock  # noqa: B018 - opens the sockets in this thread
+        return self._mirror
+
     def read(self, hint: State | None = None) -> State:
         sock = self.sock
-        raw = {lk.index: lk for kind in ("bridge", "vxlan") for lk in rtnl.dump_links(sock, kind)}
-        mine = {i: lk for i, lk in raw.items() if owned_kind(lk.name, self.prefix)}
-        wanted_links: Collection[str] = hint.links if hint is not None else ()
-        found = {lk.name for lk in mine.values()}
-        for name in wanted_links:
-            if name not in found:
-                lk = rtnl.get_link(sock, name)  # one of our names held by another kind
-                if lk is not None:
-                    mine[lk.index] = lk
-        ports_raw: dict[int, rtnl.RawLink] = {}
-        for lk in list(mine.values()):
-            if lk.kind == "bridge":
-                for port in rtnl.dump_links(sock, master=lk.index):
-                    if port.index not in mine:
-                        ports_raw[port.index] = port
-        have_ports = {p.name for p in ports_raw.values()}
-        for name in hint.ports if hint is not None else ():
-            if name not in have_ports:
-                lk = rtnl.get_link(sock, name)
-                if lk is not None:
-                    ports_raw[lk.index] = lk
-        names = {i: lk.name for i, lk in raw.items()}
-        names.update((i, lk.name) for i, lk in mine.items())
-        names.update((i, lk.name) for i, lk in ports_raw.items())
-        links = {lk.name: lk.to_link(names) for lk in mine.values()}
-        ports = {lk.name: lk.to_link(names) for lk in ports_raw.values()}
-        index = {lk.name: i for i, lk in mine.items()}
-        index.update((lk.name, i) for i, lk in ports_raw.items())
-        self._index = index
+        mirror = self._mirror
+        if mirror is not None:
+            mirror.hint_names = frozenset((*hint.links, *hint.ports)) if hint else frozenset()
+            if mirror.valid and mirror.catch_up():
+                links, ports = self._assemble(mirror.links, hint, full=False)
+                return State(links, ports, dict(mirror.fdb), dict(mirror.flood), dict(mirror.neigh))
+            mirror.begin_full()
+        tracked = {
+            lk.index: lk for kind in ("bridge", "vxlan") for lk in rtnl.dump_links(sock, kind)
+        }
+        links, ports = self._assemble(tracked, hint, full=True)
 
         fdb: dict[tuple[str, str], str] = {}
         flood: dict[tuple[str, str], bool] = {}
@@ -201,10 +210,10 @@ class LinuxKernel:
         # buffers seen in this read are kept for the next (_DumpCache).
         cache = self._dumps
         cache.begin()
-        for i, lk in mine.items():
+        for name, lk in links.items():
             if lk.kind != "vxlan":
                 continue
-            name = lk.name
+            i = self._index[name]
             sock.dump(
                 rtnl.RTM_GETNEIGH,
                 rtnl.fdb_dump_body(i),
@@ -216,10 +225,81 @@ class LinuxKernel:
                 lambda buf, name=name: cache.neigh(buf, name, neigh),  # type: ignore[misc]
             )
         cache.end()
+        if mirror is not None:
+            mirror.load(tracked.values(), fdb, flood, neigh)
         return State(links, ports, fdb, flood, neigh)
+
+    def _assemble(
+        self, tracked: dict[int, rtnl.RawLink], hint: State | None, *, full: bool
+    ) -> tuple[dict[str, Link], dict[str, Link]]:
+        """Our links and the endpoint ports, from ``tracked`` (every bridge and VXLAN
+        device, and whatever else the mirror follows): the same code whether ``tracked``
+        came from dumps (``full``: the bridges' ports are dumped here) or from the
+        mirror. Links looked up by name are added to ``tracked``."""
+        sock, prefix = self.sock, self.prefix
+        raw = {i: lk for i, lk in tracked.items() if lk.kind in ("bridge", "vxlan")}
+        mine = {i: lk for i, lk in raw.items() if owned_kind(lk.name, prefix)}
+        by_name: dict[str, rtnl.RawLink] | None = None
+
+        def lookup(name: str) -> rtnl.RawLink | None:
+            nonlocal by_name
+            if by_name is None:
+                by_name = {lk.name: lk for lk in tracked.values()}
+            lk = by_name.get(name)
+            if lk is None:
+                lk = rtnl.get_link(sock, name)
+                if lk is not None:
+                    tracked[lk.index] = by_name[name] = lk
+            return lk
+
+        found = {lk.name for lk in mine.values()}
+        for name in hint.links if hint is not None else ():
+            if name not in found:
+                lk = lookup(name)  # one of our names held by another kind
+                if lk is not None:
+                    mine[lk.index] = lk
+        bridges = {i for i, lk in mine.items() if lk.kind == "bridge"}
+        if full:
+            for i in bridges:
+                for port in rtnl.dump_links(sock, master=i):
+                    if port.index not in mine:
+                        tracked[port.index] = port
+                        if by_name is not None:
+                            by_name[port.name] = port
+        ports_raw = {i: lk for i, lk in tracked.items() if lk.master in bridges and i not in mine}
+        have_ports = {p.name for p in ports_raw.values()}
+        for name in hint.ports if hint is not None else ():
+            if name not in have_ports:
+                lk = lookup(name)
+                if lk is not None:
+                    ports_raw[lk.index] = lk
+        names = {i: lk.name for i, lk in raw.items()}
+        names.update((i, lk.name) for i, lk in mine.items())
+        names.update((i, lk.name) for i, lk in ports_raw.items())
+        links = {lk.name: lk.to_link(names) for lk in mine.values()}
+        ports = {lk.name: lk.to_link(names) for lk in ports_raw.values()}
+        index = {lk.name: i for i, lk in mine.items()}
+        index.update((lk.name, i) for i, lk in ports_raw.items())
+        self._index = index
+        return links, ports
 
     # -- apply --------------------------------------------------------------------------------
     def apply(self, ops: Sequence[Op]) -> ApplyResult:
+        mirror = self.mirror
+        if mirror is None or len(ops) <= ECHO_LIMIT:
+            result = self._apply(ops)
+        else:
+            # Our own echo would cost more than a dump of the result (dataplane.mirror).
+            mirror.mute()
+            try:
+                result = self._apply(ops)
+            finally:
+                mirror.unmute()
+        if mirror is not None and (result.errors or result.lost):
+            mirror.valid = False  # a refusal may mean the mirror was wrong: read it all
+        return result
+
+    def _apply(self, ops: Sequence[Op]) -> ApplyResult:
         result = ApplyResult()
         run: list[EntryOp] = []
         for op in ops:
@@ -417,6 +497,8 @@ class _DumpCache:
                 neigh.update(hit[0])
                 return False
         return rtnl.parse_neigh(buf, neigh, device)
+
+
 _NO_ADDRGEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 
 

@@ -28,7 +28,9 @@ Driver obligations (the agent):
     ``reconciler.status()`` (counters only, no I/O).
 
 Behaviour: level-triggered (every pass reads the whole of our kernel state and
-applies the difference, so missed events and crashes heal); a full pass at start
+applies the difference, so missed events and crashes heal; a target may answer the
+read from a notification-fed mirror of the kernel, except on the triggers in
+``_FULL_READ``, when ``target.forget()`` makes it read everything); a full pass at start
 (adopts what a previous run left), at least every ``resync_interval``, after every
 relevant monitor event (an entry deleted by someone else is back in ~quiescent +
 one pass, well under 1 s), and after failures with exponential backoff. One task,
@@ -235,6 +237,12 @@ class _Worker:
         self._pool.shutdown(wait=False)
 
 
+_FULL_READ = frozenset(("start", "resync", "retry", "monitor-overflow", "manual"))
+"""Triggers whose pass reads the whole kernel even where a target could read less
+(``forget``, optional: ``VxlanTarget`` keeps a notification-fed mirror of the kernel):
+the periodic resync is the drift repair that depends on nothing but the kernel."""
+
+
 class Reconciler(Generic[V, D, A, O]):
     """See the module docstring. ``name`` labels log lines and the worker thread;
     ``after_pass``, if given, is awaited in the trio thread after every pass that got
@@ -264,6 +272,9 @@ class Reconciler(Generic[V, D, A, O]):
         self.desired: D = target.empty()
         self.actual: A | None = None
         """Kernel state read by the last pass (before its apply)."""
+        self.trace: Callable[[str, float, float, float, int], None] | None = None
+        """Set while measuring (``bench/propagation.py``): after each pass, its trigger,
+        ``time.monotonic()`` at its start, before its apply and after it, and its ops."""
         self._dirty = True  # the first pass runs at once
         self._trigger = "start"
         self._first_poke = -math.inf
@@ -456,13 +467,15 @@ class Reconciler(Generic[V, D, A, O]):
     async def _pass(self, trigger: str) -> None:
         cfg = self.config
         t0 = trio.current_time()
+        m0 = time.monotonic()
         self._in_pass = True
         self.last = LastPass(at=self._wall(), trigger=trigger)
         errors: list[str] = []
         ok = False
         try:
             source = self._source()
-            desired, actual, ops = await self._call(lambda: self._prepare(source))
+            full = trigger in _FULL_READ
+            desired, actual, ops = await self._call(lambda: self._prepare(source, full))
             self.desired, self.actual = desired, actual
             additive = self.additive_only
             if additive:
@@ -470,10 +483,13 @@ class Reconciler(Generic[V, D, A, O]):
                 ops = self.target.additive(ops)
                 if held != len(ops):
                     log.info("%s: %d deletion(s) held until ready", self.name, held - len(ops))
+            m1 = time.monotonic()
             result: Outcome = (
                 await self._call(lambda: self.target.apply(ops)) if ops else NothingApplied()
             )
             self.last.ops = len(ops)
+            if self.trace is not None:
+                self.trace(trigger, m0, m1, time.monotonic(), len(ops))
             self.counters.ops_applied += result.applied
             self.counters.op_errors += len(result.errors)
             errors = [str(e) for e in result.errors[: cfg.keep_errors]]
@@ -518,8 +534,11 @@ class Reconciler(Generic[V, D, A, O]):
         self._pass_done.set()
         self._pass_done = trio.Event()
 
-    def _prepare(self, source: V) -> tuple[D, A, list[O]]:
+    def _prepare(self, source: V, full: bool = False) -> tuple[D, A, list[O]]:
         target = self.target
+        forget = getattr(target, "forget", None) if full else None
+        if forget is not None:
+            forget()
         desired = target.compile(source)
         actual = target.read(desired)
         return desired, actual, target.plan(desired, actual)

@@ -54,6 +54,13 @@ class VxlanTarget:
     def read(self, desired: State) -> State:
         return self.kernel.read(desired)
 
+    def forget(self) -> None:
+        """The next read reads everything (``LinuxKernel.forget``; the reconciler's
+        start, periodic resync and retries)."""
+        forget = getattr(self.kernel, "forget", None)
+        if forget is not None:
+            forget()
+
     def plan(self, desired: State, actual: State) -> list[Op]:
         return plan(desired, actual, self.prefix)
 
