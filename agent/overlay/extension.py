@@ -91,6 +91,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.overlay.extension")
 
+
+def _trace_row(stage: str, ident: str, detail: str) -> None:
+    """``Tables.trace`` at debug level: stage marks for ``bench/propagation.py``."""
+    log.debug(kv("row-trace", stage=stage, id=ident or None, detail=detail or None, t=f"{time.monotonic():.6f}"))
+
+
+def _trace_pass(trigger: str, start: float, applying: float, end: float, ops: int) -> None:
+    log.debug(kv("pass-trace", trigger=trigger, start=f"{start:.6f}", apply=f"{applying:.6f}",
+                 end=f"{end:.6f}", ops=ops))
+
 PREFIX = "ov-"
 """Name prefix of every device the agent owns (bridges, VXLAN devices, endpoint veths)."""
 RECORD = "endpoints"
@@ -228,6 +238,8 @@ class Overlay:
                                   prefix=self.prefix, ifname=functools.partial(host_ifname, self.prefix))
                 self.rec = VxlanReconciler(VxlanTarget(self.kernel_factory(self.prefix)), view,
                                            self.reconciler_config)
+                if log.isEnabledFor(logging.DEBUG):  # --log-level debug: propagation stage marks
+                    self.tables.trace, self.rec.trace = _trace_row, _trace_pass
                 await nursery.start(self.rec.run)
                 if self.gateway:  # the same view: gateways, egress and isolation rules
                     self.gw = NftReconciler(NftTarget(NftKernel()), view, self.reconciler_config, name="gateway")
