@@ -87,6 +87,11 @@ class SwimFactory:
         Scenarios set this in ``configure``, before any node starts."""
         self.swim_class: type[Swim] | None = None
         """A ``Swim`` subclass to run instead (what-if models of a core change)."""
+        from gossip.membertable import NameIndex
+
+        self.names = NameIndex(shared=True)
+        """One interned name index for every node's member table: a table is then rows
+        and member references, not a dict of names per node (gossip/membertable.py)."""
 
     def __call__(self, idx: int, name: str, addr: Address, now: float, generation: int) -> Core:
         from gossip.swim import Swim
@@ -100,13 +105,17 @@ class SwimFactory:
             # Nonces from their own stream: the protocol RNG's draws stay as without keys.
             nonces = random.Random(f"{self.seed}:{name}{suffix}:nonce")
             kwargs["keyring"] = Keyring(self.keys, nonce_source=nonces.randbytes)
-        return (self.swim_class or Swim)(self.config, name, addr, rng=rng, now=now, **kwargs)
+        swim = (self.swim_class or Swim)(self.config, name, addr, rng=rng, now=now, **kwargs)
+        swim._table.share_names(self.names)  # memory layout only: behaviour is the same
+        return swim
 
     def preconverge(self, now: float, cores: Sequence[Core]) -> None:
-        # Every node's own Member value is shared by all tables: 10,000 × 10,000
-        # entries then cost a dict slot each, not an object each. A dict is copied by
-        # each core at C speed.
-        members = {c.local.name: c.local for c in cores}
+        # Every node's own Member value is shared by all tables, and so is the table
+        # itself: each core's table keeps only what changes afterwards
+        # (gossip/membertable.py, MemberImage).
+        from gossip.membertable import MemberImage
+
+        members = MemberImage(self.names, [c.local for c in cores])
         for c in cores:
             bootstrap = getattr(c, "bootstrap_members", None)
             if bootstrap is None:

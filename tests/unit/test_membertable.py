@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from gossip.members import Member, Status
-from gossip.membertable import MemberTable
+from gossip.membertable import MemberImage, MemberTable, NameIndex
+from tests.unit.membertable_reference import ReferenceTable
 
 
 def _m(i: int, status: Status = Status.ALIVE, at: float = 0.0) -> Member:
@@ -75,3 +78,122 @@ def test_remove_keeps_the_probe_round_whole_and_unheard_members_are_evicted_firs
     assert set(first[1:]) | set(rest) == {f"m{i}" for i in range(1, 10)} - {"m4", first[0]}
     evicted = t.evictable()
     assert evicted is not None and evicted.name not in ("m0", "m1", "m9")
+
+
+# ---------------------------------------------------------------- compact layout
+
+
+def _mm(i: int, inc: int = 1, status: Status = Status.ALIVE, at: float = 0.0) -> Member:
+    return Member(f"m{i}", f"10.0.{i // 250}.{i % 250}", 7946, inc, status, b"", b"", at)
+
+
+def _same(ref: ReferenceTable, t: MemberTable) -> None:
+    assert list(t.members) == list(ref.members)
+    assert t.members.values() == list(ref.members.values())
+    assert [m.name for m in t.gone()] == [m.name for m in ref.gone()]
+    assert [m.name for m in t.others()] == [m.name for m in ref.others()]
+    assert len(t.members) == len(ref.members)
+    assert t.lazily_shuffled_from() == ref.lazily_shuffled_from()
+    t.check_invariants()
+
+
+def _drive(ref: ReferenceTable, t: MemberTable, ops: random.Random, n: int, steps: int) -> None:
+    """The same random calls on both tables; every answer must be equal."""
+    now = 0.0
+    for _ in range(steps):
+        now += 1.0
+        op = ops.randrange(100)
+        i = ops.randrange(n + 20)
+        if op < 30:
+            a, b = ref.next_probe_target(), t.next_probe_target()
+            assert a == b
+        elif op < 50:
+            k = ops.randrange(5)
+            assert ref.k_random(k, lambda m: m.status != Status.DEAD) == \
+                t.k_random(k, lambda m: m.status != Status.DEAD)
+        elif op < 70 and f"m{i}" != ref.me:
+            cur = ref.get(f"m{i}")
+            status = Status(ops.randrange(4))
+            new = _mm(i, (cur.incarnation if cur else 0) + ops.randrange(2), status, now)
+            assert (cur is None) == (t.get(new.name) is None)
+            if cur is None:
+                ref.add(new)
+                t.add(new)
+            else:
+                ref.set(new)
+                t.set(new)
+        elif op < 74:
+            assert [m.name for m in ref.expire(now, 30.0, 10.0)] == [m.name for m in t.expire(now, 30.0, 10.0)]
+        elif op < 78:
+            victim = ref.evictable()
+            assert victim == t.evictable()
+            if victim is not None and victim.name != ref.me:
+                assert ref.remove(victim.name) == t.remove(victim.name)
+        elif op < 85:
+            ref.mark_heard(f"m{i}")
+            t.mark_heard(f"m{i}")
+        elif op < 87:
+            given = [_mm(j) for j in ops.sample(range(n + 20), 10)]
+            assert ref.install(given) == t.install(given)
+        else:
+            addr = (f"10.0.{i // 250}.{i % 250}", 7946 if op % 2 else 1)
+            assert t.knows_address(addr) == any(m.address == addr for m in ref.members.values())
+        assert ref.get(f"m{i}") == t.get(f"m{i}")
+        assert (f"m{i}" in ref.members) == (f"m{i}" in t.members)
+    _same(ref, t)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compact_table_answers_every_call_like_the_dict_table(seed: int) -> None:
+    ref = ReferenceTable(_mm(0), random.Random(seed))
+    t = MemberTable(_mm(0), random.Random(seed))
+    _drive(ref, t, random.Random(100 + seed), 40, 1500)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tables_installed_from_one_image_behave_like_dict_tables(seed: int) -> None:
+    """The simulator's start: many tables share one image and one name index, then
+    each changes on its own (overlay, lazy swaps, copied out when they grow)."""
+    index = NameIndex(shared=True)
+    n = 100 + 30 * seed
+    members = [_mm(i) for i in range(n)]
+    if seed % 2:
+        members[7] = _mm(7, status=Status.DEAD)  # a converged table that holds a dead one
+    image = MemberImage(index, members)
+    pairs = []
+    for node in (0, 3, n - 1):
+        ref = ReferenceTable(members[node], random.Random(f"{seed}:{node}"))
+        t = MemberTable(members[node], random.Random(f"{seed}:{node}"))
+        t.share_names(index)
+        assert ref.install({m.name: m for m in members}) == t.install(image)
+        _same(ref, t)
+        pairs.append((ref, t))
+    for k, (ref, t) in enumerate(pairs):
+        _drive(ref, t, random.Random(seed * 10 + k), n, 400 + 300 * seed)
+    assert image.values() == [m for m in members]  # nobody wrote into the shared image
+
+
+def test_an_unshared_index_gives_rows_back_so_it_stays_as_small_as_the_table() -> None:
+    t = MemberTable(_mm(0), random.Random(1))
+    for rnd in range(50):
+        for i in range(1, 11):
+            t.add(_mm(rnd * 10 + i, status=Status.DEAD, at=float(rnd)))
+        t.expire(float(rnd) + 100.0, 50.0)
+    assert len(t.members) == 1 and len(t._index.rows) == 1 and len(t._index.names) <= 11
+    t.check_invariants()
+
+
+def test_a_table_sharing_an_image_stores_only_what_changed() -> None:
+    index = NameIndex(shared=True)
+    members = [_mm(i) for i in range(1000)]
+    image = MemberImage(index, members)
+    t = MemberTable(members[5], random.Random(1))
+    t.share_names(index)
+    t.install(image)
+    for i in range(10, 20):
+        t.set(_mm(i, 2, Status.SUSPECT))
+    for _ in range(30):
+        t.next_probe_target()
+    assert t._vals is image.vals and t._seq is image.order and len(t._over) == 10
+    assert t.members.values()[10:20] == [_mm(i, 2, Status.SUSPECT) for i in range(10, 20)]
+    assert t.knows_address(("10.0.0.30", 7946)) and not t.knows_address(("10.9.0.1", 7946))
