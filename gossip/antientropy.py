@@ -122,8 +122,8 @@ class AntiEntropy:
 
     def _unknown_seeds(self) -> list[Address]:
         """Seeds at whose address no member (ourselves included) is known."""
-        known = {m.address for m in self._swim._table.members.values()}
-        return [s for s in self._seeds if s not in known]
+        knows = self._swim._table.knows_address  # not a set of N addresses per tick
+        return [s for s in self._seeds if not knows(s)]
 
     # ------------------------------------------------------------ push/pull
 
