@@ -47,6 +47,7 @@ examples:
   ip netns add c1
   agentctl endpoint create blue --netns c1                 address and MAC allocated
   agentctl endpoint create blue --netns /proc/4242/ns/net --ip 10.10.0.20 --ifname eth1 --name web
+  agentctl endpoint create blue --netns c2 --name db1 --alias db --alias primary   more DNS names
   agentctl endpoint ls --network blue                      local and remote endpoints with their VTEP
   agentctl endpoint rm web                                 removes the veth pair and the row
 The container side gets the MAC (default 02:42 + the IPv4 address), the addresses with
@@ -108,6 +109,9 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser], fmt: Any
     ec.add_argument("--mac", metavar="MAC", help="MAC address (default: 02:42 + the IPv4 address)")
     ec.add_argument("--ifname", default="eth0", metavar="NAME", help="interface name inside (default: eth0)")
     ec.add_argument("--name", metavar="NAME", help="endpoint name (default: ep-<id>)")
+    ec.add_argument("--alias", action="append", default=[], metavar="ALIAS",
+                    help="a further DNS name of the endpoint in the network (repeat for more; "
+                         "several endpoints may share one)")
     ec.set_defaults(run=cmd_endpoint_create)
     el = esub.add_parser("ls", help="list local and remote endpoints with their VTEP")
     el.add_argument("--network", metavar="NETWORK", help="only this network")
@@ -249,6 +253,8 @@ def cmd_endpoint_create(client: _Client, ns: argparse.Namespace, out: TextIO) ->
         value = getattr(ns, key)
         if value is not None:
             args[key] = value
+    if ns.alias:
+        args["aliases"] = list(ns.alias)
     dump(client.request("endpoint", args), out)
     return 0
 

@@ -92,7 +92,8 @@ class DnsManager:
         """Bring the index and the responders in line with the tables."""
         t = self.overlay.tables
         assert t is not None
-        self.index.update(t.networks(), t.endpoints())
+        eps = t.endpoints()
+        self.index.update(t.networks(), eps, t.extras.aliases(eps))
         want = self.desired()
         for net_id, (addrs, scope) in list(self.running.items()):
             if want.get(net_id) != addrs:

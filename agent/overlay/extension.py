@@ -81,6 +81,7 @@ from dataplane.target import VxlanReconciler, VxlanTarget
 from gossip.effects import Address, Effect, JoinFinished
 from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
+from gossip.tables import aliases as tables_aliases
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import Endpoint, Network, TableError, endpoint_from_dict, network_from_dict
 from gossip.tables.view import ViewSource
@@ -393,9 +394,17 @@ class Overlay:
             def restore(swim: Swim, now: float) -> tuple[str | None, list[Effect]]:
                 assert self.tables is not None
                 try:
-                    return None, self.tables.restore_local_endpoints(now, eps, nets, clock)
+                    effects = list(self.tables.restore_local_endpoints(now, eps, nets, clock))
                 except TableError as exc:
                     return str(exc), []
+                for e in eps:  # the aliases of each endpoint, published again
+                    names = ifaces.get(e.id, {}).get("aliases")
+                    if isinstance(names, list) and names:
+                        try:
+                            effects += self.tables.extras.set_aliases(now, e.id, names)[1]
+                        except TableError as exc:
+                            log.warning(kv("endpoint-aliases-not-restored", id=e.id[:12], reason=str(exc)))
+                return None, effects
 
             problem = await rt.driver.call(restore)
             if problem is not None:
@@ -614,9 +623,11 @@ class Overlay:
         mac: str | None,
         ifname: str,
         attachment: dict[str, Any] | None = None,
+        aliases: Sequence[str] = (),
     ) -> Endpoint:
         """``attachment``: extra keys for the persisted interface record (a runtime's
-        container id, ``agent.runtimes.cni.attachments``).
+        container id, ``agent.runtimes.cni.attachments``); ``aliases``: further DNS names
+        of the endpoint (``gossip.tables.aliases``), published with its row.
 
         All or nothing: the row is published, the veth made and attached to the
         network's bridge, the record saved; a failure at any step (the bridge is full,
@@ -632,6 +643,10 @@ class Overlay:
             path = netns_path(netns)
         except PlumbError as exc:
             raise api.ApiError(str(exc)) from None
+        try:
+            names = tables_aliases.check(aliases)
+        except TableError as exc:
+            raise api.ApiError(str(exc)) from None
         async with self._lock:
             same = await self._repeated_create(network, path, ifname, name, ipv4, ipv6, mac)
             if same is not None:
@@ -642,8 +657,8 @@ class Overlay:
                 raise api.ApiError(str(exc)) from None
             await self._room_for(network)
             self._check_writable("endpoint not created")
-            ep: Endpoint = await self._table_call(
-                lambda t, now: t.create_endpoint(now, network, name, ipv4, ipv6, mac))
+            ep: Endpoint = await self._table_call(lambda t, now: _create_with_aliases(
+                t, now, lambda: t.create_endpoint(now, network, name, ipv4, ipv6, mac), names))
             net: Network = await self.read(lambda t: t.find_network(ep.network))
             spec = VethSpec(host_ifname(self.prefix, ep.id), path, ifname, ep.mac,
                             prefixed([(a, net.subnet_of(a) if a else None) for a in (ep.ipv4, ep.ipv6)]), self.effective_mtu(net),
@@ -661,6 +676,8 @@ class Overlay:
                 raise api.ApiError(str(exc)) from None
             self.interfaces[ep.id] = {**(attachment or {}), "netns": path, "ifname": ifname,
                                       "host_ifname": spec.host_ifname}
+            if names:
+                self.interfaces[ep.id]["aliases"] = list(names)
             try:
                 await self._confirm_attached(spec)
                 await self._save_or_fail("endpoint not created")
@@ -757,6 +774,22 @@ class Overlay:
             await self._persist()
         log.info(kv("endpoint-renamed", id=ep.id[:12], name=ep.name))
         return ep
+
+    async def set_aliases(self, endpoint_id: str, aliases: Sequence[str]) -> tuple[str, ...]:
+        """Publish a local endpoint's aliases (replacing earlier ones) and persist them
+        (the Docker plugin: Docker's ``--network-alias``, learnt after Join). ApiError."""
+        async with self._lock:
+            names: tuple[str, ...] = await self._table_call(
+                lambda t, now: t.extras.set_aliases(now, endpoint_id, aliases))
+            ep: Endpoint = await self.read(lambda t: t.find_endpoint(endpoint_id))
+            if ep.id in self.interfaces:
+                if names:
+                    self.interfaces[ep.id]["aliases"] = list(names)
+                else:
+                    self.interfaces[ep.id].pop("aliases", None)
+                await self._persist()
+        log.info(kv("endpoint-aliases", id=ep.id[:12], aliases=",".join(names)))
+        return names
 
     async def remove_endpoint(self, ref: str) -> Endpoint:
         """The record without the endpoint is saved first: a remove that cannot be saved
@@ -894,3 +927,13 @@ class Overlay:
                               ({"table": "neigh"}, float(len(desired.neigh)))]),
             ]
         return fams
+
+
+def _create_with_aliases(t: Tables, now: float, create: Callable[[], tuple[Endpoint, Sequence[Effect]]],
+                         names: Sequence[str]) -> tuple[Endpoint, list[Effect]]:
+    """An endpoint's row and, in the same driver step, its alias row (names already checked)."""
+    ep, effects = create()
+    out = list(effects)
+    if names:
+        out += t.extras.set_aliases(now, ep.id, names)[1]
+    return ep, out

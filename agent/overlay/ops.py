@@ -16,7 +16,8 @@ docs/operations.md. Requests:
                                 "host_access": bool?}}
     {"op": "network",  "args": {"action": "ls" | "inspect" | "rm", "ref": NAME|ID|PREFIX}}
     {"op": "endpoint", "args": {"action": "create", "network": REF, "netns": NAME|PATH,
-                                "ip": IP?, "ip6": IP?, "mac": MAC?, "ifname": "eth0", "name": N?}}
+                                "ip": IP?, "ip6": IP?, "mac": MAC?, "ifname": "eth0", "name": N?,
+                                "aliases": [NAME...]?}}
     {"op": "endpoint", "args": {"action": "ls", "network": REF?} | {"action": "rm", "ref": ID|NAME}}
     {"op": "dataplane"}
 
@@ -160,7 +161,7 @@ def network_row(n: Network) -> dict[str, Any]:
 
 
 def endpoint_json(ep: Endpoint, net: Network | None, me: str, iface: dict[str, Any] | None = None,
-                  prefix: str = "ov-", mtu: int | None = None) -> dict[str, Any]:
+                  prefix: str = "ov-", mtu: int | None = None, aliases: tuple[str, ...] = ()) -> dict[str, Any]:
     """The endpoint object (``endpoint create``, ``endpoint ls --format json``)."""
     out: dict[str, Any] = {
         "id": ep.id,
@@ -176,6 +177,7 @@ def endpoint_json(ep: Endpoint, net: Network | None, me: str, iface: dict[str, A
         "ipv4_cidr": _cidr(ep.ipv4, net.subnet_of(ep.ipv4) if net and ep.ipv4 else None) or None,
         "ipv6_cidr": _cidr(ep.ipv6, net.subnet_of(ep.ipv6) if net and ep.ipv6 else None) or None,
         "conflict": ep.conflict,
+        "aliases": list(aliases),
     }
     if ep.owner == me:
         iface = iface or {}
@@ -311,10 +313,12 @@ class _Handlers:
                 else:
                     eps = t.endpoints()
                 out = []
+                aliases = t.extras.aliases(eps)
                 for e in eps:
                     net = names.get(e.network)
                     mtu = o.effective_mtu(net) if net is not None else None
-                    out.append(endpoint_json(e, net, t.node, o.interfaces.get(e.id), o.prefix, mtu))
+                    out.append(endpoint_json(e, net, t.node, o.interfaces.get(e.id), o.prefix, mtu,
+                                             aliases.get(e.id, ())))
                 return out
 
             return await o.read(rows)
@@ -323,14 +327,16 @@ class _Handlers:
             ifname = _opt_str(args, "ifname") or "eth0"
             ep = await o.create_endpoint(
                 _str(args, "network", "network name or id"), _str(args, "netns", "--netns NAME|PATH"),
-                name=_opt_str(args, "name"), ipv4=ip, ipv6=ip6, mac=_opt_str(args, "mac"), ifname=ifname)
+                name=_opt_str(args, "name"), ipv4=ip, ipv6=ip6, mac=_opt_str(args, "mac"), ifname=ifname,
+                aliases=_list(args, "aliases"))
         else:
             ep = await o.remove_endpoint(_str(args, "ref", "endpoint id or name"))
 
         def shape(t: Tables) -> dict[str, Any]:
             net = next((n for n in t.networks() if n.id == ep.network), None)
             return endpoint_json(ep, net, t.node, o.interfaces.get(ep.id), o.prefix,
-                                 o.effective_mtu(net) if net is not None else None)
+                                 o.effective_mtu(net) if net is not None else None,
+                                 t.extras.own_aliases(ep) if action == "create" else ())
 
         result = await o.read(shape)
         if action == "rm":

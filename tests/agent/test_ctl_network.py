@@ -79,6 +79,15 @@ def test_endpoint_create_request_and_json_output() -> None:
                                          "ip": "10.9.0.5", "mac": "02:42:0a:09:00:05", "name": "web"})]
 
 
+def test_endpoint_create_sends_repeated_aliases_as_a_list() -> None:
+    client = FakeClient({"endpoint": EP})
+    code, _ = run(["endpoint", "create", "blue", "--netns", "c1", "--alias", "db", "--alias", "primary"], client)
+    assert code == 0
+    assert client.sent[0][1]["aliases"] == ["db", "primary"]
+    run(["endpoint", "create", "blue", "--netns", "c1"], client)
+    assert "aliases" not in client.sent[1][1]
+
+
 def test_rm_reports_each_failure_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     class Partial(FakeClient):
         def request(self, op: str, args: dict[str, Any] | None = None) -> Any:

@@ -134,3 +134,35 @@ def test_no_dns_means_no_responder(lab_factory: LabFactory) -> None:
     assert listening == "", listening
     assert "dns" not in ol.request(0, "status")
     assert nslookup(ol, c0, "web")[0] != "ok"
+
+
+def test_aliases_resolve_on_every_host_shared_ones_answer_all_and_go_with_the_endpoint(
+        lab_factory: LabFactory) -> None:
+    """Item 1 (aliases): ``endpoint create --alias`` on host0 and host1; each alias resolves
+    on the other host as ALIAS and ALIAS.NETWORK; an alias two endpoints share answers both
+    addresses; removing one endpoint takes its aliases away everywhere (the shared one then
+    answers the other's address only); ``endpoint ls`` shows them."""
+    lab, ol = _lab(lab_factory)
+    ol.create_network(0, "al", "--subnet", SUBNET)
+    c0, c1, c2 = ol.container("a0"), ol.container("a1"), ol.container("a2")
+    db1 = ol.create_endpoint(0, "al", c0, "--name", "db1", "--alias", "db", "--alias", "primary")
+    db2 = ol.create_endpoint(1, "al", c1, "--name", "db2", "--alias", "db")
+    probe = ol.create_endpoint(1, "al", c2, "--name", "probe")
+    assert db1["aliases"] == ["db", "primary"], db1
+
+    def answers(name: str, where: str = c2) -> tuple[str, list[str]]:
+        outcome, got = nslookup(ol, where, name)
+        return outcome, sorted(got)
+
+    both = sorted([db1["ipv4"], db2["ipv4"]])
+    wait_for(lambda: answers("primary") == ("ok", [db1["ipv4"]]), "primary to resolve on host1", within=60)
+    assert answers("primary.al") == ("ok", [db1["ipv4"]])
+    wait_for(lambda: answers("db") == ("ok", both), "db to answer both addresses on host1", within=60)
+    wait_for(lambda: answers("db", c0) == ("ok", both), "db to answer both addresses on host0", within=60)
+    assert answers("db1", c0) == ("ok", [db1["ipv4"]])  # names still resolve beside aliases
+    assert nslookup(ol, c0, probe["ipv4"], qtype="")[1] == ["probe.al"]  # PTR keeps the name
+    listed = {e["name"]: e["aliases"] for e in ol.request(1, "endpoint", {"action": "ls"})}
+    assert listed["db1"] == ["db", "primary"] and listed["db2"] == ["db"] and listed["probe"] == [], listed
+    ol.ctl(0, "endpoint", "rm", db1["id"])
+    wait_for(lambda: answers("primary")[0] == "NXDOMAIN", "primary to vanish on host1")
+    wait_for(lambda: answers("db") == ("ok", [db2["ipv4"]]), "db to answer db2 only")

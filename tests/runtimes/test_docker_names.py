@@ -66,6 +66,18 @@ def test_find_container_by_endpoint_id() -> None:
         assert find_container(junk, "e1" * 32) is None
 
 
+def test_aliases_in_an_inspect_by_endpoint_id() -> None:
+    from agent.runtimes.docker.dockerapi import aliases_in, inspect_target
+
+    inspect = {"NetworkSettings": {"Networks": {"a": {"EndpointID": "x", "Aliases": ["no"]},
+                                                "b": {"EndpointID": "y", "Aliases": ["db", 5]}}}}
+    assert aliases_in(inspect, "y") == ("db",)
+    assert aliases_in(inspect, "z") == ()
+    for junk in (None, [], {"NetworkSettings": []}, {"NetworkSettings": {"Networks": {"b": {"EndpointID": "y"}}}}):
+        assert aliases_in(junk, "y") == ()
+    assert inspect_target("ab/c") == "/containers/ab%2Fc/json"
+
+
 def test_containers_target_filters_by_network() -> None:
     from urllib.parse import parse_qs, urlsplit
 
@@ -192,13 +204,20 @@ def test_namer_polls_until_dockerd_lists_the_endpoint(tmp_path: Path) -> None:
     from agent.runtimes.docker.state import DockerEndpoint
 
     path = str(tmp_path / "docker.sock")
-    answers = [b"[]", b"[]", json.dumps(LISTING).encode()]
+    inspect = {"Id": "c" * 64, "NetworkSettings": {"Networks": {"blue": {
+        "EndpointID": "e2" * 32, "Aliases": ["www", "Web-B", "not valid", "db"]}}}}
+    answers = [b"[]", b"[]", json.dumps(LISTING).encode(), json.dumps(inspect).encode()]
     renamed: list[tuple[str, str]] = []
+    aliased: list[tuple[str, list[str]]] = []
 
     class FakeOverlay:
         async def rename_endpoint(self, endpoint: str, name: str) -> Any:
             renamed.append((endpoint, name))
             return type("Ep", (), {"name": name})()
+
+        async def set_aliases(self, endpoint: str, names: list[str]) -> tuple[str, ...]:
+            aliased.append((endpoint, list(names)))
+            return tuple(names)
 
     async def serve(sock: trio.socket.SocketType) -> None:
         for body in answers:
@@ -227,3 +246,6 @@ def test_namer_polls_until_dockerd_lists_the_endpoint(tmp_path: Path) -> None:
 
     namer = trio.run(main)
     assert renamed == [("ep-cluster", "web-b")] and namer.renamed == 1 and not namer.pending
+    # the aliases come from the container's inspect (the list has none with dockerd 28),
+    # without the name itself and without what is no endpoint name
+    assert aliased == [("ep-cluster", ["www", "db"])]

@@ -93,7 +93,8 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
     """Same network on both hosts; named containers ping each other over VXLAN; the
     container names resolve across hosts through the agent's DNS responder (``docker run
     --dns GATEWAY``, behind Docker's embedded resolver); docker stop withdraws the stopped
-    container's entries from the other host within 2 s, and its name."""
+    container's entries from the other host within 2 s, and its name; web-b's
+    ``--network-alias db`` resolves on host 0 and goes with it."""
     create_network(dl, 0, "blue")
     create_network(dl, 1, "blue")
     net = cluster_network(dl, 0)
@@ -101,7 +102,7 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
     vni = int(net["Options"][VNI_OPTION])
     gateway = net["IPAM"]["Config"][0]["Gateway"]
     ip_a = run(dl, 0, "web-a", "blue", "--dns", gateway)
-    ip_b = run(dl, 1, "web-b", "blue")
+    ip_b = run(dl, 1, "web-b", "blue", "--network-alias", "db")
     assert ip_a != ip_b
     wait_for(lambda: ip_a in dl.ol.neigh(1, vni) and ip_b in dl.ol.neigh(0, vni), "both hosts to learn the other container")
     cap = dl.ol.capture(0, tmp_path / "vxlan.pcap")
@@ -122,12 +123,15 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
     wait_for(lambda: resolves(dl, 0, "web-a", "web-b") == ip_b, "web-a to resolve web-b (on host 1) by name")
     # NAME.NETWORK with the cluster network's name (docker-<id> here: no --ipam-opt network=)
     assert resolves(dl, 0, "web-a", f"web-b.{net['Name']}") == ip_b
+    # Docker's --network-alias (read from host 1's dockerd) resolves on host 0 too.
+    wait_for(lambda: resolves(dl, 0, "web-a", "db") == ip_b, "web-a to resolve web-b's alias db")
 
     mac_b = next(m for ip, m in dl.ol.neigh(0, vni).items() if ip == ip_b)
     dl.docker(1, "stop", "-t", "1", "web-b")
     wait_for(lambda: ip_b not in dl.ol.neigh(0, vni) and mac_b not in dl.ol.fdb(0, vni),
              "host 0 to drop the stopped container's entries", within=WITHDRAW_WITHIN)
     wait_for(lambda: resolves(dl, 0, "web-a", "web-b") is None, "web-b's name to go")
+    assert resolves(dl, 0, "web-a", "db") is None, "the alias goes with the endpoint"
 
 
 def test_connect_disconnect_running_container(dl: DockerLab) -> None:

@@ -5,7 +5,9 @@ the sandbox's namespace path, never the container's name; dockerd's own API has 
 ``/containers/json?all=1&filters={"network": [ID]}`` lists the containers on one Docker
 network with, per network, the ``EndpointID`` and the ``Aliases``; dockerd records the
 endpoint id there once the container's start (or ``docker network connect``) is done,
-so the caller polls (``agent.runtimes.docker.naming``).
+so the caller polls (``agent.runtimes.docker.naming``). The list leaves ``Aliases`` empty
+(dockerd 28 fills it only in ``/containers/ID/json``), so aliases are read from there
+(``inspect_target``, ``aliases_in``).
 
 Owns: one GET over dockerd's Unix socket with h11 (the HTTP/1.1 state machine the
 plugin server uses too), bounded (response body at most ``MAX_RESPONSE`` bytes, the
@@ -53,6 +55,25 @@ def containers_target(docker_network: str) -> str:
     """The request target listing the containers (running or not) on one Docker network."""
     filters = json.dumps({"network": [docker_network]}, separators=(",", ":"))
     return "/containers/json?all=1&filters=" + urllib.parse.quote(filters, safe="")
+
+
+def inspect_target(container_id: str) -> str:
+    """The request target of one container's inspect (``docker inspect``)."""
+    return "/containers/" + urllib.parse.quote(container_id, safe="") + "/json"
+
+
+def aliases_in(inspect: Any, endpoint_id: str) -> tuple[str, ...]:
+    """The ``Aliases`` of the network entry with ``EndpointID`` ``endpoint_id`` in a
+    container's inspect; () when there is none. Anything malformed is skipped."""
+    settings = inspect.get("NetworkSettings") if isinstance(inspect, dict) else None
+    networks = settings.get("Networks") if isinstance(settings, dict) else None
+    if not isinstance(networks, dict):
+        return ()
+    for entry in networks.values():
+        if isinstance(entry, dict) and entry.get("EndpointID") == endpoint_id:
+            raw = entry.get("Aliases")
+            return tuple(a for a in raw if isinstance(a, str))[:MAX_ALIASES] if isinstance(raw, list) else ()
+    return ()
 
 
 def find_container(listing: Any, endpoint_id: str) -> Container | None:

@@ -10,7 +10,11 @@ start or ``docker network connect`` is done: polled with a growing delay, for at
 ``ep-<id>`` name when dockerd cannot be reached (logged once, until dockerd answers
 again), when the container is not found in time, or when the name is taken by another
 endpoint of this host (a container on two of our networks: the first endpoint gets it).
-Docker's aliases are logged with the name: endpoint rows have no alias field yet.
+The container's aliases on that network (``--network-alias``, ``docker network connect
+--alias``; dockerd lists them with the endpoint, libnetwork's driver calls do not carry
+them) are published as the endpoint's aliases (``Overlay.set_aliases``,
+``gossip.tables.aliases``), without the name itself; aliases that are no valid endpoint
+name are left out (logged).
 
 Owns: the ``Namer`` (its tasks run in the plugin's nursery) and its counters.
 Does not: speak HTTP (``dockerapi``) or hold the plugin's state (``context``).
@@ -18,6 +22,7 @@ Does not: speak HTTP (``dockerapi``) or hold the plugin's state (``context``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import trio
@@ -27,6 +32,8 @@ from agent.log import kv
 from agent.runtimes.docker import dockerapi
 from agent.runtimes.docker.context import Context
 from agent.runtimes.docker.dockerapi import Container, DockerApiError
+from gossip.tables import aliases
+from gossip.tables.rows import TableError, check_name
 
 log = logging.getLogger("agent.runtimes.docker")
 
@@ -62,6 +69,7 @@ class Namer:
             if found is None or docker_endpoint not in self.ctx.state.endpoints:
                 self.kept += 1
                 return
+            await self._publish_aliases(endpoint, await self._with_aliases(docker_endpoint, found))
             try:
                 ep = await self.ctx.overlay.rename_endpoint(endpoint, found.name)
             except api.ApiError as exc:
@@ -74,6 +82,33 @@ class Namer:
                         container=found.id[:12], aliases=",".join(found.aliases)))
         finally:
             self.pending.discard(docker_endpoint)
+
+    async def _with_aliases(self, docker_endpoint: str, found: Container) -> Container:
+        """``found`` with the aliases of its inspect (the list leaves them out); as it is
+        when the inspect fails."""
+        if not found.id:
+            return found
+        try:
+            inspect = await dockerapi.get_json(self.api_socket, dockerapi.inspect_target(found.id))
+        except DockerApiError as exc:
+            log.info(kv("docker-aliases-unknown", container=found.id[:12], reason=str(exc)))
+            return found
+        got = dockerapi.aliases_in(inspect, docker_endpoint)
+        return dataclasses.replace(found, aliases=got) if got else found
+
+    async def _publish_aliases(self, endpoint: str, found: Container) -> None:
+        names = [a for a in found.aliases if a.lower() != found.name.lower()]
+        good = [a for a in names if _valid(a)]
+        if len(good) < len(names):
+            log.info(kv("docker-aliases-skipped", endpoint=endpoint[:12],
+                        aliases=",".join(a for a in names if a not in good),
+                        reason="not a valid endpoint name (letters, digits, _ . -; at most 64)"))
+        if not good:
+            return
+        try:
+            await self.ctx.overlay.set_aliases(endpoint, good[:aliases.MAX_ALIASES])
+        except api.ApiError as exc:
+            log.info(kv("docker-aliases-not-published", endpoint=endpoint[:12], reason=str(exc)))
 
     async def _find(self, docker_endpoint: str, docker_network: str) -> Container | None:
         deadline = trio.current_time() + NAME_WAIT
@@ -99,3 +134,11 @@ class Namer:
             await trio.sleep(delay)
             delay = min(delay * 2, MAX_DELAY)
         return None
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name, "alias")
+    except TableError:
+        return False
+    return True
