@@ -63,6 +63,9 @@ class KernelMirror:
         self.events = 0
         """Notifications applied since creation (for tests and the benchmark)."""
         self.full_reads = 0
+        self.received = 0
+        """Datagrams received while valid."""
+        self._space = bytearray(1 << 16)
 
     def close(self) -> None:
         self._raw.close()
@@ -104,10 +107,13 @@ class KernelMirror:
     # -- catching up ------------------------------------------------------------------------------
     def catch_up(self) -> bool:
         """Apply every queued notification; False if the mirror cannot be trusted."""
-        sock = self._raw.sock
+        recv_into, space = self._raw.sock.recv_into, self._space
+        flags = socket.MSG_DONTWAIT | socket.MSG_TRUNC
         while True:
             try:
-                buf = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                # Into one reused buffer: a notification is one datagram of ~0.1-2 KB, and
+                # recv(1 MiB) would allocate (and map) a megabyte for each.
+                n = recv_into(space, len(space), flags)
             except BlockingIOError:
                 return self.valid
             except OSError as e:
@@ -115,8 +121,11 @@ class KernelMirror:
                     raise
                 self.valid = False  # some were lost: only a dump can tell what changed
                 continue
+            if n > len(space):
+                self.valid = False  # truncated (MSG_TRUNC gives the real size)
             if self.valid:
-                self._apply(buf)
+                self.received += 1
+                self._apply(bytes(space[:n]))
 
     def _apply(self, buf: bytes) -> None:
         for pos, length, mtype, _seq in rtnl.messages(buf):

@@ -48,6 +48,8 @@ NLMSGERR_ATTR_MSG = 1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_GETADDR = 22
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
 RTM_GETNEIGH = 30
@@ -56,6 +58,7 @@ RTNLGRP_NEIGH = 3
 
 # -- links -------------------------------------------------------------------------------
 IFF_UP = 0x1
+IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_MASTER = 10
@@ -88,6 +91,9 @@ NUD_PERMANENT = 0x80
 HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
+IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
 ATTR = struct.Struct("=HH")
 U32 = struct.Struct("=I")
 I32 = struct.Struct("=i")
@@ -381,6 +387,54 @@ def get_link(sock: RtnlSocket, name: str) -> RawLink | None:
         if mtype == RTM_NEWLINK:
             return parse_link(msg, 0, len(msg))
     return None
+
+
+def link_address(sock: RtnlSocket, name: str) -> tuple[int, bytes] | None:
+    """(ifindex, IFLA_ADDRESS) of the link called ``name``, or None if there is none."""
+    try:
+        msgs = sock.request(RTM_GETLINK, 0, link_get_body(name))
+    except NetlinkError as e:
+        if e.errno in (_errno.ENODEV, _errno.ENOENT):
+            return None
+        raise
+    for msg in msgs:
+        if HDR.unpack_from(msg, 0)[1] == RTM_NEWLINK:
+            index = IFINFO.unpack_from(msg, HDR.size)[2]
+            for kind, start, end in walk(msg, HDR.size + IFINFO.size, len(msg)):
+                if kind == IFLA_ADDRESS:
+                    return index, bytes(msg[start:end])
+            return index, b""
+    return None
+
+
+def dump_addrs(sock: RtnlSocket, index: int) -> list[tuple[str, int]]:
+    """(address text, prefix length) of every address on ``index`` (IFA_LOCAL, else
+    IFA_ADDRESS, as ``ip addr`` shows them). Strict checking makes the kernel filter
+    by index: a host with 1,000 endpoint veths has 1,000 other link-local addresses."""
+    out: list[tuple[str, int]] = []
+
+    def consume(buf: bytes) -> bool:
+        for pos, length, mtype, _seq in messages(buf):
+            if mtype == RTM_NEWADDR:
+                _fam, plen, _fl, _sc, idx = IFADDR.unpack_from(buf, pos + HDR.size)
+                if idx != index:
+                    continue
+                local = address = b""
+                for kind, s, e in walk(buf, pos + HDR.size + IFADDR.size, pos + length):
+                    if kind == IFA_LOCAL:
+                        local = bytes(buf[s:e])
+                    elif kind == IFA_ADDRESS:
+                        address = bytes(buf[s:e])
+                raw = local or address
+                if len(raw) in (4, 16):
+                    out.append((addr_text(raw), plen))
+            elif end_of_dump(buf, pos, mtype):
+                return True
+        return False
+
+    body = IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, index)
+    sock.dump(RTM_GETADDR, body, consume)
+    return out
 
 
 # -- FDB and neighbours --------------------------------------------------------------------

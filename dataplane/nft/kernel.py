@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataplane import rtnl
 from dataplane.model import canonical_ip, canonical_mac
 from dataplane.nft.model import (
     FAMILIES,
@@ -67,6 +68,7 @@ class NftKernel:
         self.netns = netns
         self.nft = nft
         self._ipr: Any = None
+        self._sock: rtnl.RtnlSocket | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
     def _wrap(self, argv: Sequence[str]) -> list[str]:
@@ -92,6 +94,9 @@ class NftKernel:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # -- read ---------------------------------------------------------------------------------
     def read(self, desired: NftDesired, tables: Mapping[str, TableShape] | None = None) -> NftActual:
@@ -117,19 +122,22 @@ class NftKernel:
         return tables
 
     def _bridge(self, name: str) -> BridgeSeen | None:
-        ipr = self._ip()
-        found = ipr.link_lookup(ifname=name)
-        if not found:
+        # Raw rtnetlink (one request, one index-filtered dump): pyroute2's get_addr dumps
+        # every address of the host and filters in Python, and at 1,000 endpoints the
+        # host-side veths' link-local addresses made that most of a pass.
+        sock = self._rtnl()
+        found = rtnl.link_address(sock, name)
+        if found is None:
             return None
-        index = found[0]
-        links = ipr.get_links(index)
-        mac = canonical_mac(links[0].get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00") if links else ""
-        addrs = set()
-        for msg in ipr.get_addr(index=index):
-            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if text:
-                addrs.add(f"{canonical_ip(text)}/{msg['prefixlen']}")
+        index, raw_mac = found
+        mac = canonical_mac(raw_mac.hex(":") if len(raw_mac) == 6 else "00:00:00:00:00:00")
+        addrs = {f"{canonical_ip(ip)}/{plen}" for ip, plen in rtnl.dump_addrs(sock, index)}
         return BridgeSeen(mac, frozenset(addrs))
+
+    def _rtnl(self) -> rtnl.RtnlSocket:
+        if self._sock is None:
+            self._sock = rtnl.RtnlSocket(self.netns)
+        return self._sock
 
     def _table(self, family: str) -> TableShape | None:
         r = self._run([self.nft, "-j", "list", "table", family, TABLE])
