@@ -198,11 +198,15 @@ def _release_startup_memory() -> None:
     returns it. Elsewhere (musl, macOS) this does nothing. ``gc.freeze`` moves
     every object alive now (modules, classes, config) to the permanent generation,
     so later full collections do not walk them again and again (idle CPU); the
-    process entry point (``agent.__main__``) ran start-up with GC off.
+    process entry point (``agent.__main__``) ran start-up with GC off. The dataclass code
+    cache it installed (``agent.codecache``) is dropped: every start-up class exists now.
     """
     import ctypes
     import gc
 
+    from agent import codecache
+
+    codecache.uninstall()
     gc.collect()
     gc.freeze()
     gc.enable()

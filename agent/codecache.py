@@ -1,0 +1,213 @@
+"""Compiled dataclass methods kept on disk, like ``.pyc`` files, to cut the agent's start-up CPU.
+
+Why: ``@dataclass`` writes the source of ``__init__``, ``__repr__``, ``__eq__``,
+``__hash__`` and (frozen) ``__setattr__``/``__delattr__`` for each class and compiles it
+at import time. The agent defines ~140 dataclasses; compiling their ~740 generated
+functions was ~0.055 CPU-s of a ~0.19 CPU-s start (measured: ``compile`` of
+``dataclasses``' generated text under ``time.thread_time``, docs/benchmarks.md, "Where
+the agent's memory and start-up go"). Those texts are the same at every start, so their
+code objects are cached, keyed by the exact generated text: a class that changes
+generates another text, misses, and is compiled as before, so a stale cache costs time,
+never correctness.
+
+How: ``install`` loads ``<agent>/__pycache__/dataclass-code.<cache_tag>.marshal`` (if it
+is there and was written by this interpreter's bytecode version) and points the name
+``exec`` in the ``dataclasses`` module at a function that runs the cached code object
+for a known text and compiles the others exactly as ``exec`` would (no inherited
+``__future__`` flags, file name ``<string>``). ``uninstall`` (the end of start-up) puts
+``dataclasses`` back and drops the table. ``build`` (``python -m agent.codecache``)
+imports the agent's start-up modules with recording on and writes the file atomically;
+it runs where ``compileall`` does (the benchmarks' byte-compile step, a package build).
+
+Owns: the cache file's format, location, loading, writing and the ``dataclasses`` hook.
+Does not: decide when start-up ends (``agent.service``) or which modules the agent
+loads (``agent.__main__``).
+"""
+
+from __future__ import annotations
+
+import _blake2
+import builtins
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import marshal
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import CodeType
+from typing import Any
+
+CACHE_DIR = Path(__file__).resolve().parent / "__pycache__"
+STARTUP_MODULES = (
+    "agent.cli",
+    "agent.log",
+    "agent.service",
+    "agent.overlay.extension",
+    "agent.overlay.ipsec",
+    "dataplane.monitor",  # imported by the reconcilers as they start
+)
+"""What ``agent.__main__`` imports to run an agent (the cache holds their dataclasses)."""
+_HEADER = importlib.util.MAGIC_NUMBER + b"dataclass-code\n"
+"""The file starts with the bytecode magic: another Python version's file is ignored."""
+
+_ExecFn = Callable[..., None]
+_Index = dict[bytes, tuple[int, int]]
+
+
+class _Table:
+    """The cache as loaded: an index from the hash of a text to its code's marshalled
+    bytes in one blob. Code objects are unmarshalled one at a time as dataclasses asks
+    for them, so start-up allocates and frees in the order compiling would (loading all
+    at once left ~1 MiB of fragmented heap behind), and the texts are never loaded."""
+
+    __slots__ = ("blob", "hits", "index", "misses", "recorded")
+
+    def __init__(self, index: _Index, blob: bytes, *, record: bool) -> None:
+        self.index = index
+        self.blob = memoryview(blob)
+        self.recorded: dict[bytes, bytes] | None = {} if record else None
+        self.hits = 0
+        self.misses = 0
+
+    def code(self, source: str) -> CodeType:
+        key = _key(source)
+        where = self.index.get(key)
+        if where is not None:
+            code = marshal.loads(self.blob[where[0]:where[0] + where[1]])
+            if isinstance(code, CodeType):
+                self.hits += 1
+                return code
+        self.misses += 1
+        code = _compile(source)
+        if self.recorded is not None:
+            self.recorded[key] = marshal.dumps(code)
+        return code
+
+    def entries(self) -> dict[bytes, bytes]:
+        out = {k: bytes(self.blob[o:o + n]) for k, (o, n) in self.index.items()}
+        out.update(self.recorded or {})
+        return out
+
+
+_state: dict[str, _Table | None] = {"table": None}
+
+
+def default_path() -> Path:
+    tag = sys.implementation.cache_tag or "none"
+    return CACHE_DIR / f"dataclass-code.{tag}.marshal"
+
+
+def _key(source: str) -> bytes:
+    # blake2b from its own small module (hashlib is deferred: it would map OpenSSL).
+    return _blake2.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _compile(source: str) -> CodeType:
+    # What ``exec(source, ...)`` in the dataclasses module compiles: that module has no
+    # __future__ imports, so none are inherited here either (dont_inherit).
+    return compile(source, "<string>", "exec", dont_inherit=True)
+
+
+def load(path: Path) -> tuple[_Index, bytes]:
+    """The index and blob in ``path``; empty if missing, unreadable or of another Python."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}, b""
+    if not data.startswith(_HEADER):
+        return {}, b""
+    try:
+        index, blob = marshal.loads(memoryview(data)[len(_HEADER):])
+    except (EOFError, ValueError, TypeError):
+        return {}, b""
+    if not isinstance(index, dict) or not isinstance(blob, bytes):
+        return {}, b""
+    return index, blob
+
+
+def install(path: Path | None = None, *, record: bool = False) -> int:
+    """Serve ``dataclasses``' compiles from the cache in ``path``; how many entries it has.
+
+    With ``record`` every text compiled meanwhile is remembered for ``save``.
+    """
+    index, blob = load(path or default_path())
+    table = _Table(index, blob, record=record)
+    real_exec: _ExecFn = builtins.exec
+
+    def cached_exec(source: object, globals: dict[str, Any] | None = None,
+                    locals: dict[str, Any] | None = None) -> None:
+        if type(source) is str:
+            real_exec(table.code(source), globals, locals)
+        else:
+            real_exec(source, globals, locals)
+
+    _state["table"] = table
+    dataclasses.exec = cached_exec  # type: ignore[attr-defined]
+    return len(index)
+
+
+def uninstall() -> None:
+    """``dataclasses`` compiles by itself again; the table is dropped (its memory too)."""
+    if "exec" in vars(dataclasses):
+        del dataclasses.exec  # type: ignore[attr-defined]
+    _state["table"] = None
+
+
+def installed() -> bool:
+    return "exec" in vars(dataclasses)
+
+
+def counts() -> tuple[int, int]:
+    """(hits, misses) of the installed cache; (0, 0) when none is."""
+    table = _state["table"]
+    return (table.hits, table.misses) if table is not None else (0, 0)
+
+
+def save(path: Path | None = None) -> int:
+    """Write the loaded and the recorded entries to ``path`` (atomically); how many."""
+    table = _state["table"]
+    entries = table.entries() if table is not None else {}
+    index: _Index = {}
+    parts: list[bytes] = []
+    offset = 0
+    for key, code in entries.items():
+        index[key] = (offset, len(code))
+        parts.append(code)
+        offset += len(code)
+    target = path or default_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(_HEADER + marshal.dumps((index, b"".join(parts))))
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return len(index)
+
+
+def build(path: Path | None = None, modules: Sequence[str] = STARTUP_MODULES) -> int:
+    """Import ``modules`` with recording on (in a fresh interpreter, so that every
+    dataclass is created here) and write the cache; how many entries it holds."""
+    install(path, record=True)
+    try:
+        for name in modules:
+            importlib.import_module(name)
+        return save(path)
+    finally:
+        uninstall()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0]) if args else default_path()
+    count = build(path)
+    print(f"agent.codecache: {count} dataclass functions in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

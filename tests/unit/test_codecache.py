@@ -1,0 +1,109 @@
+"""agent.codecache: dataclass methods served from the on-disk cache behave exactly like
+freshly compiled ones, a stale or foreign file only costs a compile, and a cache built by
+``python -m agent.codecache`` covers everything the agent imports at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import codecache
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> Iterator[None]:
+    yield
+    codecache.uninstall()
+
+
+def _define(tag: int) -> type:  # the same texts whatever the tag; the qualname differs
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Point:
+        x: int
+        y: str = "a"
+        z: tuple[int, ...] = dataclasses.field(default_factory=tuple)
+
+    Point.__qualname__ = f"Point{tag}"
+    return Point
+
+
+def test_cached_methods_behave_like_compiled_ones(tmp_path: Path) -> None:
+    path = tmp_path / "cache.marshal"
+    plain = _define(0)
+    assert codecache.install(path, record=True) == 0  # no file yet
+    _define(0)
+    hits, misses = codecache.counts()
+    assert hits == 0 and misses >= 5  # __init__, __repr__, __eq__, __hash__, __setattr__, ...
+    assert codecache.save(path) == misses
+    codecache.uninstall()
+    assert not codecache.installed()
+
+    assert codecache.install(path) == misses
+    cached = _define(0)
+    assert codecache.counts() == (misses, 0)
+    for name in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
+        assert getattr(cached, name).__code__ == getattr(plain, name).__code__, name
+    # No __future__ flag leaks in from codecache's own module: annotations stay objects.
+    init_annotations = vars(cached)["__init__"].__annotations__
+    assert init_annotations == vars(plain)["__init__"].__annotations__
+    assert init_annotations["return"] is None
+    a, b = cached(1), cached(1, "a", ())
+    assert a == b and hash(a) == hash(b) and repr(a) == "Point0(x=1, y='a', z=())"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.x = 2  # type: ignore[misc]
+
+
+def test_a_changed_class_misses_and_is_compiled(tmp_path: Path) -> None:
+    path = tmp_path / "cache.marshal"
+    codecache.install(path, record=True)
+    _define(0)
+    codecache.save(path)
+    codecache.uninstall()
+    codecache.install(path)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Other:  # another field: every generated text differs
+        w: int
+
+    hits, misses = codecache.counts()
+    assert hits == 0 and misses >= 5
+    assert repr(Other(2)).endswith("Other(w=2)") and Other(2) == Other(2)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x00" * 64])
+def test_an_unusable_file_is_ignored(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "cache.marshal"
+    path.write_bytes(content)
+    assert codecache.install(path) == 0
+    assert _define(0)(3).x == 3
+    codecache.uninstall()
+    assert "exec" not in vars(dataclasses)
+
+
+def test_a_built_cache_covers_the_agents_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "cache.marshal"
+    built = subprocess.run([sys.executable, "-m", "agent.codecache", str(path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr
+    code = textwrap.dedent(f"""
+        import importlib
+        from pathlib import Path
+        from agent import codecache
+        codecache.install(Path({str(path)!r}))
+        for name in codecache.STARTUP_MODULES:
+            importlib.import_module(name)
+        print(*codecache.counts())
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    hits, misses = map(int, run.stdout.split())
+    assert misses == 0 and hits > 500
