@@ -32,7 +32,6 @@ Figures per kind:
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import sys
@@ -41,14 +40,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.lab import procstat
-from agent.lab.agentnode import PROJECT_ROOT
 from agent.lab.netlab import Lab, LabError
 from bench.cluster import Cluster, ClusterTimeout, Node, all_alive
+from bench.membership import precompile
 from bench.serfnode import serf_binary
 from bench.summary import log, machine, write_json
 
 PROFILE = "lan"
-PACKAGES = ("agent", "gossip", "crypto", "dataplane")
 
 
 def _start(cl: Cluster, kind: str, index: int, name: str, join: Sequence[str]) -> Node:
@@ -222,8 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    for pkg in PACKAGES:  # as a package install does (see bench/membership.py)
-        compileall.compile_dir(str(PROJECT_ROOT / pkg), quiet=1)
+    precompile()  # as a package install does (see bench/membership.py)
     runs: dict[str, Any] = {}
     try:
         for kind in kinds:
