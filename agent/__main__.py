@@ -22,6 +22,11 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
+DECODE_MEMO_BYTES = 256 * 1024
+"""The agent's bound on decoded datagrams kept for repeats (``codec.set_packet_memo_bytes``:
+an agent almost never receives the same datagram twice; the simulator's 8 MiB default
+would only slowly fill the heap)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     # No cyclic GC while ~100 modules load and start up: their objects live for good, and
@@ -67,8 +72,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from agent import service
     from agent.overlay.extension import Overlay
     from agent.overlay.ipsec import IpsecAgent
+    from gossip.wire import codec
 
     agent_log.setup(config.log_level, fmt=config.log_format)
+    codec.set_packet_memo_bytes(DECODE_MEMO_BYTES)
     overlay = Overlay()
     extensions: list[service.Extension] = [overlay, IpsecAgent(overlay)]
     if config.docker_plugin_socket:

@@ -17,7 +17,6 @@ values must already have it (``vxlan_port = "4789"`` is an error).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import grp
 import ipaddress
@@ -35,6 +34,15 @@ from gossip.config import Config, Profile
 from gossip.effects import Address
 from gossip.serf.payloads import encode_tags
 from gossip.tables.agenttag import AGENT_TAG, with_agent_tag
+
+
+def _close_match(name: str, known: Mapping[str, object]) -> list[str]:
+    """The suggestion for an unknown key. difflib is imported only here: an agent whose
+    configuration is right never loads it (~80 KiB of code)."""
+    import difflib
+
+    return difflib.get_close_matches(name, list(known), n=1)
+
 
 DEFAULT_CONFIG_FILE = "/etc/overlay-agent/agent.toml"
 CONFIG_ENV = "OVERLAY_AGENT_CONFIG"
@@ -225,7 +233,7 @@ def read_file(path: str) -> Layer:
     layer: Layer = {}
     for name, value in doc.items():
         if name not in KEYS:
-            hint = difflib.get_close_matches(name, list(KEYS), n=1)
+            hint = _close_match(name, KEYS)
             suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{_file_origin(path, name)}: unknown key{suffix}")
         if KEYS[name].kind == "table":
@@ -547,7 +555,7 @@ def build(layer: Layer, *, config_file: str | None = None,
     gossip: dict[str, float | int | bool] = {}
     for name, raw in sorted(b.table("gossip").items()):
         if name not in GOSSIP_KEYS:
-            hint = difflib.get_close_matches(name, list(GOSSIP_KEYS), n=1)
+            hint = _close_match(name, GOSSIP_KEYS)
             suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{raw.origin}: unknown gossip setting{suffix}")
         gossip[name] = b.run(raw, functools.partial(_gossip_value, name))
@@ -561,7 +569,7 @@ def build(layer: Layer, *, config_file: str | None = None,
     limit_values: dict[str, float | int] = {}
     for name, raw in sorted(b.table("limits").items()):
         if name not in LIMIT_KEYS:
-            hint = difflib.get_close_matches(name, list(LIMIT_KEYS), n=1)
+            hint = _close_match(name, LIMIT_KEYS)
             suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{raw.origin}: unknown limit{suffix}")
         limit_values[name] = b.run(raw, _as_int if LIMIT_KEYS[name] is int else _as_float)

@@ -263,6 +263,20 @@ everything it inflated to): one per process, so a simulator's thousands of cores
 the decode of one news item, and bounded in bytes (issue 18, item 3)."""
 
 
+def set_packet_memo_bytes(max_bytes: int) -> None:
+    """Bound the decoded-datagram memo to ``max_bytes`` of weight (empties it).
+
+    The default (``limits.DECODE_MEMO_BYTES``, 8 MiB) is for the simulator, where one
+    node's datagram reaches many cores of the same process. An agent sees one copy of
+    each datagram (pings carry fresh sequence numbers, gossip packets differ per
+    sender): 2 hits in 203 lookups over 90 s in a 100-member cluster, while the memo
+    fills towards its bound at ~2 entries a second, i.e. ~10 MiB of heap after a few
+    hours. ``agent.__main__`` makes it small.
+    """
+    global _plain_memo
+    _plain_memo = ByteMemo(max(0, max_bytes))
+
+
 def clear_caches() -> None:
     """Forget memoised decodes (tests; long-running processes never need it)."""
     _decode_part_cached.cache_clear()

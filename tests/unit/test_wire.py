@@ -489,6 +489,24 @@ def test_memo_is_bounded_by_bytes_not_entries() -> None:
     wire.clear_caches()
 
 
+def test_packet_memo_can_be_made_smaller_for_an_agent() -> None:
+    """agent.__main__ bounds the memo to what an agent needs; the bound holds, and
+    decoding is unchanged (a datagram heavier than the bound is simply not kept)."""
+    try:
+        wire.set_packet_memo_bytes(4096)
+        for i in range(100):
+            pkt = wire.encode_packet([wire.encode(Nack(i)), wire.encode(Nack(i + 1))], compress=False,
+                                     crc=False, keyring=None)
+            assert wire.decode_packet(pkt, None) == [Nack(i), Nack(i + 1)]
+            assert wire._plain_memo.held <= 4096
+        assert 0 < len(wire._plain_memo) < 100
+        wire.set_packet_memo_bytes(0)
+        assert wire.decode_packet(pkt, None) == [Nack(99), Nack(100)] and len(wire._plain_memo) == 0
+    finally:
+        wire.set_packet_memo_bytes(limits.DECODE_MEMO_BYTES)
+    assert wire._plain_memo.max_bytes == limits.DECODE_MEMO_BYTES
+
+
 def test_byte_memo_evicts_oldest_and_skips_what_alone_is_too_big() -> None:
     from gossip.wire.memo import ByteMemo
 
