@@ -23,8 +23,11 @@ import sys
 import threading
 import types
 
-AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets", "idna")
-"""What the daemon defers (the first four are what maps libcrypto into an agent)."""
+AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets", "idna", "tempfile", "shutil", "bz2", "lzma")
+"""What the daemon defers (the first four are what maps libcrypto into an agent; the last
+four come with ``ctypes.util``, which trio imports to name its threads, and serve only
+its fallbacks when ``ldconfig`` cannot find a library: ~0.5 MiB of code and two
+compression libraries)."""
 
 _lock = threading.RLock()
 """Re-entrant: importing one deferred module may read another (secrets -> hmac)."""
