@@ -412,34 +412,37 @@ class LinuxKernel:
         sent: list[EntryOp] = []
         index = self._index
         append, keep = entries.append, sent.append
-        # One pass, dispatching on the exact class: a program of 20,000 rows spends
-        # more here than in the kernel if each op walks an isinstance chain.
+        # One pass, dispatching on the exact class through a dict; the ops are
+        # NamedTuples, unpacked in C: a program of 20,000 rows spends more here than in
+        # the kernel if each op walks an isinstance chain or reads fields by name.
+        kinds = _ENTRY_KIND
+        device = ""
+        i: int | None = None
         for op in ops:
-            cls = type(op)
-            i = index.get(op.device)
-            if i is None:
-                i = self._lookup(op.device)
-                if i is None:
-                    if cls not in _DELETES:  # gone is what a delete wanted
-                        result.errors.append(OpError(op, errno.ENODEV, f"no device {op.device}"))
-                    continue
-            if type(op) is FdbSet:
-                append((FDB_SET, i, op.mac, op.dst))
-            elif type(op) is NeighSet:
-                append((NEIGH_SET, i, op.ip, op.mac))
-            elif type(op) is FloodAdd:
-                append((FLOOD_ADD, i, op.dst, ""))
-            elif type(op) is FdbDel:
-                if op.dst.endswith(ATTRS_SUFFIX):
-                    append((FDB_DEL_ANY, i, op.mac, ""))  # the whole row goes
-                else:
-                    append((FDB_DEL, i, op.mac, op.dst))
-            elif type(op) is FloodDel:
-                append((FDB_DEL, i, ZERO_MAC, op.dst.removesuffix(ATTRS_SUFFIX)))
-            elif type(op) is NeighDel:
-                append((NEIGH_DEL, i, op.ip, ""))
-            else:
+            kind = kinds.get(type(op))
+            if kind is None:
                 raise TypeError(f"not an entry operation: {op!r}")
+            if op[0] != device:
+                device = op[0]
+                i = index.get(device)
+                if i is None:
+                    i = self._lookup(device)
+            if i is None:
+                if kind not in _DELETE_KINDS:  # gone is what a delete wanted
+                    result.errors.append(OpError(op, errno.ENODEV, f"no device {device}"))
+                continue
+            if kind in (FDB_SET, NEIGH_SET):  # (device, key, value)
+                append((kind, i, op[1], op[2]))  # type: ignore[misc]
+            elif kind in (FLOOD_ADD, NEIGH_DEL):  # (device, key)
+                append((kind, i, op[1], ""))
+            elif kind == FDB_DEL:
+                mac, dst = op[1], op[2]  # type: ignore[misc]
+                if dst.endswith(ATTRS_SUFFIX):
+                    append((FDB_DEL_ANY, i, mac, ""))  # the whole row goes
+                else:
+                    append((FDB_DEL, i, mac, dst))
+            else:  # a flood row: FDB_DEL of the zero MAC
+                append((FDB_DEL, i, ZERO_MAC, op[1].removesuffix(ATTRS_SUFFIX)))
             keep(op)
         res = self._batch.run(entries)
         result.applied += res.sent
@@ -452,6 +455,16 @@ class LinuxKernel:
 
 
 _DELETES = frozenset((FdbDel, FloodDel, NeighDel))
+_FLOOD_DEL = -1  # not a batch kind: becomes an FDB_DEL of the zero MAC
+_ENTRY_KIND: dict[type, int] = {
+    FdbSet: FDB_SET,
+    NeighSet: NEIGH_SET,
+    FloodAdd: FLOOD_ADD,
+    FdbDel: FDB_DEL,
+    FloodDel: _FLOOD_DEL,
+    NeighDel: NEIGH_DEL,
+}
+_DELETE_KINDS = frozenset((FDB_DEL, _FLOOD_DEL, NEIGH_DEL))
 
 _Rows = dict[tuple[str, str], str]
 _Flood = dict[tuple[str, str], bool]
