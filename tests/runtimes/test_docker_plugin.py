@@ -148,8 +148,8 @@ def test_connect_disconnect_running_container(dl: DockerLab) -> None:
                   "--subnet", "10.99.0.0/24", "green2", check=False)
     assert r.returncode != 0 and "cluster network 'green' has subnet 10.78.0.0/24, not 10.99.0.0/24" in r.stderr
     r = dl.docker(1, "network", "create", "-d", p, "--ipam-driver", p, "--subnet", "10.98.0.0/24",
-                  "-o", "bogus=1", "odd", check=False)
-    assert r.returncode != 0 and "unknown option 'bogus'" in r.stderr, r.stderr
+                  "--ipam-opt", "bogus=1", "odd", check=False)
+    assert r.returncode != 0 and "unknown --ipam-opt 'bogus'" in r.stderr, r.stderr
     assert len(dl.ol.request(1, "network", {"action": "ls"})) == 2
     assert dl.ol.request(1, "status")["docker_plugin"]["networks"] == 1
     assert green["IPAM"]["Config"][0]["Subnet"] == "10.78.0.0/24"
@@ -232,3 +232,33 @@ def test_docker_container_and_agentctl_endpoint_share_a_network(dl: DockerLab) -
              "host 1 to drop the removed container's entries", within=WITHDRAW_WITHIN)
     assert ip_a not in names(dl, 1)
     assert dl.ol.ping(netns_b, ip_b)  # its own endpoint is untouched
+
+
+def test_network_create_options_become_the_cluster_networks(dl: DockerLab) -> None:
+    """``docker network create --subnet --ip-range --gateway --aux-address -o k=v`` with our
+    driver and IPAM driver: the cluster network gets them (``network inspect`` with Docker's
+    key names, on the other host too); containers on both hosts get addresses from the
+    range, the gateway as their default route, and reach each other; the second host's
+    ``docker network create --subnet`` joins with the network's own gateway; a --gateway
+    that differs from an existing network's is refused in one line."""
+    create_network(dl, 0, "opts", "--ip-range", "10.77.0.128/25", "--gateway", "10.77.0.254",
+                   "--aux-address", "printer=10.77.0.5", "--aux-address", "cam=10.77.0.200",
+                   "-o", "com.example.team=infra")
+    create_network(dl, 1, "opts")
+    for i in range(2):
+        net = cluster_network(dl, i)
+        assert net["IPAM"]["Config"] == [{"Subnet": SUBNET, "IPRange": "10.77.0.128/25", "Gateway": "10.77.0.254",
+                                          "AuxiliaryAddresses": {"cam": "10.77.0.200", "printer": "10.77.0.5"}}], net
+        assert net["Options"]["com.example.team"] == "infra", net["Options"]
+    p = dl.plugins[1]
+    r = dl.docker(1, "network", "create", "-d", p, "--ipam-driver", p, "--subnet", SUBNET,
+                  "--gateway", "10.77.0.1", "opts2", check=False)
+    assert r.returncode != 0 and "has gateway 10.77.0.254, not 10.77.0.1" in r.stderr, r.stderr
+    ips = [run(dl, i, f"o{i}", "opts") for i in range(2)]
+    for ip in ips:
+        host = int(ip.rsplit(".", 1)[1])
+        assert 128 <= host <= 255 and ip not in ("10.77.0.200", "10.77.0.254"), ips
+    route = dl.exec(0, "o0", ["ip", "route"]).stdout
+    assert "default via 10.77.0.254" in route, route
+    working(dl, 0, "o0", ips[1], "o0 to reach o1 on the other host")
+    assert dl.ping(0, "o0", "10.77.0.254", count=1), "the gateway answers"

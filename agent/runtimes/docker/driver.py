@@ -2,8 +2,13 @@
 
 - CreateNetwork: the Docker network becomes the cluster network of its pool (see
   ``ipam``): joined when it exists, created (name from ``--ipam-opt network=NAME``, else
-  ``docker-<12 hex of Docker's id>``) with ``-o encrypted`` / ``-o
-  com.docker.network.driver.mtu=N`` otherwise. DeleteNetwork forgets the mapping and
+  ``docker-<12 hex of Docker's id>``) otherwise, with ``-o encrypted`` / ``-o
+  com.docker.network.driver.mtu=N`` and the network options ``docker network create``
+  gives (``gossip.tables.netopts``, shown by ``agentctl network inspect`` under Docker's
+  key names): ``--ip-range`` and ``--gateway`` (kept on the pool by ``ipam``),
+  ``--aux-address`` (CreateNetwork's ``AuxAddresses``), ``--internal``, and every other
+  ``-o key=value`` as a passthrough option. ``--label`` never reaches a network driver
+  (dockerd passes only ``-o`` options), so it is not mapped. DeleteNetwork forgets the mapping and
   removes the cluster network only if this plugin created it and nothing uses it.
 - CreateEndpoint binds Docker's endpoint to the row RequestAddress published (and
   reports its MAC); Join answers the veth's container side for dockerd to move, the
@@ -33,7 +38,7 @@ from agent.runtimes.docker.ipam import remove_endpoint
 from agent.runtimes.docker.server import PluginError
 from agent.runtimes.docker.state import DockerEndpoint, DockerNetwork
 from gossip.tables import netopts
-from gossip.tables.rows import Endpoint, Network
+from gossip.tables.rows import Endpoint, Network, TableError
 
 log = logging.getLogger("agent.runtimes.docker")
 
@@ -66,11 +71,9 @@ class Driver:
         if not isinstance(v4, list) or len(v4) != 1 or not isinstance(v4[0], dict):
             raise PluginError("overlay-agent: exactly one IPv4 subnet per network")
         subnet = opt_text(v4[0], "Pool")
+        aux = {str(k): address_of(str(v)) for k, v in mapping(v4[0], "AuxAddresses").items()}
         generic = mapping(mapping(req, "Options"), GENERIC)
-        unknown = sorted(k for k in generic if k not in (ENCRYPTED_OPTION, MTU_OPTION))
-        if unknown:
-            raise PluginError(f"overlay-agent: unknown option {unknown[0]!r} "
-                              f"(known: {ENCRYPTED_OPTION}, {MTU_OPTION})")
+        passthrough = {str(k): str(v) for k, v in generic.items() if k not in (ENCRYPTED_OPTION, MTU_OPTION)}
         encrypted = str(generic.get(ENCRYPTED_OPTION, "false")).lower() not in ("false", "0", "no") \
             if ENCRYPTED_OPTION in generic else False
         mtu = _mtu(generic.get(MTU_OPTION))
@@ -92,9 +95,19 @@ class Driver:
                 net: Network = await self.ctx.read(lambda t: t.find_network(ref))
                 if encrypted and not net.encrypted:
                     raise PluginError(f"overlay-agent: cluster network {net.name!r} exists and is not encrypted")
+                if aux or passthrough or internal:
+                    # Options belong to the network's creation; a host joining it gets them
+                    # from the cluster (agentctl network inspect).
+                    log.info(kv("docker-network-options-ignored", network=net.name,
+                                reason="the cluster network exists; its own options apply"))
             else:
                 name = pool.name or f"docker-{nid[:12]}"
-                opts = netopts.parse_options([pool.subnet], internal=True)[1] if internal else None
+                try:
+                    opts = netopts.parse_options(
+                        [pool.subnet], [pool.ip_range] if pool.ip_range else [],
+                        [pool.gateway] if pool.gateway else [], aux, internal=internal, options=passthrough)[1]
+                except TableError as exc:
+                    raise PluginError(f"overlay-agent: {exc}") from None
                 net = await self.ctx.overlay.create_network(name, [pool.subnet], None, encrypted, mtu, opts)
                 pool.network = net.id
             pool.docker_network = nid

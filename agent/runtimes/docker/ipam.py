@@ -6,12 +6,19 @@ by what ``docker network create`` passes to RequestPool: ``--ipam-opt network=NA
 alone (the cluster network with that subnet, or a new one). Subnets of cluster
 networks never overlap, so a subnet names at most one network.
 
+For a new network, ``--ip-range`` (RequestPool's SubPool) and ``--gateway`` (the
+gateway's RequestAddress) are kept on the pool and become the cluster network's options
+when CreateNetwork makes it (``driver``, with the aux addresses and ``-o``/labels it
+gets there); for an existing network they must match it. An address Docker requests
+before CreateNetwork without the gateway type is an ``--aux-address`` inside the range
+(libnetwork reserves those in the IPAM): it is handed back as asked, no endpoint made.
+
 An address is a cluster endpoint row: RequestAddress publishes the row (the tables
 allocate a conflict-free address, or check the one asked for) and makes its veth pair
 (``veth.build``); the driver's CreateEndpoint binds it to Docker's endpoint.
 ReleaseAddress withdraws a row nobody bound (Docker's error paths) and forgets the
-reservations DeleteEndpoint already withdrew. The gateway is the network's first
-address, handed out to every host alike. IPv4 only for now.
+reservations DeleteEndpoint already withdrew. The gateway (the network's, by default
+its first address) is handed out to every host alike. IPv4 only for now.
 
 Owns: the ``IpamDriver`` methods. Does not: touch the tables or kernel except through
 ``Overlay`` (``context.Context``).
@@ -37,8 +44,9 @@ from agent.runtimes.docker.context import (
 )
 from agent.runtimes.docker.server import PluginError
 from agent.runtimes.docker.state import Pool, Reservation
+from gossip.tables import netopts
 from gossip.tables.replica import Tables
-from gossip.tables.rows import Network
+from gossip.tables.rows import Network, TableError
 
 log = logging.getLogger("agent.runtimes.docker")
 
@@ -63,8 +71,7 @@ class Ipam:
         if req.get("V6"):
             raise PluginError("overlay-agent: IPv6 is not supported by the Docker plugin yet "
                               "(create the network without --ipv6)")
-        if opt_text(req, "SubPool") is not None:
-            raise PluginError("overlay-agent: --ip-range is not supported: the cluster's IPAM hands out addresses")
+        sub_pool = _subnet(opt_text(req, "SubPool"))
         opts = mapping(req, "Options")
         unknown = sorted(k for k in opts if k != NETWORK_OPTION)
         if unknown:
@@ -85,9 +92,18 @@ class Ipam:
                 if subnet is not None and subnet != net.subnet_v4:
                     raise PluginError(f"overlay-agent: cluster network {net.name!r} has subnet "
                                       f"{net.subnet_v4}, not {subnet}")
+                if sub_pool is not None and sub_pool != _ip_range(net):
+                    raise PluginError(f"overlay-agent: cluster network {net.name!r} exists with IP range "
+                                      f"{_ip_range(net) or 'none'}, not {sub_pool}")
                 pool = Pool(_pool_id(), net.subnet_v4, net.id, net.name)
             elif subnet is not None:
-                pool = Pool(_pool_id(), subnet, None, name)  # the network is made by CreateNetwork
+                if sub_pool is not None:
+                    try:
+                        netopts.parse_options([subnet], ip_ranges=[sub_pool])
+                    except TableError as exc:
+                        raise PluginError(f"overlay-agent: --ip-range: {exc}") from None
+                # the network is made by CreateNetwork
+                pool = Pool(_pool_id(), subnet, None, name, ip_range=sub_pool)
             elif name is not None:
                 raise PluginError(f"overlay-agent: cluster network {name!r} does not exist; "
                                   "give --subnet to create it")
@@ -96,12 +112,36 @@ class Ipam:
                                   f"network) or --ipam-opt {NETWORK_OPTION}=NAME")
             self.ctx.state.pools[pool.id] = pool
             await self.ctx.save()
-            gw, plen = gateway(pool.subnet)
+            gw, plen = net_gateway(net) if net is not None else gateway(pool.subnet)
             log.info(kv("docker-pool", pool=pool.id, subnet=pool.subnet, network=pool.name or "",
-                        existing=pool.network is not None))
+                        existing=pool.network is not None, ip_range=pool.ip_range))
             return {"PoolID": pool.id, "Pool": pool.subnet, "Data": {GATEWAY_OPTION: f"{gw}/{plen}"}}
 
         return await self.ctx.call(reserve)
+
+    async def _gateway(self, pool: Pool, wanted: str | None) -> str:
+        """The gateway address of ``pool``'s network: an existing network's own (``--gateway``
+        must match it), else the one asked for (kept for CreateNetwork) or the first."""
+        if pool.network is not None:
+            ref = pool.network
+            net: Network = await self.ctx.read(lambda t: t.find_network(ref))
+            gw = net_gateway(net)[0]
+            if wanted is not None and address_of(wanted) != gw:
+                raise PluginError(f"overlay-agent: cluster network {net.name!r} has gateway {gw}, not "
+                                  f"{address_of(wanted)} (leave out --gateway)")
+            return gw
+        if wanted is None:
+            return gateway(pool.subnet)[0]
+        gw = address_of(wanted)
+        try:
+            netopts.parse_options([pool.subnet], gateways=[gw])
+        except TableError as exc:
+            raise PluginError(f"overlay-agent: --gateway: {exc}") from None
+        kept = None if gw == gateway(pool.subnet)[0] else gw  # the default keeps a plain network plain
+        if pool.gateway != kept:
+            pool.gateway = kept
+            await self.ctx.save()
+        return gw
 
     async def release_pool(self, req: dict[str, Any]) -> dict[str, Any]:
         pool_id = opt_text(req, "PoolID")
@@ -126,12 +166,17 @@ class Ipam:
             pool = self.ctx.state.pools.get(pool_id)
             if pool is None:
                 raise PluginError(f"overlay-agent: unknown pool {pool_id[:40]!r}")
-            gw, plen = gateway(pool.subnet)
+            plen = ipaddress.ip_network(pool.subnet).prefixlen
             if opts.get(REQUEST_TYPE) == GATEWAY_OPTION:
-                if wanted is not None and address_of(wanted) != gw:
-                    raise PluginError(f"overlay-agent: the gateway of a cluster network is its first "
-                                      f"address, {gw} (leave out --gateway)")
-                return {"Address": f"{gw}/{plen}", "Data": {}}
+                return {"Address": f"{await self._gateway(pool, wanted)}/{plen}", "Data": {}}
+            if pool.docker_network is None:
+                # Before CreateNetwork: libnetwork reserving an --aux-address in the range.
+                if wanted is None:
+                    raise PluginError("overlay-agent: an address was requested before the network was created")
+                aux = address_of(wanted)
+                if ipaddress.ip_address(aux) not in ipaddress.ip_network(pool.subnet):
+                    raise PluginError(f"overlay-agent: --aux-address {aux} is not in {pool.subnet}")
+                return {"Address": f"{aux}/{plen}", "Data": {}}
             if pool.network is None:
                 raise PluginError("overlay-agent: the network of this pool was not created")
             mac = opt_text(opts, MAC_OPTION)
@@ -151,7 +196,7 @@ class Ipam:
         async def release() -> dict[str, Any]:
             state = self.ctx.state
             pool = state.pools.get(pool_id)
-            if raw is None or (pool is not None and address_of(raw) == gateway(pool.subnet)[0]):
+            if raw is None or (pool is not None and address_of(raw) in (pool.gateway, gateway(pool.subnet)[0])):
                 return {}
             addr = address_of(raw)
             mine = [r for r in state.reservations.values() if r.address == addr and r.pool == pool_id]
@@ -193,6 +238,20 @@ def _subnet(text: str | None) -> str | None:
     if net.version != 4:
         raise PluginError("overlay-agent: IPv6 is not supported by the Docker plugin yet")
     return str(net)
+
+
+def net_gateway(net: Network) -> tuple[str, int]:
+    """A cluster network's IPv4 gateway (``--gateway`` or its first address) and prefix length."""
+    subnet, gw = next(((s, g) for s, g in net.gateways() if ":" not in g), (net.subnet_v4 or "", ""))
+    if not gw:
+        return gateway(subnet)
+    return gw, ipaddress.ip_network(subnet).prefixlen
+
+
+def _ip_range(net: Network) -> str | None:
+    if net.options is None or net.subnet_v4 is None:
+        return None
+    return next((p.ip_range for p in net.options.pools if p.subnet == net.subnet_v4), None)
 
 
 def _pool_id() -> str:

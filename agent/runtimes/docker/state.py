@@ -32,6 +32,11 @@ class Pool:
     """The cluster network name asked for (``--ipam-opt network=NAME``)."""
     docker_network: str | None = None
     """The Docker network that took this pool (CreateNetwork)."""
+    ip_range: str | None = None
+    """``--ip-range`` (RequestPool's SubPool), for a network this pool creates."""
+    gateway: str | None = None
+    """``--gateway`` (RequestAddress of the gateway), for a network this pool creates;
+    None: the subnet's first address."""
 
 
 @dataclass
