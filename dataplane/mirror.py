@@ -64,6 +64,9 @@ class KernelMirror:
         """Notifications applied since creation (for tests and the benchmark)."""
         self.full_reads = 0
         self.received = 0
+        self.version = 0
+        """Moves whenever what the mirror holds may have changed: a read whose version
+        and hint are the last read's may return the last read's State."""
         """Datagrams received while valid."""
         self._space = bytearray(1 << 16)
 
@@ -90,6 +93,7 @@ class KernelMirror:
         self.links = {lk.index: lk for lk in links}
         self.fdb, self.flood, self.neigh = dict(fdb), dict(flood), dict(neigh)
         self.valid = True
+        self.version += 1
 
     def mute(self) -> None:
         """Stop listening (before a big apply of our own); the next read is a full one."""
@@ -162,10 +166,12 @@ class KernelMirror:
             return
         if not present:
             gone = self.links.pop(lk.index, None)
+            self.version += gone is not None
             if gone is not None and gone.kind in _DEVICES:
                 self._device_gone(gone)
         elif old is not None or self._relevant(lk):
             self.links[lk.index] = lk
+            self.version += 1
 
     def _device_gone(self, lk: rtnl.RawLink) -> None:
         """A bridge or VXLAN device was deleted: its rows went with it (the kernel
@@ -191,6 +197,7 @@ class KernelMirror:
         device = self._vxlan_name(index)
         if device is None:
             return
+        self.version += 1  # (perhaps)
         present = new and bool(state & rtnl.NUD_PERMANENT)
         if family == rtnl.AF_BRIDGE:
             if not flags & rtnl.NTF_SELF:

@@ -119,6 +119,11 @@ def test_mirror_reads_equal_full_reads_after_every_kind_of_change(
             same(mine, full.read(hint))
 
         check(desired)
+        # Nothing moved, same question: the same State object (targets remember plans).
+        again = kernel.read(desired)
+        assert kernel.read(desired) is again
+        target = VxlanTarget(kernel)
+        assert target.plan(desired, again) == [] and target.plan(desired, again) == []
         vx, br = "ov-vx-100", "ov-br-100"
         mac = docker_mac("10.0.0.101")
         steps: list[tuple[str, list[str]]] = [
@@ -160,7 +165,10 @@ def test_mirror_reads_equal_full_reads_after_every_kind_of_change(
         ]
         for tool, lines in steps:
             s.batch(name, lines, tool=tool)
+            before = again
             check(desired)
+            again = kernel.read(desired)
+            assert again is not before, f"{lines}: the read did not move"
         # A port the hint names that came and went without being ours to follow.
         hint = compile(view(("ovh-b1", "ovh-b2")))
         check(hint)
