@@ -1,4 +1,5 @@
-"""Compiled dataclass methods kept on disk, like ``.pyc`` files, to cut the agent's start-up CPU.
+"""Compiled dataclass (and attrs) methods kept on disk, like ``.pyc`` files, to cut the
+agent's start-up CPU.
 
 Why: ``@dataclass`` writes the source of ``__init__``, ``__repr__``, ``__eq__``,
 ``__hash__`` and (frozen) ``__setattr__``/``__delattr__`` for each class and compiles it
@@ -8,23 +9,27 @@ functions was ~0.055 CPU-s of a ~0.19 CPU-s start (measured: ``compile`` of
 the agent's memory and start-up go"). Those texts are the same at every start, so their
 code objects are cached, keyed by the exact generated text: a class that changes
 generates another text, misses, and is compiled as before, so a stale cache costs time,
-never correctness.
+never correctness. attrs, which trio's classes use, does the same (one script per class,
+compiled in ``attr._make``): ~0.011 CPU-s, about 30 of its ~50 scripts cached; the other
+scripts embed ``hash()`` of a string, which differs per process, and always miss.
 
 How: ``install`` loads ``<agent>/__pycache__/dataclass-code.<cache_tag>.marshal`` (if it
 is there and was written by this interpreter's bytecode version) and points the name
-``exec`` in the ``dataclasses`` module at a function that runs the cached code object
-for a known text and compiles the others exactly as ``exec`` would (no inherited
-``__future__`` flags, file name ``<string>``). ``uninstall`` (the end of start-up) puts
+``exec`` in the ``dataclasses`` module (and ``compile`` in ``attr._make``) at a function
+that runs the cached code object for a known text and compiles the others exactly as
+the original call would (the same file name and inherited ``__future__`` flags: none for
+dataclasses, ``annotations`` for attrs). ``uninstall`` (the end of start-up) puts
 ``dataclasses`` back and drops the table. ``build`` (``python -m agent.codecache``)
 imports the agent's start-up modules with recording on and writes the file atomically;
 it runs where ``compileall`` does (the benchmarks' byte-compile step, a package build).
 
-Owns: the cache file's format, location, loading, writing and the ``dataclasses`` hook.
+Owns: the cache file's format, location, loading, writing and the two hooks.
 Does not: decide when start-up ends (``agent.service``) or which modules the agent
 loads (``agent.__main__``).
 """
 
 from __future__ import annotations
+import __future__
 
 import _blake2
 import builtins
@@ -37,11 +42,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import CodeType
+from types import CodeType, ModuleType
 from typing import Any
 
 CACHE_DIR = Path(__file__).resolve().parent / "__pycache__"
 STARTUP_MODULES = (
+    "trio",
     "agent.cli",
     "agent.log",
     "agent.service",
@@ -63,7 +69,7 @@ class _Table:
     for them, so start-up allocates and frees in the order compiling would (loading all
     at once left ~1 MiB of fragmented heap behind), and the texts are never loaded."""
 
-    __slots__ = ("blob", "hits", "index", "misses", "recorded")
+    __slots__ = ("blob", "hits", "index", "missed", "misses", "recorded")
 
     def __init__(self, index: _Index, blob: bytes, *, record: bool) -> None:
         self.index = index
@@ -71,17 +77,20 @@ class _Table:
         self.recorded: dict[bytes, bytes] | None = {} if record else None
         self.hits = 0
         self.misses = 0
+        self.missed: list[str] = []
+        """The file names of the texts compiled (``<string>`` for dataclasses)."""
 
-    def code(self, source: str) -> CodeType:
-        key = _key(source)
+    def code(self, source: str, filename: str = "<string>", flags: int = 0) -> CodeType:
+        key = _key(source, filename, flags)
         where = self.index.get(key)
         if where is not None:
-            code = marshal.loads(self.blob[where[0]:where[0] + where[1]])
-            if isinstance(code, CodeType):
+            cached = marshal.loads(self.blob[where[0]:where[0] + where[1]])
+            if isinstance(cached, CodeType):
                 self.hits += 1
-                return code
+                return cached
         self.misses += 1
-        code = _compile(source)
+        self.missed.append(filename)
+        code: CodeType = compile(source, filename, "exec", flags=flags, dont_inherit=True)
         if self.recorded is not None:
             self.recorded[key] = marshal.dumps(code)
         return code
@@ -100,15 +109,22 @@ def default_path() -> Path:
     return CACHE_DIR / f"dataclass-code.{tag}.marshal"
 
 
-def _key(source: str) -> bytes:
+def _key(source: str, filename: str, flags: int) -> bytes:
     # blake2b from its own small module (hashlib is deferred: it would map OpenSSL).
-    return _blake2.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    h = _blake2.blake2b(digest_size=16)
+    h.update(f"{flags}\0{filename}\0".encode("utf-8", "surrogatepass"))
+    h.update(source.encode("utf-8", "surrogatepass"))
+    return h.digest()
 
 
-def _compile(source: str) -> CodeType:
-    # What ``exec(source, ...)`` in the dataclasses module compiles: that module has no
-    # __future__ imports, so none are inherited here either (dont_inherit).
-    return compile(source, "<string>", "exec", dont_inherit=True)
+def _future_flags(module: ModuleType) -> int:
+    """The compiler flags a ``compile`` call in ``module`` inherits (its __future__ imports)."""
+    features: dict[str, Any] = {n: getattr(__future__, n) for n in __future__.all_feature_names}
+    flags = 0
+    for name, value in vars(module).items():
+        if name in features and value is features[name]:
+            flags |= int(value.compiler_flag)
+    return flags
 
 
 def load(path: Path) -> tuple[_Index, bytes]:
@@ -128,17 +144,21 @@ def load(path: Path) -> tuple[_Index, bytes]:
     return index, blob
 
 
-def install(path: Path | None = None, *, record: bool = False) -> int:
-    """Serve ``dataclasses``' compiles from the cache in ``path``; how many entries it has.
+def install(path: Path | None = None, *, record: bool = False, fresh: bool = False) -> int:
+    """Serve ``dataclasses``' (and attrs') compiles from the cache in ``path``; how many
+    entries it has.
 
-    With ``record`` every text compiled meanwhile is remembered for ``save``.
+    With ``record`` every text compiled meanwhile is remembered for ``save``; ``fresh``
+    starts from an empty table (``build``: entries no start-up uses are not carried over).
     """
-    index, blob = load(path or default_path())
+    index, blob = ({}, b"") if fresh else load(path or default_path())
     table = _Table(index, blob, record=record)
     real_exec: _ExecFn = builtins.exec
+    real_compile = builtins.compile
 
     def cached_exec(source: object, globals: dict[str, Any] | None = None,
                     locals: dict[str, Any] | None = None) -> None:
+        # dataclasses has no __future__ imports: ``exec(text)`` there compiles with none.
         if type(source) is str:
             real_exec(table.code(source), globals, locals)
         else:
@@ -146,13 +166,36 @@ def install(path: Path | None = None, *, record: bool = False) -> int:
 
     _state["table"] = table
     dataclasses.exec = cached_exec  # type: ignore[attr-defined]
+    attrs_make = _attrs_make()
+    if attrs_make is not None:
+        # attrs (trio's classes) compiles ``compile(script, filename, "exec")`` in a
+        # module whose __future__ imports that call inherits.
+        attrs_flags = _future_flags(attrs_make)
+
+        def cached_compile(source: Any, filename: Any, mode: str, *args: Any, **kwargs: Any) -> Any:
+            if type(source) is str and type(filename) is str and mode == "exec" and not args and not kwargs:
+                return table.code(source, filename, attrs_flags)
+            return real_compile(source, filename, mode, *args, **kwargs)
+
+        attrs_make.compile = cached_compile  # type: ignore[attr-defined]
     return len(index)
+
+
+def _attrs_make() -> ModuleType | None:
+    """attrs' class maker, if attrs is installed (the agent has it through trio)."""
+    try:
+        return importlib.import_module("attr._make")
+    except ImportError:
+        return None
 
 
 def uninstall() -> None:
     """``dataclasses`` compiles by itself again; the table is dropped (its memory too)."""
     if "exec" in vars(dataclasses):
         del dataclasses.exec  # type: ignore[attr-defined]
+    attrs_make = sys.modules.get("attr._make")
+    if attrs_make is not None and "compile" in vars(attrs_make):
+        del attrs_make.compile  # type: ignore[attr-defined]
     _state["table"] = None
 
 
@@ -164,6 +207,12 @@ def counts() -> tuple[int, int]:
     """(hits, misses) of the installed cache; (0, 0) when none is."""
     table = _state["table"]
     return (table.hits, table.misses) if table is not None else (0, 0)
+
+
+def missed() -> list[str]:
+    """The file names of what the installed cache did not hold (compiled instead)."""
+    table = _state["table"]
+    return list(table.missed) if table is not None else []
 
 
 def save(path: Path | None = None) -> int:
@@ -192,7 +241,7 @@ def save(path: Path | None = None) -> int:
 def build(path: Path | None = None, modules: Sequence[str] = STARTUP_MODULES) -> int:
     """Import ``modules`` with recording on (in a fresh interpreter, so that every
     dataclass is created here) and write the cache; how many entries it holds."""
-    install(path, record=True)
+    install(path, record=True, fresh=True)
     try:
         for name in modules:
             importlib.import_module(name)
@@ -205,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     path = Path(args[0]) if args else default_path()
     count = build(path)
-    print(f"agent.codecache: {count} dataclass functions in {path}")
+    print(f"agent.codecache: {count} generated scripts in {path}")
     return 0
 
 
