@@ -6,6 +6,11 @@ test in tests/unit/test_membertable.py; this checks the layout itself."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from gossip.membertable import MemberImage
 from gossip.swim import Swim
 from sim.run import RunSpec, execute
@@ -30,3 +35,18 @@ def test_converged_nodes_share_one_image_and_store_only_their_changes() -> None:
         t.check_invariants()
         assert len(t.members) == n
     assert out.result["member_events"]["suspected"] > 0 and out.result["crashes"] == 3
+
+
+def test_hashcheck_compares_with_a_recorded_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sim import hashcheck
+
+    args = ["--nodes", "12", "--duration", "3", "--seeds", "4"]
+    assert hashcheck.main(args) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert len(recorded) == len(hashcheck.SCENARIOS) and len(set(recorded.values())) > 5
+    (tmp_path / "ok.json").write_text(json.dumps(recorded))
+    assert hashcheck.main([*args, "--against", str(tmp_path / "ok.json")]) == 0
+    key = next(iter(recorded))
+    (tmp_path / "bad.json").write_text(json.dumps({**recorded, key: "0" * 32}))
+    assert hashcheck.main([*args, "--against", str(tmp_path / "bad.json")]) == 1
+    assert f"MISMATCH {key}" in capsys.readouterr().err
