@@ -239,7 +239,7 @@ def _fdb_attrs(buf: bytes, pos: int, length: int) -> tuple[str, str, bool]:
     extra = False
     for kind, s, e in rtnl.walk(buf, pos + rtnl.ATTRS_AT, pos + length):
         if kind == rtnl.NDA_LLADDR and e - s == 6:
-            mac = buf[s:e].hex(":")
+            mac = rtnl.mac_text(buf[s:e])
         elif kind == rtnl.NDA_DST and e - s in (4, 16):
             dst = rtnl.addr_text(buf[s:e])
         elif kind in _FDB_EXTRA:
@@ -253,5 +253,5 @@ def _neigh_attrs(buf: bytes, pos: int, length: int) -> tuple[str, str]:
         if kind == rtnl.NDA_DST and e - s in (4, 16):
             ip = rtnl.addr_text(buf[s:e])
         elif kind == rtnl.NDA_LLADDR:
-            mac = buf[s:e].hex(":")
+            mac = rtnl.mac_text(buf[s:e]) if e - s == 6 else buf[s:e].hex(":")
     return ip, mac

@@ -17,6 +17,7 @@ the prefix may have at most 4 characters.
 from __future__ import annotations
 
 import functools
+import sys
 
 IFNAMSIZ = 15
 MAX_VNI = (1 << 24) - 1
@@ -33,11 +34,13 @@ def check_prefix(prefix: str) -> str:
 
 
 def bridge_name(prefix: str, vni: int) -> str:
-    return f"{prefix}br-{vni}"
+    # Interned, as the kernel reads' link names are (dataplane.rtnl): rows keyed by
+    # device name compare by identity.
+    return sys.intern(f"{prefix}br-{vni}")
 
 
 def vxlan_name(prefix: str, vni: int) -> str:
-    return f"{prefix}vx-{vni}"
+    return sys.intern(f"{prefix}vx-{vni}")
 
 
 def owned_kind(name: str, prefix: str) -> str | None:

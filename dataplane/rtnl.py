@@ -19,10 +19,11 @@ import errno as _errno
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from dataplane.model import Link, VxlanConf
+from dataplane.model import Link, VxlanConf, canonical_ip, canonical_mac
 
 # -- netlink -----------------------------------------------------------------------------
 NETLINK_ROUTE = 0
@@ -340,7 +341,7 @@ def parse_link(buf: bytes | memoryview, pos: int, length: int) -> RawLink:
     vx: VxlanConf | None = None
     for akind, s, e in walk(buf, pos + HDR.size + IFINFO.size, pos + length):
         if akind == IFLA_IFNAME:
-            name = _cstr(buf, s, e)
+            name = sys.intern(_cstr(buf, s, e))
         elif akind == IFLA_MTU:
             (mtu,) = U32.unpack_from(buf, s)
         elif akind == IFLA_MASTER:
@@ -470,6 +471,10 @@ _NEIGH_FAST = {_NEIGH4_FAST.size: _NEIGH4_FAST, _NEIGH6_FAST.size: _NEIGH6_FAST}
 
 # raw address -> text. Addresses repeat from one resync to the next (and VTEPs within
 # a dump), and a dict hit is ~5x cheaper than inet_ntop. Bounded: cleared when full.
+# The texts are ``model.canonical_ip``'s (and ``mac_text``'s ``canonical_mac``'s)
+# memoised objects, the ones ``compile`` uses, and link names are interned like
+# ``naming``'s: ``plan`` then compares 20,000 read rows with the desired ones by
+# identity (a tuple compare checks ``is`` first), ~4 ms -> ~0.6 ms.
 _TEXT: dict[bytes, str] = {}
 _TEXT_MAX = 1 << 18
 
@@ -480,7 +485,20 @@ def addr_text(raw: bytes) -> str:
         if len(_TEXT) >= _TEXT_MAX:
             _TEXT.clear()
         family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
-        text = _TEXT[raw] = socket.inet_ntop(family, raw)
+        text = _TEXT[raw] = canonical_ip(socket.inet_ntop(family, raw))
+    return text
+
+
+_MACS: dict[bytes, str] = {}
+
+
+def mac_text(raw: bytes) -> str:
+    """``addr_text`` for a 6-byte MAC."""
+    text = _MACS.get(raw)
+    if text is None:
+        if len(_MACS) >= _TEXT_MAX:
+            _MACS.clear()
+        text = _MACS[raw] = canonical_mac(raw.hex(":"))
     return text
 
 
@@ -495,7 +513,7 @@ def _fdb_run(
     """Decode the run of ``st``-shaped FDB messages at ``pos``; return where it stopped."""
     size = st.size
     dst_hdr = _DST4_HDR if size == _FDB4_FAST.size else _DST6_HDR
-    text = _TEXT
+    text, macs = _TEXT, _MACS
     count = (len(buf) - pos) // size
     for ln, mtype, state, flags, llh, mac, dh, dst, cih in st.iter_unpack(
         memoryview(buf)[pos : pos + count * size]
@@ -509,7 +527,7 @@ def _fdb_run(
             if mac == _ZERO6:
                 flood[(device, vtep)] = True
             else:
-                fdb[(device, mac.hex(":"))] = vtep
+                fdb[(device, macs.get(mac) or mac_text(mac))] = vtep
         pos += size
     return pos
 
@@ -584,7 +602,7 @@ def _neigh_run(
 ) -> int:
     size = st.size
     dst_hdr = _DST4_HDR if size == _NEIGH4_FAST.size else _DST6_HDR
-    text = _TEXT
+    text, macs = _TEXT, _MACS
     count = (len(buf) - pos) // size
     for ln, mtype, state, _flags, dh, ip, llh, mac, cih in st.iter_unpack(
         memoryview(buf)[pos : pos + count * size]
@@ -594,7 +612,7 @@ def _neigh_run(
         if cih != _CACHEINFO_HDR:
             break
         if state & NUD_PERMANENT:
-            into[(device, text.get(ip) or addr_text(ip))] = mac.hex(":")
+            into[(device, text.get(ip) or addr_text(ip))] = macs.get(mac) or mac_text(mac)
         pos += size
     return pos
 
