@@ -120,3 +120,39 @@ async def test_container_id_survives_an_agent_restart(sockdir: str) -> None:
         assert a.overlay.interfaces[ep["id"]]["container"] == CID
         assert await cni(a, action="del", network="blue", container=CID, ifname="eth0") == {"removed": [ep["id"]]}
         nursery.cancel_scope.cancel()
+
+
+async def test_add_with_ipam_ranges_creates_the_network_or_must_match_it(
+        pair: tuple[Agent, Agent], sockdir: str) -> None:
+    """The conflist's ``ipam.ranges`` (item 3): the first ADD creates the network with them
+    (subnet, IP range, gateway: inspect shows Docker's keys), a matching ADD joins it, a
+    differing one is refused in one line; aliases from ``runtimeConfig.aliases`` are published."""
+    a, b = pair
+    ranges = [{"subnet": "10.31.0.0/24", "ip_range": "10.31.0.64/26", "gateway": "10.31.0.254"}]
+    ep = await cni(a, action="add", network="cninet", container=CID, netns=netns_file(sockdir, "r1"),
+                   ifname="eth0", ranges=ranges, aliases=["db"])
+    assert 64 <= int(ep["ipv4"].rsplit(".", 1)[1]) < 128, ep
+    assert ep["gateways"] == [] or ep["gateways"] == ["10.31.0.254"], ep
+    inspect = (await query(a.socket, "network", {"action": "inspect", "ref": "cninet"}))[0]
+    assert inspect["IPAM"]["Config"] == [{"Subnet": "10.31.0.0/24", "IPRange": "10.31.0.64/26",
+                                          "Gateway": "10.31.0.254"}], inspect["IPAM"]
+
+    async def b_has_it() -> bool:
+        return any(x["Name"] == "cninet" for x in await query(b.socket, "network", {"action": "ls"}))
+
+    await wait_until(b_has_it, "the network on b")
+    again = await cni(b, action="add", network="cninet", container="d" * 64, netns=netns_file(sockdir, "r2"),
+                      ifname="eth0", ranges=ranges)
+    assert again["network"] == ep["network"]
+    listed = {e["id"]: e["aliases"] for e in await query(b.socket, "endpoint", {"action": "ls"})}
+    assert listed.get(again["id"]) == []
+    await wait_until(lambda: _aliases_seen(b, ep["id"], ["db"]), "b to see the alias")
+    bad = [{"subnet": "10.31.0.0/24", "gateway": "10.31.0.1"}]
+    text = await error_of(b.socket, "cni", {"action": "add", "network": "cninet", "container": "e" * 64,
+                                            "netns": netns_file(sockdir, "r3"), "ifname": "eth0", "ranges": bad})
+    assert "ipam.ranges differ from network 'cninet'" in text and "gateway 10.31.0.254" in text, text
+
+
+async def _aliases_seen(agent: Agent, ep_id: str, names: list[str]) -> bool:
+    return any(e["id"] == ep_id and e["aliases"] == names
+               for e in await query(agent.socket, "endpoint", {"action": "ls"}))

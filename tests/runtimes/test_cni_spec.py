@@ -169,3 +169,35 @@ def test_plugin_imports_stay_light() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_ipam_ranges_become_one_entry_per_subnet() -> None:
+    ipam = {"type": "ignored", "ranges": [
+        [{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.64", "rangeEnd": "10.1.0.127", "gateway": "10.1.0.254"}],
+        [{"subnet": "fd00:1::/64"}],
+        [{"subnet": "10.2.0.0/24", "rangeStart": "10.2.0.0", "rangeEnd": "10.2.0.255"}]]}
+    inv = spec.parse(ENV, conf(ipam=ipam))
+    assert inv.ranges == ({"subnet": "10.1.0.0/24", "ip_range": "10.1.0.64/26", "gateway": "10.1.0.254"},
+                          {"subnet": "fd00:1::/64"}, {"subnet": "10.2.0.0/24"})
+    assert spec.parse(ENV, conf()).ranges == ()
+    assert spec.parse(ENV, conf(ipam={"type": "host-local"})).ranges == ()
+
+
+@pytest.mark.parametrize("ipam, text", [
+    ({"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20"}]]}, "one CIDR block"),
+    ({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "10.2.0.0/24"}]]}, "exactly one range"),
+    ({"ranges": [[{"rangeStart": "10.1.0.1"}]]}, "without 'subnet'"),
+    ({"ranges": [[{"subnet": "nope"}]]}, "is not a subnet"),
+    ({"ranges": "x"}, "range sets"),
+    ("x", "'ipam' must be an object"),
+])
+def test_bad_ipam_ranges_are_one_line_errors(ipam: Any, text: str) -> None:
+    e = err(ENV, conf(ipam=ipam))
+    assert e.code == spec.INVALID_CONFIG and text in e.msg, e.msg
+
+
+def test_runtime_config_aliases_of_this_network() -> None:
+    rc = {"aliases": {"blue": ["db", "primary"], "other": ["x"]}}
+    assert spec.parse(ENV, conf(runtimeConfig=rc)).aliases == ("db", "primary")
+    assert spec.parse(ENV, conf(runtimeConfig={"aliases": {"other": ["x"]}})).aliases == ()
+    assert err(ENV, conf(runtimeConfig={"aliases": {"blue": "db"}})).code == spec.INVALID_CONFIG

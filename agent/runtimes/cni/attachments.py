@@ -36,7 +36,8 @@ import trio
 from agent.control import protocol as api
 from agent.control.server import Op
 from agent.overlay.ops import endpoint_json
-from gossip.tables.rows import Endpoint, Network, TableError, check_name
+from gossip.tables import netopts
+from gossip.tables.rows import Endpoint, IpamPool, Network, TableError, check_name
 
 if TYPE_CHECKING:
     from agent.overlay.extension import Overlay
@@ -65,6 +66,24 @@ def _container(args: dict[str, Any]) -> str:
     if not _CONTAINER_ID.match(value):
         raise api.ApiError("cni: invalid container id (letters, digits, '_', '.', '-'; up to 1024)")
     return value
+
+
+def _aliases(args: dict[str, Any]) -> list[str]:
+    value = args.get("aliases") or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise api.ApiError("cni: 'aliases' must be a list of strings")
+    return value
+
+
+def _pools(pools: Any, subnets: Any) -> list[tuple[str, str | None, str | None]]:
+    """(subnet, IP range, gateway) of a network or of a conflist, the gateway explicit."""
+    if pools is None:
+        pools = [IpamPool(s, None, None, ()) for s in subnets]
+    return sorted((p.subnet, p.ip_range, p.gateway_address) for p in pools)
+
+
+def _describe(pools: list[tuple[str, str | None, str | None]]) -> str:
+    return "; ".join(f"{s}" + (f" range {r}" if r else "") + f" gateway {g}" for s, r, g in pools)
 
 
 def kernel_check(host_ifname: str, netns: str, ifname: str) -> str | None:
@@ -174,8 +193,36 @@ class Attachments:
             return await self.check(network, container, netns, ifname)
         return await self.add(network, container, netns, ifname, args)
 
+    async def _network_for_add(self, network: str, ranges: Any) -> Network:
+        """The network of an ADD. With the conflist's ``ipam.ranges`` (``spec.ipam_ranges``):
+        created from them when there is no such network yet, else they must be what the
+        network has (its subnets, IP ranges and gateways), so a conflist never silently
+        means another network than the one its containers join."""
+        if ranges is None:
+            return await self._network(network)
+        if not isinstance(ranges, list) or not all(isinstance(r, dict) and isinstance(r.get("subnet"), str)
+                                                   for r in ranges):
+            raise api.ApiError("cni: 'ranges' must be a list of objects with a 'subnet'")
+        subnets = [r["subnet"] for r in ranges]
+        ip_ranges = [str(r["ip_range"]) for r in ranges if r.get("ip_range")]
+        gateways = [str(r["gateway"]) for r in ranges if r.get("gateway")]
+        try:
+            base, opts = netopts.parse_options(subnets, ip_ranges, gateways)
+        except TableError as exc:
+            raise api.ApiError(f"ipam.ranges: {exc}") from None
+        found: Network | None = await self.o.read(
+            lambda t: next((n for n in t.networks() if network in (n.name, n.id)), None))
+        if found is None:
+            return await self.o.create_network(network, list(base), None, False, None, opts)
+        want = _pools(opts.pools if opts is not None else None, base)
+        have = _pools(found.pools, ())
+        if want != have:
+            raise api.ApiError(f"ipam.ranges differ from network {found.name!r}'s subnets, IP ranges and "
+                               f"gateways ({_describe(have)}); make the conflist match or use another network")
+        return found
+
     async def add(self, network: str, container: str, netns: str, ifname: str, args: dict[str, Any]) -> Any:
-        net = await self._network(network)
+        net = await self._network_for_add(network, args.get("ranges"))
         for ep_id in self.find(container, ifname):
             info = self.o.interfaces.get(ep_id, {})
             ep = await self._endpoint(ep_id)
@@ -194,7 +241,7 @@ class Attachments:
         ep = await self.o.create_endpoint(
             net.id, netns, name=await self._free_name(_str(args, "name", False)), ipv4=ip, ipv6=ip6,
             mac=_str(args, "mac", False), ifname=ifname,
-            attachment={"runtime": RUNTIME, "container": container})
+            attachment={"runtime": RUNTIME, "container": container}, aliases=_aliases(args))
         return await self._shape(ep)
 
     async def _remove(self, ids: list[str]) -> list[str]:

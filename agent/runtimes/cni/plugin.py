@@ -123,6 +123,10 @@ def run(inv: Invocation, env: Mapping[str, str]) -> dict[str, Any] | None:
         for key, value in (("name", inv.name), ("ip", inv.ipv4), ("ip6", inv.ipv6), ("mac", inv.mac)):
             if value is not None:
                 args[key] = value
+        if inv.ranges:
+            args["ranges"] = [dict(r) for r in inv.ranges]
+        if inv.aliases:
+            args["aliases"] = list(inv.aliases)
         timeout = ADD_TIMEOUT
     elif inv.command == "CHECK":
         args.update(action="check", container=inv.container, netns=inv.netns, ifname=inv.ifname)

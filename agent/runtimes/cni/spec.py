@@ -9,7 +9,9 @@ VERSION reply, error object). Configuration keys of ours (``network``, ``socket`
 conventional ones read here: ``runtimeConfig.ips`` / ``runtimeConfig.mac`` (the ``ips`` and
 ``mac`` capabilities), ``args.cni.ips`` / ``args.cni.mac`` and ``CNI_ARGS`` ``IP=``/``MAC=``
 (a fixed address), ``K8S_POD_NAME`` or ``NAME`` (the endpoint's name), ``prevResult`` (CHECK, DEL),
-``cni.dev/valid-attachments`` (GC).
+``cni.dev/valid-attachments`` (GC), ``ipam.ranges`` (host-local's range sets: ``subnet``,
+``rangeStart``/``rangeEnd``, ``gateway``; the network's subnets and options, ``ranges``) and
+``runtimeConfig.aliases`` (the ``aliases`` capability podman uses: network name -> names).
 Does not: talk to the agent (``agent.runtimes.cni.plugin``) or touch the kernel.
 """
 
@@ -106,20 +108,27 @@ class Invocation:
     prev_result: dict[str, Any] | None
     valid: tuple[Attachment, ...]
     """GC: the attachments still in use."""
+    ranges: tuple[dict[str, str], ...]
+    """ADD: ``ipam.ranges`` as ``{"subnet", "ip_range"?, "gateway"?}`` (one per subnet)."""
+    aliases: tuple[str, ...]
+    """ADD: ``runtimeConfig.aliases`` for this network."""
 
     def __init__(self, command: str, version: str, *, network: str = "", socket: str | None = None,
                  container: str = "", netns: str = "", ifname: str = "", name: str | None = None,
                  ipv4: str | None = None, ipv6: str | None = None, mac: str | None = None,
-                 prev_result: dict[str, Any] | None = None, valid: tuple[Attachment, ...] = ()) -> None:
+                 prev_result: dict[str, Any] | None = None, valid: tuple[Attachment, ...] = (),
+                 ranges: tuple[dict[str, str], ...] = (), aliases: tuple[str, ...] = ()) -> None:
         self.command, self.version, self.network, self.socket = command, version, network, socket
         self.container, self.netns, self.ifname, self.name = container, netns, ifname, name
         self.ipv4, self.ipv6, self.mac = ipv4, ipv6, mac
         self.prev_result, self.valid = prev_result, valid
+        self.ranges, self.aliases = ranges, aliases
 
     def but(self, **changes: Any) -> Invocation:
         """A copy with ``changes``."""
         fields = {k: getattr(self, k) for k in ("network", "socket", "container", "netns", "ifname", "name",
-                                                 "ipv4", "ipv6", "mac", "prev_result", "valid")}
+                                                 "ipv4", "ipv6", "mac", "prev_result", "valid", "ranges",
+                                                 "aliases")}
         fields.update(changes)
         return Invocation(self.command, self.version, **fields)
 
@@ -271,7 +280,76 @@ def parse(env: Mapping[str, str], data: bytes) -> Invocation:
     ipv4, ipv6 = _fixed_addresses(_ips_from(conf, args), "fixed addresses")
     mac = _mac_from(conf, args)
     return base.but(container=container, netns=netns, ifname=ifname, name=name,
-                    ipv4=ipv4, ipv6=ipv6, mac=mac)
+                    ipv4=ipv4, ipv6=ipv6, mac=mac, ranges=ipam_ranges(conf.get("ipam")),
+                    aliases=_aliases_from(conf, network))
+
+
+MAX_RANGES = 16
+
+
+def ipam_ranges(ipam: Any) -> tuple[dict[str, str], ...]:
+    """``ipam.ranges`` (host-local's format: a list of range sets, each a list of ranges
+    ``{"subnet", "rangeStart"?, "rangeEnd"?, "gateway"?}``) as one entry per subnet:
+    ``{"subnet", "ip_range"?, "gateway"?}``. A range set must hold one range (the
+    network keeps one IP range per subnet), and ``rangeStart``..``rangeEnd`` must be one
+    CIDR block (how the network stores an IP range). CniError."""
+    if ipam is None:
+        return ()
+    if not isinstance(ipam, dict):
+        raise CniError(INVALID_CONFIG, "'ipam' must be an object")
+    sets = ipam.get("ranges")
+    if sets is None:
+        return ()
+    if not isinstance(sets, list) or not 0 < len(sets) <= MAX_RANGES:
+        raise CniError(INVALID_CONFIG, f"'ipam.ranges' must be a list of 1-{MAX_RANGES} range sets")
+    out = []
+    for rs in sets:
+        if not isinstance(rs, list) or len(rs) != 1 or not isinstance(rs[0], dict):
+            raise CniError(INVALID_CONFIG, "'ipam.ranges': each range set must hold exactly one range "
+                                           "(one IP range per subnet)")
+        r = rs[0]
+        subnet = _opt_str(r, "subnet", "ipam.ranges: ")
+        if subnet is None:
+            raise CniError(INVALID_CONFIG, "'ipam.ranges': a range without 'subnet'")
+        try:
+            net = ipaddress.ip_network(subnet, strict=False)
+        except ValueError:
+            raise CniError(INVALID_CONFIG, f"'ipam.ranges': {_one_line(subnet, 60)!r} is not a subnet") from None
+        entry = {"subnet": str(net)}
+        start, end = _opt_str(r, "rangeStart", "ipam.ranges: "), _opt_str(r, "rangeEnd", "ipam.ranges: ")
+        if start is not None or end is not None:
+            try:
+                first = ipaddress.ip_address(start) if start else net.network_address
+                last = ipaddress.ip_address(end) if end else net.broadcast_address
+                blocks = list(ipaddress.summarize_address_range(first, last))  # type: ignore[type-var]
+            except (ValueError, TypeError):
+                raise CniError(INVALID_CONFIG, f"'ipam.ranges': rangeStart/rangeEnd of {net} are not "
+                                               "addresses of one family, start before end") from None
+            if len(blocks) != 1:
+                raise CniError(INVALID_CONFIG, f"'ipam.ranges': {first}-{last} is not one CIDR block "
+                                               f"(an IP range of a network is a CIDR, e.g. {blocks[0]})")
+            if blocks[0] != net:
+                entry["ip_range"] = str(blocks[0])
+        gateway = _opt_str(r, "gateway", "ipam.ranges: ")
+        if gateway is not None:
+            entry["gateway"] = gateway
+        out.append(entry)
+    return tuple(out)
+
+
+def _aliases_from(conf: Mapping[str, Any], network: str) -> tuple[str, ...]:
+    """``runtimeConfig.aliases[NAME]`` for the conflist's name or the network (podman's
+    ``aliases`` capability); names are checked by the agent."""
+    runtime = conf.get("runtimeConfig")
+    table = runtime.get("aliases") if isinstance(runtime, dict) else None
+    if not isinstance(table, dict):
+        return ()
+    names = table.get(conf.get("name")) if conf.get("name") in table else table.get(network)
+    if names is None:
+        return ()
+    if not isinstance(names, list) or len(names) > 32 or not all(isinstance(n, str) for n in names):
+        raise CniError(INVALID_CONFIG, "'runtimeConfig.aliases' must map the network to a list of at most 32 names")
+    return tuple(names)
 
 
 def _ips_from(conf: Mapping[str, Any], args: Mapping[str, str]) -> Any:
