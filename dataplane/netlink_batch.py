@@ -169,6 +169,7 @@ class Batcher:
         # or the address length changes (a program is long runs of one shape).
         buf = bytearray(len(entries) * _MAX_SIZE)
         addr, ips = self._addr, self._ips.get  # inline hits: no method call
+        hexmac = bytes.fromhex  # _mac inlined
         shape = self._shape
         last = (-1, -1, -1)
         pack = _SHAPES_DUMMY.pack_into
@@ -183,14 +184,14 @@ class Batcher:
                     last = (kind, ifindex, len(dst))
                     st, head, mid, tail = shape(last)
                     pack, size = st.pack_into, st.size
-                pack(buf, off, head, seq, mid, _mac(key), tail, dst)
+                pack(buf, off, head, seq, mid, hexmac(key.replace(":", "")), tail, dst)
             elif kind == NEIGH_SET:
                 ip = ips(key) or addr(key)
                 if kind != last[0] or ifindex != last[1] or len(ip) != last[2]:
                     last = (kind, ifindex, len(ip))
                     st, head, mid, tail = shape(last)
                     pack, size = st.pack_into, st.size
-                pack(buf, off, head, seq, mid, ip, tail, _mac(value))
+                pack(buf, off, head, seq, mid, ip, tail, hexmac(value.replace(":", "")))
             elif kind == FLOOD_ADD:
                 dst = ips(key) or addr(key)
                 if kind != last[0] or ifindex != last[1] or len(dst) != last[2]:
@@ -210,7 +211,7 @@ class Batcher:
                     last = (kind, ifindex, 0)
                     st, head, mid, tail = shape(last)
                     pack, size = st.pack_into, st.size
-                pack(buf, off, head, seq, mid, _mac(key))
+                pack(buf, off, head, seq, mid, hexmac(key.replace(":", "")))
             else:
                 raise ValueError(f"unknown batch entry kind {kind}")
             off += size
