@@ -54,6 +54,7 @@ from agent.control import protocol as api
 from agent.control.server import ControlServer
 from agent.limits import BRIDGE_MAX_PORTS, ENDPOINTS_PER_NETWORK, Limits
 from agent.log import kv
+from agent.overlay import admission
 from agent.overlay import ops as netops
 from agent.overlay.hostnets import underlay_prefixes
 from agent.overlay.lifecycle import Lifecycle
@@ -569,6 +570,21 @@ class Overlay:
             raise api.ApiError(f"network {net.name!r} already has {n} endpoints on this host, the most it "
                                f"can have ({why}); put further endpoints on another network or host")
 
+    async def _admit(self, network: str) -> None:
+        """ApiError when this host cannot serve ``network`` (``agent.overlay.admission``)."""
+
+        def nets(t: Tables) -> tuple[Network, list[Network]]:
+            net = t.find_network(network)
+            local = {e.network for e in t.local_endpoints()}
+            return net, [n for n in t.networks() if n.id in local]
+
+        net, local = await self.read(nets)
+        underlay = await trio.to_thread.run_sync(underlay_prefixes, self.prefix)
+        why = admission.refusal(net, local, underlay)
+        if why is not None:
+            log.warning(kv("endpoint-refused", network=net.name, reason=why))
+            raise api.ApiError(why)
+
     async def _confirm_attached(self, spec: VethSpec) -> None:
         """ApiError when the new host-side interface did not end up on its bridge because
         the dataplane refused it (a full bridge: EXFULL). When the bridge did not exist
@@ -656,6 +672,7 @@ class Overlay:
             except PlumbError as exc:
                 raise api.ApiError(str(exc)) from None
             await self._room_for(network)
+            await self._admit(network)
             self._check_writable("endpoint not created")
             ep: Endpoint = await self._table_call(lambda t, now: _create_with_aliases(
                 t, now, lambda: t.create_endpoint(now, network, name, ipv4, ipv6, mac), names))
@@ -736,6 +753,7 @@ class Overlay:
         await self._started.wait()
         async with self._lock:
             await self._room_for(network)
+            await self._admit(network)
             self._check_writable("endpoint not created")
             ep: Endpoint = await self._table_call(
                 lambda t, now: t.create_endpoint(now, network, name, ipv4, None, mac))

@@ -92,9 +92,13 @@ def test_internal_network_has_no_egress(lab_factory: LabFactory) -> None:
 
 def test_overlap_only_when_both_allow_it_and_stays_isolated(lab_factory: LabFactory) -> None:
     """Item 4: an overlapping subnet is refused unless both networks allow it; two such
-    networks on both hosts carry their own traffic only (the address of a container of
-    the other network, same subnet, does not answer); a subnet on the underlay is refused."""
-    ol = _lab(lab_factory)
+    networks carry their own traffic only (the address of a container of the other
+    network, same subnet, does not answer); a host with endpoints on one of them refuses
+    endpoints on the other (one gateway per subnet on a host); a subnet on the underlay
+    is refused."""
+    lab = lab_factory(3)
+    ol = OverlayLab(lab)
+    ol.start_all()
     r = ol.ctl(0, "network", "create", "under", "--subnet", "192.0.2.128/25", check=False)
     assert r.returncode == 1 and "overlaps this host's underlay (192.0.2.0/24)" in r.stderr, r.stderr
     ol.create_network(0, "red", "--subnet", "10.80.0.0/24", "--allow-overlap")
@@ -104,11 +108,27 @@ def test_overlap_only_when_both_allow_it_and_stays_isolated(lab_factory: LabFact
     ol.create_network(1, "blue", "--subnet", "10.80.0.0/24", "--allow-overlap")
     wait_for(lambda: all(_inspect(ol, i, "blue") and _inspect(ol, i, n)["InForce"]  # type: ignore[index]
                          for i in range(2) for n in ("red", "blue")), "both networks in force on both hosts")
-    red0, red1, blue1 = ol.container("r0"), ol.container("r1"), ol.container("b1")
+    red0, red1, blue1, blue2 = ol.container("r0"), ol.container("r1"), ol.container("b1"), ol.container("b2")
     ol.create_endpoint(0, "red", red0, "--ip", "10.80.0.10")
     ol.create_endpoint(1, "red", red1, "--ip", "10.80.0.11")
-    ol.create_endpoint(1, "blue", blue1, "--ip", "10.80.0.12")
+    r = ol.ctl(1, "endpoint", "create", "blue", "--netns", blue1, "--ip", "10.80.0.12", check=False)
+    assert r.returncode == 1 and "overlaps network 'red'" in r.stderr and "another host" in r.stderr, r.stderr
+    wait_for(lambda: _inspect(ol, 2, "blue"), "host2 knows blue")
+    ol.create_endpoint(2, "blue", blue2, "--ip", "10.80.0.12")
     wait_for(lambda: ol.ping(red0, "10.80.0.11", count=1), "red crosses hosts")
     assert not ol.ping(red0, "10.80.0.12", count=2), "red reached blue's container"
-    assert not ol.ping(blue1, "10.80.0.10", count=2), "blue reached red's container"
-    assert not ol.ping(blue1, "10.80.0.11", count=2), "blue reached red's container on its own host"
+    assert not ol.ping(blue2, "10.80.0.10", count=2), "blue reached red's container"
+    assert not ol.ping(blue2, "10.80.0.11", count=2), "blue reached red's container"
+
+
+def test_a_subnet_on_a_joining_hosts_underlay_is_refused_there(lab_factory: LabFactory) -> None:
+    """Item 4: host0 may create a network whose subnet is on host1's underlay only (its own
+    does not overlap it); host1 refuses endpoints on it with the reason, host0 takes them."""
+    ol = _lab(lab_factory)
+    ol.lab.run(ol.nodes[1].host, ["ip", "addr", "add", "198.51.100.1/24", "dev", "lo"])
+    ol.create_network(0, "far", "--subnet", "198.51.100.0/24")
+    wait_for(lambda: _inspect(ol, 1, "far"), "host1 knows far")
+    c0, c1 = ol.container("f0"), ol.container("f1")
+    r = ol.ctl(1, "endpoint", "create", "far", "--netns", c1, check=False)
+    assert r.returncode == 1 and "overlaps this host's underlay (198.51.100.0/24)" in r.stderr, r.stderr
+    assert ol.create_endpoint(0, "far", c0)["ipv4"].startswith("198.51.100.")

@@ -19,6 +19,7 @@ from gossip.serf.payloads import encode_tags
 from gossip.tables import extrows, framing, hostaccess, netopts
 from gossip.tables.agenttag import AGENT_TAG
 from gossip.tables.rows import IpamPool, NetworkOptions, TableError, network_from_dict
+from gossip.tables.replica import Tables
 from tests.stateful.tablesnet import cluster
 
 
@@ -247,3 +248,25 @@ def test_release_0_1_0_reads_the_state_of_a_node_with_options(tmp_path: Path) ->
                        input=json.dumps([m.hex() for m in messages]), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [["State", 1, 0], ["NoneType", None, 0]]
+
+
+def test_concurrent_networks_clash_on_an_extra_subnet_and_every_node_picks_one_winner() -> None:
+    """Item 4 (loose end): created on both sides of a partition, a network's second subnet
+    overlaps the other network's only subnet; after the heal every node keeps the earlier
+    one and reports a network-subnet conflict naming the contested subnet."""
+    net = cluster(2)
+    net.partition([["n0"], ["n1"]])
+    a = _create(net, "n0", "wide", ["10.1.0.0/24", "10.2.0.0/24"])
+    b = _create(net, "n1", "narrow", ["10.2.0.0/24"])
+    net.heal()
+    winner = min((a, b), key=lambda n: (n.created, n.creator, n.id))
+    loser = b if winner is a else a
+
+    def settled(t: Tables) -> bool:
+        names = [n.name for n in t.networks()]
+        return names == [winner.name] and any(c.kind == "network-subnet" and c.loser == loser.id
+                                              for c in t.conflicts())
+
+    net.wait(lambda: all(settled(n.tables) for n in net.nodes.values()), timeout=120)
+    c = next(c for c in net.nodes["n0"].tables.conflicts() if c.loser == loser.id)
+    assert c.value == "10.2.0.0/24", c
