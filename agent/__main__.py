@@ -65,7 +65,7 @@ def _main(argv: Sequence[str] | None) -> int:
     deferred.defer(*deferred.AGENT_DEFERRED)  # before trio imports them
     # Dataclass methods compiled at an earlier start (~0.05 CPU-s of ~0.19); ``service.run``
     # uninstalls it once the agent is up.
-    codecache.install()
+    codecache.install(record=not sys.dont_write_bytecode)  # written back like a .pyc
     import trio  # not needed to check a configuration
 
     from agent import log as agent_log

@@ -22,6 +22,9 @@ dataclasses, ``annotations`` for attrs). ``uninstall`` (the end of start-up) put
 ``dataclasses`` back and drops the table. ``build`` (``python -m agent.codecache``)
 imports the agent's start-up modules with recording on and writes the file atomically;
 it runs where ``compileall`` does (the benchmarks' byte-compile step, a package build).
+Without it, an agent writes the cache itself at the end of its first start (``uninstall``
+with ``write_back``), unless ``PYTHONDONTWRITEBYTECODE`` is set, as Python does with
+``.pyc`` files.
 
 Owns: the cache file's format, location, loading, writing and the two hooks.
 Does not: decide when start-up ends (``agent.service``) or which modules the agent
@@ -101,7 +104,7 @@ class _Table:
         return out
 
 
-_state: dict[str, _Table | None] = {"table": None}
+_state: dict[str, Any] = {"table": None, "path": None}
 
 
 def default_path() -> Path:
@@ -151,8 +154,10 @@ def install(path: Path | None = None, *, record: bool = False, fresh: bool = Fal
     With ``record`` every text compiled meanwhile is remembered for ``save``; ``fresh``
     starts from an empty table (``build``: entries no start-up uses are not carried over).
     """
-    index, blob = ({}, b"") if fresh else load(path or default_path())
+    target = path or default_path()
+    index, blob = ({}, b"") if fresh else load(target)
     table = _Table(index, blob, record=record)
+    _state["path"] = target
     real_exec: _ExecFn = builtins.exec
     real_compile = builtins.compile
 
@@ -189,8 +194,19 @@ def _attrs_make() -> ModuleType | None:
         return None
 
 
-def uninstall() -> None:
-    """``dataclasses`` compiles by itself again; the table is dropped (its memory too)."""
+def uninstall(*, write_back: bool = False) -> None:
+    """``dataclasses`` compiles by itself again; the table is dropped (its memory too).
+
+    With ``write_back``, a cache that was missing or mostly stale (more misses than hits)
+    is written with what was recorded, as Python writes a ``.pyc`` on first import: the
+    agent's next start finds it. Nothing is written unless recording was on (the agent
+    turns it off under ``PYTHONDONTWRITEBYTECODE``), and a directory that cannot be
+    written only means no cache.
+    """
+    table = _state["table"]
+    if write_back and table is not None and table.recorded and table.misses > table.hits:
+        with contextlib.suppress(OSError):
+            save(_state.get("path"))
     if "exec" in vars(dataclasses):
         del dataclasses.exec  # type: ignore[attr-defined]
     attrs_make = sys.modules.get("attr._make")

@@ -199,14 +199,15 @@ def _release_startup_memory() -> None:
     every object alive now (modules, classes, config) to the permanent generation,
     so later full collections do not walk them again and again (idle CPU); the
     process entry point (``agent.__main__``) ran start-up with GC off. The dataclass code
-    cache it installed (``agent.codecache``) is dropped: every start-up class exists now.
+    cache it installed (``agent.codecache``) is dropped, and written first if there was
+    none (unless PYTHONDONTWRITEBYTECODE): every start-up class exists now.
     """
     import ctypes
     import gc
 
     from agent import codecache
 
-    codecache.uninstall()
+    codecache.uninstall(write_back=True)
     gc.collect()
     gc.freeze()
     gc.enable()

@@ -144,3 +144,24 @@ def test_attrs_classes_get_the_code_attrs_would_compile(tmp_path: Path) -> None:
     for name in generated:
         assert vars(cached)[name].__code__ == vars(plain)[name].__code__, name
     assert cached(1) == cached(1, "r") and hash(cached(1)) == hash(cached(1, "r"))
+
+
+def test_a_missing_cache_is_written_back_at_the_end_of_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "cache.marshal"
+    codecache.install(path, record=False)  # as under PYTHONDONTWRITEBYTECODE
+    _define(0)
+    codecache.uninstall(write_back=True)
+    assert not path.exists()
+
+    codecache.install(path, record=True)
+    _define(0)
+    codecache.uninstall(write_back=True)
+    assert path.exists()
+    written = path.stat().st_mtime_ns
+
+    codecache.install(path, record=True)
+    _define(0)
+    hits, misses = codecache.counts()
+    assert hits >= 5 and misses == 0
+    codecache.uninstall(write_back=True)  # a cache that served: not written again
+    assert path.stat().st_mtime_ns == written
