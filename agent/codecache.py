@@ -147,19 +147,20 @@ def load(path: Path) -> tuple[_Index, bytes]:
     return index, blob
 
 
-def install(path: Path | None = None, *, record: bool = False, fresh: bool = False) -> int:
+def install(path: Path | None = None, *, record: bool = False, fresh: bool = False,
+            attrs: bool = True) -> int:
     """Serve ``dataclasses``' (and attrs') compiles from the cache in ``path``; how many
     entries it has.
 
     With ``record`` every text compiled meanwhile is remembered for ``save``; ``fresh``
     starts from an empty table (``build``: entries no start-up uses are not carried over).
+    Without ``attrs``, attrs is neither imported nor hooked until ``hook_attrs``.
     """
     target = path or default_path()
     index, blob = ({}, b"") if fresh else load(target)
     table = _Table(index, blob, record=record)
     _state["path"] = target
     real_exec: _ExecFn = builtins.exec
-    real_compile = builtins.compile
 
     def cached_exec(source: object, globals: dict[str, Any] | None = None,
                     locals: dict[str, Any] | None = None) -> None:
@@ -171,19 +172,28 @@ def install(path: Path | None = None, *, record: bool = False, fresh: bool = Fal
 
     _state["table"] = table
     dataclasses.exec = cached_exec  # type: ignore[attr-defined]
-    attrs_make = _attrs_make()
-    if attrs_make is not None:
-        # attrs (trio's classes) compiles ``compile(script, filename, "exec")`` in a
-        # module whose __future__ imports that call inherits.
-        attrs_flags = _future_flags(attrs_make)
-
-        def cached_compile(source: Any, filename: Any, mode: str, *args: Any, **kwargs: Any) -> Any:
-            if type(source) is str and type(filename) is str and mode == "exec" and not args and not kwargs:
-                return table.code(source, filename, attrs_flags)
-            return real_compile(source, filename, mode, *args, **kwargs)
-
-        attrs_make.compile = cached_compile  # type: ignore[attr-defined]
+    if attrs:
+        hook_attrs()
     return len(index)
+
+
+def hook_attrs() -> None:
+    """Serve attrs' compiles from the installed cache too (imports attrs; trio needs it)."""
+    table = _state["table"]
+    attrs_make = _attrs_make()
+    if table is None or attrs_make is None:
+        return
+    # attrs (trio's classes) compiles ``compile(script, filename, "exec")`` in a module
+    # whose __future__ imports that call inherits.
+    attrs_flags = _future_flags(attrs_make)
+    real_compile = builtins.compile
+
+    def cached_compile(source: Any, filename: Any, mode: str, *args: Any, **kwargs: Any) -> Any:
+        if type(source) is str and type(filename) is str and mode == "exec" and not args and not kwargs:
+            return table.code(source, filename, attrs_flags)
+        return real_compile(source, filename, mode, *args, **kwargs)
+
+    attrs_make.compile = cached_compile  # type: ignore[attr-defined]
 
 
 def _attrs_make() -> ModuleType | None:
