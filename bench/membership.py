@@ -20,6 +20,7 @@ For each N and each kind (serf first, then ours), in a fresh lab of N hosts
    Before the joins, each agent's utime+stime once its start-up has settled is its
    ``start_cpu_s`` (start to ready, plus the settle wait alone: an upper bound),
    also held against an absolute target (``START_CPU_TARGET_S``, ``start_cpu`` in the JSON).
+   The CPU all agents spent from the joins to convergence is ``join_warm_cluster_cpu_s``.
 Our agents' modules are byte-compiled first (as a package install does): the
 machine sets PYTHONDONTWRITEBYTECODE, and compiling ~15k lines at every start
 would be counted as start-up otherwise.
@@ -84,6 +85,7 @@ SECONDARY_KEYS = {
     "agents_cpu_to_converge": "agents_cpu_to_converge_s",
     "join_warm_median": "join_warm_median_s",
     "start_cpu": "start_cpu_s",
+    "join_warm_cluster_cpu": "join_warm_cluster_cpu_s",
 }
 START_CPU_TARGET_S = 0.15
 """Start-to-ready CPU per agent (issue 17 item 7), an absolute target rather than a ratio."""
@@ -223,6 +225,7 @@ def run_warm(kind: str, n: int, *, timeout: float) -> dict[str, Any]:
             cpu = [c for c in (procstat.cpu_seconds(x.pid) for x in nodes) if c is not None]
             r["start_cpu_s"] = _median(cpu)
             r["start_cpu_max_s"] = max(cpu) if cpu else None
+            cpu_all = [procstat.cpu_seconds(x.pid) for x in nodes]
             seed, joiners = nodes[0], nodes[1:]
             with concurrent.futures.ThreadPoolExecutor(max_workers=len(joiners)) as pool:
                 t0 = time.monotonic()
@@ -232,6 +235,12 @@ def run_warm(kind: str, n: int, *, timeout: float) -> dict[str, Any]:
                 except ClusterTimeout as e:
                     r["error"] = f"warm join did not converge: {e}"
                     return r
+                # The whole cluster's CPU for the join (polls answered included): on a
+                # machine of few cores the warm join is bounded by it.
+                after = [procstat.cpu_seconds(x.pid) for x in nodes]
+                r["join_warm_cluster_cpu_s"] = sum(
+                    b - a for a, b in zip(cpu_all, after, strict=True) if a is not None and b is not None
+                )
                 for x, f in zip(joiners, futures, strict=True):
                     try:
                         if f.result() < 1:
@@ -279,6 +288,7 @@ LABELS = {
     "detect_median": ("SIGKILL: median agent (s)", 2),
     "agents_cpu_to_converge": ("CPU to converge, all (s)", 2),
     "start_cpu": ("start-up CPU per agent, median (s)", 3),
+    "join_warm_cluster_cpu": ("join, agents up: CPU of all agents (s)", 2),
 }
 
 
