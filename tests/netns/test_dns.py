@@ -142,7 +142,7 @@ def test_aliases_resolve_on_every_host_shared_ones_answer_all_and_go_with_the_en
     on the other host as ALIAS and ALIAS.NETWORK; an alias two endpoints share answers both
     addresses; removing one endpoint takes its aliases away everywhere (the shared one then
     answers the other's address only); ``endpoint ls`` shows them."""
-    lab, ol = _lab(lab_factory)
+    _, ol = _lab(lab_factory)
     ol.create_network(0, "al", "--subnet", SUBNET)
     c0, c1, c2 = ol.container("a0"), ol.container("a1"), ol.container("a2")
     db1 = ol.create_endpoint(0, "al", c0, "--name", "db1", "--alias", "db", "--alias", "primary")

@@ -7,8 +7,8 @@ import msgpack
 import pytest
 
 from gossip.tables import aliases, extrows, framing
-from gossip.tables.rows import Endpoint, TableError
 from gossip.tables.replica import Tables
+from gossip.tables.rows import Endpoint, TableError
 from tests.stateful.tablesnet import Net, cluster
 
 

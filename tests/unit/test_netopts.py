@@ -18,8 +18,8 @@ import pytest
 from gossip.serf.payloads import encode_tags
 from gossip.tables import extrows, framing, hostaccess, netopts
 from gossip.tables.agenttag import AGENT_TAG
-from gossip.tables.rows import IpamPool, NetworkOptions, TableError, network_from_dict
 from gossip.tables.replica import Tables
+from gossip.tables.rows import IpamPool, NetworkOptions, TableError, network_from_dict
 from tests.stateful.tablesnet import cluster
 
 
