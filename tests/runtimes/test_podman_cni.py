@@ -4,7 +4,8 @@ Each host runs the installed agent and its own private podman set-up
 (``tests.runtimes.podmanlab``). Covered: containers on two hosts ping each other over
 the overlay (with ``tuning`` chained after our plugin), a podman container on host 0 and
 an ``agentctl endpoint`` on host 1 share the network, ``podman rm -f`` withdraws the
-container from the other host's kernel within 2 s, ``podman network connect`` /
+container from the other host's kernel within 2 s, podman's ``--network-alias`` becomes
+the endpoint's alias on the other host, ``podman network connect`` /
 ``disconnect`` of a running container, and a failed ADD (the address is taken) shows
 one clear line and leaves nothing behind.
 """
@@ -46,13 +47,18 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     net = ol.create_network(0, "blue", "--subnet", "10.63.0.0/24")
     vni = int(net["Options"][VNI_OPTION])
     for i in (0, 1):
-        pl.add_network(i, "blue", plugins=[{"type": "tuning"}])
+        pl.add_network(i, "blue", plugins=[{"type": "tuning"}], capabilities={"aliases": True})
     pl.run(0, "web-a", "blue")
-    pl.run(1, "web-b", "blue")
+    # --network-alias reaches the plugin as runtimeConfig.aliases (the aliases capability)
+    r = pl.podman(1, "run", "-d", "--name", "web-b", "--network", "blue", "--network-alias", "db",
+                  "--rootfs", str(pl.rootfs), "/bin/busybox", "sleep", "100000")
+    pl._containers.add(r.stdout.strip())
     ip_a, ip_b = pl.ip_of(0, "web-a"), pl.ip_of(1, "web-b")
     assert ip_a != ip_b and ip_a.startswith("10.63.0.")
     names = {e["name"]: e for e in ol.endpoints(0)}
     assert names["web-a"]["ipv4"] == ip_a and names["web-b"]["ipv4"] == ip_b  # podman's names
+    wait_for(lambda: "db" in {e["name"]: e for e in ol.endpoints(0)}["web-b"]["aliases"],
+             "host 0 to see web-b's alias db")
     # the mixed case: an agentctl endpoint on host 1 in the same network
     nc = ol.container("c")
     e_c = ol.create_endpoint(1, "blue", nc)
