@@ -137,7 +137,9 @@ class Extras:
         """Endpoint id -> aliases in force, for the ``endpoints`` given (visible ones)."""
         t = self.t
         eps = list(endpoints)
-        rows = [r for net in {e.network for e in eps} for r in t.ext.scoped_rows(net) if r.kind == aliases.KIND]
+        nets = {e.network for e in eps}
+        # One pass over the rows (the DNS index asks on every table change).
+        rows = [r for r in t.ext.rows.values() if r.kind == aliases.KIND and r.net in nets]
         return aliases.pick(rows, eps)
 
     def on_ext(self, now: float, row: ExtensionRow, relay: bool) -> None:
@@ -153,12 +155,11 @@ class Extras:
 
     def tidy_aliases(self, now: float) -> None:
         t = self.t
-        for net in list(t.sync.joined):
-            for r in t.ext.scoped_rows(net):
-                if (r.kind == aliases.KIND and r.writer == t.node and not r.deleted
-                        and r.id not in t._local):
-                    self._write_alias(now, aliases.row(net, t.node, r.id, t._tick(), None,
-                                                       now + t.config.tombstone_ttl))
+        stale = [r for r in t.ext.rows.values()
+                 if r.kind == aliases.KIND and r.writer == t.node and not r.deleted
+                 and r.net in t.sync.joined and r.id not in t._local]
+        for r in sorted(stale, key=lambda r: (r.net, r.id)):
+            self._write_alias(now, aliases.row(r.net, t.node, r.id, t._tick(), None, now + t.config.tombstone_ttl))
 
     def _own_alias_row(self, net: str, ep_id: str) -> ExtensionRow | None:
         return self.t.ext.rows.get((net, aliases.KIND, self.t.node, ep_id, extrows.EMPTY_EXTRA))
