@@ -224,7 +224,8 @@ class AttackLab:
                     f"{self.ol.nodes[i].name}'s RSS grew by {grew:.0f} MiB ({rss[i] // MiB} -> {now[i] // MiB} MiB)"
         self.join_new_agent(join_through)
         if before is not None:
-            assert self.snapshot() == before
+            after = self.snapshot()
+            assert after == before, f"state changed:\nbefore {before}\nafter  {after}"
 
 
 def mortal_namespace(lab: Lab, tag: str) -> str:
