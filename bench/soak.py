@@ -1,6 +1,7 @@
 """Soak benchmark: 6 agents under endpoint churn and agent restarts; does anything grow?
 
-``python -m bench soak [--minutes M] [--quick] [--json FILE] [--hosts H] [--seed S]``
+``python -m bench soak [--minutes M] [--quick] [--json FILE] [--hosts H] [--seed S]
+[--churn-every S] [--restart-every S]``
 
 A namespace lab (``agent.lab.netlab``) of H hosts (default 6) runs real ``overlay-agent``
 processes with state directories; host0 creates a network and every host gets a
@@ -12,6 +13,8 @@ the driver
 * restarts agents: every ``RESTART_EVERY`` s (quick: 15 s) one agent of hosts 2..H-1 in
   turn gets SIGTERM and is started again on the same state directory (hosts 0 and 1
   are never restarted: they are the long-lived agents whose growth is judged);
+* (``--churn-every 0`` / ``--restart-every 0`` switch one load off, to tell which one a
+  growth follows);
 * samples every agent every ``SAMPLE_EVERY`` s (quick: 2 s): VmRSS, CPU seconds (utime + stime) and
   open file descriptors (/proc/PID/fd), read from /proc by pid (``agent.lab.procstat``).
 
@@ -34,6 +37,7 @@ Owns: the benchmark's steps and its report. Does not: build the lab
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import signal
@@ -223,18 +227,20 @@ def judge(samples: list[Sample], duration: float) -> dict[str, Any]:
 
 
 def run_bench(hosts: int, minutes: float, restart_every: float, seed: int,
-              sample_every: float = SAMPLE_EVERY) -> dict[str, Any]:
+              sample_every: float = SAMPLE_EVERY, churn_every: float = CHURN_EVERY) -> dict[str, Any]:
     wall = time.monotonic()
     with Lab(hosts, prefix=f"olabsoak{os.getpid():x}") as lab:
         s = Soak(lab, seed)
         log(f"starting {hosts} agents ...")
         s.start_all()
         duration = minutes * 60
-        log(f"soaking for {minutes:g} min: an endpoint operation every {CHURN_EVERY:g} s, "
+        log(f"soaking for {minutes:g} min: an endpoint operation every {churn_every:g} s, "
             f"a restart every {restart_every:g} s, samples every {sample_every:g} s ...")
         t0 = time.monotonic()
-        next_churn = next_restart = next_sample = 0.0
-        next_restart = restart_every
+        # 0 switches a load off (the diagnostic runs vary one load at a time).
+        next_churn = 0.0 if churn_every > 0 else math.inf
+        next_restart = restart_every if restart_every > 0 else math.inf
+        next_sample = 0.0
         restartable = list(range(2, hosts))
         turn = 0
         while (t := time.monotonic() - t0) < duration:
@@ -247,7 +253,7 @@ def run_bench(hosts: int, minutes: float, restart_every: float, seed: int,
                 next_restart += restart_every
             if t >= next_churn:
                 s.churn()
-                next_churn += CHURN_EVERY
+                next_churn += churn_every
             time.sleep(max(0.0, min(next_sample, next_churn, next_restart) - (time.monotonic() - t0)))
         s.sample(time.monotonic() - t0)
         deadline = time.monotonic() + WAIT
@@ -265,7 +271,7 @@ def run_bench(hosts: int, minutes: float, restart_every: float, seed: int,
             "hosts": hosts,
             "minutes": minutes,
             "seed": seed,
-            "churn_every_s": CHURN_EVERY,
+            "churn_every_s": churn_every,
             "keep_per_host": KEEP,
             "restart_every_s": restart_every,
             "sample_every_s": sample_every,
@@ -289,23 +295,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the raw figures here")
     ap.add_argument("--hosts", type=int, default=6, help="agents (default 6)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the churn (default 1)")
+    ap.add_argument("--churn-every", type=float, default=CHURN_EVERY,
+                    help=f"seconds between endpoint operations (default {CHURN_EVERY:g}; 0: no churn)")
+    ap.add_argument("--restart-every", type=float,
+                    help=f"seconds between agent restarts (default {RESTART_EVERY:g}, quick 15; 0: none)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench soak: needs root (network namespaces)", file=sys.stderr)
         return 1
     minutes = args.minutes if args.minutes is not None else (0.75 if args.quick else 30.0)
-    restart_every = 15.0 if args.quick else RESTART_EVERY
-    if not 3 <= args.hosts <= 30 or not 0 < minutes <= 24 * 60:
+    restart_every = args.restart_every if args.restart_every is not None else \
+        15.0 if args.quick else RESTART_EVERY
+    if not 3 <= args.hosts <= 30 or not 0 < minutes <= 24 * 60 or args.churn_every < 0 or restart_every < 0:
         print("bench soak: --hosts must be 3-30 and --minutes in (0, 1440]", file=sys.stderr)
         return 2
     try:
-        report = run_bench(args.hosts, minutes, restart_every, args.seed, 2.0 if args.quick else SAMPLE_EVERY)
+        report = run_bench(args.hosts, minutes, restart_every, args.seed, 2.0 if args.quick else SAMPLE_EVERY,
+                           args.churn_every)
     except (LabError, OSError, RuntimeError) as exc:
         print(f"bench soak: {exc}", file=sys.stderr)
         return 1
     report["quick"] = args.quick
     report["command"] = "python -m bench soak" + (" --quick" if args.quick else "") + \
-        (f" --minutes {args.minutes:g}" if args.minutes is not None else "")
+        (f" --minutes {args.minutes:g}" if args.minutes is not None else "") + \
+        (f" --churn-every {args.churn_every:g}" if args.churn_every != CHURN_EVERY else "") + \
+        (f" --restart-every {args.restart_every:g}" if args.restart_every is not None else "")
     report["machine"] = machine()
     for name, j in report["long_lived"].items():
         if "rss_kib_first" in j:
