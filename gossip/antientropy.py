@@ -172,12 +172,13 @@ class AntiEntropy:
             body, compress=swim.config.enable_compression, keyring=swim.encryption.outgoing()
         )
 
-    def answer(self, now: float, msg: PushPull, effects: list[Effect]) -> bytes:
-        """A push/pull a peer opened: our half to write back, then theirs merged."""
+    def answer(self, now: float, msg: PushPull, effects: list[Effect], src_ip: str = "") -> bytes:
+        """A push/pull a peer opened from ``src_ip``: our half to write back, then theirs merged."""
         # Serf always sends its own state (first byte < 0x80); ours send none or ours.
         ours = not msg.user_state or msg.user_state[0] >= 0x80
         reply = self.stream(msg.join, ours)
         self.merge(now, msg, effects)
+        self._heard_over_tcp(msg, src_ip)
         return reply
 
     def on_reply(
@@ -188,6 +189,7 @@ class AntiEntropy:
         ok = isinstance(msg, PushPull)
         if isinstance(msg, PushPull):
             self.merge(now, msg, effects)
+            self._heard_over_tcp(msg, to[0])
         elif isinstance(msg, Err):
             error = msg.error
         if batch is None:
@@ -238,6 +240,20 @@ class AntiEntropy:
                 swim._serf_message(now, msg.user_state, effects)
             else:
                 effects.extend(swim.delegate.merge_remote_state(now, msg.user_state, msg.join))
+
+
+    def _heard_over_tcp(self, msg: PushPull, peer_ip: str) -> None:
+        """A completed push/pull over TCP shows its peer exists (a TCP handshake cannot
+        be spoofed from off the path, unlike a UDP source): the one alive member in it at
+        the peer's IP counts as heard, like one that answered a probe, so a full table
+        never evicts it for a newcomer (``Capacity.make_room``). Several members at that IP
+        (agents sharing a host): none is marked, as we cannot tell which one spoke."""
+        if not peer_ip:
+            return
+        alive = NodeState.ALIVE
+        at_ip = [ns.name for ns in msg.nodes if ns.state == alive and ip_text(ns.addr) == peer_ip]
+        if len(at_ip) == 1 and at_ip[0] != self._swim.name and at_ip[0] in self._swim._table.members:
+            self._swim._table.mark_heard(at_ip[0])
 
 
 def _encode_state(m: Member) -> bytes:

@@ -460,7 +460,7 @@ class Swim:
         self._capacity.speaker = src[0]
         effects: list[Effect] = []
         if isinstance(msg, PushPull):
-            return self._sync.answer(now, msg, effects), effects
+            return self._sync.answer(now, msg, effects, src[0]), effects
         if isinstance(msg, Ping):
             if msg.node and msg.node != self.name:
                 return None, effects

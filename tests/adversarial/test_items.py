@@ -201,10 +201,6 @@ def member_bound_setting() -> str:
     return fields[0]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "regression since 67c74e0 (alias rows in NET_GOSSIP's trailing field), found by git bisect "
-    "2026-12-05: after the flood and a new joiner each host loses the other's endpoint rows and "
-    "kernel entries; root cause not found yet (issue 18 note) - fix and remove this marker"))
 def test_item6_member_table_is_bounded(attack_lab: AttackLabFactory) -> None:
     """With the bound lowered to 50, 400 spoofed alives: the table stays at the bound,
     a log line says so, the real agents stay alive and a new agent joins."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from gossip.members import Member, Status
 
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
+_SUSPECT = Status.SUSPECT
 _status_of = operator.attrgetter("status")
 
 
@@ -96,12 +97,21 @@ class ReferenceTable:
 
     def evictable(self) -> Member | None:
         """A member to forget for a newcomer when the table is full: the first that
-        never answered us (only heard of), dead or left ones first."""
+        never answered us (only heard of), dead or left ones first, then suspected ones
+        (probed and silent: spoofs), then alive ones (not probed yet: a real member may
+        be among them, so last)."""
         heard = self._heard
         for m in self.gone():
             if m.name not in heard:
                 return m
-        return next((m for m in self.others() if m.name not in heard), None)
+        first: Member | None = None
+        for m in self.others():
+            if m.name not in heard:
+                if m.status == _SUSPECT:
+                    return m
+                if first is None:
+                    first = m
+        return first
 
     def remove(self, name: str) -> Member:
         """Forget one member (``evictable``); returns it. One C-level pass over the order."""

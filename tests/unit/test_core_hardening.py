@@ -178,6 +178,26 @@ def test_a_full_table_still_takes_a_joiner_that_speaks_for_itself() -> None:
     node.check_invariants()
 
 
+def test_a_full_table_never_evicts_a_peer_that_spoke_to_us_over_tcp() -> None:
+    """A real peer that joined us by push/pull (TCP) but was not probed yet is not the one
+    a joiner displaces: spoofed members (never heard, suspected first) go instead. This
+    was a real failure: the peer was evicted and its network rows went with it."""
+    node = Swim(CFG.with_(max_members=6), "a", ("10.0.0.1", 7946), rng=random.Random(1), now=0.0)
+    peer = ("10.0.0.2", 7946)
+    push = PushPull(True, (PushNodeState("peer", ip_bytes(peer[0]), peer[1], b"", 1, NodeState.ALIVE),), b"")
+    reply, _ = node.handle_stream(0.5, ("10.0.0.2", 40001), wire.encode_stream(push, compress=False, keyring=None))
+    assert reply is not None and node.member("peer") is not None
+    node.handle_packet(1.0, ATTACKER, packet(*[alive(f"spoof{i}", 1, ("198.51.100.1", 10000 + i)) for i in range(8)]))
+    assert node.num_members() == 6
+    node.handle_packet(1.5, ATTACKER, packet(Suspect(1, "spoof3", "x")))
+    for k, joiner in enumerate((("10.0.0.7", 7946), ("10.0.0.8", 7946))):
+        effects = node.handle_packet(2.0 + k, joiner, packet(alive(f"joiner{k}", 1, joiner)))
+        gone = [e.member.name for e in effects if isinstance(e, MemberReaped)]
+        assert gone == (["spoof3"] if k == 0 else ["spoof0"])  # suspected first, then the oldest
+    assert node.member("peer") is not None
+    node.check_invariants()
+
+
 def test_the_default_bound_leaves_room_for_10000_node_clusters() -> None:
     assert Config().max_members >= 4 * 10_000 and Config.wan().max_members == Config().max_members
 
