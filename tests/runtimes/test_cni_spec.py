@@ -7,6 +7,7 @@ per CNI version (0.4.0 IPs carry ``version``, 1.1.0 interfaces ``mtu``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,3 +202,21 @@ def test_runtime_config_aliases_of_this_network() -> None:
     assert spec.parse(ENV, conf(runtimeConfig=rc)).aliases == ("db", "primary")
     assert spec.parse(ENV, conf(runtimeConfig={"aliases": {"other": ["x"]}})).aliases == ()
     assert err(ENV, conf(runtimeConfig={"aliases": {"blue": "db"}})).code == spec.INVALID_CONFIG
+
+
+def test_packaged_conflist_declares_every_capability_the_plugin_reads() -> None:
+    """packaging/overlay-cni.conflist: the runtime hands a plugin ``runtimeConfig`` only for
+    the capabilities its entry declares (libcni), so the shipped file must declare ips,
+    mac and aliases (podman's ``--network-alias``); its entry, as podman 4.3 calls it
+    (capability args injected, the network's name as the aliases key), parses."""
+    path = Path(__file__).resolve().parents[2] / "packaging" / "overlay-cni.conflist"
+    body = json.loads(path.read_text())
+    entry = body["plugins"][0]
+    assert entry["type"] == "overlay-cni"
+    assert entry["capabilities"] == {"ips": True, "mac": True, "aliases": True}
+    rc = {"ips": ["10.20.0.5/24"], "mac": "02:42:0a:14:00:05",
+          "aliases": {body["name"]: ["db", "0123456789ab"]}}
+    plugin_conf = {"cniVersion": body["cniVersion"], "name": body["name"], **entry, "runtimeConfig": rc}
+    inv = spec.parse({**ENV, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web"}, json.dumps(plugin_conf).encode())
+    assert inv.aliases == ("db", "0123456789ab") and inv.network == "blue"
+    assert inv.mac == "02:42:0a:14:00:05" and inv.ipv4 == "10.20.0.5"

@@ -5,14 +5,18 @@ Each host runs the installed agent and its own private podman set-up
 the overlay (with ``tuning`` chained after our plugin), a podman container on host 0 and
 an ``agentctl endpoint`` on host 1 share the network, ``podman rm -f`` withdraws the
 container from the other host's kernel within 2 s, podman's ``--network-alias`` becomes
-the endpoint's alias on the other host, ``podman network connect`` /
+the endpoint's alias on the other host (with the capabilities of the packaged conflist),
+the gateway of the ADD result's ``dns`` is the containers' nameserver and names resolve
+across hosts with it (and vanish with the container), ``podman network connect`` /
 ``disconnect`` of a running container, and a failed ADD (the address is taken) shows
 one clear line and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,17 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.podman]
 VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
 WITHDRAW_WITHIN = 2.0
 LabFactory = Callable[..., Lab]
+PACKAGED = Path(__file__).resolve().parents[2] / "packaging" / "overlay-cni.conflist"
+CAPABILITIES = json.loads(PACKAGED.read_text())["plugins"][0]["capabilities"]
+"""What the shipped conflist declares: the test runs podman with exactly that."""
+
+
+def resolves(pl: PodmanLab, i: int, container: str, name: str) -> str | None:
+    """The IPv4 address busybox ``nslookup NAME`` in ``container`` gives (with the
+    nameserver podman wrote into its resolv.conf), or None."""
+    out = pl.exec(i, container, ["nslookup", name]).stdout
+    tail = out.split("Name:", 1)[1] if "Name:" in out else ""
+    return next((w for w in tail.split() if w.count(".") == 3 and w.replace(".", "").isdigit()), None)
 
 
 @pytest.fixture
@@ -47,7 +62,7 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     net = ol.create_network(0, "blue", "--subnet", "10.63.0.0/24")
     vni = int(net["Options"][VNI_OPTION])
     for i in (0, 1):
-        pl.add_network(i, "blue", plugins=[{"type": "tuning"}], capabilities={"aliases": True})
+        pl.add_network(i, "blue", plugins=[{"type": "tuning"}], capabilities=CAPABILITIES)
     pl.run(0, "web-a", "blue")
     # --network-alias reaches the plugin as runtimeConfig.aliases (the aliases capability)
     r = pl.podman(1, "run", "-d", "--name", "web-b", "--network", "blue", "--network-alias", "db",
@@ -57,8 +72,18 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     assert ip_a != ip_b and ip_a.startswith("10.63.0.")
     names = {e["name"]: e for e in ol.endpoints(0)}
     assert names["web-a"]["ipv4"] == ip_a and names["web-b"]["ipv4"] == ip_b  # podman's names
-    wait_for(lambda: "db" in {e["name"]: e for e in ol.endpoints(0)}["web-b"]["aliases"],
-             "host 0 to see web-b's alias db")
+    # podman 4.3 adds the container's short id to its aliases (Docker compatibility)
+    short_b = pl.container_id(1, "web-b")[:12]
+    wait_for(lambda: {"db", short_b} <= set({e["name"]: e for e in ol.endpoints(0)}["web-b"]["aliases"]),
+             "host 0 to see web-b's aliases db and its short id")
+    # the ADD result's dns (the gateway) is what podman wrote into the containers' resolv.conf
+    for i, name in ((0, "web-a"), (1, "web-b")):
+        resolv = pl.exec(i, name, ["cat", "/etc/resolv.conf"], check=True).stdout
+        assert "nameserver 10.63.0.1" in resolv.splitlines(), resolv
+        assert "search blue" in resolv or "blue" in resolv, resolv
+    wait_for(lambda: resolves(pl, 0, "web-a", "web-b") == ip_b, "web-a to resolve web-b (host 1) by name")
+    assert resolves(pl, 0, "web-a", "db") == ip_b and resolves(pl, 0, "web-a", short_b) == ip_b
+    wait_for(lambda: resolves(pl, 1, "web-b", "web-a.blue") == ip_a, "web-b to resolve web-a.blue (host 0)")
     # the mixed case: an agentctl endpoint on host 1 in the same network
     nc = ol.container("c")
     e_c = ol.create_endpoint(1, "blue", nc)
@@ -73,6 +98,8 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     wait_for(lambda: ip_b not in ol.neigh(0, vni) and mac_b not in ol.fdb(0, vni),
              "host 0 to drop the removed container's entries", within=WITHDRAW_WITHIN)
     assert not [e for e in ol.endpoints(1) if e["local"] and e["ipv4"] == ip_b]
+    wait_for(lambda: resolves(pl, 0, "web-a", "web-b") is None, "web-b's name to go on host 0")
+    assert resolves(pl, 0, "web-a", "db") is None, "the alias goes with the container"
 
 
 def test_connect_disconnect_and_failed_add(pl: PodmanLab) -> None:
