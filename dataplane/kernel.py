@@ -18,10 +18,12 @@ that namespace; None (the agent's normal case) uses the caller's namespace.
 from __future__ import annotations
 
 import errno
+import itertools
+import operator
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from dataplane import rtnl
 from dataplane.mirror import ECHO_LIMIT, KernelMirror
@@ -35,7 +37,7 @@ from dataplane.netlink_batch import (
     NEIGH_DEL,
     NEIGH_SET,
     Batcher,
-    Entry,
+    Group,
 )
 from dataplane.plan import (
     CreateLink,
@@ -326,17 +328,16 @@ class LinuxKernel:
 
     def _apply(self, ops: Sequence[Op]) -> ApplyResult:
         result = ApplyResult()
-        run: list[EntryOp] = []
-        for op in ops:
-            if isinstance(op, CreateLink | DeleteLink | SetLink):
-                if run:
-                    self._apply_entries(run, result)
-                    run = []
-                self._apply_link(op, result)
-            else:
-                run.append(op)
-        if run:
-            self._apply_entries(run, result)
+        # Link operations are a handful among up to tens of thousands of entry ones:
+        # they are found by C loops (map/compress), not a Python test per operation.
+        at = 0
+        for k in itertools.compress(range(len(ops)), map(_LINK_OPS.__contains__, map(type, ops))):
+            if k > at:
+                self._apply_entries(ops[at:k], result)
+            self._apply_link(ops[k], result)  # type: ignore[arg-type]
+            at = k + 1
+        if at < len(ops):
+            self._apply_entries(ops[at:], result)
         return result
 
     def _apply_link(self, op: CreateLink | DeleteLink | SetLink, result: ApplyResult) -> None:
@@ -418,46 +419,50 @@ class LinuxKernel:
         if kw:
             self.ipr.link("set", index=index, **kw)
 
-    def _apply_entries(self, ops: list[EntryOp], result: ApplyResult) -> None:
+    def _apply_entries(self, ops: Sequence[Op], result: ApplyResult) -> None:
         self.sock  # noqa: B018 - opens the socket and the batcher in this thread
         assert self._batch is not None
-        entries: list[Entry] = []
+        groups: list[Group] = []
         sent: list[EntryOp] = []
         index = self._index
-        append, keep = entries.append, sent.append
-        # One pass, dispatching on the exact class through a dict; the ops are
-        # NamedTuples, unpacked in C: a program of 20,000 rows spends more here than in
-        # the kernel if each op walks an isinstance chain or reads fields by name.
-        kinds = _ENTRY_KIND
-        device = ""
-        i: int | None = None
-        for op in ops:
-            kind = kinds.get(type(op))
+        # Runs of one operation class on one device (a program is a few long runs),
+        # split by groupby in C; each run's keys and values are pulled out by itemgetter
+        # in C and packed by columns (netlink_batch.Batcher.encode_group): no Python
+        # bytecode runs per entry of a bulk program.
+        for (cls, device), part in itertools.groupby(ops, _CLASS_DEVICE):
+            run = cast("list[EntryOp]", list(part))  # _apply passes entry operations only
+            kind = _ENTRY_KIND.get(cls)
             if kind is None:
-                raise TypeError(f"not an entry operation: {op!r}")
-            if op[0] != device:
-                device = op[0]
-                i = index.get(device)
-                if i is None:
-                    i = self._lookup(device)
+                raise TypeError(f"not an entry operation: {run[0]!r}")
+            i = index.get(device)
+            if i is None:
+                i = self._lookup(device)
             if i is None:
                 if kind not in _DELETE_KINDS:  # gone is what a delete wanted
-                    result.errors.append(OpError(op, errno.ENODEV, f"no device {device}"))
+                    result.errors.extend(
+                        OpError(op, errno.ENODEV, f"no device {device}") for op in run
+                    )
                 continue
+            keys: list[str] = list(map(_KEY, run))
             if kind in (FDB_SET, NEIGH_SET):  # (device, key, value)
-                append((kind, i, op[1], op[2]))  # type: ignore[misc]
+                groups.append((kind, i, keys, list(map(_VALUE, run))))
             elif kind in (FLOOD_ADD, NEIGH_DEL):  # (device, key)
-                append((kind, i, op[1], ""))
+                groups.append((kind, i, keys, keys))
             elif kind == FDB_DEL:
-                mac, dst = op[1], op[2]  # type: ignore[misc]
-                if dst.endswith(ATTRS_SUFFIX):
-                    append((FDB_DEL_ANY, i, mac, ""))  # the whole row goes
+                dsts: list[str] = list(map(_VALUE, run))
+                if any(d.endswith(ATTRS_SUFFIX) for d in dsts):
+                    for mac, dst in zip(keys, dsts, strict=True):
+                        if dst.endswith(ATTRS_SUFFIX):
+                            groups.append((FDB_DEL_ANY, i, [mac], [""]))  # the whole row goes
+                        else:
+                            groups.append((FDB_DEL, i, [mac], [dst]))
                 else:
-                    append((FDB_DEL, i, mac, dst))
+                    groups.append((FDB_DEL, i, keys, dsts))
             else:  # a flood row: FDB_DEL of the zero MAC
-                append((FDB_DEL, i, ZERO_MAC, op[1].removesuffix(ATTRS_SUFFIX)))
-            keep(op)
-        res = self._batch.run(entries)
+                dsts = [d.removesuffix(ATTRS_SUFFIX) for d in keys]
+                groups.append((FDB_DEL, i, [ZERO_MAC] * len(dsts), dsts))
+            sent += run
+        res = self._batch.run_groups(groups)
         result.applied += res.sent
         result.lost = result.lost or res.lost
         for k, code, text in res.errors:
@@ -468,6 +473,10 @@ class LinuxKernel:
 
 
 _DELETES = frozenset((FdbDel, FloodDel, NeighDel))
+_LINK_OPS = frozenset((CreateLink, DeleteLink, SetLink))
+_CLASS_DEVICE = operator.attrgetter("__class__", "device")
+_KEY = operator.itemgetter(1)
+_VALUE = operator.itemgetter(2)
 _FLOOD_DEL = -1  # not a batch kind: becomes an FDB_DEL of the zero MAC
 _ENTRY_KIND: dict[type, int] = {
     FdbSet: FDB_SET,

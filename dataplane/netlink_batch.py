@@ -5,6 +5,13 @@ permanent) and permanent neighbours, sending them in chunks without per-message
 ACKs, and mapping the kernel's error replies back to entries by sequence number.
 Does not decide what to write (``plan``) or how to resolve names (``kernel``).
 
+Two encoders write the same bytes: ``encode`` packs entry by entry from a template
+per message shape (any mix of kinds, devices and families); ``encode_group`` packs a
+run of one kind on one device and one address family by columns (the template
+repeated, then each varying field written with strided slice assignments), so a
+bulk program runs no Python bytecode per entry. ``run_groups`` uses the second for
+every uniform group of at least ``_COLUMN_MIN`` entries and the first otherwise.
+
 Why: pyroute2 costs ~270 µs per request; a struct-packed 48-byte message costs
 ~1 µs and the kernel ~2-3 µs (docs/dataplane.md, "Bulk programming"). rtnetlink
 handles every message of one sendmsg synchronously in the sender's context, so
@@ -19,8 +26,11 @@ kernel (the reconciler is level-triggered, so a re-read is always correct).
 from __future__ import annotations
 
 import errno
+import itertools
+import operator
 import socket
 import struct
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +84,16 @@ Entry = tuple[int, int, str, str]
 """(kind, ifindex, key, value): FDB_SET/FDB_DEL (mac, vtep), FDB_DEL_ANY (mac, ""),
 FLOOD_ADD (dst, ""), NEIGH_SET (ip, mac), NEIGH_DEL (ip, "")."""
 
+Group = tuple[int, int, Sequence[str], Sequence[str]]
+"""(kind, ifindex, keys, values): a run of entries of one kind on one device, keys and
+values as in ``Entry``; ``values`` is as long as ``keys`` (ignored by the kinds whose
+entries carry no value)."""
+
+# Below this many entries a group is packed entry by entry (the column set-up costs
+# about as much as ~20 templated packs).
+_COLUMN_MIN = 16
+_KIND_OF_ENTRY = operator.itemgetter(0, 1)
+
 
 @dataclass(slots=True)
 class BatchResult:
@@ -90,6 +110,18 @@ def _ip(addr: str) -> bytes:
 
 def _mac(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
+
+
+class _AddrCache(dict[str, bytes]):
+    """Address text -> packed bytes; a miss converts (and raises for a malformed one).
+    A dict so that a column of addresses is looked up by ``map`` in C."""
+
+    def __missing__(self, addr: str) -> bytes:
+        raw = _ip(addr)
+        if len(self) > 65536:
+            self.clear()
+        self[addr] = raw
+        return raw
 
 
 _Shape = tuple[struct.Struct, bytes, bytes, bytes]
@@ -139,23 +171,63 @@ def _make_shape(kind: int, ifindex: int, alen: int) -> _Shape:
     raise ValueError(f"unknown batch entry kind {kind}")
 
 
+_Template = tuple[bytes, int, int]
+"""A message with zeros where the columns go, the offset of the address (0: none) and
+of the MAC (0: none)."""
+
+
+def _make_template(kind: int, ifindex: int, alen: int) -> _Template:
+    """The message of (kind, device, address length) with zero sequence number, MAC and
+    address, and where those go (the layouts of ``_make_shape``)."""
+    st, head, mid, tail = _make_shape(kind, ifindex, alen)
+    if kind in (FDB_SET, FDB_DEL, FLOOD_ADD):
+        raw = st.pack(head, 0, mid, ZERO_MAC, tail, bytes(alen))
+        return raw, 44, 0 if kind == FLOOD_ADD else 32  # FLOOD_ADD: the zero MAC is constant
+    if kind == NEIGH_SET:
+        return st.pack(head, 0, mid, bytes(alen), tail, ZERO_MAC), 32, 36 + alen
+    if kind == NEIGH_DEL:
+        return st.pack(head, 0, mid, bytes(alen)), 32, 0
+    return st.pack(head, 0, mid, ZERO_MAC), 0, 32  # FDB_DEL_ANY
+
+
+def _columns(buf: bytearray, size: int, at: int, width: int, col: bytes) -> None:
+    """Write ``col`` (one ``width``-byte value per message, back to back) at offset
+    ``at`` of every ``size``-byte message of ``buf``: one strided copy per byte."""
+    for k in range(width):
+        buf[at + k :: size] = col[k::width]
+
+
+def _mac_column(macs: Sequence[str]) -> bytes | None:
+    """The 6 bytes of every ``aa:bb:cc:dd:ee:ff`` in ``macs`` back to back, converted
+    in one ``fromhex``; None if any is not spelled so (then per entry: same errors)."""
+    n = len(macs)
+    try:
+        joined = ":".join(macs)
+    except TypeError:
+        return None
+    # 17 characters each with a colon at 2, 5, 8, 11, 14: then every third character
+    # of the joined text from index 2 is a colon (the separators included).
+    if len(joined) != 18 * n - 1 or joined[2::3] != ":" * (6 * n - 1):
+        return None
+    try:
+        raw = bytes.fromhex(joined.replace(":", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 6 * n else None
+
+
 class Batcher:
     """Encode and send entries over one RtnlSocket (same thread as the socket's owner)."""
 
     def __init__(self, sock: RtnlSocket, chunk: int = CHUNK) -> None:
         self.sock = sock
         self.chunk = chunk
-        self._ips: dict[str, bytes] = {}
+        self._ips = _AddrCache()
         self._shapes: dict[tuple[int, int, int], _Shape] = {}
+        self._templates: dict[tuple[int, int, int], _Template] = {}
 
     def _addr(self, addr: str) -> bytes:
-        raw = self._ips.get(addr)
-        if raw is None:
-            raw = _ip(addr)
-            if len(self._ips) > 65536:
-                self._ips.clear()
-            self._ips[addr] = raw
-        return raw
+        return self._ips[addr]
 
     def encode(self, entries: Sequence[Entry], first_seq: int) -> bytearray:
         """The messages of ``entries`` back to back, sequence numbers from ``first_seq``.
@@ -228,28 +300,138 @@ class Batcher:
             shape = self._shapes[k] = _make_shape(*k)
         return shape
 
+    # -- columns: a run of one kind on one device, packed field by field --------------------------
+    def _template(self, kind: int, ifindex: int, alen: int) -> _Template:
+        key = (kind, ifindex, alen)
+        t = self._templates.get(key)
+        if t is None:
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            t = self._templates[key] = _make_template(kind, ifindex, alen)
+        return t
+
+    def encode_group(
+        self, kind: int, ifindex: int, keys: Sequence[str], values: Sequence[str], first_seq: int
+    ) -> bytearray | None:
+        """The messages of one group (``Group``), or None if it is not uniform (both
+        address families, a malformed address): then ``encode`` packs it entry by entry.
+
+        Every message of a group has one layout, so the buffer is the message
+        template repeated and each varying field (sequence number, MAC, address) is
+        one column, written with strided slice assignments: per entry only the C
+        loops of ``map``/``join`` run, no Python bytecode (a full program of 20,100
+        entries spent ~0.8 µs an entry in the per-entry loop, issue 17 item 5)."""
+        n = len(keys)
+        if n == 0 or len(values) != n:
+            return None
+        if kind in (FDB_SET, FDB_DEL):
+            macs, addrs = keys, values
+        elif kind == NEIGH_SET:
+            macs, addrs = values, keys
+        elif kind in (FLOOD_ADD, NEIGH_DEL):
+            macs, addrs = None, keys
+        elif kind == FDB_DEL_ANY:
+            macs, addrs = keys, None
+        else:
+            raise ValueError(f"unknown batch entry kind {kind}")
+        alen = 0
+        ipcol = b""
+        if addrs is not None:
+            try:
+                ipcol = b"".join(map(self._ips.__getitem__, addrs))
+            except (OSError, ValueError, TypeError, UnicodeError):
+                return None
+            # 4a + 16b == 4n or 16n with a + b == n only if one family is all there is.
+            alen, rest = divmod(len(ipcol), n)
+            if rest or alen not in (4, 16):
+                return None
+        maccol = b""
+        if macs is not None:
+            column = _mac_column(macs)
+            if column is None:
+                return None
+            maccol = column
+        template, ip_at, mac_at = self._template(kind, ifindex, alen)
+        size = len(template)
+        buf = bytearray(template) * n
+        seqs = array("I", range(first_seq, first_seq + n)).tobytes()
+        _columns(buf, size, 8, 4, seqs)
+        if ip_at:
+            _columns(buf, size, ip_at, alen, ipcol)
+        if mac_at:
+            _columns(buf, size, mac_at, 6, maccol)
+        return buf
+
     def run(self, entries: Sequence[Entry]) -> BatchResult:
-        """Send every entry; return the per-entry failures.
+        """Send every entry; return the per-entry failures (indices into ``entries``).
 
         An entry that cannot be encoded (malformed address) is reported as EINVAL
         rather than raised, so one bad row cannot block the others.
         """
+        groups: list[Group] = []
+        for (kind, ifindex), run in itertools.groupby(entries, _KIND_OF_ENTRY):
+            part = list(run)
+            groups.append((kind, ifindex, [e[2] for e in part], [e[3] for e in part]))
+        return self.run_groups(groups)
+
+    def run_groups(self, groups: Sequence[Group]) -> BatchResult:
+        """Send every entry of ``groups`` in chunks of ``chunk`` messages (a chunk may
+        span groups); return the per-entry failures, indices into the groups' entries
+        one after the other."""
         result = BatchResult()
-        if not entries:
+        total = sum(len(g[2]) for g in groups)
+        if not total:
             return result
         self._drain(None, 0, 0, 0)  # leftovers of an earlier, interrupted call
-        for start in range(0, len(entries), self.chunk):
-            part = entries[start : start + self.chunk]
-            first = self.sock.next_seq(len(part))
-            try:
-                buf = self.encode(part, first)
-            except (ValueError, OSError, struct.error):
-                buf = self._encode_each(part, first, start, result)
-            if buf:
-                self.sock.sock.send(buf)
-            result.sent += len(part)
-            self._drain(result, first, start, len(part))
+        first = self.sock.next_seq(total)
+        chunk = self.chunk
+        parts: list[bytes | bytearray | memoryview] = []
+        room = chunk
+        seq = chunk_seq = first
+        for kind, ifindex, keys, values in groups:
+            n = len(keys)
+            col = (
+                self.encode_group(kind, ifindex, keys, values, seq) if n >= _COLUMN_MIN else None
+            )
+            view = memoryview(col) if col is not None else None
+            size = len(col) // n if col is not None else 0
+            i = 0
+            while i < n:
+                take = min(room, n - i)
+                if view is not None:
+                    parts.append(view[i * size : (i + take) * size])
+                else:
+                    part = [(kind, ifindex, keys[j], values[j]) for j in range(i, i + take)]
+                    try:
+                        parts.append(self.encode(part, seq))
+                    except (ValueError, OSError, struct.error, UnicodeError):
+                        parts.append(self._encode_each(part, seq, seq - first, result))
+                i += take
+                seq += take
+                room -= take
+                if room == 0:
+                    self._flush(parts, result, chunk_seq, first, seq - chunk_seq)
+                    parts.clear()
+                    room, chunk_seq = chunk, seq
+        if room < chunk:
+            self._flush(parts, result, chunk_seq, first, seq - chunk_seq)
+        result.sent = total
         return result
+
+    def _flush(
+        self,
+        parts: list[bytes | bytearray | memoryview],
+        result: BatchResult,
+        chunk_seq: int,
+        first: int,
+        count: int,
+    ) -> None:
+        """Send one chunk (``count`` entries from sequence number ``chunk_seq``) and
+        collect its error replies."""
+        buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        if buf:
+            self.sock.sock.send(buf)
+        self._drain(result, chunk_seq, chunk_seq - first, count)
 
     def _encode_each(
         self, part: Sequence[Entry], first: int, start: int, result: BatchResult

@@ -153,6 +153,37 @@ def test_batch_reports_errors_per_entry_across_chunks() -> None:
     assert not result.lost
 
 
+def test_batch_groups_by_columns_span_chunks_and_map_errors() -> None:
+    """Groups long enough for the column encoder, chunks that span groups, a group
+    that falls back to entry-by-entry packing (both families): every message is sent
+    once, in order, and each refusal is reported at its entry's index."""
+    bad_mac = bytes.fromhex("02420a0000ff")
+    stub = StubSocket({bad_mac}, errno.EEXIST)
+    batch = Batcher(StubRtnl(stub), chunk=16)  # type: ignore[arg-type]
+    macs = [f"02:42:0a:00:01:{i:02x}" for i in range(40)]
+    macs[21] = "02:42:0a:00:00:ff"
+    ips = [f"10.0.1.{i}" for i in range(40)]
+    mixed = [f"10.0.2.{i}" if i % 2 else f"fd00::{i:x}" for i in range(20)]
+    result = batch.run_groups(
+        [
+            (FDB_SET, 3, macs, ["192.0.2.1"] * 40),
+            (NEIGH_SET, 3, ips, macs),
+            (NEIGH_SET, 4, mixed, [MAC] * 20),
+        ]
+    )
+    assert result.sent == 100 and not result.lost
+    assert len(stub.sent) == 7  # ceil(100 / 16)
+    sent = b"".join(stub.sent)
+    seqs = [seq for _, _, _, seq in rtnl.messages(sent)]
+    assert len(seqs) == 100 and seqs == list(range(seqs[0], seqs[0] + 100))
+    # 21: the refused MAC's FDB row; 40 + 21: its neighbour.
+    assert sorted(i for i, _, _ in result.errors) == [21, 61]
+    entries: list[Entry] = [(FDB_SET, 3, m, "192.0.2.1") for m in macs]
+    entries += [(NEIGH_SET, 3, ip, m) for ip, m in zip(ips, macs, strict=True)]
+    entries += [(NEIGH_SET, 4, ip, MAC) for ip in mixed]
+    assert sent == bytes(batch.encode(entries, seqs[0]))
+
+
 def test_fdb_dump_parser_fast_and_slow_paths_agree() -> None:
     dst4 = socket.inet_aton("192.0.2.7")
     dst6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7")

@@ -330,3 +330,43 @@ def ops_recreated(ops: list[Op]) -> set[str]:
 def test_plan_of_a_compiled_state_against_itself_is_empty(view: OverlayView) -> None:
     d = compile(view)
     assert plan(d, d) == []
+
+
+_KEYS = st.tuples(st.sampled_from([VX, "ov-vx-200"]), st.sampled_from(MACS))
+_IPKEYS = st.tuples(st.sampled_from([VX, "ov-vx-200"]), st.sampled_from(IPS))
+_FLOODKEYS = st.tuples(st.sampled_from([VX, "ov-vx-200"]), st.sampled_from(VTEPS))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(_KEYS, st.sampled_from(VTEPS)),
+    st.dictionaries(_KEYS, st.sampled_from(VTEPS)),
+    st.dictionaries(_FLOODKEYS, st.just(True)),
+    st.dictionaries(_FLOODKEYS, st.just(True)),
+    st.dictionaries(_IPKEYS, st.sampled_from(MACS)),
+    st.dictionaries(_IPKEYS, st.sampled_from(MACS)),
+)
+def test_entry_ops_are_the_row_by_row_diff_in_table_order(
+    fdb_d: dict[tuple[str, str], str],
+    fdb_a: dict[tuple[str, str], str],
+    flood_d: dict[tuple[str, str], bool],
+    flood_a: dict[tuple[str, str], bool],
+    neigh_d: dict[tuple[str, str], str],
+    neigh_a: dict[tuple[str, str], str],
+) -> None:
+    """The entry operations (built by C loops in plan) are the plain row-by-row diff,
+    in the order of the tables: sets (flood, FDB, neighbours), then deletes
+    (neighbours, FDB, flood)."""
+    vx2 = Link("ov-vx-200", "vxlan", 1450, None, True, VxlanConf(200, ME, 4789))
+    links = {**base_state().links, "ov-vx-200": vx2}
+    desired = State(links, {}, fdb_d, flood_d, neigh_d)
+    actual = State(links, {}, fdb_a, flood_a, neigh_a)
+    want: list[Op] = [FloodAdd(d, v) for (d, v) in flood_d if (d, v) not in flood_a]
+    want += [FdbSet(d, m, v) for (d, m), v in fdb_d.items() if fdb_a.get((d, m)) != v]
+    want += [NeighSet(d, i, m) for (d, i), m in neigh_d.items() if neigh_a.get((d, i)) != m]
+    want += [NeighDel(d, i) for (d, i) in neigh_a if (d, i) not in neigh_d]
+    want += [FdbDel(d, m, v) for (d, m), v in fdb_a.items() if (d, m) not in fdb_d]
+    want += [FloodDel(d, v) for (d, v) in flood_a if (d, v) not in flood_d]
+    got = plan(desired, actual)
+    assert got == want
+    assert [type(op) for op in got] == [type(op) for op in want]
