@@ -77,7 +77,8 @@ def _command(argv: Sequence[str] | None) -> int:
 
     deferred.defer(*deferred.AGENT_DEFERRED)  # before trio imports them
     codecache.hook_attrs()  # trio's attrs classes too (attrs is loaded only to run an agent)
-    import trio  # not needed to check a configuration
+    with deferred.glibc_sonames():  # trio's thread naming without an ldconfig child
+        import trio  # not needed to check a configuration
 
     from agent import log as agent_log
     from agent import service

@@ -11,23 +11,39 @@ first hash, for instance) and the placeholder then holds all of its attributes, 
 code that kept a reference to the placeholder keeps working.
 
 Only the process entry point (``agent.__main__``) calls this, before trio is imported;
-a module that is already loaded is left alone. Owns: ``defer`` and the list of modules
-the daemon defers. Does not: decide anything else about start-up.
+a module that is already loaded is left alone.
+
+``glibc_sonames`` serves the same import: trio asks ``ctypes.util.find_library("pthread")``
+to name its worker threads, and on Linux that runs ``ldconfig -p`` in a child process
+(fork of the whole interpreter, exec, and parsing the loader cache: ~4-6 ms of the
+agent's CPU plus the child's, at every start, in each of 100 agents starting together).
+On glibc the answer is fixed by the ABI (the soname ``libpthread.so.0``, which is also
+what ``ldconfig`` reports), so it is given without asking.
+
+Owns: ``defer``, the list of modules the daemon defers, and ``glibc_sonames``. Does not:
+decide anything else about start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 import types
+from collections.abc import Iterator
 
 AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets", "idna", "tempfile", "shutil", "bz2", "lzma")
 """What the daemon defers (the first four are what maps libcrypto into an agent; the last
 four come with ``ctypes.util``, which trio imports to name its threads, and serve only
 its fallbacks when ``ldconfig`` cannot find a library: ~0.5 MiB of code and two
 compression libraries)."""
+
+GLIBC_SONAMES = {"pthread": "libpthread.so.0"}
+"""``find_library`` names answered without ``ldconfig`` on glibc (the sonames of its ABI:
+since glibc 2.34 ``libpthread.so.0`` is a stub whose symbols resolve into libc, as before)."""
 
 _lock = threading.RLock()
 """Re-entrant: importing one deferred module may read another (secrets -> hmac)."""
@@ -83,3 +99,31 @@ def defer(*names: str) -> list[str]:
 def is_deferred(name: str) -> bool:
     """Whether ``name`` is still a placeholder (never used so far)."""
     return isinstance(sys.modules.get(name), _Placeholder)
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc ")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not glibc (musl has no name)
+        return False
+
+
+@contextlib.contextmanager
+def glibc_sonames() -> Iterator[None]:
+    """Within: ``ctypes.util.find_library`` answers ``GLIBC_SONAMES`` on glibc without
+    running ``ldconfig``; other names (and other C libraries) as before. Put back on exit."""
+    if not sys.platform.startswith("linux") or not _glibc():
+        yield
+        return
+    import ctypes.util  # trio imports it anyway; its shutil/tempfile stay deferred
+
+    real = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        return GLIBC_SONAMES.get(name) or real(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = real

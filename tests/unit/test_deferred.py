@@ -107,3 +107,31 @@ def test_a_failing_import_raises_each_time_and_stays_deferred(tmp_path: Path, at
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.splitlines() == ["broken on purpose True"] * attempts
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc sonames are Linux's")
+def test_trio_names_its_threads_without_an_ldconfig_child() -> None:
+    out = _run(
+        """
+        import os, subprocess
+        from agent import deferred
+        children = []
+        real_popen = subprocess.Popen
+        class Counting(real_popen):
+            def __init__(self, args, *a, **k):
+                children.append(args)
+                super().__init__(args, *a, **k)
+        subprocess.Popen = Counting
+        with deferred.glibc_sonames():
+            import trio
+        import ctypes.util
+        from trio._core import _thread_cache
+        glibc = os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc ")
+        print(glibc, children, _thread_cache.set_os_thread_name is not None,
+              ctypes.util.find_library.__module__)
+        """
+    )
+    glibc, children, names, module = out.split(" ", 3)
+    assert module == "ctypes.util"  # the real function is back
+    if glibc == "True":
+        assert children == "[]" and names == "True"
