@@ -51,11 +51,35 @@ def nslookup(ol: OverlayLab, netns: str, name: str, server: str = GATEWAY, qtype
     return ("ok" if r.returncode == 0 and answers else f"rc={r.returncode}"), answers
 
 
+TCP_QUERY = r"""
+import sys
+import dns.flags, dns.message, dns.query, dns.rcode
+q = dns.message.make_query(sys.argv[2], sys.argv[3])
+r = dns.query.tcp(q, sys.argv[1], timeout=10)
+print(dns.rcode.to_text(r.rcode()), dns.flags.to_text(r.flags))
+for rrset in r.answer:
+    for rr in rrset:
+        print(rr.to_text())
+"""
+
+
+def query_tcp(ol: OverlayLab, netns: str, name: str, qtype: str, server: str = GATEWAY
+              ) -> tuple[str, set[str], list[str]]:
+    """(rcode, header flags, answers) of one query over TCP port 53 from a container, made
+    with dnspython (busybox nslookup asks over UDP only)."""
+    r = ol.in_container(netns, [sys.executable, "-c", TCP_QUERY, server, name, qtype], timeout=30)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines, r.stderr
+    rcode, *flags = lines[0].split()
+    return rcode, set(flags), sorted(lines[1:])
+
+
 def test_a_name_on_host0_resolves_on_host1_and_vanishes_after_removal(lab_factory: LabFactory) -> None:
     """Item 3: ``nslookup web`` in a container on host1 for a container on host0, as NAME and
-    NAME.NETWORK, A and AAAA, and PTR; NXDOMAIN for an unknown name and, once the endpoint
-    is removed on host0, for ``web`` too; a container of another network that sends its
-    query to this network's gateway is refused."""
+    NAME.NETWORK, A and AAAA, and PTR, over UDP and TCP port 53; NXDOMAIN for an unknown
+    name and, once the endpoint is removed on host0, for ``web`` too; a container of
+    another network that sends its query to this network's gateway is refused (UDP and
+    TCP)."""
     lab, ol = _lab(lab_factory)
     ol.create_network(0, "dn", "--subnet", SUBNET, "--subnet", SUBNET6)
     c0, c1 = ol.container("d0"), ol.container("d1")
@@ -70,16 +94,24 @@ def test_a_name_on_host0_resolves_on_host1_and_vanishes_after_removal(lab_factor
     assert nslookup(ol, c1, web["ipv4"], qtype="") == ("ok", ["web.dn"])
     assert nslookup(ol, c1, "nobody")[0] == "NXDOMAIN"
     assert nslookup(ol, c0, "probe.dn")[0] == "ok"  # and the other way round
+    # TCP port 53 on both gateway addresses, authoritative answers
+    for qname, qtype, server, want in (("web.dn", "A", GATEWAY, web["ipv4"]),
+                                       ("web", "AAAA", GATEWAY6, web["ipv6"])):
+        rcode, flags, got = query_tcp(ol, c1, qname, qtype, server=server)
+        assert (rcode, got) == ("NOERROR", [want]) and {"QR", "AA"} <= flags, (qname, rcode, flags, got)
+    assert query_tcp(ol, c1, "nobody.dn", "A")[0] == "NXDOMAIN"
     # A container of another network on host1 asks dn's gateway (routed through the host).
     ol.create_network(0, "other", "--subnet", "10.54.0.0/24")
     c2 = ol.container("d2")
     ol.create_endpoint(1, "other", c2, "--name", "stranger")
     wait_for(lambda: nslookup(ol, c2, "stranger", server="10.54.0.1")[0] == "ok", "the other network's names")
     assert nslookup(ol, c2, "web", server=GATEWAY)[0] == "REFUSED"
+    assert query_tcp(ol, c2, "web", "A")[0] == "REFUSED"
     ol.ctl(0, "endpoint", "rm", web["id"])
     wait_for(lambda: nslookup(ol, c1, "web")[0] == "NXDOMAIN", "web to vanish on host1")
     assert nslookup(ol, c1, "web.dn")[0] == "NXDOMAIN"
     assert nslookup(ol, c1, web["ipv4"], qtype="")[0] == "NXDOMAIN"
+    assert query_tcp(ol, c1, "web.dn", "A")[0] == "NXDOMAIN"
     status = ol.request(1, "status")
     assert status["dns"]["serving"] == 2 and status["dns"]["nxdomain"] >= 3, status["dns"]
 

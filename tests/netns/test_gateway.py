@@ -149,32 +149,54 @@ def test_egress_is_masqueraded_and_the_host_reaches_its_containers(lab_factory: 
 
 
 def test_gateway_and_rules_are_repaired_and_removed_with_the_network(lab_factory: LabFactory) -> None:
-    """Items 2 and 5: the gateway address, the bridge MAC and both nft tables come back after
-    someone deletes them by hand (the monitor, not the hourly resync); after the last
-    endpoint and the network are removed nothing of ours is left (no table, no address,
-    no bridge)."""
+    """Items 2 and 5: the gateway addresses (IPv4 and IPv6), the bridge MAC and both nft
+    tables come back after someone deletes them by hand (the monitor, not the hourly
+    resync); after the last endpoint and the network are removed nothing of ours is left
+    (no table, no address, no route, no device, nothing listening on port 53)."""
     lab, ol = _lab(lab_factory)
-    net = ol.create_network(0, "fix", "--subnet", SUBNET)
+    net = ol.create_network(0, "fix", "--subnet", SUBNET, "--subnet", SUBNET6)
     vni, mac = vni_of(net), gateway_mac(net["Id"])
     cn = ol.container("r0")
+    lab.run(cn, IPV6_ON)
     ep = ol.create_endpoint(0, "fix", cn)
     host = ol.nodes[0].host
     tables = {"inet overlay_agent", "bridge overlay_agent"}
+    want = {f"{GATEWAY}/24", f"{GATEWAY6}/64"}
     wait_for(lambda: our_tables(ol, 0) == tables, "host0's nft tables")
-    wait_for(lambda: bridge_addresses(ol, 0, vni) == {f"{GATEWAY}/24"}, "host0's gateway address")
+    wait_for(lambda: bridge_addresses(ol, 0, vni) == want, "host0's gateway addresses")
+    wait_for(lambda: _listening_53(lab, host) == {GATEWAY, GATEWAY6}, "the DNS responder on both gateways")
+    rules = _rule_count(lab, host)
+    assert rules >= 5, rules  # isolation, masquerade, gateway MAC off the VXLAN port, ...
     lab.run(host, ["ip", "addr", "del", f"{GATEWAY}/24", "dev", f"ov-br-{vni}"])
-    wait_for(lambda: bridge_addresses(ol, 0, vni) == {f"{GATEWAY}/24"}, "the gateway address back")
+    lab.run(host, ["ip", "addr", "del", f"{GATEWAY6}/64", "dev", f"ov-br-{vni}"])
+    wait_for(lambda: bridge_addresses(ol, 0, vni) == want, "the gateway addresses back")
     lab.run(host, ["ip", "link", "set", f"ov-br-{vni}", "address", "02:00:00:00:00:01"])
     wait_for(lambda: bridge_mac(ol, 0, vni) == mac, "the gateway MAC back")
     lab.run(host, ["nft", "delete", "table", "inet", "overlay_agent"])
     lab.run(host, ["nft", "delete", "rule", "bridge", "overlay_agent", "output", "handle",
                    str(_first_rule_handle(lab, host, "bridge", "output"))])
-    wait_for(lambda: our_tables(ol, 0) == tables and _rule_count(lab, host) == 5, "the tables back, whole")
+    wait_for(lambda: our_tables(ol, 0) == tables and _rule_count(lab, host) == rules, "the tables back, whole")
     assert ol.ping(cn, INTERNET), "egress works again"
     ol.ctl(0, "endpoint", "rm", ep["id"])
     ol.ctl(0, "network", "rm", "fix")
     wait_for(lambda: not our_tables(ol, 0), "our tables gone")
     wait_for(lambda: bridge_mac(ol, 0, vni) is None, "the bridge (and its addresses) gone")
+    links = _json(lab, host, ["ip", "-j", "link", "show"]) or []
+    assert not [lk["ifname"] for lk in links if lk["ifname"].startswith("ov-")], links
+    for family, subnet in (("-4", SUBNET), ("-6", SUBNET6)):
+        assert not _json(lab, host, ["ip", "-j", family, "route", "show", subnet]), f"a route to {subnet} left"
+    wait_for(lambda: not _listening_53(lab, host), "the DNS responder's sockets closed")
+    assert ol.request(0, "status").get("dns", {}).get("serving", 0) == 0
+
+
+def _listening_53(lab: Lab, host: Any) -> set[str]:
+    """Addresses with a UDP or TCP socket listening on port 53 in ``host`` (ss)."""
+    out = set()
+    for proto in ("-lnu", "-lnt"):
+        for line in lab.run(host, ["ss", "-H", proto, "sport", "=", ":53"]).stdout.splitlines():
+            local = line.split()[3]  # e.g. 10.50.0.1:53 or [fd00:50::1]:53
+            out.add(local.rsplit(":", 1)[0].strip("[]").split("%")[0])
+    return out
 
 
 def _first_rule_handle(lab: Lab, host: Any, family: str, chain: str) -> int:
