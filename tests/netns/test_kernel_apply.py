@@ -140,7 +140,8 @@ def assert_kernel_matches(s: Scratch, ns: str, desired: State) -> None:
         assert info.get("inet6_addr_gen_mode") == "none"
         if want.vxlan is not None:
             data = info["linkinfo"]["info_data"]
-            assert data["id"] == want.vxlan.vni and data["local"] == want.vxlan.local
+            local = data["local6"] if ":" in want.vxlan.local else data["local"]
+            assert data["id"] == want.vxlan.vni and local == want.vxlan.local
             assert data["port"] == want.vxlan.port
             assert data["learning"] is False and data["proxy"] is True
     for name, want in desired.ports.items():
@@ -257,6 +258,58 @@ def test_ipv6_underlay(ns: tuple[Scratch, str]) -> None:
     seen = kernel_view(s, name, desired)
     assert seen["fdb"] == dict(desired.fdb) and ("ov-vx-100", "2001:db8::2") in seen["flood"]
     assert seen["links"]["ov-vx-100"]["linkinfo"]["info_data"]["local6"] == "2001:db8::1"
+
+
+def bulk_rows(vtep: Callable[[int], str], keep: int = 40) -> OverlayView:
+    """blue: ``keep`` dual-stack remote endpoints per host on two hosts (neighbour runs
+    of both families: packed entry by entry); red: 40 IPv4-only ones (runs of one
+    family: packed by columns, as are both networks' FDB rows)."""
+    rows = [
+        EndpointSpec("blue", "b1", docker_mac("10.0.0.2"), "10.0.0.2", None, "me", ME, True, "ovh-b1"),
+        EndpointSpec("red", "r1", docker_mac("10.0.0.2"), "10.0.0.2", None, "me", ME, True, "ovh-r1"),
+    ]  # fmt: skip
+    for host in (2, 3):
+        for i in range(keep):
+            ip = f"10.0.{host}.{i + 10}"
+            v6 = f"fd00::{host}:{i + 10:x}"
+            row = EndpointSpec("blue", f"b-{host}-{i}", docker_mac(ip), ip, v6, f"h{host}", vtep(host))
+            rows.append(row)
+    for i in range(40):
+        ip = f"10.0.4.{i + 10}"
+        rows.append(EndpointSpec("red", f"r-{i}", docker_mac(ip), ip, None, "h4", vtep(4), version=1))
+    local = vtep(1)
+    rows = [
+        EndpointSpec(e.network_id, e.id, e.mac, e.ipv4, e.ipv6, e.owner, local, True, e.ifname_host)
+        if e.local
+        else e
+        for e in rows
+    ]
+    return OverlayView(NETS, tuple(rows), local, owner_alive={"h2": True, "h3": True, "h4": True})
+
+
+def test_bulk_runs_packed_by_columns_or_entry_by_entry_match_iproute2(
+    ns: tuple[Scratch, str],
+) -> None:
+    """Runs long enough for the column encoder (netlink_batch.encode_group) and runs
+    that mix families (packed entry by entry), writes and deletes, IPv4 and IPv6
+    VTEPs: iproute2 shows exactly the compiled entries after each apply."""
+    s, name = ns
+    s.ip(name, "addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
+    kernel = LinuxKernel(name)
+    try:
+        for view in (
+            bulk_rows(lambda h: f"198.51.100.{h}"),
+            bulk_rows(lambda h: f"198.51.100.{h}", keep=10),  # deletes: 60 FDB rows, 120 neighbours
+            bulk_rows(lambda h: f"2001:db8::{h}"),  # devices re-created, IPv6 FDB destinations
+        ):
+            desired = compile(view)
+            assert len(desired.fdb) >= 60
+            result = kernel.apply(plan(desired, kernel.read(desired)))
+            assert result.ok, result.errors
+            assert_kernel_matches(s, name, desired)
+            assert plan(desired, kernel.read(desired)) == []
+    finally:
+        kernel.close()
 
 
 async def until(rec: VxlanReconciler, predicate: Callable[[], bool]) -> None:
