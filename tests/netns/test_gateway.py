@@ -1,4 +1,5 @@
-"""The anycast gateway, egress and host access with real agents (issue 13 items 1, 2, 5).
+"""The anycast gateway, egress and host access with real agents (issue 13 items 1, 2, 5);
+a container that moves to another host keeps its gateway, route and names.
 
 Two agent hosts on the lab underlay (192.0.2.1, .2) and a third namespace on the same
 underlay without an agent, standing in for "the internet" (192.0.2.3). Checked with
@@ -19,6 +20,7 @@ import pytest
 from agent.lab.netlab import Lab
 from dataplane.nft.compile import gateway_mac
 from tests.netns.overlaylab import OverlayLab, wait_for
+from tests.netns.test_dns import nslookup
 from tests.netns.test_overlay_agents import inner_ethertype, vni_of, vxlan_frames
 
 pytestmark = pytest.mark.netns
@@ -210,3 +212,32 @@ def _rule_count(lab: Lab, host: Any) -> int:
         doc = _json(lab, host, ["nft", "-j", "list", "table", family, "overlay_agent"]) or {"nftables": []}
         n += sum(1 for i in doc["nftables"] if "rule" in i)
     return n
+
+
+def test_a_container_that_moves_keeps_its_gateway_route_and_names(lab_factory: LabFactory) -> None:
+    """Item 1, "works on any host and after the container moves": a container with a fixed
+    address leaves host0 and is attached on host1 with that address; its default route
+    is the same gateway, answered by host1 with the same MAC, the same nameserver
+    address answers there, and it reaches a container on host0 over the overlay; host0
+    resolves its name to the same address."""
+    lab, ol = _lab(lab_factory)
+    net = ol.create_network(0, "mv", "--subnet", SUBNET)
+    mac = gateway_mac(net["Id"])
+    mover, stay = ol.container("m0"), ol.container("m1")
+    peer = ol.create_endpoint(0, "mv", stay, "--name", "stay")
+    ep = ol.create_endpoint(0, "mv", mover, "--name", "mover", "--ip", "10.50.0.50")
+    assert default_routes(ol, mover) == [GATEWAY]
+    assert ol.ping(mover, GATEWAY) and ol.ping(mover, peer["ipv4"])
+    ol.ctl(0, "endpoint", "rm", ep["id"])
+    assert not default_routes(ol, mover)  # gone with its interface
+    moved = ol.create_endpoint(1, "mv", mover, "--name", "mover", "--ip", "10.50.0.50")
+    assert moved["ipv4"] == "10.50.0.50" and moved["node"] == ol.nodes[1].name, moved
+    assert default_routes(ol, mover) == [GATEWAY]
+    wait_for(lambda: ol.ping(mover, GATEWAY, count=1), "the gateway from the new host")
+    lladdr = [n.get("lladdr") for n in _json(lab, mover, ["ip", "-j", "neigh", "show", GATEWAY]) or []]
+    assert lladdr == [mac], lladdr
+    wait_for(lambda: ol.ping(mover, peer["ipv4"], count=1), "host0's container from the new host")
+    wait_for(lambda: nslookup(ol, mover, "stay", server=GATEWAY) == ("ok", [peer["ipv4"]]),
+             "the same nameserver address to answer on the new host")
+    wait_for(lambda: nslookup(ol, stay, "mover", server=GATEWAY) == ("ok", ["10.50.0.50"]),
+             "host0 to resolve the moved container")
