@@ -258,7 +258,8 @@ def test_network_create_options_become_the_cluster_networks(dl: DockerLab) -> No
     for ip in ips:
         host = int(ip.rsplit(".", 1)[1])
         assert 128 <= host <= 255 and ip not in ("10.77.0.200", "10.77.0.254"), ips
-    route = dl.exec(0, "o0", ["ip", "route"]).stdout
-    assert "default via 10.77.0.254" in route, route
+    for i in range(2):  # the Join's gateway, on both hosts
+        route = dl.exec(i, f"o{i}", ["ip", "route"]).stdout
+        assert "default via 10.77.0.254" in route, route
     working(dl, 0, "o0", ips[1], "o0 to reach o1 on the other host")
     assert dl.ping(0, "o0", "10.77.0.254", count=1), "the gateway answers"

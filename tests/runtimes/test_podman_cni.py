@@ -76,8 +76,11 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     short_b = pl.container_id(1, "web-b")[:12]
     wait_for(lambda: {"db", short_b} <= set({e["name"]: e for e in ol.endpoints(0)}["web-b"]["aliases"]),
              "host 0 to see web-b's aliases db and its short id")
-    # the ADD result's dns (the gateway) is what podman wrote into the containers' resolv.conf
+    # the ADD result's routes and dns (the anycast gateway): the default route and the
+    # nameserver podman wrote into the containers' resolv.conf, on both hosts
     for i, name in ((0, "web-a"), (1, "web-b")):
+        route = pl.exec(i, name, ["ip", "-4", "route", "show", "default"], check=True).stdout
+        assert route.split()[:3] == ["default", "via", "10.63.0.1"], route
         resolv = pl.exec(i, name, ["cat", "/etc/resolv.conf"], check=True).stdout
         assert "nameserver 10.63.0.1" in resolv.splitlines(), resolv
         assert "search blue" in resolv or "blue" in resolv, resolv
