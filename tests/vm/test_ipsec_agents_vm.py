@@ -19,14 +19,6 @@ from tests.vm.conftest import run_guest_module
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.slow,
-    # Known regression, not yet understood: since this round's gateway/egress, lifecycle and
-    # hardening work, three agents in the TCG VM (one emulated CPU, ~20x slower than the
-    # host) are CPU-starved: members flap suspect/alive and an endpoint create outlasts the
-    # client's 15 s, so the scenario stops early. Release 0.1.0 passes the same guest here;
-    # the same agents pass every netns tier on the host. Not strict: it must be fixed (and
-    # this marker removed) before the next release (CHANGELOG, issue 18 note).
-    pytest.mark.xfail(reason="agents CPU-starved in the TCG VM since 0.2.0's new reconcilers; see comment",
-                      strict=False),
 ]
 
 
