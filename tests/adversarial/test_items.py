@@ -1,10 +1,8 @@
 """The attacks that did not hold when issue 18 was filed (items 1-11), one test each or more.
 
 Every test makes its own agents (``attack_lab``): these attacks broke what they hit. Limits
-are lowered in the test rather than sending 100,000 packets. Tests of items whose fix had
-not landed when they were written are ``xfail(strict=True)``: they fail today for the
-reason the item describes, and an unexpected pass fails the run, so the marker goes
-with the fix. After each attack the verdict is ``AttackLab.assert_healthy`` (agents up,
+are lowered in the test rather than sending 100,000 packets. Every item's fix has landed,
+so no test here is xfail: each fails if its attack works again. After each attack the verdict is ``AttackLab.assert_healthy`` (agents up,
 ``members`` answers, every agent alive, a new agent joins, tables and kernel unchanged,
 RSS within a slack) plus the item's own check.
 """
@@ -41,10 +39,6 @@ from tests.netns.overlaylab import WAIT, wait_for
 pytestmark = [pytest.mark.adversarial, pytest.mark.netns, pytest.mark.slow]
 
 AttackLabFactory = Callable[..., AttackLab]
-
-
-def not_landed(item: int) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"issue 18 item {item}: fix not landed yet")
 
 
 def fresh(attack_lab: AttackLabFactory, **kw: Any) -> AttackLab:
