@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gossip.effects import Effect, Log, MemberReaped
+from gossip.members import Status
 from gossip.timers import TimerKind
 
 if TYPE_CHECKING:
@@ -44,6 +45,12 @@ class Capacity:
             self.speaker = None
             swim._suspicions.pop(victim.name, None)
             effects.append(MemberReaped(swim._table.remove(victim.name)))
+            if victim.status in (Status.ALIVE, Status.SUSPECT):
+                # The delegate last heard it was up: tell it that it went (as dead), or
+                # the tables keep showing its rows and never reap them.
+                now = swim._now
+                effects.extend(swim.delegate.on_member_change(
+                    now, victim, victim.evolve(status=Status.DEAD, changed_at=now)))
             return True
         swim.stats.refused_members += 1
         if not self._full_said:

@@ -11,7 +11,8 @@ import pytest
 
 from gossip import limits
 from gossip.config import Config
-from gossip.effects import Log, MemberReaped
+from gossip.delegate import NullDelegate
+from gossip.effects import Effect, Log, MemberReaped
 from gossip.errors import DecodeError
 from gossip.members import Member, Status, ip_bytes, supersedes
 from gossip.swim import Swim
@@ -196,6 +197,29 @@ def test_a_full_table_never_evicts_a_peer_that_spoke_to_us_over_tcp() -> None:
         assert gone == (["spoof3"] if k == 0 else ["spoof0"])  # suspected first, then the oldest
     assert node.member("peer") is not None
     node.check_invariants()
+
+
+class _Watching(NullDelegate):
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, Status | None, Status]] = []
+
+    def on_member_change(self, now: float, old: Member | None, new: Member) -> list[Effect]:
+        self.changes.append((new.name, old.status if old else None, new.status))
+        return []
+
+
+def test_an_evicted_member_that_was_up_is_reported_gone_to_the_delegate() -> None:
+    """The tables show an owner's rows while the delegate last heard it was up: an
+    eviction must say it went, or its rows stay shown (and are never reaped)."""
+    watch = _Watching()
+    node = Swim(CFG.with_(max_members=3), "a", ("10.0.0.1", 7946), rng=random.Random(1), now=0.0, delegate=watch)
+    node.handle_packet(1.0, ATTACKER, packet(*[alive(f"spoof{i}", 1, ("198.51.100.1", 10000 + i)) for i in range(2)]))
+    watch.changes.clear()
+    joiner = ("10.0.0.7", 7946)
+    node.handle_packet(2.0, joiner, packet(alive("joiner", 1, joiner)))
+    assert ("spoof0", Status.ALIVE, Status.DEAD) in watch.changes
+    assert ("joiner", None, Status.ALIVE) in watch.changes
 
 
 def test_the_default_bound_leaves_room_for_10000_node_clusters() -> None:
