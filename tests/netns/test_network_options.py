@@ -56,7 +56,7 @@ def test_options_reach_the_other_host_and_shape_ipam(lab_factory: LabFactory) ->
     seen = wait_for(lambda: (n := _inspect(ol, 1, "opts")) and n["IPAM"]["Config"] == want_config and n,
                     "host1's inspect with the options")
     assert seen["Labels"] == {"team": "infra"} and seen["Options"]["com.example.x"] == "1"
-    assert seen["Internal"] is False
+    assert seen["Internal"] is False and seen["Attachable"] is True  # every network takes any runtime's endpoints
     cns = [ol.container(f"o{i}") for i in range(2)]
     eps = [ol.create_endpoint(1, "opts", cn) for cn in cns]
     addrs = [e["ipv4"] for e in eps]
