@@ -3,7 +3,9 @@
 Two agent hosts on the lab underlay; a "container" namespace on each. Queries are made the
 way a container would, with busybox's ``nslookup NAME GATEWAY`` (Debian's busybox-static),
 independently of the agent's code; hostile traffic is sent from a container with plain
-sockets. Every wait has a deadline; nothing asserts timing.
+sockets. Forwarding is checked against an upstream server of our own in a third namespace,
+named in a resolv.conf bound over /etc/resolv.conf in the agent's own mount namespace.
+Every wait has a deadline; nothing asserts timing.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from agent.lab.agentnode import agent_argv
 from agent.lab.netlab import Lab
 from tests.netns.overlaylab import OverlayLab, wait_for
 
@@ -198,3 +202,88 @@ def test_aliases_resolve_on_every_host_shared_ones_answer_all_and_go_with_the_en
     ol.ctl(0, "endpoint", "rm", db1["id"])
     wait_for(lambda: answers("primary")[0] == "NXDOMAIN", "primary to vanish on host1")
     wait_for(lambda: answers("db") == ("ok", [db2["ipv4"]]), "db to answer db2 only")
+
+
+UPSTREAM = r"""
+import socket, sys, threading
+import dns.flags, dns.message, dns.rcode, dns.rrset
+addr, log = sys.argv[1], sys.argv[2]
+def answer(data):
+    q = dns.message.from_wire(data)
+    r = dns.message.make_response(q)
+    r.flags |= dns.flags.RA
+    qn = q.question[0]
+    with open(log, "a") as f:  # every question that reached us
+        f.write(qn.name.to_text() + "\n")
+    if qn.name.to_text().lower() == "outside.test." and qn.rdtype == 1:
+        r.answer.append(dns.rrset.from_text(qn.name, 60, "IN", "A", "203.0.113.7"))
+    else:
+        r.set_rcode(dns.rcode.NXDOMAIN)
+    return r.to_wire()
+def serve_tcp(s):
+    while True:
+        c, _ = s.accept()
+        with c:
+            n = int.from_bytes(c.recv(2), "big")
+            data = b""
+            while len(data) < n:
+                data += c.recv(n - len(data))
+            out = answer(data)
+            c.sendall(len(out).to_bytes(2, "big") + out)
+t = socket.create_server((addr, 53))
+threading.Thread(target=serve_tcp, args=(t,), daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((addr, 53))
+print("serving", flush=True)
+while True:
+    data, peer = u.recvfrom(4096)
+    try:
+        u.sendto(answer(data), peer)
+    except Exception:
+        pass
+"""
+
+
+def test_other_names_are_forwarded_to_the_hosts_resolver_for_members_only(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """Item 3, "forwarding everything else to the host's resolvers, refusing recursion for
+    outsiders": host0's agent runs with a resolv.conf naming an upstream server in a third
+    namespace (192.0.2.3; the agent's own mount namespace, so the machine's file is
+    untouched); a container of the network gets the upstream's answer through the
+    gateway over UDP and TCP, and its NXDOMAIN; a container of another network asking
+    the same gateway is refused, and the upstream never sees its question."""
+    lab = lab_factory(3)
+    upstream = lab.hosts[2]
+    ol = OverlayLab(lab, hosts=lab.hosts[:1])
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"# the lab's upstream\nnameserver {upstream.addr}\n")
+    log = tmp_path / "upstream.log"
+    log.touch()
+    server = lab.spawn(upstream, [sys.executable, "-u", "-c", UPSTREAM, upstream.addr, str(log)], name="upstream-dns")
+    wait_for(lambda: "serving" in server.log_text() or not server.running(), "the upstream to serve")
+    assert server.running(), server.log_text()
+    node = ol.nodes[0]
+    argv = agent_argv(node.name, node.host.addr, node.socket, profile=ol.profile, state_dir=node.state_dir)
+    # A mount namespace of the agent's own (slave: the lab's later /run/netns mounts
+    # still reach it) with our resolv.conf bound over /etc/resolv.conf.
+    wrap = ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv)]
+    node.proc = lab.spawn(node.host, [*wrap, *argv], name=f"{node.name}-resolv")
+    ol.wait_ready(0)
+    ol.create_network(0, "fw", "--subnet", SUBNET)
+    ol.create_network(0, "other", "--subnet", "10.54.0.0/24")
+    c0, c1 = ol.container("f0"), ol.container("f1")
+    ol.create_endpoint(0, "fw", c0, "--name", "web")
+    ol.create_endpoint(0, "other", c1, "--name", "stranger")
+    wait_for(lambda: nslookup(ol, c0, "outside.test") == ("ok", ["203.0.113.7"]), "the forwarded answer (UDP)")
+    rcode, flags, got = query_tcp(ol, c0, "outside.test", "A")
+    assert (rcode, got) == ("NOERROR", ["203.0.113.7"]) and "AA" not in flags, (rcode, flags, got)
+    assert nslookup(ol, c0, "nowhere.test")[0] == "NXDOMAIN"  # the upstream's own answer
+    assert nslookup(ol, c0, "web")[0] == "ok"  # ours are still ours
+    asked = log.read_text().splitlines()
+    assert "outside.test." in asked and "nowhere.test." in asked and "web." not in asked, asked
+    before = len(asked)
+    assert nslookup(ol, c1, "outside.test", server=GATEWAY)[0] == "REFUSED"
+    assert query_tcp(ol, c1, "refused.test", "A", server=GATEWAY)[0] == "REFUSED"
+    assert len(log.read_text().splitlines()) == before, "an outsider's question reached the upstream"
+    ol.check_running(0)
