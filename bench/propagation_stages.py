@@ -17,8 +17,8 @@ Stages of one sample (ms), summing to the sample:
   through a relay (``receive`` is then included here and not reported);
 * ``receive``: push -> merged on the observer (the core's effects performed, the
   datagram's transit, the observer's inbox, decode and merge; direct samples only);
-* ``coalesce``: merged -> the observer's reconciler pass starts (its ``quiescent``
-  window after the poke, and a pass already running);
+* ``coalesce``: merged -> the observer's reconciler pass starts (at once when it was
+  idle; else its ``quiescent`` window after the poke, or a pass already running);
 * ``plan``: pass start -> its apply (source view, compile, kernel read, plan);
 * ``netlink``: the apply (batched netlink to the kernel);
 * ``observe``: apply returned -> the bench's netlink monitor saw both entries

@@ -16,9 +16,17 @@ Driver obligations (the agent):
     trio thread, at most once per reconcile);
   * ``await nursery.start(reconciler.run)``; ``run`` returns only when cancelled;
   * call ``reconciler.poke()`` after every change that can alter the source (table
-    rows, membership, local config, keys). Pokes are cheap and coalesced: a burst is
-    flushed after ``quiescent`` seconds without a poke, or ``max_quantum`` after its
-    first poke, whichever comes first (serf's coalescer);
+    rows, membership, local config, keys). Pokes are cheap and coalesced while there is
+    activity: a poke that finds the reconciler idle (no pass running, and the last one
+    ended at least ``idle_factor`` times its own duration ago) starts a pass at once
+    (the pokes of the same trio tick go with it: the source is read when the pass
+    starts); pokes during a pass or soon after one are a burst, flushed after
+    ``quiescent`` seconds without a poke, or ``max_quantum`` after its first poke,
+    whichever comes first (serf's coalescer). A lone change thus costs no waiting
+    (issue 17 item 6: the 50 ms window was the largest stage of a create's
+    propagation), passes started at once take at most 1/(1 + ``idle_factor``) of the
+    time whatever a pass costs (half with the default; a pass slowed by load waits
+    longer), and a burst still costs few passes;
   * call ``reconciler.ready()`` once the tables have caught up with the cluster
     (first successful join/push-pull, or "alone" decided). Until then, or until
     ``startup_grace`` seconds have passed, passes only add and replace: a restarted
@@ -32,8 +40,8 @@ applies the difference, so missed events and crashes heal; a target may answer t
 read from a notification-fed mirror of the kernel, except on the triggers in
 ``_FULL_READ``, when ``target.forget()`` makes it read everything); a full pass at start
 (adopts what a previous run left), at least every ``resync_interval``, after every
-relevant monitor event (an entry deleted by someone else is back in ~quiescent +
-one pass, well under 1 s), and after failures with exponential backoff. One task,
+relevant monitor event (an entry deleted by someone else is back in one pass when
+the reconciler was idle, ~quiescent + one pass otherwise, well under 1 s), and after failures with exponential backoff. One task,
 one kernel thread: no locks. With a blocking target (a real kernel),
 compile/read/plan/apply run in a dedicated worker thread (pyroute2's transport is
 thread-local; the agent's trio thread stays responsive during a 20,000-entry apply).
@@ -161,6 +169,9 @@ class Target(Protocol[V_contra, D, A, O]):
 class ReconcilerConfig:
     quiescent: float = 0.05
     max_quantum: float = 0.5
+    idle_factor: float = 1.0
+    """A poke starts a pass at once when the last pass ended at least this many times
+    its duration ago (and none runs); else it waits as a burst (``quiescent``)."""
     resync_interval: float = 60.0
     backoff_initial: float = 0.25
     backoff_max: float = 15.0
@@ -279,6 +290,10 @@ class Reconciler(Generic[V, D, A, O]):
         self._trigger = "start"
         self._first_poke = -math.inf
         self._last_poke = -math.inf
+        self._immediate = False
+        """The pending change found the reconciler idle: its pass starts at once."""
+        self._quiet_from = -math.inf
+        """When the reconciler is idle again after its last pass (``idle_factor``)."""
         self._wake = trio.Event()
         self._next_resync = math.inf
         self._retry_at: float | None = None
@@ -306,6 +321,7 @@ class Reconciler(Generic[V, D, A, O]):
             self._dirty = True
             self._first_poke = now
             self._trigger = reason
+            self._immediate = not self._in_pass and now >= self._quiet_from
         self._last_poke = now
         self._wake.set()
 
@@ -444,7 +460,11 @@ class Reconciler(Generic[V, D, A, O]):
             if grace_pending and not self._ready and self._grace_until < due:
                 due, trigger = self._grace_until, "grace-over"
             if self._dirty:
-                flush = min(self._last_poke + cfg.quiescent, self._first_poke + cfg.max_quantum)
+                flush = (
+                    self._first_poke
+                    if self._immediate
+                    else min(self._last_poke + cfg.quiescent, self._first_poke + cfg.max_quantum)
+                )
                 if flush < due:
                     due, trigger = flush, self._trigger
             if self._retry_at is not None and self._retry_at < due:
@@ -462,6 +482,7 @@ class Reconciler(Generic[V, D, A, O]):
             elif trigger == "retry":
                 self.counters.retries += 1
             self._dirty = False
+            self._immediate = False
             await self._pass(trigger)
 
     async def _pass(self, trigger: str) -> None:
@@ -514,6 +535,7 @@ class Reconciler(Generic[V, D, A, O]):
         self.last.ok = ok
         self.last.errors = errors
         self._next_resync = end + cfg.resync_interval
+        self._quiet_from = end + cfg.idle_factor * (end - t0)
         if ok:
             self._retry_at = None
             self._backoff = cfg.backoff_initial

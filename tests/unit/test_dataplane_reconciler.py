@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import pytest
 import trio
 import trio.testing
 
@@ -36,9 +37,20 @@ class Views:
 
 @asynccontextmanager
 async def running(
-    kernel: FakeKernel, views: Callable[[], OverlayView], ready: bool = True, **cfg: float
+    kernel: FakeKernel,
+    views: Callable[[], OverlayView],
+    ready: bool = True,
+    pass_cost: float = 0.0,
+    **cfg: float,
 ) -> AsyncIterator[VxlanReconciler]:
-    rec = VxlanReconciler(VxlanTarget(kernel), views, ReconcilerConfig(**cfg), threaded=False)  # type: ignore[arg-type]
+    """A running reconciler; ``pass_cost``: virtual seconds each pass takes (a pass of
+    the FakeKernel otherwise takes none on the mock clock)."""
+
+    async def cost(_: PassReport[State, State]) -> None:
+        await trio.sleep(pass_cost)
+
+    rec = VxlanReconciler(VxlanTarget(kernel), views, ReconcilerConfig(**cfg), threaded=False,  # type: ignore[arg-type]
+                          after_pass=cost if pass_cost else None)
     if ready:  # the tables are complete from the start (tests of the steady state)
         rec.ready()
     async with trio.open_nursery() as nursery:
@@ -103,20 +115,54 @@ async def test_a_restarted_agent_deletes_nothing_until_its_view_is_ready(
 async def test_a_burst_of_pokes_is_coalesced(autojump_clock: trio.testing.MockClock) -> None:
     views = Views(bulk_view(10, 2))
     kernel = FakeKernel()
-    async with running(kernel, views, quiescent=0.05, max_quantum=0.5) as rec:
+    # Passes of 2 ms: idle again 2 ms after one ends (idle_factor 1).
+    async with running(kernel, views, pass_cost=0.002, quiescent=0.05, max_quantum=0.5) as rec:
         await trio.sleep(0.1)
         start = rec.counters.reconciles
-        for _ in range(100):
+        # The first poke finds the reconciler idle: its pass starts at once, with no
+        # coalescing window (the pass is done when its own 2 ms are).
+        t0 = trio.current_time()
+        rec.poke()
+        await rec.next_pass()
+        assert trio.current_time() - t0 == pytest.approx(0.002)
+        assert rec.counters.reconciles == start + 1
+        # The rest of the burst comes during activity: one more pass for all 99.
+        for _ in range(99):
             rec.poke()
             await trio.sleep(0.001)
         await trio.sleep(0.2)
-        assert rec.counters.reconciles == start + 1
-        # Pokes that never stop still flush at least every max_quantum.
+        assert rec.counters.reconciles == start + 2
+        # Pokes that never stop: one pass at once (idle again), then one every
+        # max_quantum.
         t0 = trio.current_time()
         while trio.current_time() - t0 < 2.0:
             rec.poke()
-            await trio.sleep(0.01)
-        assert 4 <= rec.counters.reconciles - start - 1 <= 5
+            await trio.sleep(0.001)
+        assert 4 <= rec.counters.reconciles - start - 2 <= 5
+
+
+async def test_a_poke_soon_after_a_pass_waits_for_the_quiet_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Idle means no pass runs and the last one ended ``idle_factor`` times its duration
+    ago: a poke sooner is coalesced (flushed ``quiescent`` after it), one later is not."""
+    kernel = FakeKernel()
+    async with running(
+        kernel, Views(bulk_view(10, 2)), pass_cost=0.01, quiescent=0.05, idle_factor=4.0
+    ) as rec:
+        await trio.sleep(0.1)
+        rec.poke()
+        await rec.next_pass()
+        await trio.sleep(0.03)  # < 4 x 10 ms
+        t0 = trio.current_time()
+        rec.poke()
+        await rec.next_pass()
+        assert trio.current_time() - t0 == pytest.approx(0.05 + 0.01)
+        await trio.sleep(0.041)  # > 4 x 10 ms
+        t0 = trio.current_time()
+        rec.poke()
+        await rec.next_pass()
+        assert trio.current_time() - t0 == pytest.approx(0.01)
 
 
 async def test_table_changes_reach_the_kernel_after_a_poke(
