@@ -375,23 +375,9 @@ def dump_links(
     return out
 
 
-def get_link(sock: RtnlSocket, name: str) -> RawLink | None:
-    """The link called ``name``, or None if there is none."""
-    try:
-        msgs = sock.request(RTM_GETLINK, 0, link_get_body(name))
-    except NetlinkError as e:
-        if e.errno in (_errno.ENODEV, _errno.ENOENT):
-            return None
-        raise
-    for msg in msgs:
-        (mtype,) = struct.unpack_from("=H", msg, 4)
-        if mtype == RTM_NEWLINK:
-            return parse_link(msg, 0, len(msg))
-    return None
-
-
-def link_address(sock: RtnlSocket, name: str) -> tuple[int, bytes] | None:
-    """(ifindex, IFLA_ADDRESS) of the link called ``name``, or None if there is none."""
+def _link_message(sock: RtnlSocket, name: str) -> bytes | None:
+    """The RTM_NEWLINK reply to a GETLINK of ``name``; None if there is no such link
+    (ENODEV, or ENOENT from older kernels). Other errors raise NetlinkError."""
     try:
         msgs = sock.request(RTM_GETLINK, 0, link_get_body(name))
     except NetlinkError as e:
@@ -400,12 +386,26 @@ def link_address(sock: RtnlSocket, name: str) -> tuple[int, bytes] | None:
         raise
     for msg in msgs:
         if HDR.unpack_from(msg, 0)[1] == RTM_NEWLINK:
-            index = IFINFO.unpack_from(msg, HDR.size)[2]
-            for kind, start, end in walk(msg, HDR.size + IFINFO.size, len(msg)):
-                if kind == IFLA_ADDRESS:
-                    return index, bytes(msg[start:end])
-            return index, b""
+            return msg
     return None
+
+
+def get_link(sock: RtnlSocket, name: str) -> RawLink | None:
+    """The link called ``name``, or None if there is none."""
+    msg = _link_message(sock, name)
+    return None if msg is None else parse_link(msg, 0, len(msg))
+
+
+def link_address(sock: RtnlSocket, name: str) -> tuple[int, bytes] | None:
+    """(ifindex, IFLA_ADDRESS) of the link called ``name``, or None if there is none."""
+    msg = _link_message(sock, name)
+    if msg is None:
+        return None
+    index = IFINFO.unpack_from(msg, HDR.size)[2]
+    for kind, start, end in walk(msg, HDR.size + IFINFO.size, len(msg)):
+        if kind == IFLA_ADDRESS:
+            return index, bytes(msg[start:end])
+    return index, b""
 
 
 def dump_addrs(sock: RtnlSocket, index: int) -> list[tuple[str, int]]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dataplane import rtnl
 from dataplane.model import canonical_ip
 from dataplane.nft.kernel import NftKernel
 from dataplane.scratch import Scratch, skip_reason
@@ -61,3 +62,20 @@ def test_bridge_read_matches_iproute2(ns: tuple[Scratch, str]) -> None:
     assert set(seen.addresses) == want
     assert {"10.9.0.1/24", "10.9.1.1/16", "fd09::1/64"} <= want
     assert not any(a.startswith("10.10.") for a in seen.addresses)
+
+
+def test_link_reads_by_name_agree_with_iproute2(ns: tuple[Scratch, str]) -> None:
+    """``get_link`` and ``link_address`` share one GETLINK request: the same index as
+    ``ip link``, the MAC, None for a missing name, the kernel's error for a bad one."""
+    s, name = ns
+    (info,) = s.json(name, "ip", "-j", "link", "show", "dev", "vr3")
+    sock = rtnl.RtnlSocket(name)
+    try:
+        link = rtnl.get_link(sock, "vr3")
+        assert link is not None and (link.index, link.name) == (info["ifindex"], "vr3")
+        assert rtnl.link_address(sock, "vr3") == (info["ifindex"], bytes.fromhex(info["address"].replace(":", "")))
+        assert rtnl.get_link(sock, "nope0") is None and rtnl.link_address(sock, "nope0") is None
+        with pytest.raises(rtnl.NetlinkError):
+            rtnl.get_link(sock, "x" * 40)  # longer than IFNAMSIZ: refused, not "missing"
+    finally:
+        sock.close()
