@@ -7,7 +7,8 @@ an ``agentctl endpoint`` on host 1 share the network, ``podman rm -f`` withdraws
 container from the other host's kernel within 2 s, podman's ``--network-alias`` becomes
 the endpoint's alias on the other host (with the capabilities of the packaged conflist),
 the gateway of the ADD result's ``dns`` is the containers' nameserver and names resolve
-across hosts with it (and vanish with the container), ``podman network connect`` /
+across hosts with it (and vanish with the container), a container's egress to another
+host's address is masqueraded to its host's address (tcpdump), ``podman network connect`` /
 ``disconnect`` of a running container, and a failed ADD (the address is taken) shows
 one clear line and leaves nothing behind.
 """
@@ -15,6 +16,8 @@ one clear line and leaves nothing behind.
 from __future__ import annotations
 
 import json
+import re
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,6 +90,20 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     wait_for(lambda: resolves(pl, 0, "web-a", "web-b") == ip_b, "web-a to resolve web-b (host 1) by name")
     assert resolves(pl, 0, "web-a", "db") == ip_b and resolves(pl, 0, "web-a", short_b) == ip_b
     wait_for(lambda: resolves(pl, 1, "web-b", "web-a.blue") == ip_a, "web-b to resolve web-a.blue (host 0)")
+    # egress: a podman container reaches a host address outside the overlay (host 1's
+    # underlay address), masqueraded to its own host's address (tcpdump on host 1)
+    lab, host0, host1 = ol.lab, ol.nodes[0].host, ol.nodes[1].host
+    cap = lab.workdir / "podman-egress.pcap"
+    dump = lab.spawn(host1, ["tcpdump", "-i", host1.ifname, "-n", "-U", "--immediate-mode", "-w", str(cap),
+                             "icmp"], name="tcpdump-podman-egress")
+    wait_for(lambda: "listening on" in dump.log_text() or not dump.running(), "tcpdump to start")
+    try:
+        assert pl.ping(0, "web-a", host1.addr), "podman container -> another host's underlay address"
+    finally:
+        lab.stop(dump, signal.SIGINT)
+    lines = lab.run(host1, ["tcpdump", "-n", "-r", str(cap), "icmp[icmptype] == icmp-echo"]).stdout.splitlines()
+    sources = {m.group(1) for ln in lines if (m := re.search(r" IP (\S+) > \S+: ICMP echo request", ln))}
+    assert sources == {host0.addr}, lines  # the host's address, never the container's
     # the mixed case: an agentctl endpoint on host 1 in the same network
     nc = ol.container("c")
     e_c = ol.create_endpoint(1, "blue", nc)
