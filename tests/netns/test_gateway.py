@@ -241,3 +241,43 @@ def test_a_container_that_moves_keeps_its_gateway_route_and_names(lab_factory: L
              "the same nameserver address to answer on the new host")
     wait_for(lambda: nslookup(ol, stay, "mover", server=GATEWAY) == ("ok", ["10.50.0.50"]),
              "host0 to resolve the moved container")
+
+
+INTERNET6, HOST0_6 = "2001:db8:53::3", "2001:db8:53::1"
+
+
+def test_ipv6_egress_is_masqueraded_to_the_hosts_address(lab_factory: LabFactory, tmp_path: Path) -> None:
+    """Item 2 for IPv6: with IPv6 on the underlay (host0 and "the internet" get addresses of
+    2001:db8:53::/64), a container of a dual-stack network pings the internet's IPv6
+    address; tcpdump there sees host0's address, never the container's; the internet
+    cannot open a connection into the network."""
+    lab, ol = _lab(lab_factory)
+    internet, host = lab.hosts[2], ol.nodes[0].host
+    lab.run(internet, IPV6_ON)
+    for where, addr in ((host, HOST0_6), (internet, INTERNET6)):
+        lab.run(where, ["ip", "-6", "addr", "add", f"{addr}/64", "dev", where.ifname, "nodad"])
+    net = ol.create_network(0, "out6", "--subnet", SUBNET, "--subnet", SUBNET6)
+    cn = ol.container("e6")
+    lab.run(cn, IPV6_ON)
+    ep = ol.create_endpoint(0, "out6", cn)
+    wait_for(lambda: bridge_addresses(ol, 0, vni_of(net)) == {f"{GATEWAY}/24", f"{GATEWAY6}/64"},
+             "host0's gateway addresses")
+    fwd = lab.run(host, ["cat", "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.strip()
+    assert fwd == "1"
+    cap = tmp_path / "internet6.pcap"
+    proc = lab.spawn(internet, ["tcpdump", "-i", internet.ifname, "-n", "-U", "--immediate-mode", "-w", str(cap),
+                                "icmp6"], name="tcpdump-internet6")
+    wait_for(lambda: "listening on" in proc.log_text() or not proc.running(), "tcpdump to start")
+    try:
+        wait_for(lambda: ol.ping(cn, INTERNET6, count=1), "container -> the internet over IPv6")
+        assert ol.ping(cn, INTERNET6)
+    finally:
+        lab.stop(proc, signal.SIGINT)
+    lines = lab.run(internet, ["tcpdump", "-n", "-r", str(cap), "icmp6 and ip6[40] == 128"]).stdout.splitlines()
+    sources = {m.group(1) for line in lines if (m := re.search(r" IP6 (\S+) > 2001:db8:53::3: ICMP6, echo request",
+                                                                 line))}
+    assert sources == {HOST0_6}, lines  # the host's address, never fd00:50::x
+    # No way in: the internet routes the IPv6 subnet via host0, new connections are dropped.
+    lab.run(internet, ["ip", "-6", "route", "add", SUBNET6, "via", HOST0_6])
+    r = lab.run(internet, ["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", ep["ipv6"]], check=False)
+    assert " 100% packet loss" in r.stdout, r.stdout
