@@ -2,7 +2,8 @@
 
 ``lab_factory`` makes labs and tears every one down after the test, then checks
 that none of their namespaces survived. Tests here skip cleanly when not root or
-when iproute2 is missing.
+when iproute2 is missing. ``kernel_scratch``: scratch namespaces for the dataplane's
+kernel tests without agents (``kernelhost.py``), skipped where VXLAN cannot run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from agent.lab.netlab import Lab
+from dataplane.scratch import Scratch, skip_reason
 
 
 def lab_skip_reason() -> str | None:
@@ -46,3 +48,19 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
     ]
     assert not problems, problems
     assert not left, f"namespaces left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def _kernel_ok() -> None:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def kernel_scratch(_kernel_ok: None) -> Iterator[Scratch]:
+    """Scratch namespaces for a dataplane kernel test (``tests/netns/kernelhost.py``),
+    skipped where VXLAN cannot run; every one is deleted after the test."""
+    with Scratch() as s:
+        yield s
+        assert s.close() == []

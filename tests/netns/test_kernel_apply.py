@@ -7,7 +7,7 @@ monitor (not by the periodic resync, which is set to an hour here).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,43 +19,21 @@ from dataplane.model import EndpointSpec, NetworkSpec, OverlayView, State
 from dataplane.plan import plan
 from dataplane.reconciler import ReconcilerConfig
 from dataplane.samples import docker_mac
-from dataplane.scratch import Scratch, ScratchError, skip_reason
+from dataplane.scratch import Scratch, ScratchError
 from dataplane.target import VxlanReconciler, VxlanTarget
+from tests.netns.kernelhost import ME, add_host
 
 pytestmark = pytest.mark.netns
 
-ME = "198.51.100.1"
 NETS = (
     NetworkSpec("blue", 100, subnets=("10.0.0.0/24",)),
     NetworkSpec("red", 200, subnets=("10.0.0.0/24",)),  # overlapping on purpose
 )
 
 
-@pytest.fixture(scope="module")
-def can_run() -> None:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture
-def ns(can_run: None) -> Iterator[tuple[Scratch, str]]:
-    with Scratch() as s:
-        name = s.add("host")
-        s.batch(
-            name,
-            [
-                "link add eth0 type veth peer name eth0p",  # no dummy module here
-                "link set eth0p up",
-                f"addr add {ME}/24 dev eth0",
-                "link set eth0 up",
-                # host-side veths of local endpoints (their peers stand in for containers)
-                "link add ovh-b1 type veth peer name c-b1",
-                "link add ovh-r1 type veth peer name c-r1",
-            ],
-        )
-        yield s, name
-        assert s.close() == []
+def ns(kernel_scratch: Scratch) -> tuple[Scratch, str]:
+    return kernel_scratch, add_host(kernel_scratch, "host", ME, ports=("b1", "r1"))
 
 
 def remote(net: NetworkSpec, host: int, index: int, *, v6: bool = False) -> EndpointSpec:

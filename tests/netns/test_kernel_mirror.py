@@ -10,8 +10,6 @@ periodic resync, which always reads everything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from dataplane.compile import compile
@@ -21,39 +19,18 @@ from dataplane.model import EndpointSpec, NetworkSpec, OverlayView, State
 from dataplane.plan import plan
 from dataplane.reconciler import ReconcilerConfig
 from dataplane.samples import bulk_view, docker_mac
-from dataplane.scratch import Scratch, skip_reason
+from dataplane.scratch import Scratch
 from dataplane.target import VxlanReconciler, VxlanTarget
+from tests.netns.kernelhost import ME, add_host
 
 pytestmark = pytest.mark.netns
 
-ME = "198.51.100.1"
 NET = NetworkSpec("blue", 100, subnets=("10.0.0.0/24",))
 
 
-@pytest.fixture(scope="module")
-def can_run() -> None:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture
-def ns(can_run: None) -> Iterator[tuple[Scratch, str]]:
-    with Scratch() as s:
-        name = s.add("mirror")
-        s.batch(
-            name,
-            [
-                "link add eth0 type veth peer name eth0p",
-                "link set eth0p up",
-                f"addr add {ME}/24 dev eth0",
-                "link set eth0 up",
-                "link add ovh-b1 type veth peer name c-b1",
-                "link add ovh-b2 type veth peer name c-b2",
-            ],
-        )
-        yield s, name
-        assert s.close() == []
+def ns(kernel_scratch: Scratch) -> tuple[Scratch, str]:
+    return kernel_scratch, add_host(kernel_scratch, "mirror", ME, ports=("b1", "b2"))
 
 
 def view(local: tuple[str, ...] = ("ovh-b1",), remotes: int = 6) -> OverlayView:

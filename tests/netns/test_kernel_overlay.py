@@ -8,7 +8,7 @@ Two networks share one subnet (and even the same addresses) and must stay isolat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -17,26 +17,12 @@ from dataplane.compile import compile
 from dataplane.kernel import LinuxKernel
 from dataplane.model import EndpointSpec, NetworkSpec, OverlayView
 from dataplane.plan import plan
-from dataplane.scratch import Scratch, skip_reason
+from dataplane.scratch import Scratch
 
 pytestmark = pytest.mark.netns
 
 BLUE = NetworkSpec("blue", 100, subnets=("10.0.0.0/24",))
 RED = NetworkSpec("red", 200, subnets=("10.0.0.0/24",))
-
-
-@pytest.fixture(scope="module")
-def can_run() -> None:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture
-def scratch(can_run: None) -> Iterator[Scratch]:
-    with Scratch() as s:
-        yield s
-        assert s.close() == []
 
 
 def add_container(
@@ -141,19 +127,19 @@ def check_overlay(s: Scratch, c: dict[str, str], mtu: int, hosts: list[tuple[str
 
 
 def test_ping_across_the_overlay_between_two_hosts(
-    lab_factory: Callable[..., Lab], scratch: Scratch
+    lab_factory: Callable[..., Lab], kernel_scratch: Scratch
 ) -> None:
     lab = lab_factory(2, subnet="192.0.2.0/24")
     hosts = [(h.netns, h.addr) for h in lab.hosts]
-    containers = build(scratch, hosts, 1450)
-    check_overlay(scratch, containers, 1450, hosts)
+    containers = build(kernel_scratch, hosts, 1450)
+    check_overlay(kernel_scratch, containers, 1450, hosts)
 
 
-def test_ping_across_an_ipv6_underlay(scratch: Scratch) -> None:
-    h0, h1 = scratch.add("u6h0"), scratch.add("u6h1")
-    scratch.ip(h0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h1)
+def test_ping_across_an_ipv6_underlay(kernel_scratch: Scratch) -> None:
+    h0, h1 = kernel_scratch.add("u6h0"), kernel_scratch.add("u6h1")
+    kernel_scratch.ip(h0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h1)
     for ns, addr in ((h0, "2001:db8::1"), (h1, "2001:db8::2")):
-        scratch.batch(ns, [f"addr add {addr}/64 dev eth0 nodad", "link set eth0 up"])
+        kernel_scratch.batch(ns, [f"addr add {addr}/64 dev eth0 nodad", "link set eth0 up"])
     hosts = [(h0, "2001:db8::1"), (h1, "2001:db8::2")]
-    containers = build(scratch, hosts, 1430)
-    check_overlay(scratch, containers, 1430, hosts)
+    containers = build(kernel_scratch, hosts, 1430)
+    check_overlay(kernel_scratch, containers, 1430, hosts)

@@ -8,43 +8,37 @@ links' addresses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from dataplane import rtnl
 from dataplane.model import canonical_ip
 from dataplane.nft.kernel import NftKernel
-from dataplane.scratch import Scratch, skip_reason
+from dataplane.scratch import Scratch
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
-def ns() -> Iterator[tuple[Scratch, str]]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with Scratch() as s:
-        name = s.add("raw")
-        lines = [
-            "link add ov-br-9 type bridge",
-            "link set ov-br-9 address 02:42:0a:00:00:01",
-            "addr add 10.9.0.1/24 dev ov-br-9",
-            "addr add 10.9.1.1/16 dev ov-br-9",
-            "addr add fd09::1/64 dev ov-br-9 nodad",
-            "link set ov-br-9 up",
+def ns(kernel_scratch: Scratch) -> tuple[Scratch, str]:
+    s = kernel_scratch
+    name = s.add("raw")
+    lines = [
+        "link add ov-br-9 type bridge",
+        "link set ov-br-9 address 02:42:0a:00:00:01",
+        "addr add 10.9.0.1/24 dev ov-br-9",
+        "addr add 10.9.1.1/16 dev ov-br-9",
+        "addr add fd09::1/64 dev ov-br-9 nodad",
+        "link set ov-br-9 up",
+    ]
+    for i in range(40):  # other links with addresses of their own (link-local ones too)
+        lines += [
+            f"link add vr{i} type veth peer name vp{i}",
+            f"addr add 10.10.{i}.1/24 dev vr{i}",
+            f"link set vr{i} up",
+            f"link set vp{i} up",
         ]
-        for i in range(40):  # other links with addresses of their own (link-local ones too)
-            lines += [
-                f"link add vr{i} type veth peer name vp{i}",
-                f"addr add 10.10.{i}.1/24 dev vr{i}",
-                f"link set vr{i} up",
-                f"link set vp{i} up",
-            ]
-        s.batch(name, lines)
-        yield s, name
-        assert s.close() == []
+    s.batch(name, lines)
+    return s, name
 
 
 def test_bridge_read_matches_iproute2(ns: tuple[Scratch, str]) -> None:
