@@ -444,6 +444,18 @@ class LinuxKernel:
                     )
                 continue
             keys: list[str] = list(map(_KEY, run))
+            if kind in (NEIGH_SET, NEIGH_DEL):
+                v6 = list(map(str.__contains__, keys, itertools.repeat(":")))
+                if any(v6) and not all(v6):
+                    # Dual-stack: IPv4 then IPv6 (independent rows; one family per group
+                    # keeps both packed by columns), ``sent`` in the same order.
+                    for part6 in (False, True):
+                        sub = list(itertools.compress(run, v6 if part6 else map(operator.not_, v6)))
+                        subkeys = list(map(_KEY, sub))
+                        values = list(map(_VALUE, sub)) if kind == NEIGH_SET else subkeys
+                        groups.append((kind, i, subkeys, values))
+                        sent += sub
+                    continue
             if kind in (FDB_SET, NEIGH_SET):  # (device, key, value)
                 groups.append((kind, i, keys, list(map(_VALUE, run))))
             elif kind in (FLOOD_ADD, NEIGH_DEL):  # (device, key)

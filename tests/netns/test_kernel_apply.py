@@ -240,8 +240,9 @@ def test_ipv6_underlay(ns: tuple[Scratch, str]) -> None:
 
 def bulk_rows(vtep: Callable[[int], str], keep: int = 40) -> OverlayView:
     """blue: ``keep`` dual-stack remote endpoints per host on two hosts (neighbour runs
-    of both families: packed entry by entry); red: 40 IPv4-only ones (runs of one
-    family: packed by columns, as are both networks' FDB rows)."""
+    of both families: split by family, each packed by columns); red: 40 IPv4-only ones
+    (runs of one family), as are both networks' FDB rows; the flood rows are runs too
+    short for columns (packed entry by entry)."""
     rows = [
         EndpointSpec("blue", "b1", docker_mac("10.0.0.2"), "10.0.0.2", None, "me", ME, True, "ovh-b1"),
         EndpointSpec("red", "r1", docker_mac("10.0.0.2"), "10.0.0.2", None, "me", ME, True, "ovh-r1"),
@@ -268,9 +269,10 @@ def bulk_rows(vtep: Callable[[int], str], keep: int = 40) -> OverlayView:
 def test_bulk_runs_packed_by_columns_or_entry_by_entry_match_iproute2(
     ns: tuple[Scratch, str],
 ) -> None:
-    """Runs long enough for the column encoder (netlink_batch.encode_group) and runs
-    that mix families (packed entry by entry), writes and deletes, IPv4 and IPv6
-    VTEPs: iproute2 shows exactly the compiled entries after each apply."""
+    """Runs long enough for the column encoder (netlink_batch.encode_group), dual-stack
+    neighbour runs split by family, short runs packed entry by entry, writes and
+    deletes, IPv4 and IPv6 VTEPs: iproute2 shows exactly the compiled entries after
+    each apply."""
     s, name = ns
     s.ip(name, "addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
     kernel = LinuxKernel(name)
