@@ -18,8 +18,9 @@ its addresses (each subnet's gateway, ``gateway_of``), and the rules:
 
 * ``--internal`` networks (``NetworkSpec.internal``): no masquerade; nothing entering
   from their bridge is forwarded anywhere else (chain ``forward``), and the host itself
-  takes from them only traffic to their own subnets, i.e. the gateway (chain ``input``,
-  present only while an internal network is). Traffic inside the network (bridged, or
+  takes from them only traffic to their own subnets, i.e. the gateway, and IPv6
+  neighbour solicitations/advertisements (multicast and link-local: without them the
+  IPv6 gateway is unreachable) (chain ``input``, present only while an internal network is). Traffic inside the network (bridged, or
   routed between its subnets through the gateway: iif = oif) is untouched.
 
 * Host access (``NetworkSpec.host_addresses``, docs/dataplane.md): the bridge holds
@@ -128,6 +129,9 @@ def compile(view: OverlayView) -> NftDesired:
         if net.internal:  # to the host itself only its own subnets (the gateway); nothing else
             for version, family in ((4, "ip"), (6, "ip6")):
                 own = ", ".join(str(t) for t in subnets if t.version == version)
+                if own and version == 6:  # neighbour discovery of the gateway goes to
+                    # solicited-node multicast (and advertisements to link-local): let it in
+                    local_in.append(f'iifname "{br}" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept')
                 if own:
                     local_in.append(f'iifname "{br}" {family} daddr != {{ {own} }} drop')
         bridges.append(BridgeL3(br, net.id, mac, tuple(addrs)))
