@@ -250,7 +250,9 @@ def test_ipv6_egress_is_masqueraded_to_the_hosts_address(lab_factory: LabFactory
     """Item 2 for IPv6: with IPv6 on the underlay (host0 and "the internet" get addresses of
     2001:db8:53::/64), a container of a dual-stack network pings the internet's IPv6
     address; tcpdump there sees host0's address, never the container's; the internet
-    cannot open a connection into the network."""
+    cannot open a connection into the network. A container of an ``--internal``
+    dual-stack network reaches neither the internet nor its host over IPv6, only its
+    gateway."""
     lab, ol = _lab(lab_factory)
     internet, host = lab.hosts[2], ol.nodes[0].host
     lab.run(internet, IPV6_ON)
@@ -281,3 +283,12 @@ def test_ipv6_egress_is_masqueraded_to_the_hosts_address(lab_factory: LabFactory
     lab.run(internet, ["ip", "-6", "route", "add", SUBNET6, "via", HOST0_6])
     r = lab.run(internet, ["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", ep["ipv6"]], check=False)
     assert " 100% packet loss" in r.stdout, r.stdout
+    vault = ol.create_network(0, "vault6", "--subnet", "10.51.0.0/24", "--subnet", "fd00:51::/64", "--internal")
+    inside = ol.container("v6")
+    lab.run(inside, IPV6_ON)
+    ol.create_endpoint(0, "vault6", inside)
+    wait_for(lambda: "fd00:51::1/64" in bridge_addresses(ol, 0, vni_of(vault)), "host0's vault6 IPv6 gateway")
+    wait_for(lambda: ol.ping(inside, "fd00:51::1", count=1), "the internal network's IPv6 gateway")
+    assert not ol.ping(inside, INTERNET6, count=2), "an internal network reached the internet over IPv6"
+    assert not ol.ping(inside, HOST0_6, count=2), "an internal network reached its host over IPv6"
+    assert ol.ping(cn, INTERNET6, count=1), "the other network's egress is unaffected"
