@@ -17,6 +17,9 @@ reverse names (PTR) of the network's subnets. Everything else is forwarded to th
 resolvers, but only for clients inside the network's subnets; other clients are refused
 everything (the responder listens on the host, beside the isolation rules: a container
 of another network must learn neither this network's names nor get free recursion).
+An ``--internal`` network's own clients are refused what would be forwarded: the host's
+resolvers are outside the network, and recursion through them would be egress (a DNS
+tunnel out of a network that has none), as Docker's and podman's resolvers decided too.
 Hostile input: anything that is not a well-formed single-question query gets FORMERR
 (or nothing, when not even a header can be read or it is a response), never an exception.
 """
@@ -78,6 +81,8 @@ class NetworkNames:
     v6: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     ptr: Mapping[str, str] = field(default_factory=dict)
     """Address (canonical text) -> ``NAME.NETWORK`` of the endpoint that holds it."""
+    internal: bool = False
+    """An ``--internal`` network: nothing is forwarded for it (REFUSED instead)."""
 
     def knows(self, key: str) -> bool:
         return key in self.v4 or key in self.v6
@@ -116,7 +121,8 @@ def build_names(net: Network, endpoints: Iterable[Endpoint],
     # gateways(): every subnet of the network (with --subnet given twice per family too)
     subnets = tuple(ipaddress.ip_network(s, strict=False) for s, _ in net.gateways())
     return NetworkNames(net.id, netname, subnets,
-                        {k: tuple(v) for k, v in v4.items() if v}, {k: tuple(v) for k, v in v6.items() if v}, ptr)
+                        {k: tuple(v) for k, v in v4.items() if v}, {k: tuple(v) for k, v in v6.items() if v}, ptr,
+                        net.internal)
 
 
 class NameIndex:
@@ -217,7 +223,7 @@ def decide(data: bytes, client: str, names: NetworkNames, *, tcp: bool = False) 
     q = msg.question[0]
     qname, qtype = q.name, q.rdtype
     if q.rdclass != dns.rdataclass.IN or qname == dns.name.root:
-        return _forward(msg, data, tcp)
+        return _forward(msg, data, names, tcp)
     if any(qname.is_subdomain(zone) for zone in _REVERSE):
         return _reverse(msg, qname, qtype, data, names, tcp)
     key = qname.to_text(omit_final_dot=True).lower()
@@ -225,7 +231,7 @@ def decide(data: bytes, client: str, names: NetworkNames, *, tcp: bool = False) 
         return _answer(msg, qname, qtype, key, names, tcp)
     if len(qname.labels) == 2 or key.endswith("." + names.name):
         return _reply(msg, dns.rcode.NXDOMAIN, tcp=tcp, aa=True)
-    return _forward(msg, data, tcp)
+    return _forward(msg, data, names, tcp)
 
 
 def _answer(msg: dns.message.Message, qname: dns.name.Name, qtype: int, key: str, names: NetworkNames,
@@ -248,14 +254,14 @@ def _answer(msg: dns.message.Message, qname: dns.name.Name, qtype: int, key: str
 
 
 def _reverse(msg: dns.message.Message, qname: dns.name.Name, qtype: int, data: bytes, names: NetworkNames,
-             tcp: bool) -> Decision:
+             tcp: bool) -> Reply | Forward:
     """A reverse name: ours (answer or NXDOMAIN) when it is an address of our subnets."""
     try:
         addr = str(ipaddress.ip_address(dns.reversename.to_address(qname)))
     except Exception:  # a partial reverse name (a zone cut, e.g. 0.10.in-addr.arpa): not an address
-        return _forward(msg, data, tcp)
+        return _forward(msg, data, names, tcp)
     if not names.inside(addr):
-        return _forward(msg, data, tcp)
+        return _forward(msg, data, names, tcp)
     target = names.ptr.get(addr)
     if target is None:
         return _reply(msg, dns.rcode.NXDOMAIN, tcp=tcp, aa=True)
@@ -271,7 +277,10 @@ def _reverse(msg: dns.message.Message, qname: dns.name.Name, qtype: int, data: b
     return _finish(r, dns.rcode.NOERROR, tcp=tcp, aa=True)
 
 
-def _forward(msg: dns.message.Message, data: bytes, tcp: bool) -> Forward:
+def _forward(msg: dns.message.Message, data: bytes, names: NetworkNames, tcp: bool) -> Reply | Forward:
+    """Ask the host's resolvers; refused for an internal network (no egress, DNS included)."""
+    if names.internal:
+        return _reply(msg, dns.rcode.REFUSED, tcp=tcp)
     failed = _reply(msg, dns.rcode.SERVFAIL, tcp=tcp)
     return Forward(msg, data, failed.wire)
 

@@ -251,7 +251,9 @@ def test_other_names_are_forwarded_to_the_hosts_resolver_for_members_only(
     namespace (192.0.2.3; the agent's own mount namespace, so the machine's file is
     untouched); a container of the network gets the upstream's answer through the
     gateway over UDP and TCP, and its NXDOMAIN; a container of another network asking
-    the same gateway is refused, and the upstream never sees its question."""
+    the same gateway is refused, and the upstream never sees its question; nor does it
+    see those of an ``--internal`` network's container (refused: no egress, DNS
+    included), whose own names still resolve."""
     lab = lab_factory(3)
     upstream = lab.hosts[2]
     ol = OverlayLab(lab, hosts=lab.hosts[:1])
@@ -286,4 +288,12 @@ def test_other_names_are_forwarded_to_the_hosts_resolver_for_members_only(
     assert nslookup(ol, c1, "outside.test", server=GATEWAY)[0] == "REFUSED"
     assert query_tcp(ol, c1, "refused.test", "A", server=GATEWAY)[0] == "REFUSED"
     assert len(log.read_text().splitlines()) == before, "an outsider's question reached the upstream"
+    ol.create_network(0, "shut", "--subnet", "10.55.0.0/24", "--internal")
+    c2 = ol.container("f2")
+    vault = ol.create_endpoint(0, "shut", c2, "--name", "vault")
+    wait_for(lambda: nslookup(ol, c2, "vault", server="10.55.0.1") == ("ok", [vault["ipv4"]]),
+             "the internal network's own names")
+    assert nslookup(ol, c2, "outside.test", server="10.55.0.1")[0] == "REFUSED"
+    assert query_tcp(ol, c2, "outside.test", "A", server="10.55.0.1")[0] == "REFUSED"
+    assert len(log.read_text().splitlines()) == before, "an internal network's question reached the upstream"
     ol.check_running(0)

@@ -26,7 +26,7 @@ from agent.dns.resolver import (
     nameservers,
     upstream_reply,
 )
-from gossip.tables.rows import Endpoint, Network
+from gossip.tables.rows import Endpoint, Network, NetworkOptions
 
 NET = "a" * 64
 OTHER = "b" * 64
@@ -170,6 +170,29 @@ def test_other_names_are_forwarded_for_insiders_only() -> None:
     # a reverse name outside our subnets is not ours either
     ptr = dns.message.make_query(dns.reversename.from_address("8.8.8.8"), "PTR")
     assert isinstance(decide(ptr.to_wire(), INSIDE, names), Forward)
+
+
+def test_an_internal_network_answers_its_names_and_forwards_nothing() -> None:
+    """--internal: the host's resolvers are outside the network; recursion through them
+    would be egress (a DNS tunnel), so what would be forwarded is REFUSED (UDP and TCP);
+    the network's own names, NXDOMAIN and PTR are answered as ever."""
+    ix = NameIndex()
+    ix.update([replace(network(), options=NetworkOptions(internal=True))], [WEB])
+    names = ix.get(NET)
+    assert names is not None and names.internal
+    assert not index(WEB).get(NET).internal  # type: ignore[union-attr]
+    for tcp in (False, True):
+        for q in (dns.message.make_query("example.com", "A"),
+                  dns.message.make_query(dns.reversename.from_address("8.8.8.8"), "PTR"),
+                  dns.message.make_query(".", "NS")):
+            d = decide(q.to_wire(), INSIDE, names, tcp=tcp)
+            assert isinstance(d, Reply) and d.rcode == dns.rcode.REFUSED, (q.question, d)
+            r = dns.message.from_wire(d.wire)
+            assert r.id == q.id and not r.answer
+        assert addresses(ask(ix, "web.blue", tcp=tcp)) == ["10.60.0.5"]
+        assert ask(ix, "nobody", tcp=tcp).rcode() == dns.rcode.NXDOMAIN
+        ptr = ask(ix, dns.reversename.from_address("10.60.0.5").to_text(), "PTR", tcp=tcp)
+        assert [rd.to_text() for rrs in ptr.answer for rd in rrs] == ["web.blue."]
 
 
 def test_upstream_reply_is_checked_and_gets_the_clients_id_back() -> None:
