@@ -21,7 +21,7 @@ import errno
 import itertools
 import operator
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -429,8 +429,7 @@ class LinuxKernel:
         # split by groupby in C; each run's keys and values are pulled out by itemgetter
         # in C and packed by columns (netlink_batch.Batcher.encode_group): no Python
         # bytecode runs per entry of a bulk program.
-        for (cls, device), part in itertools.groupby(ops, _CLASS_DEVICE):
-            run = cast("list[EntryOp]", list(part))  # _apply passes entry operations only
+        for cls, device, run in _runs(ops):
             kind = _ENTRY_KIND.get(cls)
             if kind is None:
                 raise TypeError(f"not an entry operation: {run[0]!r}")
@@ -484,9 +483,18 @@ class LinuxKernel:
             result.errors.append(OpError(op, code, text))
 
 
+def _runs(ops: Sequence[Op]) -> Iterator[tuple[type, str, list[EntryOp]]]:
+    """(class, device, operations) of each run of one class on one device, in order:
+    groupby in C over the class, then the device (no key tuple built per operation)."""
+    entries = cast("Sequence[EntryOp]", ops)  # _apply passes entry operations only
+    for cls, part in itertools.groupby(entries, type):
+        for device, sub in itertools.groupby(part, _DEVICE):
+            yield cls, device, list(sub)
+
+
 _DELETES = frozenset((FdbDel, FloodDel, NeighDel))
 _LINK_OPS = frozenset((CreateLink, DeleteLink, SetLink))
-_CLASS_DEVICE = operator.attrgetter("__class__", "device")
+_DEVICE = operator.itemgetter(0)
 _KEY = operator.itemgetter(1)
 _VALUE = operator.itemgetter(2)
 _FLOOD_DEL = -1  # not a batch kind: becomes an FDB_DEL of the zero MAC
