@@ -289,6 +289,7 @@ def test_ipv6_egress_is_masqueraded_to_the_hosts_address(lab_factory: LabFactory
     ol.create_endpoint(0, "vault6", inside)
     wait_for(lambda: "fd00:51::1/64" in bridge_addresses(ol, 0, vni_of(vault)), "host0's vault6 IPv6 gateway")
     wait_for(lambda: ol.ping(inside, "fd00:51::1", count=1), "the internal network's IPv6 gateway")
+    assert nslookup(ol, inside, "v6probe.vault6", server="fd00:51::1")[0] == "NXDOMAIN"  # its responder answers
     assert not ol.ping(inside, INTERNET6, count=2), "an internal network reached the internet over IPv6"
     assert not ol.ping(inside, HOST0_6, count=2), "an internal network reached its host over IPv6"
     assert ol.ping(cn, INTERNET6, count=1), "the other network's egress is unaffected"

@@ -18,6 +18,7 @@ import pytest
 
 from agent.lab.netlab import Lab
 from tests.netns.overlaylab import OverlayLab, wait_for
+from tests.netns.test_dns import nslookup
 from tests.netns.test_gateway import INTERNET, bridge_addresses, default_routes, our_tables
 from tests.netns.test_overlay_agents import vni_of
 
@@ -64,6 +65,11 @@ def test_options_reach_the_other_host_and_shape_ipam(lab_factory: LabFactory) ->
     wait_for(lambda: "10.60.0.254/24" in bridge_addresses(ol, 1, vni_of(seen)), "host1's --gateway on the bridge")
     assert default_routes(ol, cns[0]) == ["10.60.0.254"]
     assert ol.ping(cns[0], "10.60.0.254") and ol.ping(cns[0], addrs[1])
+    # the DNS responder listens on every subnet's gateway, the --gateway one included
+    named = ol.create_endpoint(1, "opts", ol.container("o8"), "--name", "named")
+    for server in ("10.60.0.254", "10.61.0.1"):
+        wait_for(lambda server=server: nslookup(ol, cns[0], "named.opts", server=server) == ("ok", [named["ipv4"]]),  # type: ignore[misc]
+                 f"the name answered on {server}")
     r = ol.ctl(1, "endpoint", "create", "opts", "--netns", ol.container("o9"), "--ip", "10.60.0.9", check=False)
     assert r.returncode == 1 and "aux address 'dev'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
