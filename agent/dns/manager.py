@@ -7,17 +7,20 @@ the set of responders, which follows the gateway rule of ``dataplane.nft.compile
 network gets its gateway on this host while it has a local endpoint here): a responder
 starts as the gateway appears, stops as it goes, and is restarted on its new addresses
 when they change; a responder that cannot bind (port 53 taken on that address) is
-retried every ``RETRY`` s and named in the agent's warnings; the ``dns`` status section
-and ``overlay_dns_*`` metrics.
+retried every ``RETRY`` s and named in the agent's warnings; which local containers are
+on several networks (``homes``: their endpoints share a namespace), so a responder also
+answers a container the names of its other networks; the ``dns`` status section and
+``overlay_dns_*`` metrics.
 Does not: answer queries (``agent.dns.server``, ``agent.dns.resolver``), put the gateway
 address on the bridge (``dataplane.nft``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.dns.manager")
 
+HOMES_MAX_AGE = 1.0
+"""Seconds the map of multi-network containers is trusted without a table change (a
+namespace can be recorded after its row: Docker's Join, the veth after the create)."""
 RETRY = 2.0
 """Seconds between attempts to bind a responder that could not be bound."""
 
@@ -55,6 +61,8 @@ class DnsManager:
         """Network id -> why its responder is not serving (a bind error)."""
         self._wake = trio.Event()
         self._rng = random.Random()
+        self._homes: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._homes_key: tuple[int, float] = (-1, -HOMES_MAX_AGE)
 
     def setup(self, rt: Runtime) -> None:
         self.overlay.change_listeners.append(self.poke)
@@ -77,6 +85,39 @@ class DnsManager:
 
     def _names(self, network_id: str) -> Callable[[], NetworkNames | None]:
         return lambda: self.index.get(network_id)
+
+    def _also(self, network_id: str) -> Callable[[str], Sequence[NetworkNames]]:
+        def also(client: str) -> Sequence[NetworkNames]:
+            others = self.homes().get((network_id, _canonical(client)), ())
+            return tuple(n for m in others if (n := self.index.get(m)) is not None)
+        return also
+
+    def homes(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(network id, address of a local endpoint) -> the other networks of the
+        endpoint's container (local endpoints sharing its namespace), for containers on
+        several networks; rebuilt on a table change, else at most once a second."""
+        t = self.overlay.tables
+        assert t is not None
+        now = trio.current_time()
+        version, at = self._homes_key
+        if version == t.version and now - at < HOMES_MAX_AGE:
+            return self._homes
+        by_netns: dict[str, list[tuple[str, str | None, str | None]]] = {}
+        for e in t.local_endpoints():
+            netns = self.overlay.interfaces.get(e.id, {}).get("netns")
+            if netns:
+                by_netns.setdefault(str(netns), []).append((e.network, e.ipv4, e.ipv6))
+        homes: dict[tuple[str, str], tuple[str, ...]] = {}
+        for eps in by_netns.values():
+            nets = tuple(dict.fromkeys(net for net, _, _ in eps))
+            if len(nets) > 1:
+                for net, v4, v6 in eps:
+                    others = tuple(n for n in nets if n != net)
+                    for addr in (v4, v6):
+                        if addr:
+                            homes[(net, _canonical(addr))] = others
+        self._homes, self._homes_key = homes, (t.version, now)
+        return homes
 
     def _gateway_addresses(self) -> list[str]:
         return [a for addrs, _ in self.running.values() for a in addrs]
@@ -112,8 +153,8 @@ class DnsManager:
         """Run one network's responder until cancelled, re-binding after bind errors."""
         with scope:
             while True:
-                responder = Responder(net_id, addrs, self._names(net_id), self.upstreams, port=self.port,
-                                      limits=self.limits, stats=self.stats, rng=self._rng)
+                responder = Responder(net_id, addrs, self._names(net_id), self.upstreams, also=self._also(net_id),
+                                      port=self.port, limits=self.limits, stats=self.stats, rng=self._rng)
                 try:
                     await responder.bind()
                 except OSError as exc:
@@ -170,3 +211,10 @@ class DnsManager:
                              ("forwarded", s.forwarded), ("forward_failed", s.forward_failed),
                              ("malformed", s.malformed), ("rate_limited", s.rate_limited))]),
         ]
+
+
+def _canonical(addr: str) -> str:
+    try:
+        return str(ipaddress.ip_address(addr.split("%", 1)[0]))
+    except ValueError:
+        return addr

@@ -20,6 +20,11 @@ of another network must learn neither this network's names nor get free recursio
 An ``--internal`` network's own clients are refused what would be forwarded: the host's
 resolvers are outside the network, and recursion through them would be egress (a DNS
 tunnel out of a network that has none), as Docker's and podman's resolvers decided too.
+A container on several networks asks one of their responders (its resolv.conf's first
+nameserver, or Docker's ``--dns``), and an NXDOMAIN ends its lookup: so the responder also
+answers, after its own network's names, those of the asking container's other networks
+on this host (``also``: their ``NAME``, ``NAME.NETWORK``, PTR), as Docker's embedded DNS
+resolves every network of a container. Nobody else sees those names.
 Hostile input: anything that is not a well-formed single-question query gets FORMERR
 (or nothing, when not even a header can be read or it is a response), never an exception.
 """
@@ -198,8 +203,10 @@ Decision = Reply | Forward | None
 """None: drop silently (no header, or a response: answering those makes loops and reflections)."""
 
 
-def decide(data: bytes, client: str, names: NetworkNames, *, tcp: bool = False) -> Decision:
-    """What to do with one query ``data`` from address ``client``. Never raises."""
+def decide(data: bytes, client: str, names: NetworkNames, *, tcp: bool = False,
+           also: Sequence[NetworkNames] = ()) -> Decision:
+    """What to do with one query ``data`` from address ``client``; ``also``: the other
+    networks of the client's container (answered after ``names``). Never raises."""
     if len(data) < _HEADER.size or len(data) > MAX_QUERY:
         return None
     qid, flags, qdcount, *_ = _HEADER.unpack_from(data)
@@ -224,12 +231,14 @@ def decide(data: bytes, client: str, names: NetworkNames, *, tcp: bool = False) 
     qname, qtype = q.name, q.rdtype
     if q.rdclass != dns.rdataclass.IN or qname == dns.name.root:
         return _forward(msg, data, names, tcp)
+    nets = (names, *also)
     if any(qname.is_subdomain(zone) for zone in _REVERSE):
-        return _reverse(msg, qname, qtype, data, names, tcp)
+        return _reverse(msg, qname, qtype, data, nets, tcp)
     key = qname.to_text(omit_final_dot=True).lower()
-    if names.knows(key):
-        return _answer(msg, qname, qtype, key, names, tcp)
-    if len(qname.labels) == 2 or key.endswith("." + names.name):
+    for net in nets:
+        if net.knows(key):
+            return _answer(msg, qname, qtype, key, net, tcp)
+    if len(qname.labels) == 2 or any(key.endswith("." + net.name) for net in nets):
         return _reply(msg, dns.rcode.NXDOMAIN, tcp=tcp, aa=True)
     return _forward(msg, data, names, tcp)
 
@@ -253,16 +262,19 @@ def _answer(msg: dns.message.Message, qname: dns.name.Name, qtype: int, key: str
     return _finish(r, dns.rcode.NOERROR, tcp=tcp, aa=True)
 
 
-def _reverse(msg: dns.message.Message, qname: dns.name.Name, qtype: int, data: bytes, names: NetworkNames,
-             tcp: bool) -> Reply | Forward:
-    """A reverse name: ours (answer or NXDOMAIN) when it is an address of our subnets."""
+def _reverse(msg: dns.message.Message, qname: dns.name.Name, qtype: int, data: bytes,
+             nets: tuple[NetworkNames, ...], tcp: bool) -> Reply | Forward:
+    """A reverse name: ours (answer or NXDOMAIN) when it is an address of the subnets of
+    ``nets`` (the network asked first, then the client's other networks)."""
+    names = nets[0]
     try:
         addr = str(ipaddress.ip_address(dns.reversename.to_address(qname)))
     except Exception:  # a partial reverse name (a zone cut, e.g. 0.10.in-addr.arpa): not an address
         return _forward(msg, data, names, tcp)
-    if not names.inside(addr):
+    holder = next((net for net in nets if net.inside(addr)), None)
+    if holder is None:
         return _forward(msg, data, names, tcp)
-    target = names.ptr.get(addr)
+    target = holder.ptr.get(addr)
     if target is None:
         return _reply(msg, dns.rcode.NXDOMAIN, tcp=tcp, aa=True)
     r = _response(msg)

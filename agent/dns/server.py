@@ -21,7 +21,7 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -212,6 +212,7 @@ class Responder:
         names: Callable[[], NetworkNames | None],
         upstreams: Upstreams,
         *,
+        also: Callable[[str], Sequence[NetworkNames]] | None = None,
         port: int = DNS_PORT,
         limits: DnsLimits | None = None,
         stats: DnsStats | None = None,
@@ -220,6 +221,8 @@ class Responder:
         self.network_id = network_id
         self.addresses = addresses
         self.names = names
+        self.also = also
+        """Client address -> the other networks of its container (answered after ours)."""
         self.upstreams = upstreams
         self.port = port
         self.limits = limits or DnsLimits()
@@ -288,7 +291,7 @@ class Responder:
         names = self.names()
         if names is None:  # the network went; the manager is about to stop us
             return None
-        decision = decide(data, client, names, tcp=tcp)
+        decision = decide(data, client, names, tcp=tcp, also=self.also(client) if self.also is not None else ())
         self._count(decision)
         return decision
 

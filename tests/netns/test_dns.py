@@ -297,3 +297,23 @@ def test_other_names_are_forwarded_to_the_hosts_resolver_for_members_only(
     assert query_tcp(ol, c2, "outside.test", "A", server="10.55.0.1")[0] == "REFUSED"
     assert len(log.read_text().splitlines()) == before, "an internal network's question reached the upstream"
     ol.check_running(0)
+
+
+def test_a_container_on_two_networks_resolves_the_names_of_both(lab_factory: LabFactory) -> None:
+    """A container on networks na and nb (host0) asks na's gateway, its first nameserver,
+    for a container of nb on host1: answered (``NAME`` and ``NAME.nb``), as Docker's
+    embedded DNS resolves every network of a container; a container only on na gets
+    NXDOMAIN (its resolver stops there: no name of nb leaks to it)."""
+    _, ol = _lab(lab_factory)
+    ol.create_network(0, "na", "--subnet", "10.56.0.0/24")
+    ol.create_network(0, "nb", "--subnet", "10.57.0.0/24")
+    both, only, far = ol.container("t0"), ol.container("t1"), ol.container("t2")
+    ol.create_endpoint(0, "na", both, "--name", "both")
+    ol.create_endpoint(0, "nb", both, "--name", "both-b", "--ifname", "eth1")
+    only_ep = ol.create_endpoint(0, "na", only, "--name", "only")
+    target = ol.create_endpoint(1, "nb", far, "--name", "far-b")
+    wait_for(lambda: nslookup(ol, both, "far-b", server="10.56.0.1") == ("ok", [target["ipv4"]]),
+             "far-b (nb, host1) through na's gateway", within=60)
+    assert nslookup(ol, both, "far-b.nb", server="10.56.0.1") == ("ok", [target["ipv4"]])
+    assert nslookup(ol, both, "only", server="10.56.0.1") == ("ok", [only_ep["ipv4"]])  # na's own names too
+    assert nslookup(ol, only, "far-b", server="10.56.0.1")[0] == "NXDOMAIN"

@@ -1,7 +1,8 @@
 """agent.dns.manager: responders follow the gateways, the index follows the table changes.
 
 Real replicated tables (``gossip.tables.replica.Tables``) behind a stand-in for the
-overlay (its ``tables`` and ``change_listeners``, which is all the manager uses); the
+overlay (its ``tables``, ``change_listeners`` and the ``interfaces`` of local endpoints
+(their namespaces), which is all the manager uses); the
 network's subnet is inside 127.0.0.0/8, so its gateway address is local on loopback and
 the responder can be asked for real (port 0: one picked per socket).
 """
@@ -30,6 +31,7 @@ CLIENT = "127.77.0.9"
 class FakeOverlay:
     tables: Tables
     change_listeners: list[Any] = field(default_factory=list)
+    interfaces: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def changed(self, now: float) -> None:
         for listener in self.change_listeners:
@@ -51,11 +53,11 @@ async def until(cond: Any) -> None:
             await trio.sleep(0.01)
 
 
-async def ask(port: int, name: str) -> dns.message.Message | None:
+async def ask(port: int, name: str, client: str = CLIENT, server: str = "127.77.0.1") -> dns.message.Message | None:
     """The responder's answer from a client inside the network, None when none comes."""
     with tsocket.socket(tsocket.AF_INET, tsocket.SOCK_DGRAM) as s:
-        await s.bind((CLIENT, 0))
-        await s.connect(("127.77.0.1", port))
+        await s.bind((client, 0))
+        await s.connect((server, port))
         q = dns.message.make_query(name, "A")
         try:
             await s.send(q.to_wire())
@@ -105,6 +107,58 @@ async def test_responder_starts_with_the_first_local_endpoint_and_stops_with_the
         tables.remove_endpoint(5.0, "web")  # the last local endpoint: the gateway goes, so does the responder
         await until(lambda: net.id not in mgr.running and not mgr.serving)
         assert await ask(port, "web") is None
+        nursery.cancel_scope.cancel()
+
+
+def _addresses(r: dns.message.Message | None) -> list[str]:
+    assert r is not None
+    return [rd.to_text() for rrs in r.answer for rd in rrs]
+
+
+async def test_a_container_on_two_networks_gets_the_names_of_both_from_either(tmp_path: Path) -> None:
+    """A container whose endpoints on blue and green share a namespace asks blue's
+    responder: green's names (``NAME``, ``NAME.green``) are answered too, blue's first;
+    a container only on blue gets NXDOMAIN for them; a namespace recorded after the
+    row (no table change) is seen within a second."""
+    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(3))
+    overlay = FakeOverlay(tables)
+    tables.subscribe(overlay.changed)
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("")
+    mgr = DnsManager(cast(Any, overlay), port=0, resolv_conf=str(conf))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run, cast(Any, FakeRuntime()))
+        blue, _ = tables.create_network(1.0, "blue", ["127.77.0.0/16"])
+        green, _ = tables.create_network(1.0, "green", ["127.79.0.0/16"])
+        both_b, _ = tables.create_endpoint(2.0, "blue", "both-b", ipv4="127.77.0.20")
+        both_g, _ = tables.create_endpoint(2.0, "green", "both-g", ipv4="127.79.0.20")
+        only_b, _ = tables.create_endpoint(2.0, "blue", "only-b", ipv4="127.77.0.21")
+        db, _ = tables.create_endpoint(2.0, "green", "db", ipv4="127.79.0.30")
+        tables.create_endpoint(2.0, "blue", "shared", ipv4="127.77.0.40")
+        tables.extras.set_aliases(2.5, db.id, ["shared"])  # the same name in green
+        overlay.interfaces.update({both_b.id: {"netns": "/run/netns/c1"}, only_b.id: {"netns": "/run/netns/c2"},
+                                   db.id: {"netns": "/run/netns/c3"}})
+        await until(lambda: blue.id in mgr.serving and green.id in mgr.serving)
+        port = next(p for kind, _, p in mgr.serving[blue.id].bound if kind == "udp")
+        # c1's green endpoint is recorded after its row (as Docker's Join does): no table change
+        await trio.sleep(0.05)
+        assert _addresses(await ask(port, "db", client="127.77.0.20")) == []
+        overlay.interfaces[both_g.id] = {"netns": "/run/netns/c1"}
+        await until(lambda: mgr.homes().get((blue.id, "127.77.0.20")) == (green.id,))
+        for name in ("db", "db.green", "DB.Green."):
+            assert _addresses(await ask(port, name, client="127.77.0.20")) == ["127.79.0.30"], name
+        assert _addresses(await ask(port, "shared", client="127.77.0.20")) == ["127.77.0.40"]  # blue's first
+        assert _addresses(await ask(port, "shared.green", client="127.77.0.20")) == ["127.79.0.30"]
+        r = await ask(port, "nobody.green", client="127.77.0.20")
+        assert r is not None and r.rcode() == dns.rcode.NXDOMAIN
+        # a container only on blue learns nothing of green: "db" is blue's NXDOMAIN, "db.green"
+        # not a name of blue's, so forwarded (SERVFAIL: no upstream here)
+        for name, rcode in (("db", dns.rcode.NXDOMAIN), ("db.green", dns.rcode.SERVFAIL)):
+            r = await ask(port, name, client="127.77.0.21")
+            assert r is not None and r.rcode() == rcode and not r.answer, name
+        # and the other way round, through green's responder
+        gport = next(p for kind, _, p in mgr.serving[green.id].bound if kind == "udp")
+        assert _addresses(await ask(gport, "only-b", client="127.79.0.20", server="127.79.0.1")) == ["127.77.0.21"]
         nursery.cancel_scope.cancel()
 
 

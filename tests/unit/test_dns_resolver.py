@@ -195,6 +195,38 @@ def test_an_internal_network_answers_its_names_and_forwards_nothing() -> None:
         assert [rd.to_text() for rrs in ptr.answer for rd in rrs] == ["web.blue."]
 
 
+def test_the_other_networks_of_the_clients_container_come_after_ours() -> None:
+    """``also``: names, NAME.NETWORK and PTR of the client's other networks are answered,
+    this network's names first; unknown names under theirs are NXDOMAIN; without ``also``
+    nothing of theirs is known."""
+    ix = NameIndex()
+    green = network(OTHER, "Green", ("10.61.0.0/24",))
+    db_g = endpoint("db", "10.61.0.7", net=OTHER)
+    web_g = endpoint("web", "10.61.0.8", net=OTHER, ep_id="f" * 64)
+    ix.update([network(), green], [WEB, db_g, web_g])
+    blue, other = ix.get(NET), ix.get(OTHER)
+    assert blue is not None and other is not None
+
+    def reply(qname: str, qtype: str = "A", also: tuple[resolver.NetworkNames, ...] = (other,)
+              ) -> dns.message.Message:
+        d = decide(dns.message.make_query(qname, qtype).to_wire(), INSIDE, blue, also=also)
+        assert isinstance(d, Reply), (qname, d)
+        return dns.message.from_wire(d.wire)
+
+    assert addresses(reply("db")) == ["10.61.0.7"] and addresses(reply("DB.green.")) == ["10.61.0.7"]
+    assert addresses(reply("web")) == ["10.60.0.5"]  # ours first
+    assert addresses(reply("web.green")) == ["10.61.0.8"]
+    assert reply("nobody.green").rcode() == dns.rcode.NXDOMAIN
+    ptr = reply(dns.reversename.from_address("10.61.0.7").to_text(), "PTR")
+    assert [rd.to_text() for rrs in ptr.answer for rd in rrs] == ["db.green."]
+    assert reply("db", also=()).rcode() == dns.rcode.NXDOMAIN
+    q = dns.message.make_query("db.green", "A")
+    assert isinstance(decide(q.to_wire(), INSIDE, blue), Forward)  # not ours without also
+    # an outsider stays refused whatever also says
+    d = decide(dns.message.make_query("db", "A").to_wire(), "10.61.0.9", blue, also=(other,))
+    assert isinstance(d, Reply) and d.rcode == dns.rcode.REFUSED
+
+
 def test_upstream_reply_is_checked_and_gets_the_clients_id_back() -> None:
     names = index(WEB).get(NET)
     assert names is not None
