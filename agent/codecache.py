@@ -29,7 +29,11 @@ Without it, an agent writes the cache itself at the end of its first start (``un
 with ``write_back``), unless ``PYTHONDONTWRITEBYTECODE`` is set, as Python does with
 ``.pyc`` files.
 
-Owns: the cache file's format, location, loading, writing and the two hooks.
+While installed, a dataclass without a docstring gets its default ``__doc__`` (name and
+signature) on first read rather than at class creation (``_SignatureDoc``: ~3.5 ms of
+``inspect.signature`` calls at start-up for text nothing reads then).
+
+Owns: the cache file's format, location, loading, writing and the three hooks.
 Does not: decide when start-up ends (``agent.service``) or which modules the agent
 loads (``agent.__main__``).
 """
@@ -225,9 +229,66 @@ def install(path: Path | None = None, *, record: bool = False, fresh: bool = Fal
 
     _state["table"] = table
     dataclasses.exec = cached_exec  # type: ignore[attr-defined]
+    _hook_docs()
     if attrs:
         hook_attrs()
     return len(index)
+
+
+class _SignatureDoc:
+    """A dataclass's default ``__doc__``, computed when first read: dataclasses writes the
+    class name and ``inspect.signature`` of the class when the class has no docstring,
+    ~50 us a class (~75 of the agent's start-up classes: ~3.5 ms), for a text nothing
+    reads at start-up. ``type.__doc__`` calls a descriptor found in the class's own
+    ``__doc__``, so ``cls.__doc__`` (help, pydoc) gets the same text, then kept."""
+
+    __slots__ = ()
+
+    def __get__(self, obj: object, owner: type | None = None) -> str:
+        cls = owner if owner is not None else type(obj)
+        import inspect  # as dataclasses does it
+
+        try:
+            text_sig = str(inspect.signature(cls)).replace(" -> None", "")
+        except (TypeError, ValueError):
+            text_sig = ""
+        doc = cls.__name__ + text_sig
+        if vars(cls).get("__doc__") is self:
+            type.__setattr__(cls, "__doc__", doc)
+        return doc
+
+
+_PENDING_DOC = "\0dataclass doc pending"
+"""A class's ``__doc__`` while dataclasses processes it (truthy: dataclasses leaves it)."""
+
+
+def _hook_docs() -> None:
+    real = dataclasses._process_class  # type: ignore[attr-defined]
+    if getattr(real, "_codecache_docs", False):
+        return
+
+    def process_class(cls: type, *args: Any, **kwargs: Any) -> type:
+        if vars(cls).get("__doc__"):
+            return real(cls, *args, **kwargs)  # type: ignore[no-any-return]
+        cls.__doc__ = _PENDING_DOC
+        out: type = cls
+        try:
+            out = real(cls, *args, **kwargs)
+        finally:
+            for c in (cls, out):  # with slots=True dataclasses returns a copy of the class
+                if vars(c).get("__doc__") is _PENDING_DOC:
+                    type.__setattr__(c, "__doc__", _SignatureDoc())
+        return out
+
+    process_class._codecache_docs = True  # type: ignore[attr-defined]
+    process_class.__wrapped__ = real  # type: ignore[attr-defined]
+    dataclasses._process_class = process_class  # type: ignore[attr-defined]
+
+
+def _unhook_docs() -> None:
+    hooked = vars(dataclasses).get("_process_class")
+    if getattr(hooked, "_codecache_docs", False):
+        dataclasses._process_class = hooked.__wrapped__  # type: ignore[attr-defined, union-attr]
 
 
 def hook_attrs() -> None:
@@ -272,6 +333,7 @@ def uninstall(*, write_back: bool = False) -> None:
             save(_state.get("path"))
     if "exec" in vars(dataclasses):
         del dataclasses.exec  # type: ignore[attr-defined]
+    _unhook_docs()
     attrs_make = sys.modules.get("attr._make")
     if attrs_make is not None and "compile" in vars(attrs_make):
         del attrs_make.compile  # type: ignore[attr-defined]

@@ -226,3 +226,50 @@ def test_hashable_attrs_classes_hit_across_processes(tmp_path: Path) -> None:
     assert run("1", "record") == ["0", "2", "True", "True", "True"]
     # Another seed, so another type hash in both scripts: still served from the cache.
     assert run("2", "load") == ["2", "0", "True", "True", "True"]
+
+
+def _docless() -> list[type]:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Slotted:
+        x: int
+        y: str = "a"
+
+    @dataclasses.dataclass
+    class Plain:
+        z: list[int] = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass
+    class Child(Plain):
+        w: int = 0
+
+    @dataclasses.dataclass
+    class Documented:
+        """Kept as written."""
+
+        v: int
+
+    return [Slotted, Plain, Child, Documented]
+
+
+def test_default_docs_are_dataclasses_own_text_made_on_first_read(tmp_path: Path) -> None:
+    plain = [c.__doc__ for c in _docless()]
+    calls: list[object] = []
+    real_signature = dataclasses.inspect.signature  # type: ignore[attr-defined]
+
+    def counting(obj: object, *args: object, **kwargs: object) -> object:
+        calls.append(obj)
+        return real_signature(obj, *args, **kwargs)
+
+    codecache.install(tmp_path / "cache.marshal")
+    dataclasses.inspect.signature = counting  # type: ignore[attr-defined]
+    try:
+        lazy = _docless()
+        assert calls == []  # no signature computed while the classes were made
+        assert [c.__doc__ for c in lazy] == plain
+        assert plain[0] == "Slotted(x: 'int', y: 'str' = 'a')" and plain[3] == "Kept as written."
+        assert len(calls) == 3 and lazy[0](1).__doc__ == plain[0]  # instances read it too
+        assert all(isinstance(vars(c)["__doc__"], str) for c in lazy)  # kept once computed
+    finally:
+        dataclasses.inspect.signature = real_signature  # type: ignore[attr-defined]
+    codecache.uninstall()
+    assert not hasattr(dataclasses._process_class, "_codecache_docs")  # type: ignore[attr-defined]
