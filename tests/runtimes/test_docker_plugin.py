@@ -137,7 +137,8 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
 def test_connect_disconnect_running_container(dl: DockerLab) -> None:
     """``--ipam-opt network=NAME`` names the cluster network (the second host needs no
     subnet); ``docker network connect`` gives a running container a second interface on
-    it, ``disconnect`` takes it away and withdraws it from the other host's kernel."""
+    it, and its one resolver (blue's gateway, ``--dns``) then answers green's names too;
+    ``disconnect`` takes it away and withdraws it from the other host's kernel."""
     create_network(dl, 0, "blue")
     create_network(dl, 0, "green", "--ipam-opt", "network=green", subnet="10.78.0.0/24")
     create_network(dl, 1, "green", "--ipam-opt", "network=green", subnet=None)
@@ -154,8 +155,11 @@ def test_connect_disconnect_running_container(dl: DockerLab) -> None:
     assert dl.ol.request(1, "status")["docker_plugin"]["networks"] == 1
     assert green["IPAM"]["Config"][0]["Subnet"] == "10.78.0.0/24"
     vni = int(green["Options"][VNI_OPTION])
-    run(dl, 0, "web-a", "blue")
+    blue = next(n for n in dl.ol.request(0, "network", {"action": "ls"}) if n["Subnets"] == [SUBNET])
+    blue_gw = dl.ol.request(0, "network", {"action": "inspect", "ref": blue["ID"]})[0]["IPAM"]["Config"][0]["Gateway"]
+    run(dl, 0, "web-a", "blue", "--dns", blue_gw)
     ip_b = run(dl, 1, "web-b", "green")
+    assert resolves(dl, 0, "web-a", "web-b") is None  # not on green yet
     dl.docker(0, "network", "connect", "green", "web-a")
     ip_a = dl.container_ip(0, "web-a", "green")
     assert ip_a.startswith("10.78.0.") and ip_a != ip_b
@@ -164,6 +168,7 @@ def test_connect_disconnect_running_container(dl: DockerLab) -> None:
     wait_for(lambda: dl.ping(0, "web-a", ip_b, count=1), "the first ping across (ARP settles)")
     assert dl.ping(0, "web-a", ip_b)
     assert dl.ping(1, "web-b", ip_a)
+    wait_for(lambda: resolves(dl, 0, "web-a", "web-b") == ip_b, "web-a to resolve web-b (green) through blue's gateway")
     dl.docker(0, "network", "disconnect", "green", "web-a")
     wait_for(lambda: ip_a not in dl.ol.neigh(1, vni), "host 1 to drop the disconnected container",
              within=WITHDRAW_WITHIN)
