@@ -26,6 +26,12 @@ DECODE_MEMO_BYTES = 256 * 1024
 """The agent's bound on decoded datagrams kept for repeats (``codec.set_packet_memo_bytes``:
 an agent almost never receives the same datagram twice; the simulator's 8 MiB default
 would only slowly fill the heap)."""
+PART_CACHE_ENTRIES = 256
+"""The agent's memo of decoded message parts (``codec.set_part_cache_size``). An agent
+meets a part again only when several peers relay the same broadcast, within seconds; with
+the codec's 4,096 entries the memo kept filling with unique pings, acks and table messages
+(~0.5-1.5 KiB each, keys included) for 20-40 minutes under ``bench soak``'s churn: the
+largest part of the Python heap's growth there (issue 18)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from agent import codecache
+    from agent import codecache, deferred
+
+    # Before the command line is parsed: argparse loads shutil, which would load bz2 and
+    # lzma (and map their libraries) if they were not placeholders yet.
+    deferred.defer(*deferred.AGENT_DEFERRED)
 
     # Dataclass (and attrs) methods compiled at an earlier start (~0.05 CPU-s of ~0.19),
     # from the first module that defines some on; ``service.run`` uninstalls it once the
@@ -75,7 +85,6 @@ def _command(argv: Sequence[str] | None) -> int:
 
     from agent import deferred
 
-    deferred.defer(*deferred.AGENT_DEFERRED)  # before trio imports them
     codecache.hook_attrs()  # trio's attrs classes too (attrs is loaded only to run an agent)
     with deferred.glibc_sonames():  # trio's thread naming without an ldconfig child
         import trio  # not needed to check a configuration
@@ -88,6 +97,7 @@ def _command(argv: Sequence[str] | None) -> int:
 
     agent_log.setup(config.log_level, fmt=config.log_format)
     codec.set_packet_memo_bytes(DECODE_MEMO_BYTES)
+    codec.set_part_cache_size(PART_CACHE_ENTRIES)
     overlay = Overlay()
     extensions: list[service.Extension] = [overlay, IpsecAgent(overlay)]
     if config.docker_plugin_socket:

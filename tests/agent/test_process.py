@@ -178,6 +178,9 @@ async def test_agent_without_keys_never_maps_openssl(agents: Agents) -> None:
     libs = {line.split()[-1].rsplit("/", 1)[-1] for line in maps.splitlines() if ".so" in line}
     loaded = sorted(x for x in libs if x.startswith(("libcrypto", "libssl", "_ssl.", "_hashlib.")))
     assert loaded == [], loaded
+    # Nor the compressors shutil would load (argparse imports it before trio does).
+    compressors = sorted(x for x in libs if x.startswith(("libbz2", "liblzma", "_bz2.", "_lzma.")))
+    assert compressors == [], compressors
 
 
 async def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
