@@ -30,6 +30,7 @@ BENCHMARKS = {
     "core": ("bench.core", "CPU per gossip message: our sans-IO core vs memberlist 0.2.2's Go code"),
     "churn": ("bench.churn", "N agents, one SIGKILLed and restarted every 2 s: CPU and bytes, ours vs serf"),
     "serf-conformance": ("bench.serfconformance", "serf's CLI on 3 serf + 3 ours vs 6 serf: leaves, events, queries, rtt"),
+    "startup": ("bench.startup", "one agent's start-up CPU, wall and RSS against the floor of importing trio"),
     "soak": ("bench.soak", "6 agents, endpoint churn and restarts for --minutes M: RSS, CPU, fds do not grow"),
 }
 
