@@ -328,16 +328,21 @@ class LinuxKernel:
 
     def _apply(self, ops: Sequence[Op]) -> ApplyResult:
         result = ApplyResult()
-        # Link operations are a handful among up to tens of thousands of entry ones:
-        # they are found by C loops (map/compress), not a Python test per operation.
-        at = 0
-        for k in itertools.compress(range(len(ops)), map(_LINK_OPS.__contains__, map(type, ops))):
-            if k > at:
-                self._apply_entries(ops[at:k], result)
-            self._apply_link(ops[k], result)  # type: ignore[arg-type]
-            at = k + 1
-        if at < len(ops):
-            self._apply_entries(ops[at:], result)
+        # One C groupby over the operations' classes: link operations (a handful) are
+        # applied one by one, runs of entry operations (up to tens of thousands) are
+        # collected and sent together, in order, before the next link operation.
+        pending: list[tuple[type, list[EntryOp]]] = []
+        for cls, part in itertools.groupby(ops, type):
+            if cls in _LINK_OPS:
+                if pending:
+                    self._apply_entries(pending, result)
+                    pending = []
+                for op in part:
+                    self._apply_link(op, result)  # type: ignore[arg-type]
+            else:
+                pending.append((cls, cast("list[EntryOp]", list(part))))
+        if pending:
+            self._apply_entries(pending, result)
         return result
 
     def _apply_link(self, op: CreateLink | DeleteLink | SetLink, result: ApplyResult) -> None:
@@ -419,7 +424,9 @@ class LinuxKernel:
         if kw:
             self.ipr.link("set", index=index, **kw)
 
-    def _apply_entries(self, ops: Sequence[Op], result: ApplyResult) -> None:
+    def _apply_entries(
+        self, runs: Sequence[tuple[type, list[EntryOp]]], result: ApplyResult
+    ) -> None:
         self.sock  # noqa: B018 - opens the socket and the batcher in this thread
         assert self._batch is not None
         groups: list[Group] = []
@@ -429,7 +436,7 @@ class LinuxKernel:
         # split by groupby in C; each run's keys and values are pulled out by itemgetter
         # in C and packed by columns (netlink_batch.Batcher.encode_group): no Python
         # bytecode runs per entry of a bulk program.
-        for cls, device, run in _runs(ops):
+        for cls, device, run in _by_device(runs):
             kind = _ENTRY_KIND.get(cls)
             if kind is None:
                 raise TypeError(f"not an entry operation: {run[0]!r}")
@@ -443,9 +450,9 @@ class LinuxKernel:
                     )
                 continue
             keys: list[str] = list(map(_KEY, run))
-            if kind in (NEIGH_SET, NEIGH_DEL):
+            if kind in (NEIGH_SET, NEIGH_DEL) and ":" in "".join(keys):  # IPv6 in it
                 v6 = list(map(str.__contains__, keys, itertools.repeat(":")))
-                if any(v6) and not all(v6):
+                if not all(v6):
                     # Dual-stack: IPv4 then IPv6 (independent rows; one family per group
                     # keeps both packed by columns), ``sent`` in the same order.
                     for part6 in (False, True):
@@ -483,12 +490,13 @@ class LinuxKernel:
             result.errors.append(OpError(op, code, text))
 
 
-def _runs(ops: Sequence[Op]) -> Iterator[tuple[type, str, list[EntryOp]]]:
-    """(class, device, operations) of each run of one class on one device, in order:
-    groupby in C over the class, then the device (no key tuple built per operation)."""
-    entries = cast("Sequence[EntryOp]", ops)  # _apply passes entry operations only
-    for cls, part in itertools.groupby(entries, type):
-        for device, sub in itertools.groupby(part, _DEVICE):
+def _by_device(
+    runs: Sequence[tuple[type, list[EntryOp]]],
+) -> Iterator[tuple[type, str, list[EntryOp]]]:
+    """(class, device, operations) of each run of one class on one device, in order
+    (groupby in C over the device: no key built per operation)."""
+    for cls, run in runs:
+        for device, sub in itertools.groupby(run, _DEVICE):
             yield cls, device, list(sub)
 
 

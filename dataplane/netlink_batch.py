@@ -25,6 +25,7 @@ kernel (the reconciler is level-triggered, so a re-read is always correct).
 
 from __future__ import annotations
 
+import binascii
 import errno
 import itertools
 import operator
@@ -199,7 +200,7 @@ def _columns(buf: bytearray, size: int, at: int, width: int, col: bytes) -> None
 
 def _mac_column(macs: Sequence[str]) -> bytes | None:
     """The 6 bytes of every ``aa:bb:cc:dd:ee:ff`` in ``macs`` back to back, converted
-    in one ``fromhex``; None if any is not spelled so (then per entry: same errors)."""
+    in one ``unhexlify``; None if any is not spelled so (then per entry: same errors)."""
     n = len(macs)
     try:
         joined = ":".join(macs)
@@ -210,8 +211,9 @@ def _mac_column(macs: Sequence[str]) -> bytes | None:
     if len(joined) != 18 * n - 1 or joined[2::3] != ":" * (6 * n - 1):
         return None
     try:
-        raw = bytes.fromhex(joined.replace(":", ""))
-    except ValueError:
+        # Twice as fast as fromhex(replace): a bytes translate deletes the colons.
+        raw = binascii.unhexlify(joined.encode("ascii").translate(None, b":"))
+    except ValueError:  # binascii.Error, UnicodeEncodeError: not hex digits
         return None
     return raw if len(raw) == 6 * n else None
 
