@@ -184,6 +184,8 @@ class Driver:
         """Other members alive or suspect, from the member events."""
         self.streams = transport.StreamBudget(limits, is_known=self.is_member_address)
         """Slots and byte budget of stream messages (``agent.membership.transport``)."""
+        self._sender: transport.DatagramSender | None = None
+        """Sends datagrams while ``run`` runs (``transport.DatagramSender``)."""
 
     def is_member_address(self, ip: str) -> bool:
         """Whether ``ip`` is the address of a member in the table (this node's too): the
@@ -295,6 +297,21 @@ class Driver:
     # -- the driver task -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if isinstance(self.udp, trio.socket.SocketType):  # the tests' fake sockets go through sendto
+            self._sender = transport.DatagramSender(self.udp)
+        try:
+            await self._run(task_status)
+        finally:
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
+
+    async def _send_datagram(self, to: Address, data: bytes) -> bool:
+        if self._sender is not None:
+            return await self._sender.send(to, data)
+        return await transport.send_datagram(self.udp, to, data)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as streams:
             self._streams = streams
             task_status.started()
@@ -381,7 +398,7 @@ class Driver:
     async def _perform(self, effects: Sequence[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
-                if await transport.send_datagram(self.udp, effect.to, effect.data):
+                if await self._send_datagram(effect.to, effect.data):
                     self.counters.datagrams_out += 1
                     self.counters.bytes_out += len(effect.data)
                 else:

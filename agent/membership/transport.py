@@ -6,8 +6,9 @@ stream (so the core only ever sees plain text addresses), ICMP port-unreachable
 reports from the socket error queue, the inbound stream server (read one complete
 message, hand it on, write the reply, close), the budgets of stream messages
 (``StreamBudget``: slots per source and kept for members' addresses, accept order by
-source, an idle timeout, the bytes all of them may buffer; ``agent.limits``) and
-outbound stream requests. Every socket operation has a deadline; no socket error
+source, an idle timeout, the bytes all of them may buffer; ``agent.limits``), outbound
+stream requests and datagram sends (``DatagramSender``: straight to the kernel, trio
+only when its buffer is full). Every socket operation has a deadline; no socket error
 escapes as an exception. Does not: interpret messages beyond framing
 (``gossip.wire.codec.stream_message_end``), parse addresses (``agent.addresses``),
 or decide anything about members (``is_known`` is the driver's answer).
@@ -242,6 +243,38 @@ async def send_datagram(sock: trio.socket.SocketType, to: Address, data: bytes) 
         log.debug("event=udp-send-error to=%s error=%s", format_address(to), exc.errno)
         return False
     return True
+
+
+class DatagramSender:
+    """Sends on a trio UDP socket straight away when the kernel has room, through a
+    duplicate of its descriptor; only a full send buffer waits, through trio.
+
+    Why: trio's ``sendto`` resolves the (numeric) address with ``getaddrinfo`` and yields
+    to the scheduler twice per datagram: ~13.5 us against ~4.4 us for the send itself
+    (measured on loopback, 2,000 sends of 300 bytes each way). A 100-member warm join has
+    every agent send a few hundred gossip datagrams; so does every probe round. The
+    outcome is the same: True when the datagram went, False (logged at debug) on any
+    socket error.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._trio = sock
+        self._family = sock.family
+        self._raw = stdsocket.socket(fileno=os.dup(sock.fileno()))
+        self._raw.setblocking(False)
+
+    async def send(self, to: Address, data: bytes) -> bool:
+        try:
+            self._raw.sendto(data, sockaddr_for(self._family, to))
+        except BlockingIOError:
+            return await send_datagram(self._trio, to, data)  # waits for room, as before
+        except OSError as exc:
+            log.debug("event=udp-send-error to=%s error=%s", format_address(to), exc.errno)
+            return False
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 # -- inbound stream budgets --------------------------------------------------------------------

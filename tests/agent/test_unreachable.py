@@ -126,3 +126,36 @@ def test_unreachable_probe_target_is_suspected_at_once(enabled: bool) -> None:
         assert a.handle_unreachable(now, h.addr(target)) == []  # the probe is over
     else:
         assert suspected == [] and a.stats.unreachable_probes == 0
+
+
+async def test_the_direct_sender_delivers_and_reports_errors_like_trios_sendto() -> None:
+    """``DatagramSender`` (what the driver sends with) skips trio's per-send round trip:
+    datagrams still arrive, and a pending ICMP error still makes a send report False."""
+    sockets = await transport.bind(("127.0.0.1", 0))
+    sender = transport.DatagramSender(sockets.udp)
+    dead = ("127.0.0.1", _closed_udp_port())
+    got: list[bytes] = []
+    arrived = trio.Event()
+
+    def deliver(src: tuple[str, int], data: bytes) -> None:
+        got.append(data)
+        if len(got) == 3:
+            arrived.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.receive_datagrams, sockets.udp, deliver)
+            with trio.fail_after(5):
+                for data in (b"one", b"two", b"three"):
+                    assert await sender.send(sockets.addr, data)
+                await arrived.wait()
+            nursery.cancel_scope.cancel()
+        # No receive loop now: it would drain the error queue, which clears the error.
+        with trio.fail_after(5):
+            assert await sender.send(dead, b"ping")
+            while await sender.send(dead, b"ping"):  # noqa: ASYNC110 (until the ICMP error surfaces)
+                await trio.sleep(0.01)
+    finally:
+        sender.close()
+        sockets.close()
+    assert got == [b"one", b"two", b"three"]
