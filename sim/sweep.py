@@ -34,10 +34,15 @@ from sim.output import write_json
 from sim.run import RESULT_VERSION, RunSpec, SpecError, parse_overrides
 
 MIB = 1 << 20
-BASE_BYTES = 80 * MIB
-PAIR_BYTES = 44
-"""Bytes per (node, member) pair: measured peaks were 131 MiB at 1,000 nodes, 1,093 MiB at
-5,000 and 4,277 MiB at 10,000 (crash-1pct, defaults), i.e. about 80 MiB + 44 B·N²."""
+BASE_BYTES = 64 * MIB
+NODE_BYTES = 32 * 1024
+PAIR_BYTES = 16
+"""The estimate is BASE + NODE·N + PAIR·N² bytes. Measured peaks with the compact member
+table (crash-1pct, defaults; docs/simulation.md §7 and §6): 84 MiB at 1,000 nodes,
+232 MiB at 3,000, 1,560 MiB at 10,000, i.e. ≈ 48 MiB + 24 KiB·N + 13.5 B·N² (the N²
+term is the crash storm's per-(observer, crashed) state: N²/100 pairs; per-node tables,
+RNGs and buffers are the N term). The constants are rounded up (by 20-30 % at 3,000 and
+10,000 nodes) since an estimate too low would start points that do not fit."""
 RETRIES = 2
 """Times a point whose process or worker died is run again before it counts as failed."""
 HEARTBEAT_S = 30.0
@@ -48,8 +53,9 @@ SUMMARY_KEYS = ("spec", "config", "trace_hash", "perf", "traffic", "detection", 
 
 
 def estimate_bytes(spec: RunSpec) -> int:
-    """Peak memory of one point (the membership tables grow like N²)."""
-    return BASE_BYTES + PAIR_BYTES * spec.nodes * spec.nodes
+    """Peak memory of one point, from N (see ``PAIR_BYTES``)."""
+    n = spec.nodes
+    return BASE_BYTES + NODE_BYTES * n + PAIR_BYTES * n * n
 
 
 def cost(spec: RunSpec) -> float:

@@ -122,6 +122,26 @@ def test_memory_limit_keeps_points_apart(tmp_path: Path, capsys: pytest.CaptureF
     assert "exceeds the memory limit; running it alone" in err and "2 running" not in err
 
 
+# Measured peak RSS of crash-1pct points with the compact member table (MiB; §6 and §7
+# of docs/simulation.md): the estimate must cover each, by at most ~1.6x from 1,000 up.
+MEASURED_PEAK_MIB = {1000: 84.9, 3000: 232.7, 10000: 1560.0}
+
+
+@pytest.mark.parametrize(("nodes", "peak"), sorted(MEASURED_PEAK_MIB.items()))
+def test_memory_estimate_covers_measured_peaks(nodes: int, peak: float) -> None:
+    est = estimate_bytes(RunSpec(nodes=nodes, duration=45)) / (1 << 20)
+    assert peak <= est <= 1.6 * peak
+
+
+def test_memory_estimate_shape() -> None:
+    est = [estimate_bytes(RunSpec(nodes=n, duration=45)) for n in (10, 100, 1000, 10000, 100000)]
+    assert est == sorted(est) and est[0] >= 32 << 20  # an interpreter with the core loaded
+    # Quadratic for large N (the crash storm's per-pair state), near-flat for small N.
+    # 10x the nodes: ~100x the bytes at the top (not 10x), ~1x at the bottom.
+    assert 70 < est[4] / est[3] <= 100 and est[1] / est[0] < 1.1
+    assert estimate_bytes(RunSpec(nodes=1000, duration=45)) == estimate_bytes(RunSpec(nodes=1000, duration=600))
+
+
 def test_parse_bytes() -> None:
     assert parse_bytes("4G") == 4 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("1000") == 1000
     for bad in ("lots", "-1G", "0"):
