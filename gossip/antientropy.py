@@ -252,8 +252,16 @@ class AntiEntropy:
             return
         alive = NodeState.ALIVE
         at_ip = [ns.name for ns in msg.nodes if ns.state == alive and ip_text(ns.addr) == peer_ip]
-        if len(at_ip) == 1 and at_ip[0] != self._swim.name and at_ip[0] in self._swim._table.members:
-            self._swim._table.mark_heard(at_ip[0])
+        if len(at_ip) != 1 or at_ip[0] == self._swim.name:
+            return
+        # What the message claims is not enough (a spoofer can claim any name is at its own
+        # IP): the member as OUR table holds it must be alive at that IP, and alone there.
+        table = self._swim._table
+        member = table.get(at_ip[0])
+        if member is None or member.status != Status.ALIVE or member.addr != peer_ip:
+            return
+        if sum(1 for m in table.others() if m.addr == peer_ip) == 1:
+            table.mark_heard(member.name)
 
 
 def _encode_state(m: Member) -> bytes:

@@ -199,6 +199,20 @@ def test_a_full_table_never_evicts_a_peer_that_spoke_to_us_over_tcp() -> None:
     node.check_invariants()
 
 
+def test_a_push_pull_cannot_mark_a_spoofed_member_heard() -> None:
+    """A host that opens TCP to us and claims a spoofed member is at its own IP must not
+    make that member (held elsewhere in our table) count as heard."""
+    node = Swim(CFG.with_(max_members=4), "a", ("10.0.0.1", 7946), rng=random.Random(1), now=0.0)
+    node.handle_packet(1.0, ATTACKER, packet(*[alive(f"spoof{i}", 1, ("198.51.100.1", 10000 + i)) for i in range(3)]))
+    for i in range(3):
+        claim = PushPull(False, (PushNodeState(f"spoof{i}", ip_bytes(ATTACKER[0]), 7946, b"", 1, NodeState.ALIVE),), b"")
+        node.handle_stream(1.5, (ATTACKER[0], 40000 + i), wire.encode_stream(claim, compress=False, keyring=None))
+    joiner = ("10.0.0.7", 7946)
+    effects = node.handle_packet(2.0, joiner, packet(alive("joiner", 1, joiner)))
+    assert node.member("joiner") is not None
+    assert sum(isinstance(e, MemberReaped) for e in effects) == 1
+
+
 class _Watching(NullDelegate):
     def __init__(self) -> None:
         super().__init__()
