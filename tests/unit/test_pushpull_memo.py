@@ -59,7 +59,7 @@ def test_inadmissible_states_are_skipped_as_before() -> None:
     raw = [mc.encode_node_state(s) for s in states]
     bad = msgpack.packb({"Name": "bad name!", "Addr": bytes(4), "Port": 1, "Meta": b"",
                          "Incarnation": 1, "State": 0, "Vsn": b""}, use_bin_type=False)
-    data = mc.encode_push_pull_body(False, raw[:300] + [bad] + raw[300:], b"")
+    data = mc.encode_push_pull_body(False, [*raw[:300], bad, *raw[300:]], b"")
     got = _both(data)
     assert [n.name for n in got.nodes] == [s.name for s in states]
 
@@ -67,7 +67,7 @@ def test_inadmissible_states_are_skipped_as_before() -> None:
 @pytest.mark.parametrize("cut", [1, 17, 5000, -31, -1])
 def test_malformed_bodies_raise_the_plain_error(cut: int) -> None:
     data = _body([_state(i) for i in range(600)], user=b"")
-    data = data[:cut] if cut > 0 else data[:cut]
+    data = data[:cut]
     with pytest.raises(DecodeError) as plain:
         mc._dec_push_pull_body(data)
     if len(data) >= mc._BIG_BODY:
