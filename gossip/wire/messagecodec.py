@@ -383,14 +383,22 @@ def _push_pull_header(d: dict[bytes, Any]) -> tuple[bool, int, int]:
 _BIG_BODY = 16 * 1024
 """Push/pull bodies at least this long are memoised (``_dec_push_pull``; ``lzw.compress``
 memoises their compression)."""
+_RECENT_PUSH_PULL_BYTES = 8 * 1024 * 1024
+"""The memo of recent large push/pulls holds at most this many body bytes (each entry
+keeps its body and its decoded value, about twice that in all)."""
+_MEMO_MAX_BODY = _RECENT_PUSH_PULL_BYTES // 2
+"""Bodies longer than this are decoded plainly and not memoised: a converged
+10,000-member state is ~1 MB; what is longer is mostly user state (up to 20 MiB from
+any TCP peer), which no memo helps and each copy of which costs RSS."""
 _recent_push_pulls: dict[bytes, PushPull] = {}
-_RECENT_PUSH_PULLS = 8
+_recent_push_pull_bytes = 0
 
 
 def _dec_push_pull(data: bytes) -> PushPull:
     # Large states are decoded once per distinct body: a converged cluster's members
     # send identical states (and a simulator runs all of them in one process).
-    if len(data) < _BIG_BODY:
+    global _recent_push_pull_bytes
+    if len(data) < _BIG_BODY or len(data) > _MEMO_MAX_BODY:
         return _dec_push_pull_body(data)
     msg = _recent_push_pulls.get(data)
     if msg is None:
@@ -399,17 +407,21 @@ def _dec_push_pull(data: bytes) -> PushPull:
         except DecodeError:
             msg = _dec_push_pull_body(data)  # the plain path gives the exact error
         _recent_push_pulls[data] = msg
-        if len(_recent_push_pulls) > _RECENT_PUSH_PULLS:
-            del _recent_push_pulls[next(iter(_recent_push_pulls))]
+        _recent_push_pull_bytes += len(data)
+        while _recent_push_pull_bytes > _RECENT_PUSH_PULL_BYTES:  # bounded by bytes, not count
+            _recent_push_pull_bytes -= len(oldest := next(iter(_recent_push_pulls)))
+            del _recent_push_pulls[oldest]
     return msg
 
 
 def _dec_push_pull_body(data: bytes) -> PushPull:
-    body = memoryview(data)[1:]
-    up = _unpacker(bytes(body))
+    # The whole stream is fed and its type byte skipped: a copy of the body without it
+    # would be one more buffer of up to 20 MiB (user state) per push/pull.
+    up = _unpacker(data)
+    up.read_bytes(1)
     join, count, user_len = _push_pull_header(_next_map(up, "pushPull header"))
-    if count > len(body):  # each node state needs at least one byte
-        raise DecodeError(f"pushPull: {count} nodes cannot fit in {len(body)} bytes")
+    if count > len(data) - 1:  # each node state needs at least one byte
+        raise DecodeError(f"pushPull: {count} nodes cannot fit in {len(data) - 1} bytes")
     states: list[PushNodeState] = []
     for _ in range(count):
         d = _next_map(up, "pushNodeState")
@@ -419,9 +431,10 @@ def _dec_push_pull_body(data: bytes) -> PushPull:
             continue
     nodes = tuple(states)
     off = up.tell()
-    if len(body) - off < user_len:
+    del up  # its copy of the stream goes before the user state's is made
+    if len(data) - off < user_len:
         raise DecodeError("pushPull: user state truncated")
-    return PushPull(join=join, nodes=nodes, user_state=bytes(body[off : off + user_len]))
+    return PushPull(join=join, nodes=nodes, user_state=bytes(memoryview(data)[off : off + user_len]))
 
 
 _prev_states: dict[bytes, PushNodeState] = {}
