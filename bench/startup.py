@@ -14,6 +14,12 @@ otherwise idle agent (loopback, no seeds, no lab), each a fresh interpreter:
   wall time from the launch, and CPU and VmRSS 1.5 s later (start-up's tail: the
   reconcilers' first passes, ``gc.freeze``, ``malloc_trim``).
 
+Each agent runs in a scratch network namespace of its own (``bench-startup-PID-I``, loopback
+only, deleted after the run) with its control socket and ``--state-dir`` inside a
+temporary work directory that is removed at the end, and without the caller's
+``STATE_DIRECTORY``/``RUNTIME_DIRECTORY``: it never sees the host's devices, nftables or
+XFRM state, nor ``/run`` or ``/var/lib`` (its reconcilers sweep leftovers of ours at start).
+
 The three floors are measured as CPU (utime+stime of the exited child) and peak RSS
 (its own ``VmHWM``, printed at its end). ``ratios``: ``start_cpu_vs_target`` (median agent CPU at ready / 0.15 s,
 issue 17 item 7) and ``start_cpu_vs_floor`` (/ ``trio_as_agent``); ``above_floor_s`` is
@@ -41,6 +47,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.lab.agentnode import PROJECT_ROOT, agent_program
+from agent.lab.netns import netns_path, preexec_setns
 from bench.summary import log
 
 START_CPU_TARGET_S = 0.15
@@ -106,40 +113,59 @@ def _answers(path: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _scratch_netns(name: str) -> int:
+    """Create network namespace ``name`` with loopback up; an fd open on it (the caller
+    closes it and deletes the namespace)."""
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        return os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        raise
+
+
+def _agent_env() -> dict[str, str]:
+    """The caller's environment without systemd's directories (the agent would put its
+    state or sockets there)."""
+    return {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
 
 
 def _agent_once(workdir: str, index: int, timeout: float) -> dict[str, float | None]:
     sock = os.path.join(workdir, f"a{index}.sock")
-    argv = [*agent_program(), "--node", f"startup{index}", "--bind", f"127.0.0.1:{_free_port()}",
-            "--control-socket", sock, "--log-level", "warning"]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL)
+    state = os.path.join(workdir, f"state{index}")
+    argv = [*agent_program(), "--node", f"startup{index}", "--bind", "127.0.0.1:7946",
+            "--control-socket", sock, "--state-dir", state, "--log-level", "warning"]
+    ns = f"bench-startup-{os.getpid()}-{index}"
+    nsfd = _scratch_netns(ns)
     try:
-        while not _answers(sock):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the agent exited with {proc.returncode} before answering")
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"the agent did not answer within {timeout} s")
-            time.sleep(0.002)
-        wall = time.monotonic() - t0
-        ready = _task_cpu(proc.pid)
-        time.sleep(1.5)
-        return {"ready_wall_s": wall, "ready_cpu_s": ready, "cpu_1_5s_s": _task_cpu(proc.pid),
-                "rss_mib": _rss_mib(proc.pid)}
-    finally:
-        proc.terminate()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL, env=_agent_env(),
+                                preexec_fn=preexec_setns(nsfd))
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if os.path.exists(sock):
-            os.unlink(sock)
+            while not _answers(sock):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the agent exited with {proc.returncode} before answering")
+                if time.monotonic() - t0 > timeout:
+                    raise RuntimeError(f"the agent did not answer within {timeout} s")
+                time.sleep(0.002)
+            wall = time.monotonic() - t0
+            ready = _task_cpu(proc.pid)
+            time.sleep(1.5)
+            return {"ready_wall_s": wall, "ready_cpu_s": ready, "cpu_1_5s_s": _task_cpu(proc.pid),
+                    "rss_mib": _rss_mib(proc.pid)}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if os.path.exists(sock):
+                os.unlink(sock)
+    finally:
+        os.close(nsfd)
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
 def _median(xs: Sequence[float | None]) -> float | None:
