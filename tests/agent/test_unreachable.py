@@ -159,3 +159,68 @@ async def test_the_direct_sender_delivers_and_reports_errors_like_trios_sendto()
         sender.close()
         sockets.close()
     assert got == [b"one", b"two", b"three"]
+
+
+async def test_a_send_the_kernel_accepts_still_yields_and_honours_cancellation() -> None:
+    """``DatagramSender.send`` is a trio checkpoint: a cancelled send raises Cancelled
+    and sends nothing, and a loop of sends lets other tasks run."""
+    sockets = await transport.bind(("127.0.0.1", 0))
+    sender = transport.DatagramSender(sockets.udp)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sink.bind(("127.0.0.1", 0))
+        to = sink.getsockname()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await sender.send(to, b"cancelled")
+        assert scope.cancelled_caught
+        assert await sender.send(to, b"marker")
+        ready, _, _ = select.select([sink], [], [], 5)
+        assert ready, "the marker never arrived"
+        assert sink.recv(64) == b"marker"  # the cancelled datagram never went before it
+
+        ran = False
+
+        async def other() -> None:
+            nonlocal ran
+            ran = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            for _ in range(100):  # far below what fills the sink's buffer
+                assert await sender.send(to, b"x")
+                if ran:
+                    break
+        assert ran, "100 accepted sends never yielded to another task"
+    finally:
+        sender.close()
+        sink.close()
+        sockets.close()
+
+
+async def test_datagrams_come_out_of_the_shared_receive_buffer_at_their_own_length() -> None:
+    """The receive loop reuses one buffer: a short datagram after a long one carries
+    none of the long one's bytes, and a delivered datagram is not overwritten later."""
+    sockets = await transport.bind(("127.0.0.1", 0))
+    sender = transport.DatagramSender(sockets.udp)
+    sent = [b"a" * 60000, b"bcd", b"", b"e" * 1500]
+    got: list[bytes] = []
+    arrived = trio.Event()
+
+    def deliver(src: tuple[str, int], data: bytes) -> None:
+        got.append(data)
+        if len(got) == 3:
+            arrived.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.receive_datagrams, sockets.udp, deliver)
+            with trio.fail_after(5):
+                for data in sent:
+                    assert await sender.send(sockets.addr, data)
+                await arrived.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        sender.close()
+        sockets.close()
+    assert got == [sent[0], sent[1], sent[3]]  # the empty one is discarded
