@@ -291,7 +291,10 @@ class Responder:
         names = self.names()
         if names is None:  # the network went; the manager is about to stop us
             return None
-        decision = decide(data, client, names, tcp=tcp, also=self.also(client) if self.also is not None else ())
+        # An outsider is refused (by ``decide``) before the container's other networks are
+        # looked up: a refused client costs no lookup and no other network's names.
+        also = self.also(client) if self.also is not None and names.inside(client) else ()
+        decision = decide(data, client, names, tcp=tcp, also=also)
         self._count(decision)
         return decision
 

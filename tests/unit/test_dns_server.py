@@ -20,7 +20,7 @@ import dns.rrset
 import trio
 import trio.socket as tsocket
 
-from agent.dns.resolver import NameIndex
+from agent.dns.resolver import Forward, NameIndex
 from agent.dns.server import DnsLimits, Responder, Upstreams
 from gossip.tables.rows import Endpoint, Network
 
@@ -259,3 +259,25 @@ async def test_pipelined_tcp_queries_on_one_connection(tmp_path: Path) -> None:
                 got.append(dns.message.from_wire(await recv_exactly(s, size)))
         assert [g.id for g in got] == [q.id for q in qs]
         assert [g.rcode() for g in got] == [dns.rcode.NOERROR, dns.rcode.NOERROR, dns.rcode.NXDOMAIN]
+
+
+def test_an_outsider_is_refused_before_the_other_networks_are_looked_up(tmp_path: Path) -> None:
+    """``also`` (the client's other networks) is asked only for a client inside the
+    network: a refused outsider costs no lookup and learns none of their names."""
+    ix = _names()
+    asked: list[str] = []
+
+    def also(client: str) -> tuple[()]:
+        asked.append(client)
+        return ()
+
+    r = Responder(NET, ("127.0.0.1",), lambda: ix.get(NET), Upstreams(str(tmp_path / "resolv.conf")),
+                  also=also, port=0)
+    query = dns.message.make_query("web", "A").to_wire()
+    decision = r._decide(query, "192.0.2.9", tcp=False)
+    assert decision is not None and not isinstance(decision, Forward)
+    assert decision.rcode == dns.rcode.REFUSED and r.stats.refused == 1
+    assert asked == []
+    decision = r._decide(query, "127.0.0.9", tcp=False)
+    assert decision is not None and not isinstance(decision, Forward) and decision.rcode == dns.rcode.NOERROR
+    assert asked == ["127.0.0.9"]
