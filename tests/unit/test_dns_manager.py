@@ -45,6 +45,31 @@ class FakeRuntime:
     metric_sources: list[Any] = field(default_factory=list)
 
 
+@dataclass
+class Lab:
+    """Tables on host h0 behind a ``FakeOverlay``, and a manager of that overlay whose
+    upstreams come from an empty resolv.conf (nothing is forwarded anywhere)."""
+
+    tables: Tables
+    overlay: FakeOverlay
+    mgr: DnsManager
+
+
+def _lab(tmp_path: Path, *, port: int = 0, seed: int = 1) -> Lab:
+    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(seed))
+    overlay = FakeOverlay(tables)
+    tables.subscribe(overlay.changed)
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("")
+    return Lab(tables, overlay, DnsManager(cast(Any, overlay), port=port, resolv_conf=str(conf)))
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    """``_lab`` with a port picked per socket (0)."""
+    return _lab(tmp_path)
+
+
 async def until(cond: Any) -> None:
     with trio.fail_after(DEADLINE):
         while True:
@@ -71,13 +96,8 @@ async def ask(port: int, name: str, client: str = CLIENT, server: str = "127.77.
         return None
 
 
-async def test_responder_starts_with_the_first_local_endpoint_and_stops_with_the_last(tmp_path: Path) -> None:
-    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(1))
-    overlay = FakeOverlay(tables)
-    tables.subscribe(overlay.changed)
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("")
-    mgr = DnsManager(cast(Any, overlay), port=0, resolv_conf=str(conf))
+async def test_responder_starts_with_the_first_local_endpoint_and_stops_with_the_last(lab: Lab) -> None:
+    tables, mgr = lab.tables, lab.mgr
     rt = FakeRuntime()
     async with trio.open_nursery() as nursery:
         await nursery.start(mgr.run, cast(Any, rt))
@@ -115,17 +135,12 @@ def _addresses(r: dns.message.Message | None) -> list[str]:
     return [rd.to_text() for rrs in r.answer for rd in rrs]
 
 
-async def test_a_container_on_two_networks_gets_the_names_of_both_from_either(tmp_path: Path) -> None:
+async def test_a_container_on_two_networks_gets_the_names_of_both_from_either(lab: Lab) -> None:
     """A container whose endpoints on blue and green share a namespace asks blue's
     responder: green's names (``NAME``, ``NAME.green``) are answered too, blue's first;
     a container only on blue gets NXDOMAIN for them; a namespace recorded after the
     row (no table change) is seen within a second."""
-    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(3))
-    overlay = FakeOverlay(tables)
-    tables.subscribe(overlay.changed)
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("")
-    mgr = DnsManager(cast(Any, overlay), port=0, resolv_conf=str(conf))
+    tables, overlay, mgr = lab.tables, lab.overlay, lab.mgr
     async with trio.open_nursery() as nursery:
         await nursery.start(mgr.run, cast(Any, FakeRuntime()))
         blue, _ = tables.create_network(1.0, "blue", ["127.77.0.0/16"])
@@ -163,15 +178,10 @@ async def test_a_container_on_two_networks_gets_the_names_of_both_from_either(tm
 
 
 async def test_a_port_that_cannot_be_bound_is_a_warning_and_retried(tmp_path: Path) -> None:
-    tables = Tables(node="h0", vtep="192.0.2.1", rng=random.Random(2))
-    overlay = FakeOverlay(tables)
-    tables.subscribe(overlay.changed)
     taken = tsocket.socket(tsocket.AF_INET, tsocket.SOCK_DGRAM)
     await taken.bind(("127.78.0.1", 0))
-    port = taken.getsockname()[1]
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("")
-    mgr = DnsManager(cast(Any, overlay), port=port, resolv_conf=str(conf))
+    lab = _lab(tmp_path, port=taken.getsockname()[1], seed=2)
+    tables, mgr = lab.tables, lab.mgr
     rt = FakeRuntime()
     try:
         async with trio.open_nursery() as nursery:
