@@ -469,11 +469,16 @@ class LinuxKernel:
             elif kind == FDB_DEL:
                 dsts: list[str] = list(map(_VALUE, run))
                 if any(d.endswith(ATTRS_SUFFIX) for d in dsts):
-                    for mac, dst in zip(keys, dsts, strict=True):
-                        if dst.endswith(ATTRS_SUFFIX):
-                            groups.append((FDB_DEL_ANY, i, [mac], [""]))  # the whole row goes
+                    # A row with extra attributes goes whole (FDB_DEL_ANY: by MAC alone);
+                    # each stretch of one form stays one column group, in ``sent``'s order.
+                    start = 0
+                    for whole, part in itertools.groupby(d.endswith(ATTRS_SUFFIX) for d in dsts):
+                        end = start + sum(1 for _ in part)
+                        if whole:
+                            groups.append((FDB_DEL_ANY, i, keys[start:end], [""] * (end - start)))
                         else:
-                            groups.append((FDB_DEL, i, [mac], [dst]))
+                            groups.append((FDB_DEL, i, keys[start:end], dsts[start:end]))
+                        start = end
                 else:
                     groups.append((FDB_DEL, i, keys, dsts))
             else:  # a flood row: FDB_DEL of the zero MAC
