@@ -2,8 +2,9 @@
 
 Owns: the namespace a kernel test programs (an underlay ``eth0`` with an address, and
 the host-side veths that stand in for local endpoints), shared by test_kernel_apply,
-test_kernel_mirror and test_kernel_overlay. The ``kernel_scratch`` fixture (skip
-where VXLAN cannot run, every namespace deleted after the test) is in conftest.py.
+test_kernel_apply_attrs and test_kernel_mirror (test_kernel_overlay and
+test_kernel_rawreads use only the ``kernel_scratch`` fixture). That fixture (skip where
+VXLAN cannot run, every namespace deleted after the test) is in conftest.py.
 Does not build labs with agents (``agent.lab.netlab``, ``overlaylab``).
 """
 
