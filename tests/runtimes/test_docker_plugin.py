@@ -21,7 +21,9 @@ import pytest
 
 from agent.lab.netlab import Lab
 from tests.netns.overlaylab import wait_for
+from tests.runtimes import nslookup
 from tests.runtimes.dockerlab import IMAGE, DockerLab, docker_skip_reason, make_rootfs
+from tests.runtimes.nslookup import Lookup
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.docker]
 
@@ -73,11 +75,14 @@ def names(dl: DockerLab, i: int) -> dict[str, str]:
     return {e["ipv4"]: e["name"] for e in dl.ol.endpoints(i)}
 
 
+def lookup(dl: DockerLab, i: int, container: str, name: str) -> Lookup:
+    """busybox ``nslookup NAME`` in ``container`` (its resolv.conf)."""
+    return nslookup.parse(dl.exec(i, container, ["nslookup", name], timeout=30).stdout)
+
+
 def resolves(dl: DockerLab, i: int, container: str, name: str) -> str | None:
-    """The IPv4 address ``nslookup NAME`` in ``container`` gives (its resolv.conf), or None."""
-    out = dl.exec(i, container, ["nslookup", name], timeout=30).stdout
-    tail = out.split("Name:", 1)[1] if "Name:" in out else ""
-    return next((w for w in tail.split() if w.count(".") == 3 and w.replace(".", "").isdigit()), None)
+    """The IPv4 address ``lookup`` gives, or None."""
+    return lookup(dl, i, container, name).address
 
 
 def working(dl: DockerLab, i: int, container: str, ip: str, what: str) -> None:
@@ -130,8 +135,9 @@ def test_two_hosts_ping_stop_withdraws(dl: DockerLab, tmp_path: Path) -> None:
     dl.docker(1, "stop", "-t", "1", "web-b")
     wait_for(lambda: ip_b not in dl.ol.neigh(0, vni) and mac_b not in dl.ol.fdb(0, vni),
              "host 0 to drop the stopped container's entries", within=WITHDRAW_WITHIN)
-    wait_for(lambda: resolves(dl, 0, "web-a", "web-b") is None, "web-b's name to go")
-    assert resolves(dl, 0, "web-a", "db") is None, "the alias goes with the endpoint"
+    wait_for(lambda: lookup(dl, 0, "web-a", "web-b").nxdomain, "web-b's name to go (NXDOMAIN)")
+    gone = lookup(dl, 0, "web-a", "db")
+    assert gone.nxdomain, f"the alias goes with the endpoint: {gone}"
 
 
 def test_connect_disconnect_running_container(dl: DockerLab) -> None:
@@ -159,7 +165,8 @@ def test_connect_disconnect_running_container(dl: DockerLab) -> None:
     blue_gw = dl.ol.request(0, "network", {"action": "inspect", "ref": blue["ID"]})[0]["IPAM"]["Config"][0]["Gateway"]
     run(dl, 0, "web-a", "blue", "--dns", blue_gw)
     ip_b = run(dl, 1, "web-b", "green")
-    assert resolves(dl, 0, "web-a", "web-b") is None  # not on green yet
+    missing = lookup(dl, 0, "web-a", "web-b")
+    assert missing.nxdomain, f"not on green yet: {missing}"
     dl.docker(0, "network", "connect", "green", "web-a")
     ip_a = dl.container_ip(0, "web-a", "green")
     assert ip_a.startswith("10.78.0.") and ip_a != ip_b

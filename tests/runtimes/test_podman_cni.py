@@ -25,6 +25,8 @@ import pytest
 
 from agent.lab.netlab import Lab
 from tests.netns.overlaylab import OverlayLab, wait_for
+from tests.runtimes import nslookup
+from tests.runtimes.nslookup import Lookup
 from tests.runtimes.podmanlab import PodmanLab, podman_skip_reason
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.podman]
@@ -37,12 +39,15 @@ CAPABILITIES = json.loads(PACKAGED.read_text())["plugins"][0]["capabilities"]
 """What the shipped conflist declares: the test runs podman with exactly that."""
 
 
+def lookup(pl: PodmanLab, i: int, container: str, name: str) -> Lookup:
+    """busybox ``nslookup NAME`` in ``container`` (with the nameserver and search domain
+    podman wrote into its resolv.conf)."""
+    return nslookup.parse(pl.exec(i, container, ["nslookup", name]).stdout)
+
+
 def resolves(pl: PodmanLab, i: int, container: str, name: str) -> str | None:
-    """The IPv4 address busybox ``nslookup NAME`` in ``container`` gives (with the
-    nameserver podman wrote into its resolv.conf), or None."""
-    out = pl.exec(i, container, ["nslookup", name]).stdout
-    tail = out.split("Name:", 1)[1] if "Name:" in out else ""
-    return next((w for w in tail.split() if w.count(".") == 3 and w.replace(".", "").isdigit()), None)
+    """The IPv4 address ``lookup`` gives, or None."""
+    return lookup(pl, i, container, name).address
 
 
 @pytest.fixture
@@ -118,8 +123,9 @@ def test_two_hosts_ping_rm_withdraws(pl: PodmanLab) -> None:
     wait_for(lambda: ip_b not in ol.neigh(0, vni) and mac_b not in ol.fdb(0, vni),
              "host 0 to drop the removed container's entries", within=WITHDRAW_WITHIN)
     assert not [e for e in ol.endpoints(1) if e["local"] and e["ipv4"] == ip_b]
-    wait_for(lambda: resolves(pl, 0, "web-a", "web-b") is None, "web-b's name to go on host 0")
-    assert resolves(pl, 0, "web-a", "db") is None, "the alias goes with the container"
+    wait_for(lambda: lookup(pl, 0, "web-a", "web-b").nxdomain, "web-b's name to go on host 0 (NXDOMAIN)")
+    gone = lookup(pl, 0, "web-a", "db")
+    assert gone.nxdomain, f"the alias goes with the container: {gone}"
 
 
 def test_connect_disconnect_and_failed_add(pl: PodmanLab) -> None:
