@@ -51,6 +51,9 @@ class OverlayBase:
     async def _table_call(self, fn: Callable[[Tables, float], tuple[Any, Sequence[Effect]]]) -> Any:
         raise NotImplementedError  # Overlay
 
+    async def ensure_dataplane(self) -> None:
+        raise NotImplementedError  # Overlay
+
     async def read(self, fn: Callable[[Tables], Any]) -> Any:
         raise NotImplementedError  # Overlay
 

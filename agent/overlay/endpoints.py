@@ -157,6 +157,7 @@ class EndpointOps(OverlayBase):
         if not self.dataplane:
             raise api.ApiError("this agent runs without a dataplane (dataplane = false): it cannot host endpoints")
         await self._started.wait()
+        await self.ensure_dataplane()  # normally running since the network appeared
         try:
             check_ifname(ifname)
             path = netns_path(netns)

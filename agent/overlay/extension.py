@@ -71,13 +71,8 @@ from agent.overlay.veths import (
     host_ifname,
 )
 from agent.runtimes.cni.attachments import ops as cni_ops
-from dataplane.compile import overlay_mtu
-from dataplane.kernel import Kernel, LinuxKernel
 from dataplane.model import NetworkSpec
-from dataplane.nft.kernel import NftKernel
-from dataplane.nft.target import NftReconciler, NftTarget
 from dataplane.reconciler import ReconcilerConfig
-from dataplane.target import VxlanReconciler, VxlanTarget
 from gossip.effects import Address, Effect, JoinFinished
 from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
@@ -87,6 +82,9 @@ from gossip.tables.view import ViewSource
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
+    from dataplane.kernel import Kernel
+    from dataplane.nft.target import NftReconciler
+    from dataplane.target import VxlanReconciler
     from gossip.tables.rows import NetworkOptions
 
 log = logging.getLogger("agent.overlay.extension")
@@ -100,6 +98,22 @@ def _trace_row(stage: str, ident: str, detail: str) -> None:
 def _trace_pass(trigger: str, start: float, applying: float, end: float, ops: int) -> None:
     log.debug(kv("pass-trace", trigger=trigger, start=f"{start:.6f}", apply=f"{applying:.6f}",
                  end=f"{end:.6f}", ops=ops))
+
+def _linux_kernel(prefix: str) -> Kernel:
+    from dataplane.kernel import LinuxKernel  # with the reconcilers (the first network)
+
+    return LinuxKernel(prefix=prefix)
+
+
+def _kernel_leftovers(prefix: str, nft: bool) -> bool:
+    from agent.overlay.leftovers import kernel_leftovers
+
+    return kernel_leftovers(prefix, nft=nft)
+
+
+def _maybe_leftovers(prefix: str, nft: bool) -> bool:
+    return True
+
 
 PREFIX = "ov-"
 """Name prefix of every device the agent owns (bridges, VXLAN devices, endpoint veths)."""
@@ -121,6 +135,7 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         reconciler_config: ReconcilerConfig | None = None,
         tables_config: TablesConfig | None = None,
         ipsec_probe: Callable[[], str | None] | None = None,
+        leftovers: Callable[[str, bool], bool] | None = None,
         prefix: str = PREFIX,
         dataplane: bool | None = None,
         gateway: bool | None = None,
@@ -129,7 +144,11 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         """Run the gateway/egress reconciler (``dataplane.nft``): by default only with the
         real kernel (a fake VXLAN kernel must never come with real nft rules)."""
         self.gw: NftReconciler | None = None
-        self.kernel_factory = kernel_factory or (lambda p: LinuxKernel(prefix=p))
+        self.kernel_factory = kernel_factory or _linux_kernel
+        self.leftovers = leftovers or (_kernel_leftovers if kernel_factory is None else _maybe_leftovers)
+        """Whether the kernel may hold objects of ours (then the reconcilers start at boot,
+        not with the first network): ``agent.overlay.leftovers`` with the real kernel; with
+        another kernel (tests' fakes) always True unless given, i.e. they start at boot."""
         self.ipsec_view: Callable[[str], list[dict[str, Any]]] | None = None
         """Per-peer SA state of an encrypted network (set by ``agent.overlay.ipsec``), for inspect."""
         self.plumber: Plumber = plumber or LinuxPlumber()
@@ -142,6 +161,9 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         self.tables: Tables | None = None
         self.rt: Runtime | None = None
         self.rec: VxlanReconciler | None = None
+        """The VXLAN reconciler, once started: at boot when networks or objects of ours
+        exist, else with the first network (``_start_dataplane``); never with
+        ``dataplane = false``."""
         self.vtep = ""
         self.underlay_mtu = DEFAULT_UNDERLAY_MTU
         self.underlay_source = "default"
@@ -155,6 +177,11 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         self._joined = trio.Event()
         """Set once a join reached a member (or at once without seeds)."""
         self._tables_moved = trio.Event()
+        self._view_complete = trio.Event()
+        """Set when reconcilers may delete: the view was complete after a join
+        (``_wait_synced``) or the startup grace ended (``_grace``)."""
+        self._view: ViewSource | None = None
+        self._nursery: trio.Nursery | None = None
         self.change_listeners: list[Callable[[], None]] = []
         """Called (in the driver task; must not block) whenever the tables changed."""
         self._restore_notes: list[str] = []
@@ -198,6 +225,8 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
             self._joined.set()
 
     def _changed(self) -> None:
+        if self.rec is None and self._nursery is not None and self.tables is not None and self.tables.networks():
+            self._start_dataplane("first-network")
         if self.rec is not None:
             self.rec.poke("tables")
         if self.gw is not None:
@@ -223,34 +252,93 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         async with trio.open_nursery() as nursery:
             if self.dataplane:
                 assert self.tables is not None
-                view = ViewSource(self.tables, rt.driver.swim.members, local_vtep=self.vtep,
-                                  underlay_mtu=self.underlay_mtu, vxlan_port=rt.config.vxlan_port,
-                                  prefix=self.prefix, ifname=functools.partial(host_ifname, self.prefix))
-                self.rec = VxlanReconciler(VxlanTarget(self.kernel_factory(self.prefix)), view,
-                                           self.reconciler_config)
-                if log.isEnabledFor(logging.DEBUG):  # --log-level debug: propagation stage marks
-                    self.tables.trace, self.rec.trace = _trace_row, _trace_pass
-                await nursery.start(self.rec.run)
-                if self.gateway:  # the same view: gateways, egress and isolation rules
-                    self.gw = NftReconciler(NftTarget(NftKernel()), view, self.reconciler_config, name="gateway")
-                    await nursery.start(self.gw.run)
-                    if rt.config.dns:  # names on each gateway address (docs/dns.md)
-                        nursery.start_soon(self._dns_once_needed, rt)
+                self._view = ViewSource(self.tables, rt.driver.swim.members, local_vtep=self.vtep,
+                                        underlay_mtu=self.underlay_mtu, vxlan_port=rt.config.vxlan_port,
+                                        prefix=self.prefix, ifname=functools.partial(host_ifname, self.prefix))
+                self._nursery = nursery
+                # Reconcilers at boot only for networks (restored endpoints) or what an
+                # earlier run left in the kernel; else the first network starts them
+                # (``_changed``), and an agent without networks never loads their code.
+                if self.tables.networks():
+                    await nursery.start(self._run_dataplane, "networks")
+                elif await trio.to_thread.run_sync(self.leftovers, self.prefix, self.gateway):
+                    await nursery.start(self._run_dataplane, "leftovers")
+                else:
+                    log.info(kv("dataplane-deferred", reason="no network and nothing of ours in the kernel"))
+                if self.gateway and rt.config.dns:  # names on each gateway address (docs/dns.md)
+                    nursery.start_soon(self._dns_once_needed, rt)
                 nursery.start_soon(Lifecycle(self).run)  # endpoints die with their namespace
                 if self.kept:
                     nursery.start_soon(self._watch_kept)
+                nursery.start_soon(self._grace)
                 nursery.start_soon(self._become_ready, rt)
             self._started.set()
             task_status.started()
 
-    async def _become_ready(self, rt: Runtime) -> None:
-        """READY=1 after the first pass that follows the first join attempt; deletions
-        allowed (``ready()``) once a join succeeded and our networks had their first sync."""
+    def _start_dataplane(self, reason: str) -> None:
+        """Make the reconcilers now (``rec``/``gw`` exist when this returns) and start them
+        in the layer's nursery; a second call does nothing."""
+        if self.rec is not None or self._nursery is None:
+            return
+        self._nursery.start_soon(self._run_dataplane, reason)
+        self._make_reconcilers(reason)
+
+    def _make_reconcilers(self, reason: str) -> None:
+        if self.rec is not None:
+            return
+        from dataplane.target import VxlanReconciler, VxlanTarget  # with the first network
+
+        assert self.tables is not None and self._view is not None
+        self.rec = VxlanReconciler(VxlanTarget(self.kernel_factory(self.prefix)), self._view, self.reconciler_config)
+        if log.isEnabledFor(logging.DEBUG):  # --log-level debug: propagation stage marks
+            self.tables.trace, self.rec.trace = _trace_row, _trace_pass
+        if self.gateway:  # the same view: gateways, egress and isolation rules
+            from dataplane.nft.kernel import NftKernel
+            from dataplane.nft.target import NftReconciler, NftTarget
+
+            self.gw = NftReconciler(NftTarget(NftKernel()), self._view, self.reconciler_config, name="gateway")
+        if self._view_complete.is_set():
+            self.rec.ready()
+            if self.gw is not None:
+                self.gw.ready()
+        log.info(kv("dataplane-started", reason=reason, gateway=self.gw is not None))
+
+    async def _run_dataplane(self, reason: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._make_reconcilers(reason)
         assert self.rec is not None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.rec.run)
+            if self.gw is not None:
+                await nursery.start(self.gw.run)
+            task_status.started()
+            await self.rec.wait_complete()  # its startup grace may end first
+            self._view_complete.set()
+
+    async def ensure_dataplane(self) -> None:
+        """Start the reconcilers if they are not running yet (``agentctl dataplane`` on an
+        agent without networks reads the kernel like any other)."""
+        if self.rec is None and self._nursery is not None:
+            await self._nursery.start(self._run_dataplane, "inspect")
+
+    async def view_complete(self) -> None:
+        """Return once reconcilers may delete (the IPsec one follows the VXLAN side)."""
+        await self._view_complete.wait()
+
+    async def _grace(self) -> None:
+        """Deletions are allowed after the startup grace even with no reconciler yet (the
+        join never succeeded), as a reconciler started at boot would allow them."""
+        await trio.sleep(self.reconciler_config.startup_grace)
+        self._view_complete.set()
+
+    async def _become_ready(self, rt: Runtime) -> None:
+        """READY=1 after the first pass that follows the first join attempt (at once when
+        no reconciler runs: nothing to program); deletions allowed (``ready()``) once a
+        join succeeded and our networks had their first sync."""
         await self._join_done.wait()
         if self._joined.is_set():
             await self._wait_synced()
-        await self.rec.settled()
+        if self.rec is not None:
+            await self.rec.settled()
         rt.readiness.mark(READY_CONDITION)
         if not self._joined.is_set():
             # The seeds did not answer: the reconciler only adds until a later join
@@ -259,13 +347,14 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
             await self._wait_synced()
 
     async def _wait_synced(self) -> None:
-        assert self.rec is not None
         with trio.move_on_after(SYNC_WAIT):
             while not self._synced():
                 self._tables_moved = trio.Event()
                 with trio.move_on_after(0.2):  # peers are also learned without a version bump
                     await self._tables_moved.wait()
-        self.rec.ready()
+        self._view_complete.set()
+        if self.rec is not None:
+            self.rec.ready()
         if self.gw is not None:
             self.gw.ready()
         log.info(kv("dataplane-view-complete", synced=self._synced()))
@@ -331,6 +420,8 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
     def effective_mtu(self, net: Network) -> int:
         """The network's MTU on this host: as set, else from this host's underlay (the
         reconciler derives the same for the bridge and the VXLAN device)."""
+        from dataplane.compile import overlay_mtu  # loaded with the first endpoint
+
         v6 = ipaddress.ip_address(self.vtep).version == 6
         return overlay_mtu(NetworkSpec(net.id, net.vni, net.mtu, net.subnets, net.encrypted), self.underlay_mtu, v6)
 

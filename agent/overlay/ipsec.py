@@ -332,11 +332,11 @@ class IpsecAgent:
                 await self._wake.wait()
 
     async def _follow_overlay(self) -> None:
-        """Deletions wait until the overlay's view is complete, like the VXLAN side's."""
-        vxlan = self.overlay.rec
-        if vxlan is not None:
-            await vxlan.wait_complete()
-            self.rec.ready()
+        """Deletions wait until the overlay's view is complete, like the VXLAN side's
+        (``Overlay.view_complete``: also when the VXLAN reconciler has not started, no
+        network being there yet)."""
+        await self.overlay.view_complete()
+        self.rec.ready()
 
     # -- keys -----------------------------------------------------------------------------------
 

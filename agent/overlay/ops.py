@@ -344,6 +344,8 @@ class _Handlers:
         return result
 
     async def dataplane(self, rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+        if self.o.dataplane:
+            await self.o.ensure_dataplane()  # not started yet when no network ever existed here
         rec = self.o.rec
         if rec is None:
             raise api.ApiError("this agent runs without a dataplane (dataplane = false)")

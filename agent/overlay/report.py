@@ -46,6 +46,8 @@ class OverlayReport(OverlayBase):
             st = self.rec.status()
             section["last_reconcile"] = st["last_reconcile"]
             section["overlay"]["additive_only"] = st["additive_only"]
+        elif self.dataplane:  # the reconcilers start with the first network (extension.run)
+            section["overlay"]["reconcilers"] = "not started: no network yet"
         return section
 
     def warnings(self) -> list[str]:

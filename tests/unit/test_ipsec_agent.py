@@ -289,7 +289,7 @@ async def test_deletions_wait_for_the_overlays_view(tmp_path: Path) -> None:
     async def wait_complete() -> None:
         await complete.wait()
 
-    agent.overlay.rec = SimpleNamespace(wait_complete=wait_complete)  # type: ignore[assignment]
+    agent.overlay.view_complete = wait_complete  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(agent._follow_overlay)
         await trio.testing.wait_all_tasks_blocked()
