@@ -297,6 +297,8 @@ READ_CHUNK = 64 * 1024
 """Read size while a stream message's end is not known yet."""
 BODY_CHUNK = 1024 * 1024
 """Read size once it is (the rest is copied once, never parsed again)."""
+_ZEROS = memoryview(bytes(BODY_CHUNK))
+"""What a stream body's buffer grows by (a slice of it) before the kernel writes into it."""
 QUIET_WAIT = 0.02
 """Before framing is tried again on a buffer that grew less than twice since the last
 try: how long the peer must be quiet (doubling after each try that still needed more)."""
@@ -512,8 +514,8 @@ async def read_message(
     by the caller once the message is handled): the whole framed size as soon as it is
     known, else what was read so far.
     """
-    # The head while the end is unknown (exactly the bytes read); then the whole message,
-    # allocated once at its framed size and filled in place up to ``filled``.
+    # The head while the end is unknown (exactly the bytes read); then the message so far,
+    # filled in place up to ``filled``.
     buf = bytearray()
     filled = 0
     scratch = bytearray(READ_CHUNK)
@@ -536,10 +538,6 @@ async def read_message(
                     return None
                 if budget is not None and slot is not None:
                     await budget.take(slot, end)
-                if end > filled:  # the rest goes straight into its place: no chunk objects
-                    whole = bytearray(end)
-                    whole[:filled] = buf
-                    buf = whole
         if end is not None and filled >= end:
             return bytes(memoryview(buf)[:end])
         if end is None and filled > limit:
@@ -552,10 +550,23 @@ async def read_message(
             await budget.take(slot, filled + want)
         # Framing would look at the same head again: retry it only once the peer is quiet.
         retry_at = trio.current_time() + quiet_wait if end is None and buf and len(buf) < 2 * tried else math.inf
-        into = memoryview(scratch)[:want] if end is None else memoryview(buf)[filled : filled + want]
+        if end is None:
+            into = memoryview(scratch)[:want]
+        else:
+            # The body goes straight into its place. The buffer grows only as bytes come
+            # (by a slice of a shared zero block: no temporary object), so a peer that
+            # declares a large message and stalls holds its budget, not our memory.
+            if len(buf) < filled + want:
+                buf += _ZEROS[: filled + want - len(buf)]
+            into = memoryview(buf)[filled : filled + want]
         n = None
-        with trio.move_on_at(min(idle_at, retry_at)):
-            n = await _receive_into(stream, into)
+        try:
+            with trio.move_on_at(min(idle_at, retry_at)):
+                n = await _receive_into(stream, into)
+            if end is None and n:
+                buf += into[:n]
+        finally:
+            into.release()  # ``buf`` cannot grow while a view of it exists
         if n is None:
             if trio.current_time() >= idle_at:
                 log.debug("event=stream-idle bytes=%d", filled)
@@ -566,8 +577,6 @@ async def read_message(
             continue
         if not n:
             return None
-        if end is None:
-            buf += into[:n]
         filled += n
         if idle_timeout is not None:
             idle_at = trio.current_time() + idle_timeout

@@ -15,6 +15,7 @@ import socket as stdsocket
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from agent.limits import Limits, MiB
 from agent.membership import transport
@@ -312,3 +313,29 @@ def test_stream_message_end_is_known_before_the_message_is_complete() -> None:
     sealed = sealed_shape(5000)
     assert stream_message_end(sealed[:5]) == len(sealed) and stream_message_end(sealed[:4]) is None
     assert stream_message_end(b"") is None
+
+
+@pytest.mark.parametrize("piece", [509, 4093, 65536, 3 * MiB])
+async def test_a_message_reads_the_same_from_any_receive_stream_in_any_pieces(piece: int) -> None:
+    """Socket streams are read into the message's buffer in place (``recv_into``); any
+    other receive stream through ``receive_some``: both give the exact message, and a
+    following message's bytes are left unread, whatever pieces the bytes come in."""
+    message = push_pull(2 * MiB + 7)
+    after = push_pull(10)
+    for kind in ("socket", "memory"):
+        if kind == "socket":
+            left, right = stdsocket.socketpair()
+            send_side: trio.abc.SendStream = trio.SocketStream(trio.socket.from_stdlib_socket(left))
+            recv_side: trio.abc.ReceiveStream = trio.SocketStream(trio.socket.from_stdlib_socket(right))
+        else:
+            send_side, recv_side = trio.testing.memory_stream_one_way_pair()
+        async with send_side, recv_side, trio.open_nursery() as nursery:
+
+            async def send(data: bytes = message + after, out: trio.abc.SendStream = send_side) -> None:
+                for i in range(0, len(data), piece):
+                    await out.send_all(data[i : i + piece])
+
+            nursery.start_soon(send)
+            with trio.fail_after(30):
+                assert await transport.read_message(recv_side, 32 * MiB) == message, kind
+                assert await transport.read_message(recv_side, 32 * MiB) == after, kind
