@@ -72,7 +72,6 @@ from agent.overlay.veths import (
 )
 from agent.runtimes.cni.attachments import ops as cni_ops
 from dataplane.model import NetworkSpec
-from dataplane.reconciler import ReconcilerConfig
 from gossip.effects import Address, Effect, JoinFinished
 from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
@@ -84,6 +83,7 @@ if TYPE_CHECKING:
     from agent.runtime import Runtime
     from dataplane.kernel import Kernel
     from dataplane.nft.target import NftReconciler
+    from dataplane.reconciler import ReconcilerConfig
     from dataplane.target import VxlanReconciler
     from gossip.tables.rows import NetworkOptions
 
@@ -118,6 +118,9 @@ def _maybe_leftovers(prefix: str, nft: bool) -> bool:
 PREFIX = "ov-"
 """Name prefix of every device the agent owns (bridges, VXLAN devices, endpoint veths)."""
 READY_CONDITION = "dataplane-reconciled"
+STARTUP_GRACE = 15.0
+"""``dataplane.reconciler.ReconcilerConfig.startup_grace``'s default (a unit test keeps
+them equal), for the grace counted before any reconciler exists."""
 SYNC_WAIT = 10.0
 """After the join, how long to wait for the first bulk sync of our networks before
 the reconciler may delete (a peer that never answers must not block it forever)."""
@@ -152,7 +155,8 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         self.ipsec_view: Callable[[str], list[dict[str, Any]]] | None = None
         """Per-peer SA state of an encrypted network (set by ``agent.overlay.ipsec``), for inspect."""
         self.plumber: Plumber = plumber or LinuxPlumber()
-        self.reconciler_config = reconciler_config or ReconcilerConfig()
+        self._reconciler_config = reconciler_config
+        """None: ``dataplane.reconciler``'s defaults (that module loads with the reconcilers)."""
         self.tables_config = tables_config
         self.ipsec_probe = ipsec_probe
         self.prefix = prefix
@@ -324,10 +328,19 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         """Return once reconcilers may delete (the IPsec one follows the VXLAN side)."""
         await self._view_complete.wait()
 
+    @property
+    def reconciler_config(self) -> ReconcilerConfig:
+        if self._reconciler_config is None:
+            from dataplane.reconciler import ReconcilerConfig
+
+            self._reconciler_config = ReconcilerConfig()
+        return self._reconciler_config
+
     async def _grace(self) -> None:
         """Deletions are allowed after the startup grace even with no reconciler yet (the
         join never succeeded), as a reconciler started at boot would allow them."""
-        await trio.sleep(self.reconciler_config.startup_grace)
+        cfg = self._reconciler_config
+        await trio.sleep(cfg.startup_grace if cfg is not None else STARTUP_GRACE)
         self._view_complete.set()
 
     async def _become_ready(self, rt: Runtime) -> None:

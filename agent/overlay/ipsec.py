@@ -10,7 +10,9 @@ Owns (an ``agent.service.Extension`` that sits next to ``agent.overlay.extension
   (``Tables.publish_ipsec_keys``; no secret ever goes into gossip), from the moment an
   encrypted network exists in the cluster (a membership-only agent makes no keys);
 - the source of the XFRM reconciler (``dataplane.reconciler.Reconciler`` over
-  ``dataplane.xfrm.target.XfrmTarget``, the same task that runs VXLAN): for every peer
+  ``dataplane.xfrm.target.XfrmTarget``, the same task that runs VXLAN; started once this
+  host holds keys, or at boot when the kernel holds XFRM objects an earlier run may have
+  left: an agent without encrypted networks never loads the XFRM code): for every peer
   that shares at least one encrypted network with us (and only those),
   ``crypto.ipsec.pair_sas`` for the live epochs, which the target compiles into states
   and policies and syncs in its worker thread. The key schedule pokes it on a table or
@@ -45,11 +47,6 @@ import trio
 from agent import limits
 from agent.log import kv
 from crypto import ipsec
-from dataplane.reconciler import PassReport, Reconciler, ReconcilerConfig
-from dataplane.xfrm.codec import Request
-from dataplane.xfrm.kernel import XfrmApplier
-from dataplane.xfrm.model import REQID, XfrmActual, XfrmDesired, XfrmView
-from dataplane.xfrm.target import XfrmTarget
 from gossip.effects import Effect
 from gossip.swim import Swim
 from gossip.tables.replica import Tables
@@ -58,6 +55,11 @@ if TYPE_CHECKING:
     from agent.control.server import ControlServer
     from agent.overlay.extension import Overlay
     from agent.runtime import MetricFamily, Runtime
+    from dataplane.reconciler import PassReport, Reconciler, ReconcilerConfig
+    from dataplane.xfrm.codec import Request
+    from dataplane.xfrm.kernel import XfrmApplier
+    from dataplane.xfrm.model import XfrmActual, XfrmDesired, XfrmView
+    from dataplane.xfrm.target import XfrmTarget
 
 log = logging.getLogger("agent.overlay.ipsec")
 
@@ -72,13 +74,25 @@ RESYNC = 5.0
 """Full read-back at least this often while we hold objects (repairs manual deletions)."""
 RETRY = 2.0
 """Seconds before a failed pass is retried (no backoff: a few objects, a cheap pass)."""
-RECONCILER_CONFIG = ReconcilerConfig(
-    resync_interval=RESYNC,
-    backoff_initial=RETRY,
-    backoff_max=RETRY,
-    startup_grace=math.inf,  # deletions wait for the overlay's view (``_follow_overlay``)
-    read_back=True,  # install times for ``ipsec_peers_view``, held objects for the target
-)
+
+
+def reconciler_config() -> ReconcilerConfig:
+    """The XFRM reconciler's settings (``dataplane.reconciler`` is loaded with it)."""
+    from dataplane.reconciler import ReconcilerConfig
+
+    return ReconcilerConfig(
+        resync_interval=RESYNC,
+        backoff_initial=RETRY,
+        backoff_max=RETRY,
+        startup_grace=math.inf,  # deletions wait for the overlay's view (``_follow_overlay``)
+        read_back=True,  # install times for ``ipsec_peers_view``, held objects for the target
+    )
+
+
+def _xfrm_leftovers() -> bool:
+    from agent.overlay.leftovers import xfrm_objects
+
+    return xfrm_objects()
 KEY_FILE = "keys.json"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -244,15 +258,20 @@ class IpsecAgent:
         clock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
         boot: str | None = None,
+        leftovers: Callable[[], bool] | None = None,
     ) -> None:
         self.overlay = overlay
         self._interval = interval
         self._key_dir = key_dir
-        # A fake kernel (tests) runs in the trio thread; the real socket in a worker thread.
-        self.xfrm = (XfrmTarget() if applier_factory is None
-                     else XfrmTarget(applier_factory, blocking=False))
-        self.rec: Reconciler[XfrmView, XfrmDesired, XfrmActual, Request] = Reconciler(
-            self.xfrm, self.source, RECONCILER_CONFIG, name="ipsec", after_pass=self._after_pass)
+        self._applier_factory = applier_factory
+        self._xfrm: XfrmTarget | None = None
+        self._rec: Reconciler[XfrmView, XfrmDesired, XfrmActual, Request] | None = None
+        self._nursery: trio.Nursery | None = None
+        self.leftovers: Callable[[], bool] = leftovers or (
+            _xfrm_leftovers if applier_factory is None else (lambda: True))
+        """Whether the kernel may hold XFRM objects of ours (then the reconciler starts at
+        boot): any XFRM state or policy (``agent.overlay.leftovers.xfrm_objects``); with a
+        fake kernel (tests) True unless given."""
         self.clock = clock
         self.random_bytes = random_bytes
         self.boot = boot if boot is not None else boot_id()
@@ -269,6 +288,29 @@ class IpsecAgent:
         self._wake = trio.Event()
 
     # -- wiring ---------------------------------------------------------------------------------
+
+    @property
+    def rec(self) -> Reconciler[XfrmView, XfrmDesired, XfrmActual, Request]:
+        """The XFRM reconciler, made (and its code loaded) on first use; ``run`` starts it
+        once keys exist or the kernel may hold objects of ours."""
+        return self._make_reconciler()[0]
+
+    @property
+    def xfrm(self) -> XfrmTarget:
+        """The reconciler's target (made with it)."""
+        return self._make_reconciler()[1]
+
+    def _make_reconciler(self) -> tuple[Reconciler[XfrmView, XfrmDesired, XfrmActual, Request], XfrmTarget]:
+        if self._rec is None or self._xfrm is None:
+            from dataplane.reconciler import Reconciler
+            from dataplane.xfrm.target import XfrmTarget
+
+            # A fake kernel (tests) runs in the trio thread; the real socket in a worker thread.
+            factory = self._applier_factory
+            self._xfrm = XfrmTarget() if factory is None else XfrmTarget(factory, blocking=False)
+            self._rec = Reconciler(self._xfrm, self.source, reconciler_config(), name="ipsec",
+                                   after_pass=self._after_pass)
+        return self._rec, self._xfrm
 
     @property
     def tables(self) -> Tables:
@@ -300,10 +342,20 @@ class IpsecAgent:
         # Keys first, so the reconciler's first pass already has them.
         await self._rotate_keys(rt, self.clock())
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.rec.run)
-            nursery.start_soon(self._follow_overlay)
+            self._nursery = nursery
+            # At boot only with keys (an encrypted network, or restored ones) or XFRM
+            # objects in the kernel (what an earlier run left); else with the first keys.
+            if self.keys or await trio.to_thread.run_sync(self.leftovers):
+                await nursery.start(self._run_reconciler)
             task_status.started()
             await self._keep_keys(rt)
+
+    async def _run_reconciler(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        rec = self.rec
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rec.run)
+            nursery.start_soon(self._follow_overlay)
+            task_status.started()
 
     async def restore_keys(self) -> None:
         """Keys an earlier run of this boot saved for this VTEP (they may have sent already)."""
@@ -322,11 +374,15 @@ class IpsecAgent:
             # driver must end the wait below, not be lost with an old event.
             self._wake = trio.Event()
             changed = await self._rotate_keys(rt, self.clock())
+            if self._rec is None and self.keys and self._nursery is not None:
+                log.info(kv("ipsec-reconciler-started", reason="keys"))
+                await self._nursery.start(self._run_reconciler)  # its first pass has them
             key = (self.tables.version, self.tables.ipsec.version)
-            if changed or (seen is not None and key != seen):
-                self.rec.poke("keys" if changed else "tables")
+            if self._rec is not None and (changed or (seen is not None and key != seen)):
+                self._rec.poke("keys" if changed else "tables")
             seen = key
-            poll = IDLE_POLL if not self.keys and self.xfrm.held == 0 else POLL
+            idle = not self.keys and (self._xfrm is None or self._xfrm.held == 0)
+            poll = IDLE_POLL if idle else POLL
             wait = min(poll, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
             with trio.move_on_after(wait):
                 await self._wake.wait()
@@ -390,6 +446,8 @@ class IpsecAgent:
 
     def desired(self, now: float) -> tuple[list[PeerState], XfrmView]:
         """What the kernel should hold now (called in the trio thread: reads the tables)."""
+        from dataplane.xfrm.model import XfrmView  # loaded with the reconciler
+
         tables = self.tables
         me = self.overlay.vtep
         peers = encrypted_peers(tables)
@@ -419,6 +477,8 @@ class IpsecAgent:
     async def _after_pass(self, report: PassReport[XfrmDesired, XfrmActual]) -> None:
         """Install times for the views, and a fresh key for an epoch whose outbound SA
         vanished after it may have sent packets (a GCM nonce must never repeat)."""
+        from dataplane.xfrm.model import REQID
+
         me = self.overlay.vtep
         had = {(s.state.dst, s.state.spi) for s in report.actual.states if s.state.reqid == REQID}
         missing_out = [(s.dst, s.spi) for s in report.desired.states if s.src == me and (s.dst, s.spi) not in had]
@@ -450,13 +510,15 @@ class IpsecAgent:
 
     @property
     def last_error(self) -> str | None:
-        """Why the last pass failed (None: it did not)."""
-        last = self.rec.last
+        """Why the last pass failed (None: it did not, or none ran)."""
+        if self._rec is None:
+            return None
+        last = self._rec.last
         return None if last.ok else "; ".join(last.errors[:3]) or "unknown error"
 
     @property
     def last_pass_at(self) -> float | None:
-        return self.rec.last.at or None
+        return self._rec.last.at or None if self._rec is not None else None
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -508,11 +570,12 @@ class IpsecAgent:
     def metrics(self) -> list[MetricFamily]:
         from agent.runtime import MetricFamily
 
-        c = self.rec.counters
+        c = self._rec.counters if self._rec is not None else None  # no pass yet: zeros
         return [
-            MetricFamily.single("overlay_ipsec_passes", "counter", "XFRM sync passes", c.reconciles),
-            MetricFamily.single("overlay_ipsec_failures", "counter", "XFRM sync passes with errors", c.failures),
-            MetricFamily.single("overlay_ipsec_requests", "counter", "XFRM requests sent", c.ops_applied),
+            MetricFamily.single("overlay_ipsec_passes", "counter", "XFRM sync passes", c.reconciles if c else 0),
+            MetricFamily.single("overlay_ipsec_failures", "counter", "XFRM sync passes with errors",
+                                c.failures if c else 0),
+            MetricFamily.single("overlay_ipsec_requests", "counter", "XFRM requests sent", c.ops_applied if c else 0),
             MetricFamily.single("overlay_ipsec_rekeys", "counter", "Epochs re-keyed after a lost SA",
                                 self.counters.rekeys),
             MetricFamily.single("overlay_ipsec_peers", "gauge", "Peers sharing an encrypted network",

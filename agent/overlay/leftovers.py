@@ -35,8 +35,8 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 _NLMSG = struct.Struct("=IHHII")
-_NO_NFTABLES = frozenset({errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT, errno.EAFNOSUPPORT})
-"""Errors that mean the kernel has no nf_tables, hence no table of ours."""
+_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT, errno.EAFNOSUPPORT})
+"""Errors that mean the kernel lacks the netlink family (nf_tables, XFRM): nothing of ours there."""
 
 
 def links_with_prefix(prefix: str) -> bool:
@@ -59,7 +59,7 @@ def _parse_tables(data: bytes, name: bytes) -> tuple[bool | None, bool]:
             (code,) = struct.unpack_from("=i", data, off + _NLMSG.size)
             if code == 0:
                 return found, True
-            return (False if -code in _NO_NFTABLES else None), True
+            return (False if -code in _UNSUPPORTED else None), True
         if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
             attr = off + _NLMSG.size + 4  # after the nfgenmsg
             while attr + 4 <= off + length:
@@ -79,7 +79,7 @@ def nft_table_exists(name: str = NFT_TABLE, timeout: float = 2.0) -> bool | None
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     except OSError as exc:
-        return False if exc.errno in _NO_NFTABLES else None
+        return False if exc.errno in _UNSUPPORTED else None
     with sock:
         try:
             sock.settimeout(timeout)
@@ -107,3 +107,49 @@ def kernel_leftovers(prefix: str, *, nft: bool) -> bool:
     except OSError:
         return True
     return nft and nft_table_exists() is not False
+
+
+NETLINK_XFRM = 6
+XFRM_MSG_NEWSA = 0x10
+XFRM_MSG_GETSA = 0x12
+XFRM_MSG_NEWPOLICY = 0x13
+XFRM_MSG_GETPOLICY = 0x15
+
+
+def _any_xfrm(sock: socket.socket, request: int, reply: int) -> bool | None:
+    """Whether one XFRM dump returns at least one object (None: an error answer)."""
+    sock.send(_NLMSG.pack(_NLMSG.size, request, NLM_F_REQUEST | NLM_F_DUMP, request, 0))
+    found = False
+    while True:
+        data = sock.recv(1 << 16)
+        off = 0
+        while off + _NLMSG.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
+            if length < _NLMSG.size:
+                return None
+            if kind == NLMSG_DONE:
+                return found
+            if kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, off + _NLMSG.size)
+                return found if code == 0 else None
+            found = found or kind == reply
+            off += (length + 3) & ~3
+
+
+def xfrm_objects(timeout: float = 2.0) -> bool:
+    """Whether the kernel holds any XFRM state or policy (ours or anyone's: the check does
+    not parse them); True when in doubt, False without XFRM support."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_XFRM)
+    except OSError as exc:
+        return exc.errno not in _UNSUPPORTED
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.bind((0, 0))
+            for request, reply in ((XFRM_MSG_GETSA, XFRM_MSG_NEWSA), (XFRM_MSG_GETPOLICY, XFRM_MSG_NEWPOLICY)):
+                if _any_xfrm(sock, request, reply) is not False:
+                    return True
+        except OSError:
+            return True
+    return False

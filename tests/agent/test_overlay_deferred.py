@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -125,8 +127,11 @@ def _table(name: str) -> bytes:
                   struct.pack("=BBH", socket.AF_INET, 0, 0) + attr)
 
 
-def test_nft_table_name_is_the_dataplanes() -> None:
+def test_names_and_defaults_are_the_dataplanes() -> None:
+    from agent.overlay import extension
+
     assert leftovers.NFT_TABLE == TABLE
+    assert ReconcilerConfig().startup_grace == extension.STARTUP_GRACE
 
 
 def test_parse_tables() -> None:
@@ -141,3 +146,30 @@ def test_parse_tables() -> None:
     refused = _nlmsg(leftovers.NLMSG_ERROR, struct.pack("=i", -1) + b"\0" * 16)
     assert leftovers._parse_tables(refused, ours) == (None, True)
     assert leftovers._parse_tables(struct.pack("=IHHII", 8, 0, 0, 0, 0), ours) == (None, True)
+
+
+async def test_ipsec_reconciler_starts_with_the_first_keys(sockdir: str, tmp_path: Path) -> None:
+    from agent.overlay.ipsec import IpsecAgent
+    from tests.unit.test_ipsec_agent import FakeXfrm
+
+    xfrm = FakeXfrm()
+    overlay = Overlay(kernel_factory=lambda prefix: FakeKernel(), plumber=FakePlumber(),  # type: ignore[arg-type]
+                      leftovers=lambda prefix, nft: False, reconciler_config=ReconcilerConfig(startup_grace=2.0),
+                      ipsec_probe=lambda: None)
+    ipsec = IpsecAgent(overlay, key_dir=str(tmp_path / "keys"), applier_factory=lambda: xfrm,  # type: ignore[arg-type,return-value]
+                       leftovers=lambda: False)
+    opts = AgentOptions(node="a", bind=("127.0.0.1", 0), control_socket=f"{sockdir}/a.sock",
+                        profile="local", underlay_mtu=1500)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(service.run, opts, handle_signals=False, extensions=[overlay, ipsec]))
+        await wait_until(lambda: _ready(opts.control_socket), "a ready")
+        st: dict[str, Any] = await query(opts.control_socket, "status")
+        assert ipsec._rec is None and st["ipsec"]["last_pass_at"] is None and not st["ipsec"]["epochs_held"]
+        await query(opts.control_socket, "network",
+                    {"action": "create", "name": "red", "subnets": ["10.8.0.0/24"], "encrypted": True})
+
+        async def keyed() -> bool:
+            return ipsec._rec is not None and bool(ipsec.keys) and ipsec._rec.counters.reconciles > 0
+
+        await wait_until(keyed, "the IPsec reconciler with the first keys")
+        nursery.cancel_scope.cancel()
