@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
 _wire_state_of = operator.attrgetter("wire_state")
+_name_of = operator.attrgetter("name")
+_MERGE_BATCHES = 8
+"""Batched lookups per merge (each costs a C-level pass over the rest of the state)."""
 
 
 @dataclass(slots=True)
@@ -162,12 +165,19 @@ class AntiEntropy:
         layer memoises the compression of an unchanged table."""
         swim = self._swim
         values = swim._table.members.values()
-        # A C-level pass over N members; the Python one only if some state is not cached.
-        states: list[bytes] = list(map(_wire_state_of, values))
-        if None in states:
-            states = [s or _encode_state(m) for s, m in zip(states, values, strict=True)]
+        # C-level passes over N members; Python work only for the states not cached yet
+        # (the members changed since the last push/pull: a few hundred of 10,000 during
+        # a crash storm, found by C-level scans rather than a Python pass over all).
+        states: list[bytes | None] = list(map(_wire_state_of, values))
+        i = -1
+        try:
+            while True:
+                i = states.index(None, i + 1)
+                states[i] = _encode_state(values[i])
+        except ValueError:
+            pass
         user = swim.delegate.local_state(join) if ours else b""
-        body = wire.encode_push_pull_body(join, states, user)
+        body = wire.encode_push_pull_body(join, states, user)  # type: ignore[arg-type]
         return wire.frame_stream(
             body, compress=swim.config.enable_compression, keyring=swim.encryption.outgoing()
         )
@@ -207,15 +217,30 @@ class AntiEntropy:
     def merge(self, now: float, msg: PushPull, effects: list[Effect]) -> None:
         """A remote state, member by member, then its user state (serf's or ours)."""
         swim = self._swim
-        get = swim._table.members.get
+        table = swim._table
+        get = table.members.get
         me = swim.name
         alive_state = NodeState.ALIVE
-        for ns in msg.nodes:
+        nodes = msg.nodes
+        # Every member looked up at once (C-level), valid while the table is unchanged;
+        # after a change (news merged) the rest is looked up again, a few times at most.
+        version = table.version
+        held = table.get_many(list(map(_name_of, nodes)))
+        batches = 1
+        for i, ns in enumerate(nodes):
             # Fast path: news that cannot change what we hold (a converged 10,000-node
             # state is 10,000 of these). Exactly the cases the handlers below ignore:
             # an alive from the same address that is not newer; suspect/dead/left about
             # a member we already hold dead or left (no suspicion can exist for it).
-            current = get(ns.name)
+            if table.version == version:
+                current = held[i]
+            elif batches < _MERGE_BATCHES and len(nodes) - i > 256:
+                version = table.version
+                held[i:] = table.get_many(list(map(_name_of, nodes[i:])))
+                batches += 1
+                current = held[i]
+            else:
+                current = get(ns.name)
             if current is not None and ns.name != me:
                 if ns.state == alive_state:
                     if (

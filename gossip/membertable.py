@@ -190,7 +190,7 @@ class MemberTable:
 
     __slots__ = (
         "_gone", "_heard", "_image", "_index", "_me_row", "_order", "_over", "_pos", "_rng", "_seq",
-        "_seq_shared", "_swaps", "_unshuffled_from", "_vals", "_vals_shared", "me", "members",
+        "_seq_shared", "_swaps", "_unshuffled_from", "_vals", "_vals_shared", "me", "members", "version",
     )
 
     def __init__(self, me: Member, rng: random.Random, index: NameIndex | None = None) -> None:
@@ -209,6 +209,9 @@ class MemberTable:
         """Rows in insertion order (the order a dict iterates)."""
         self._seq_shared = False
         self.members = Members(self)
+        self.version = 0
+        """Bumped by every change of the members (not of the probe order): a batch of
+        lookups (``get_many``) is still valid while it is unchanged."""
         self._gone: dict[str, None] = {}
         """Names of dead and left members, insertion-ordered."""
         self._heard: set[str] = set()
@@ -238,11 +241,26 @@ class MemberTable:
         self._vals[self._me_row] = me
         self._seq = _rows([self._me_row])
         self._order = _rows([self._me_row])
+        self.version += 1
 
     # ------------------------------------------------------------------ reading
 
     def get(self, name: str) -> Member | None:
         return self.members.get(name)
+
+    def get_many(self, names: list[str]) -> list[Member | None]:
+        """``[get(n) for n in names]`` with C-level passes (a push/pull merge looks up
+        every one of 10,000 names; a Python call each was most of the merge)."""
+        rs = list(map(self._index.rows.get, names))
+        vals = self._vals
+        if None in rs or (rs and max(rs) >= len(vals)):  # type: ignore[type-var,operator]
+            return list(map(self.members.get, names))  # names we never held: rare
+        out: list[Member | None] = list(map(vals.__getitem__, rs))  # type: ignore[arg-type]
+        over = self._over
+        if over:
+            patched = list(map(over.get, rs))  # type: ignore[arg-type]
+            out = [v if o is None else o for o, v in zip(patched, out, strict=True)]
+        return out
 
     def _at(self, r: int) -> Member | None:
         over = self._over
@@ -350,6 +368,7 @@ class MemberTable:
         """A known member's new value (or a new member already placed in the order)."""
         name = member.name
         r = self._index.row(name)
+        self.version += 1
         if self._at(r) is None:
             self._own_seq()
             self._seq.append(r)
@@ -371,6 +390,7 @@ class MemberTable:
         given ones are appended); the rest of this probe round is drawn lazily.
         Returns whether the given members already held us as we are."""
         ours = self._values()
+        self.version += 1
         if isinstance(members, MemberImage) and members.index is self._index:
             knows_us = members.get(self.me) == self.members[self.me]
             self._install_image(members, ours)
@@ -450,6 +470,7 @@ class MemberTable:
         """Forget one member (``evictable``); returns it. C-level passes over the rows."""
         m = self.members[name]
         self._own_all()
+        self.version += 1
         r = self._index.rows[name]
         self._vals[r] = None
         del self._seq[self._seq.index(r)]
@@ -479,6 +500,7 @@ class MemberTable:
 
     def _drop(self, gone: list[Member]) -> None:
         self._own_all()
+        self.version += 1
         index = self._index
         rows: set[int] = set()
         for m in gone:

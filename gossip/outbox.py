@@ -102,7 +102,7 @@ class Outbox:
         delegate = self._delegate
         if peer is None or not delegate.accepts_user_data(peer):
             return parts  # serf (or unknown): it would log every delegate byte it gets
-        used += sum(len(p) + 2 for p in parts)
+        used += sum(map(len, parts)) + 2 * len(parts)
         for payload in delegate.take_broadcasts(2 + _USER_OVERHEAD, budget - used):
             if payload:
                 parts.append(b"\x08" + payload)
@@ -113,7 +113,7 @@ class Outbox:
     ) -> None:
         """Send ``parts`` to ``to`` (default: ``peer``'s address) with news piggybacked."""
         budget = self.fill_budget(peer)
-        used = sum(len(p) + 2 for p in parts)
+        used = sum(map(len, parts)) + 2 * len(parts)
         if used < budget and self.has_news():
             parts = parts + self.take(budget, used, peer)
         dest = to if to is not None else (peer.address if peer is not None else None)
@@ -143,7 +143,7 @@ class Outbox:
             keyring=self._encryption.outgoing(),
         )
         if packing and len(parts) > 1:
-            raw = 2 + sum(len(p) + 2 for p in parts)
+            raw = 2 + sum(map(len, parts)) + 2 * len(parts)
             if len(data) > config.udp_buffer_size:
                 # Packed beyond what this content compresses to: send it as two packets
                 # (each stands alone) and pack less from now on.

@@ -100,8 +100,10 @@ def _same(ref: ReferenceTable, t: MemberTable) -> None:
 def _drive(ref: ReferenceTable, t: MemberTable, ops: random.Random, n: int, steps: int) -> None:
     """The same random calls on both tables; every answer must be equal."""
     now = 0.0
+    names = [f"m{j}" for j in range(n + 20)]
     for _ in range(steps):
         now += 1.0
+        before, version = t.members.items(), t.version
         op = ops.randrange(100)
         i = ops.randrange(n + 20)
         if op < 30:
@@ -140,6 +142,11 @@ def _drive(ref: ReferenceTable, t: MemberTable, ops: random.Random, n: int, step
             assert t.knows_address(addr) == any(m.address == addr for m in ref.members.values())
         assert ref.get(f"m{i}") == t.get(f"m{i}")
         assert (f"m{i}" in ref.members) == (f"m{i}" in t.members)
+        # A batch lookup answers as one get per name; a change of the members (values
+        # or order) always changes the version a push/pull merge relies on.
+        assert t.get_many(names) == [ref.get(x) for x in names]
+        if t.members.items() != before:
+            assert t.version != version
     _same(ref, t)
 
 
