@@ -38,6 +38,20 @@ def test_trio_imports_without_loading_the_deferred_modules() -> None:
     assert out == "[] False False"
 
 
+def test_attrs_make_class_loads_unicodedata_when_called() -> None:
+    out = _run(
+        """
+        from agent import deferred
+        deferred.defer(*deferred.AGENT_DEFERRED)
+        import attrs
+        before = deferred.is_deferred("unicodedata")
+        C = attrs.make_class("C", ["x"])
+        print(before, deferred.is_deferred("unicodedata"), C(1).x)
+        """
+    )
+    assert out == "True False 1"
+
+
 def test_first_use_loads_the_real_module_and_old_references_keep_working() -> None:
     out = _run(
         """
