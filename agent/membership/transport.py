@@ -260,7 +260,9 @@ class DatagramSender:
     every agent send a few hundred gossip datagrams; so does every probe round. The
     outcome is the same: True when the datagram went, False (logged at debug) on any
     socket error; so are the cancellation semantics (one schedule point per send, none
-    of the address resolution).
+    of the address resolution): ~8 us a send with it, against ~13 us through trio's
+    ``sendto`` and ~3.6 us for the bare system call (same loopback test, best of 5 x
+    2,000, 2026-12-05, load 2.1).
     """
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
