@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
 _wire_state_of = operator.attrgetter("wire_state")
 _name_of = operator.attrgetter("name")
+_addr_of = operator.attrgetter("addr")
 _MERGE_BATCHES = 8
 """Batched lookups per merge (each costs a C-level pass over the rest of the state)."""
 
@@ -285,7 +286,12 @@ class AntiEntropy:
         member = table.get(at_ip[0])
         if member is None or member.status != Status.ALIVE or member.addr != peer_ip:
             return
-        if sum(1 for m in table.others() if m.addr == peer_ip) == 1:
+        # Members other than us at that IP, by C-level passes (a Python pass over 10,000
+        # members per push/pull was ~1 % of a 10,000-node simulation).
+        at_peer = list(map(_addr_of, table.members.values())).count(peer_ip)
+        if table.members[table.me].addr == peer_ip:
+            at_peer -= 1
+        if at_peer == 1:
             table.mark_heard(member.name)
 
 
