@@ -52,6 +52,30 @@ def test_attrs_make_class_loads_unicodedata_when_called() -> None:
     assert out == "True False 1"
 
 
+def test_logging_an_exception_loads_traceback_when_needed() -> None:
+    out = _run(
+        """
+        from agent import deferred
+        deferred.defer(*deferred.AGENT_DEFERRED)
+        import io, logging
+        import trio
+        import agent.service
+        before = deferred.is_deferred("traceback"), deferred.is_deferred("base64")
+        buf = io.StringIO()
+        logging.basicConfig(stream=buf)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("t").exception("failed")
+        from crypto.keyring import decode_key
+        key = decode_key("AAAAAAAAAAAAAAAAAAAAAA==")
+        print(before, "Traceback (most recent call last)" in buf.getvalue(), "ValueError: boom" in buf.getvalue(),
+              len(key), deferred.is_deferred("traceback"), deferred.is_deferred("base64"))
+        """
+    )
+    assert out == "(True, True) True True 16 False False"
+
+
 def test_first_use_loads_the_real_module_and_old_references_keep_working() -> None:
     out = _run(
         """
