@@ -29,7 +29,8 @@ def test_trio_imports_without_loading_the_deferred_modules() -> None:
         import sys
         from agent import deferred
         assert deferred.defer(*deferred.AGENT_DEFERRED) == list(deferred.AGENT_DEFERRED)
-        import trio
+        with deferred.glibc_sonames():  # as agent.__main__: else ctypes.util runs ldconfig
+            import trio
         import agent.service
         print([n for n in deferred.AGENT_DEFERRED if not deferred.is_deferred(n)],
               "_ssl" in sys.modules, "_hashlib" in sys.modules)
@@ -74,6 +75,32 @@ def test_logging_an_exception_loads_traceback_when_needed() -> None:
         """
     )
     assert out == "(True, True) True True 16 False False"
+
+
+def test_subprocess_loads_on_first_use_from_a_worker_thread() -> None:
+    out = _run(
+        """
+        from agent import deferred
+        deferred.defer(*deferred.AGENT_DEFERRED)
+        import subprocess
+        with deferred.glibc_sonames():
+            import trio
+        import agent.service
+        before = deferred.is_deferred("subprocess")
+
+        def run() -> str:
+            try:
+                return subprocess.run(["true"], capture_output=True, text=True, timeout=10).stdout
+            except subprocess.TimeoutExpired:
+                return "timeout"
+
+        async def main() -> str:
+            return await trio.to_thread.run_sync(run)
+
+        print(before, repr(trio.run(main)), deferred.is_deferred("subprocess"))
+        """
+    )
+    assert out == "True '' False"
 
 
 def test_first_use_loads_the_real_module_and_old_references_keep_working() -> None:
