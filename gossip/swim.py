@@ -9,6 +9,7 @@ timers to its parts, each in its own module:
 - ``membertable.py``: the members and memberlist's probe order;
 - ``probe.py``: the probe cycle and Lifeguard's local health;
 - ``antientropy.py``: push/pull, joins and rejoins;
+- ``leaving.py``: the graceful leave's phases;
 - ``capacity.py``: the member-table bound and reaping;
 - ``outbox.py``: packing news into datagrams;
 - ``timers.py``: the timer heap and its typed kinds;
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crypto.keyring import Keyring
+from gossip import leaving
 from gossip.antientropy import AntiEntropy, JoinBatch
 from gossip.broadcasts import Broadcasts
 from gossip.capacity import Capacity
@@ -76,14 +78,7 @@ from gossip.members import Member, Status, ip_bytes, ip_text, supersedes
 from gossip.membertable import MemberTable
 from gossip.outbox import Outbox
 from gossip.probe import Prober
-from gossip.serf.layer import (
-    LEAVE_INTENT_KEY,
-    LEAVE_INTENT_MIN,
-    LEAVE_INTENT_TIMEOUT,
-    LEAVE_PROPAGATE,
-    SerfLayer,
-    query_key,
-)
+from gossip.serf.layer import SerfLayer, query_key
 from gossip.suspicion import Suspicion
 from gossip.timers import TimerKind, Timers
 from gossip.wire import codec as wire
@@ -106,7 +101,6 @@ from gossip.wire.messages import (
 _DEAD = Status.DEAD  # a module constant: compared on the hot path
 
 _META_LIMIT = META_MAX
-_LEAVE_FANOUT = 512
 
 
 @dataclass(slots=True)
@@ -297,47 +291,7 @@ class Swim:
         both at once lets some serf peers see the dead first and show us ``failed``."""
         if now > self._now:
             self._now = now
-        effects: list[Effect] = []
-        if self.leaving:
-            return effects
-        self.leaving = True
-        self._leave_phase = 1
-        self._leave_at = now
-        me = self.local
-        intent = wire.encode(UserMsg(self._serf.leave_intent(self.name, me.incarnation)))
-        self._broadcasts.queue(LEAVE_INTENT_KEY, intent)
-        self._table.set(me.evolve(status=Status.LEFT, changed_at=now))
-        # Told directly to every live member as well: random gossip may pick just
-        # recently dead members, and a serf peer that hears the dead before the intent
-        # shows us failed. A leave is rare, so the fan-out is affordable.
-        self._tell_everyone(intent, effects)
-        effects.extend(self._gossip(now))
-        return effects
-
-    def _tell_everyone(self, part: bytes, effects: list[Effect]) -> None:
-        live = [m for m in self._table.others() if m.status in (Status.ALIVE, Status.SUSPECT)]
-        if len(live) > _LEAVE_FANOUT:
-            live = self.rng.sample(live, _LEAVE_FANOUT)
-        for peer in live:
-            self._out.emit(peer.address, [part], peer, effects)
-
-    def _advance_leave(self, now: float, effects: list[Effect]) -> None:
-        if self._leave_phase == 1 and (
-            (
-                not self._broadcasts.pending(LEAVE_INTENT_KEY)
-                and now - self._leave_at >= LEAVE_INTENT_MIN
-            )
-            or now - self._leave_at >= LEAVE_INTENT_TIMEOUT
-        ):
-            me = self.local
-            dead = wire.encode(Dead(me.incarnation, self.name, self.name))
-            self._broadcasts.queue(self.name, dead)
-            self._tell_everyone(dead, effects)
-            self._leave_phase = 2
-        elif self._leave_phase == 2 and not self._broadcasts.pending(self.name):
-            self._leave_phase = 3
-            self._leave_at = now + LEAVE_PROPAGATE
-            self._timers.set(self._leave_at, TimerKind.GOSSIP_TICK, "leave")
+        return leaving.begin(self, now)
 
     def set_meta(self, now: float, meta: bytes) -> list[Effect]:
         """Announce new node meta (serf tags) with a higher incarnation."""
@@ -752,7 +706,7 @@ class Swim:
     def _gossip(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         if self.leaving:
-            self._advance_leave(now, effects)
+            leaving.advance(self, now, effects)
         if not self._out.has_news():
             return effects  # the usual gossip tick of a quiet cluster
         dead_window = self.config.gossip_to_the_dead_time
