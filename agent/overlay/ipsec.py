@@ -345,7 +345,7 @@ class IpsecAgent:
             self._nursery = nursery
             # At boot only with keys (an encrypted network, or restored ones) or XFRM
             # objects in the kernel (what an earlier run left); else with the first keys.
-            if self.keys or await trio.to_thread.run_sync(self.leftovers):
+            if bool(self.keys) or await trio.to_thread.run_sync(self.leftovers):
                 await nursery.start(self._run_reconciler)
             task_status.started()
             await self._keep_keys(rt)
