@@ -4,8 +4,8 @@ Owns: building the machine's root tree (a temporary directory under /var/tmp: a 
 ``/etc``; ``/usr`` = this host's ``/usr`` through an overlay whose upper layer only adds
 ``/usr/local/bin/{overlay-agent,agentctl}``; the agent installed as docs/operations.md
 says, a virtualenv at /opt/overlay-agent on Debian's python whose site-packages is this
-checkout's venv's, bound read-only, with the checkout bound read-only at its own path
-for the editable install), booting it with ``systemd-nspawn -b`` inside a network
+checkout's venv's, bound read-only, with the checkout bound read-only at ``SOURCE``, put
+first on the console scripts' ``sys.path``), booting it with ``systemd-nspawn -b`` inside a network
 namespace the caller made (so every interface the agent creates lives there), running
 commands inside it (``nsenter`` into all its namespaces), reading its files from outside
 (``/proc/<init>/root``), and tearing it down: a clean power-off, else SIGKILL of its
@@ -58,6 +58,10 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 VENV = "/opt/overlay-agent"
+SOURCE = "/srv/overlay-agent"
+"""Where the checkout is bound inside the machine. Not at its own path: the unit's
+PrivateTmp= and ProtectHome= hide /tmp, /var/tmp and /root from the agent, and a clone
+may well live there (the venv's editable install would point into a hidden tree)."""
 SITE_PACKAGES = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
 
 
@@ -129,7 +133,7 @@ class Machine:
     def _build(self, files: Mapping[str, str]) -> None:
         t = self.tree
         for d in ("etc/systemd/system", "usr", "proc", "sys", "dev", "run", "tmp", "var/tmp",
-                  "var/lib", "root", REPO.relative_to("/")):
+                  "var/lib", "root", SOURCE.lstrip("/")):
             (t / d).mkdir(parents=True, exist_ok=True)
         for link in ("bin", "sbin", "lib", "lib64"):
             if Path("/usr", link).exists():
@@ -151,9 +155,10 @@ class Machine:
 
     def _install_agent(self) -> None:
         """A virtualenv at /opt/overlay-agent on Debian's python, as docs/operations.md installs
-        it, whose site-packages is this checkout's venv's (bound read-only; the editable
-        install points into the checkout, bound at its own path). Not the venv itself: its
-        interpreter may live under /root (pyenv), which the unit's ProtectHome= hides."""
+        it, whose site-packages is this checkout's venv's (bound read-only), the checkout itself
+        first on the console scripts' path (bound at SOURCE: the editable install's own
+        finder points at the checkout's host path, which the sandbox may hide). Not the
+        venv itself: its interpreter may live under /root (pyenv), which ProtectHome= hides."""
         venv = self.tree / VENV.lstrip("/")
         (venv / "bin").mkdir(parents=True)
         (venv / SITE_PACKAGES).mkdir(parents=True)
@@ -164,8 +169,8 @@ class Machine:
         local_bin.mkdir(parents=True)
         for script, module in (("overlay-agent", "agent.__main__"), ("agentctl", "agent.ctl.main")):
             path = venv / "bin" / script
-            path.write_text(f"#!{VENV}/bin/python\nimport sys\nfrom {module} import main\n"
-                            "sys.exit(main())\n")
+            path.write_text(f"#!{VENV}/bin/python\nimport sys\nsys.path.insert(0, {SOURCE!r})\n"
+                            f"from {module} import main\nsys.exit(main())\n")
             path.chmod(0o755)
             # The console scripts where the unit (and an operator's PATH) expects them.
             (local_bin / script).symlink_to(f"{VENV}/bin/{script}")
@@ -179,7 +184,7 @@ class Machine:
             "--capability=CAP_NET_ADMIN",
             # /usr read-write through an overlay: writes land in usr_upper, never on the host.
             f"--overlay=/usr:{self.usr_upper}:/usr",
-            f"--bind-ro={REPO}",
+            f"--bind-ro={REPO}:{SOURCE}",
             f"--bind-ro={host_site_packages()}:{VENV}/{SITE_PACKAGES}",
             "--", "systemd.unit=multi-user.target", "systemd.show_status=0",
         ]

@@ -43,7 +43,7 @@ from tests.systemd.conftest import (
     WATCHDOG_SEC,
     Cluster,
 )
-from tests.systemd.machine import REPO, VENV
+from tests.systemd.machine import REPO, SOURCE, VENV
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
@@ -334,7 +334,7 @@ def test_sandbox_allows_what_the_agent_needs_and_nothing_else(cluster: Cluster) 
     unit = UNIT_FILE.read_text()
     exec_line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     out = "/run/overlay-agent/sandbox-probe.json"
-    unit = unit.replace(exec_line, f"ExecStart={VENV}/bin/python {REPO}/tests/systemd/sandbox_probe.py "
+    unit = unit.replace(exec_line, f"ExecStart={VENV}/bin/python {SOURCE}/tests/systemd/sandbox_probe.py "
                                    f"{out} probe").replace("Type=notify", "Type=oneshot")
     c.machine.write("etc/systemd/system/overlay-agent-probe.service", unit)
     try:
