@@ -159,10 +159,13 @@ def test_events_queries_and_leave_cross_our_agents(lab_cluster: LabCluster) -> N
     cl.wait_for([s0, o0, o1], sees_status("serf-1", "left", "failed", "dead"), LEAVE_DEADLINE,
                 what="serf-1 gone everywhere")
     time.sleep(1.0)
-    assert cl.view(s0)["serf-1"] == "left"
-    assert "EventMemberFailed: serf-1" not in s0.proc.log_text()
-    for o in (o0, o1):
-        assert cl.view(o)["serf-1"] == "left"
+    views = {n.name: cl.view(n).get("serf-1") for n in (s0, o0, o1)}
+    # On a failure, what serf-0 and our agents logged about serf-1 tells whose copy of the
+    # intent was missing or late (a rare failure here once, under load, not reproduced).
+    about = "\n".join(f"{n.name}: {line}" for n in (s0, o0, o1)
+                      for line in n.proc.log_text().splitlines() if "serf-1" in line)
+    assert views == {"serf-0": "left", "ours-0": "left", "ours-1": "left"}, f"{views}\n{about[-6000:]}"
+    assert "EventMemberFailed: serf-1" not in s0.proc.log_text(), about[-6000:]
 
 
 def test_force_leave_both_ways(lab_cluster: LabCluster) -> None:
