@@ -311,6 +311,12 @@ class MemberTable:
             return True
         return any(m.address == address for m in over.values())
 
+    @property
+    def gone_names(self) -> Mapping[str, None]:
+        """The names of the dead and left members (the same object for the table's life,
+        kept up to date): the core's hot path tests news against it without a call."""
+        return self._gone
+
     def gone(self) -> Iterator[Member]:
         """The dead and left members, in the order they went."""
         return map(self.members.__getitem__, list(self._gone))
@@ -425,10 +431,10 @@ class MemberTable:
     def _after_install(self, any_gone: bool) -> None:
         # The scans below run once per node over N members (N² at start-up): only when
         # they can find something.
+        # Refilled in place: the dict is ``gone_names`` for the table's whole life.
+        self._gone.clear()
         if any_gone:
-            self._gone = {m.name: None for m in self._values() if m.status >= _DEAD}
-        else:
-            self._gone = {}
+            self._gone.update((m.name, None) for m in self._values() if m.status >= _DEAD)
         if self._pos:
             self._own_order()
             done = self._order[: self._pos]

@@ -392,11 +392,33 @@ class Swim:
             self._now = now
         self._capacity.speaker = src[0]
         effects: list[Effect] = []
+        # A failure storm is mostly repeated suspect and dead news (at 10,000 nodes ~29 M
+        # suspects and ~20 M deads handled in 60 s), nearly all of it ignored: the
+        # rejections of ``_suspect`` and ``_dead`` are tested here first, before any call.
+        # Each test is exactly one the handler makes first and that returns at once:
+        # a suspect while we hold a suspicion of that member that takes no confirmation
+        # (full, another incarnation, or this accuser already counted); a suspect or
+        # dead about a member we hold dead or left (``MemberTable`` keeps their names).
+        suspicions = self._suspicions
+        gone = self._table.gone_names
         for msg in messages:
-            # Suspect and dead gossip (most of a failure storm) skip one call level.
             if type(msg) is Suspect:
-                self._suspect(now, msg.node, msg.incarnation, msg.from_, effects)
+                name = msg.node
+                suspicion = suspicions.get(name)
+                if suspicion is not None:
+                    confirmers = suspicion.confirmers
+                    if (
+                        suspicion.incarnation != msg.incarnation
+                        or len(confirmers) > suspicion.k
+                        or msg.from_ in confirmers
+                    ):
+                        continue
+                elif name in gone:
+                    continue
+                self._suspect(now, name, msg.incarnation, msg.from_, effects)
             elif type(msg) is Dead:
+                if msg.node in gone:
+                    continue
                 self._dead(now, msg.node, msg.incarnation, msg.from_, effects)
             else:
                 self._dispatch(now, src, msg, effects)
@@ -623,7 +645,7 @@ class Swim:
             ):
                 return
             confirmers.append(from_)
-            self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
+            self._broadcasts.queue(name, wire.encode_accusation(True, incarnation, name, from_))
             # Suspicion.deadline, inlined: confirmations = len(confirmers) - 1 here.
             timeout = suspicion_timeout(suspicion.low, suspicion.high, suspicion.k, len(confirmers) - 1)
             self._timers.set(suspicion.start + timeout, TimerKind.SUSPICION, name)
@@ -643,7 +665,7 @@ class Swim:
         suspected = Member(current.name, current.addr, current.port, incarnation, Status.SUSPECT,
                            current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
         self._table.set(suspected)
-        self._broadcasts.queue(name, wire.encode(Suspect(incarnation, name, from_)))
+        self._broadcasts.queue(name, wire.encode_accusation(True, incarnation, name, from_))
         n = len(self._table.members)
         low, high = suspicion_bounds(self.config, n)
         k = expected_confirmations(self.config, n)
@@ -678,7 +700,7 @@ class Swim:
         gone = Member(current.name, current.addr, current.port, incarnation, status,
                       current.meta, current.vsn, now)  # not evolve(): dataclasses.replace is slow
         self._table.set(gone)
-        self._broadcasts.queue(name, wire.encode(Dead(incarnation, name, from_)))
+        self._broadcasts.queue(name, wire.encode_accusation(False, incarnation, name, from_))
         if status == Status.LEFT:
             effects.append(MemberLeft(gone))
         else:
