@@ -21,6 +21,11 @@ import os
 import sys
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.configload import Loaded
 
 DECODE_MEMO_BYTES = 256 * 1024
 """The agent's bound on decoded datagrams kept for repeats (``codec.set_packet_memo_bytes``:
@@ -63,20 +68,22 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _command(argv: Sequence[str] | None) -> int:
-    from agent import cli, codecache
+    from agent import codecache
 
-    command = cli.parse_command(argv)
-    if command.name == "version":
+    name, config, loaded, show = _parse(argv)
+    if name == "version":
         from agent import __version__
 
         print(f"overlay-agent {__version__}")
         return 0
-    assert command.loaded is not None
-    config = command.loaded.config
-    if command.name == "check-config":
+    assert config is not None
+    if name == "check-config":
+        from agent import cli
+
+        assert loaded is not None
         try:
-            if command.show:
-                sys.stdout.write(cli.describe(command.loaded))
+            if show:
+                sys.stdout.write(cli.describe(loaded))
             print(f"overlay-agent: configuration OK ({config.config_file or 'no config file'})")
             sys.stdout.flush()
         except BrokenPipeError:  # e.g. `check-config --show | head`: as the Python docs advise
@@ -111,6 +118,51 @@ def _command(argv: Sequence[str] | None) -> int:
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         return 0
+
+
+PARSER_MODULES = ("agent.cli", "agent.configload", "argparse", "gettext", "locale")
+"""What only the command line and the configuration's loading need: dropped once a ``run``
+is parsed (``_parse``)."""
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded | None, bool]:
+    """The command, its configuration, the configuration with the origin of each value
+    (None once dropped: see below) and ``--show``; exit 2 with one line on errors.
+
+    For ``run`` in a process that had not loaded argparse (the daemon), the parser's
+    modules (``PARSER_MODULES``: argparse with gettext and locale, which its messages
+    load, and our flag table) are dropped once the configuration is built: ~0.5 MiB of an
+    agent's RSS (docs/benchmarks.md) for code that never runs again. They hold reference
+    cycles (functions and their module's globals), so they go with one collection of the
+    youngest generation, which holds only what was made since ``gc.freeze`` just before:
+    the parser, its modules and the configuration (~1 ms; everything older is frozen
+    and not walked, then unfrozen as it was). In a process that uses argparse itself (a
+    test, a tool importing ``agent.__main__``) nothing is dropped.
+    """
+    import agent.config  # loaded before the freeze: it stays (the agent runs on it)
+
+    own = "argparse" not in sys.modules and "agent.cli" not in sys.modules
+    if own:
+        gc.freeze()
+    try:
+        from agent import cli
+
+        command = cli.parse_command(argv)
+        config = command.loaded.config if command.loaded is not None else None
+        if not (own and command.name == "run"):
+            return command.name, config, command.loaded, command.show
+        del command, cli  # nothing of theirs may stay referenced (``Loaded`` is theirs too)
+        for mod in PARSER_MODULES:
+            sys.modules.pop(mod, None)
+        import agent
+
+        for sub in ("cli", "configload"):
+            vars(agent).pop(sub, None)
+        gc.collect(0)
+        return "run", config, None, False
+    finally:
+        if own:
+            gc.unfreeze()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Command line of ``overlay-agent``: ``[run] FLAGS`` and ``check-config [FLAGS]``.
 
-Owns: the flag set (one flag per config key, see ``agent.config.KEYS``), the
+Owns: the flag set (one flag per config key, see ``agent.configload.KEYS``), the
 sub-commands, and the rule that a bad flag or configuration is one line on
 stderr and exit status 2 (no usage dump, no traceback). Does not: read the
 config file or validate values itself (``agent.config`` does), open sockets or
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from agent import config as cfg
+from agent import configload
 from agent.config import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_PORT,
@@ -145,7 +146,7 @@ def build_check_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FLAG_KEYS = [k for k in cfg.KEYS]
+_FLAG_KEYS = [k for k in configload.KEYS]
 
 
 def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
 class Command:
     name: str
     """run, check-config or version"""
-    loaded: cfg.Loaded | None
+    loaded: configload.Loaded | None
     show: bool = False
 
 
@@ -176,7 +177,7 @@ def parse_command(argv: Sequence[str] | None = None) -> Command:
     if getattr(ns, "version", False):
         return Command("version", None)
     try:
-        loaded = cfg.load(_flag_values(ns), config_file=ns.config)
+        loaded = configload.load(_flag_values(ns), config_file=ns.config)
     except ConfigError as exc:
         _fail(" ".join(str(exc).split()))
     return Command(name, loaded, show=bool(getattr(ns, "show", False)))
@@ -190,7 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     return command.loaded.config
 
 
-def describe(loaded: cfg.Loaded) -> str:
+def describe(loaded: configload.Loaded) -> str:
     """``check-config --show``: every effective setting, secrets redacted, with its origin."""
     c = loaded.config
     from agent.addresses import format_address

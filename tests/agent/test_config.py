@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import __main__ as agent_main
-from agent import cli
+from agent import cli, configload
 from agent import config as cfg
 from gossip.config import Config
 
@@ -29,8 +29,8 @@ def write(tmp_path: Path, text: str) -> str:
 def load(flags: list[str], env: dict[str, str] | None = None, config_file: str | None = None) -> cfg.AgentConfig:
     """Flags as the CLI parses them, with an explicit environment."""
     ns = cli.build_parser().parse_args(flags)
-    values = {name: getattr(ns, name) for name in cfg.KEYS}
-    return cfg.load(values, config_file=config_file or ns.config, environ=env or {}).config
+    values = {name: getattr(ns, name) for name in configload.KEYS}
+    return configload.load(values, config_file=config_file or ns.config, environ=env or {}).config
 
 
 FULL = f"""
@@ -115,8 +115,8 @@ probe_timeout = 1.0
 
 
 def test_defaults_and_optional_default_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cfg, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    c = cfg.load({"bind": "127.0.0.1"}, environ={}).config
+    monkeypatch.setattr(configload, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    c = configload.load({"bind": "127.0.0.1"}, environ={}).config
     assert c.config_file is None  # a missing default file is fine
     assert c.node  # the host name
     assert c.control_socket == cfg.DEFAULT_CONTROL_SOCKET
@@ -126,16 +126,16 @@ def test_defaults_and_optional_default_file(tmp_path: Path, monkeypatch: pytest.
     # The default file is read when it exists; $OVERLAY_AGENT_CONFIG names another.
     default = tmp_path / "absent.toml"
     default.write_text('node = "dflt"\n')
-    assert cfg.load({"bind": "127.0.0.1"}, environ={}).config.node == "dflt"
+    assert configload.load({"bind": "127.0.0.1"}, environ={}).config.node == "dflt"
     other = write(tmp_path, 'node = "via-env"\n')
-    assert cfg.load({"bind": "127.0.0.1"}, environ={"OVERLAY_AGENT_CONFIG": other}).config.node == "via-env"
+    assert configload.load({"bind": "127.0.0.1"}, environ={"OVERLAY_AGENT_CONFIG": other}).config.node == "via-env"
 
 
 def test_systemd_state_directory_is_the_default_state_dir() -> None:
-    c = cfg.load({"bind": "127.0.0.1"}, environ={"STATE_DIRECTORY": "/var/lib/overlay-agent"}).config
+    c = configload.load({"bind": "127.0.0.1"}, environ={"STATE_DIRECTORY": "/var/lib/overlay-agent"}).config
     assert c.state_dir == "/var/lib/overlay-agent"
     assert c.keyring_path == "/var/lib/overlay-agent/keyring.json"
-    c = cfg.load({"bind": "127.0.0.1", "state_dir": "/srv/x"},
+    c = configload.load({"bind": "127.0.0.1", "state_dir": "/srv/x"},
                  environ={"STATE_DIRECTORY": "/var/lib/overlay-agent"}).config
     assert c.state_dir == "/srv/x"
 
@@ -145,7 +145,7 @@ def test_env_values_are_converted() -> None:
            "OVERLAY_AGENT_REQUIRE_ENCRYPTION": "off", "OVERLAY_AGENT_VXLAN_PORT": "8472",
            "OVERLAY_AGENT_ENCRYPT_KEYS": f"{KEY16},{KEY32}", "OVERLAY_AGENT_SOCKET": "/tmp/ctl.sock",
            "OVERLAY_AGENT_GOSSIP_LIFEGUARD": "false"}
-    c = cfg.load({}, environ=env).config
+    c = configload.load({}, environ=env).config
     assert c.bind == ("127.0.0.1", 0)
     assert c.leave_on_terminate is True and c.require_encryption is False
     assert c.vxlan_port == 8472
@@ -153,11 +153,11 @@ def test_env_values_are_converted() -> None:
     assert c.control_socket == "/tmp/ctl.sock"  # agentctl's variable works for the agent too
     assert c.gossip == {"lifeguard": False}
     env["OVERLAY_AGENT_CONTROL_SOCKET"] = "/tmp/other.sock"
-    assert cfg.load({}, environ=env).config.control_socket == "/tmp/other.sock"
+    assert configload.load({}, environ=env).config.control_socket == "/tmp/other.sock"
 
 
 def test_example_config_in_packaging_is_valid() -> None:
-    loaded = cfg.load({}, config_file=str(REPO / "packaging" / "agent.toml"), environ={})
+    loaded = configload.load({}, config_file=str(REPO / "packaging" / "agent.toml"), environ={})
     assert loaded.config.state_dir == "/var/lib/overlay-agent"
     assert loaded.config.control_socket == "/run/overlay-agent/agent.sock"
 
@@ -241,7 +241,7 @@ def test_bad_config_is_one_line_naming_the_key(
 )
 def test_bad_env_names_the_variable(env: dict[str, str], needle: str) -> None:
     with pytest.raises(cfg.ConfigError, match="^" + needle.replace("(", r"\(")):
-        cfg.load({"bind": "127.0.0.1"}, environ=env)
+        configload.load({"bind": "127.0.0.1"}, environ=env)
 
 
 def test_bad_flags_name_the_flag() -> None:

@@ -201,7 +201,7 @@ async def test_a_port_that_cannot_be_bound_is_a_warning_and_retried(tmp_path: Pa
 
 def _config(flags: list[str], env: dict[str, str], text: str | None, tmp_path: Path) -> bool:
     from agent import cli
-    from agent import config as cfg
+    from agent import configload as cfg
 
     path = None
     if text is not None:
