@@ -18,13 +18,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from gossip.tables import netopts
 from gossip.tables.rows import Network
 
 
 def refusal(net: Network, local: Iterable[Network], underlay: Sequence[str]) -> str | None:
     """Why this host must not hold an endpoint of ``net`` (None: it may). ``local``: the
     networks with endpoints on this host (``net`` itself may be among them)."""
+    from gossip.tables import netopts  # with the first network (``Tables.extras``)
+
     clash = netopts.underlay_clash(net.all_subnets, underlay)
     if clash is not None:
         return (f"network {net.name!r}: {clash}; an endpoint here would route the underlay's traffic "

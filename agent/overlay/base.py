@@ -4,6 +4,8 @@ Owns: the declarations (types only) of the attributes ``Overlay.__init__`` sets 
 mixins (``agent.overlay.endpoints``, ``record``, ``report``) read, and the signatures of
 the methods one part calls on another (defined in ``Overlay`` or in a mixin, which come
 before this class in ``Overlay``'s method order).
+Also the names and one-line summaries of the layer's control ops (``OPS``): the server
+lists them before their code loads (``Overlay.setup``).
 Does not: hold behaviour (every method here is defined for real elsewhere).
 """
 
@@ -23,6 +25,16 @@ if TYPE_CHECKING:
     from gossip.effects import Effect
     from gossip.tables.replica import Tables
     from gossip.tables.rows import Endpoint, Network
+
+
+OPS: dict[str, str] = {
+    "network": "overlay networks: create, ls, inspect, rm",
+    "endpoint": "endpoints (veths in container namespaces): create, ls, rm",
+    "dataplane": "kernel state vs desired state, last reconcile",
+    "cni": "CNI attachments (overlay-cni): add, del, check, gc, status",
+}
+"""The layer's control ops: ``agent.overlay.ops`` (the first three) and
+``agent.runtimes.cni.attachments`` (``cni``) make them with these summaries."""
 
 
 class OverlayBase:

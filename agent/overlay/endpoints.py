@@ -35,7 +35,6 @@ from agent.overlay.veths import (
 )
 from dataplane.naming import bridge_name
 from gossip.effects import Effect
-from gossip.tables import aliases as tables_aliases
 from gossip.tables.replica import Tables
 from gossip.tables.rows import Endpoint, Network, TableError
 
@@ -163,6 +162,8 @@ class EndpointOps(OverlayBase):
             path = netns_path(netns)
         except PlumbError as exc:
             raise api.ApiError(str(exc)) from None
+        from gossip.tables import aliases as tables_aliases  # with the first network
+
         try:
             names = tables_aliases.check(aliases)
         except TableError as exc:

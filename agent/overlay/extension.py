@@ -55,10 +55,10 @@ import trio
 
 from agent.config import AgentConfig
 from agent.control import protocol as api
-from agent.control.server import ControlServer
+from agent.control.server import ControlServer, Handler, Op
 from agent.limits import Limits
 from agent.log import kv
-from agent.overlay import ops as netops
+from agent.overlay.base import OPS
 from agent.overlay.endpoints import LOCAL_SETTLE, EndpointOps
 from agent.overlay.hostnets import underlay_prefixes
 from agent.overlay.lifecycle import Lifecycle
@@ -70,14 +70,12 @@ from agent.overlay.veths import (
     Plumber,
     host_ifname,
 )
-from agent.runtimes.cni.attachments import ops as cni_ops
 from dataplane.model import NetworkSpec
 from gossip.effects import Address, Effect, JoinFinished
 from gossip.serf.payloads import encode_tags
 from gossip.swim import Swim
 from gossip.tables.replica import Tables, TablesConfig
 from gossip.tables.rows import Endpoint, Network, TableError
-from gossip.tables.view import ViewSource
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
@@ -86,6 +84,7 @@ if TYPE_CHECKING:
     from dataplane.reconciler import ReconcilerConfig
     from dataplane.target import VxlanReconciler
     from gossip.tables.rows import NetworkOptions
+    from gossip.tables.view import ViewSource
 
 log = logging.getLogger("agent.overlay.extension")
 
@@ -113,6 +112,15 @@ def _kernel_leftovers(prefix: str, nft: bool) -> bool:
 
 def _maybe_leftovers(prefix: str, nft: bool) -> bool:
     return True
+
+
+def _deferred(ops: Callable[[], dict[str, Op]], name: str) -> Handler:
+    """Op ``name``'s handler, taken from ``ops()`` when it is first called."""
+
+    async def handler(rt: Runtime, req: api.Request, stream: trio.SocketStream) -> Any:
+        return await ops()[name].handler(rt, req, stream)
+
+    return handler
 
 
 PREFIX = "ov-"
@@ -196,6 +204,7 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         """Why the endpoints record could not be used at start (a status warning)."""
         self._ep_dicts: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
         self.limits = Limits()
+        self._ops: dict[str, Op] | None = None
 
     # -- wiring (agent.service) -----------------------------------------------------------------
 
@@ -214,14 +223,27 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         self.rt = rt
         self.limits = rt.config.limits_config()
         self.tables.attach(rt.driver.swim)
-        for name, op in {**netops.ops(self), **cni_ops(self)}.items():
-            server.register(name, op)
+        for name, summary in OPS.items():
+            server.register(name, Op(_deferred(self._layer_ops, name), summary))
         if self.dataplane:
             rt.readiness.require(READY_CONDITION)
         rt.driver.on_effect(JoinFinished, self._join_finished)
         rt.status_sections.append(self.status_section)
         rt.warning_sources.append(self.warnings)
         rt.metric_sources.append(self.metrics)
+
+    def _layer_ops(self) -> dict[str, Op]:
+        """The layer's ops (``OPS``), made at the first call of one of them: their code
+        (``agent.overlay.ops``, ``agent.runtimes.cni.attachments``, with network options
+        and IPAM) is not loaded by an agent that is never asked (~0.1 MiB, docs/benchmarks.md)."""
+        if self._ops is None:
+            from agent.overlay import ops as netops
+            from agent.runtimes.cni.attachments import ops as cni_ops
+
+            self._ops = {**netops.ops(self), **cni_ops(self)}
+            assert {n: (o.summary, o.streaming, o.stops_agent) for n, o in self._ops.items()} == {
+                n: (s, False, False) for n, s in OPS.items()}, "OPS and the ops made differ"
+        return self._ops
 
     def _join_finished(self, effect: JoinFinished) -> None:
         self._join_done.set()
@@ -255,6 +277,8 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
         await self._restore(rt)
         async with trio.open_nursery() as nursery:
             if self.dataplane:
+                from gossip.tables.view import ViewSource
+
                 assert self.tables is not None
                 self._view = ViewSource(self.tables, rt.driver.swim.members, local_vtep=self.vtep,
                                         underlay_mtu=self.underlay_mtu, vxlan_port=rt.config.vxlan_port,

@@ -36,6 +36,7 @@ import trio
 
 from agent.control import protocol as api
 from agent.control.server import Op
+from agent.overlay.base import OPS
 from agent.overlay.veths import host_ifname
 from gossip.tables import netopts
 from gossip.tables.replica import Tables
@@ -361,7 +362,7 @@ class _Handlers:
 def ops(overlay: Overlay) -> dict[str, Op]:
     h = _Handlers(overlay)
     return {
-        "network": Op(h.network, "overlay networks: create, ls, inspect, rm"),
-        "endpoint": Op(h.endpoint, "endpoints (veths in container namespaces): create, ls, rm"),
-        "dataplane": Op(h.dataplane, "kernel state vs desired state, last reconcile"),
+        "network": Op(h.network, OPS["network"]),
+        "endpoint": Op(h.endpoint, OPS["endpoint"]),
+        "dataplane": Op(h.dataplane, OPS["dataplane"]),
     }

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from gossip.tables.ipam import VNI_MAX
+VNI_MAX = (1 << 24) - 1
+"""The largest VXLAN network identifier (24 bits); ``gossip.tables.ipam`` re-exports it."""
 
 
 @dataclass(frozen=True, slots=True)

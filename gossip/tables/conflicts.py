@@ -8,6 +8,9 @@ same rows agree. Does not: hide anything (``visibility.py`` uses the result).
 Networks that both allow overlapping subnets (``--allow-overlap``, ``netopts``) do
 not contest their subnets.
 
+Loads ``ipam`` and ``netopts`` only once there is a network to resolve: an agent
+without networks does not hold their code (docs/benchmarks.md, RSS).
+
 Precedence: the earlier creation in Lamport order, then the node name, then the
 id — i.e. the lowest ``(created, node, id)`` keeps the value.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gossip.tables import ipam, netopts
 from gossip.tables.rows import Conflict, Endpoint, Network
 
 
@@ -34,6 +36,8 @@ def resolve_networks(networks: Iterable[Network]) -> tuple[list[Network], list[C
         elif net.vni in by_vni:
             clash = ("network-vni", str(net.vni), by_vni[net.vni])
         else:
+            from gossip.tables import ipam, netopts  # with the first network (module docstring)
+
             for other in accepted:
                 if netopts.overlap_allowed(net, other):
                     continue

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gossip.tables.config import VNI_MAX as VNI_MAX
 from gossip.tables.rows import ClaimRow, TableError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -35,7 +36,6 @@ _MAX_BLOCKS = 1 << 62
 """Block numbers travel as msgpack integers."""
 MIN_V4_PREFIX = 30
 MIN_V6_PREFIX = 126
-VNI_MAX = (1 << 24) - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,7 @@ def own_echo(t: Tables, now: float, row: AnyRow, effects: list[Effect]) -> None:
         live = cur is not None and not cur.deleted
         t._write(now, t._claim_row(now, row.net, row.family, row.block, live))
     elif isinstance(row, EndpointRow):
-        mine = t._local.get(row.id) or t.extras.hosts.get(row.net)
+        mine = t._local.get(row.id) or t.host_endpoint(row.net)
         if mine is not None and mine.network == row.net and mine.id == row.id:
             t._write(now, EndpointRow(row.net, t.node, mine.id, t._tick(), False, mine, since=now))
         else:

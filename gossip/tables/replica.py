@@ -44,22 +44,9 @@ from gossip.config import retransmit_limit
 from gossip.effects import Effect, Log
 from gossip.errors import DecodeError
 from gossip.members import Member
-from gossip.tables import (
-    agenttag,
-    blocks,
-    extrows,
-    framing,
-    ipam,
-    ipsecrows,
-    netopts,
-    remote,
-    startup,
-    validation,
-)
-from gossip.tables.blocks import Block
+from gossip.tables import agenttag, extrows, framing, ipsecrows, remote, startup
 from gossip.tables.changes import Changes, Listener
 from gossip.tables.config import TablesConfig, TablesStats
-from gossip.tables.extras import Extras
 from gossip.tables.rows import (
     AnyRow,
     ClaimRow,
@@ -81,8 +68,10 @@ from gossip.tables.visibility import UP, Visibility
 
 if TYPE_CHECKING:
     from gossip.swim import Swim
+    from gossip.tables.blocks import Block
+    from gossip.tables.extras import Extras
 
-__all__ = ["Block", "Conflict", "Endpoint", "Network", "TableError", "Tables", "TablesConfig"]
+__all__ = ["Conflict", "Endpoint", "Network", "TableError", "Tables", "TablesConfig"]
 
 
 class Tables:
@@ -132,14 +121,39 @@ class Tables:
         self.ext = extrows.ExtensionStore()
         """Rows of kinds this build does not know, kept and relayed (``gossip.tables.extrows``)."""
         self.sync.ext_rows = lambda net, now: extrows.objs(self.ext.scoped_rows(net), now)
-        self.extras = Extras(self)
-        """The rows network options make this node write (``gossip.tables.extras``)."""
+        self._extras: Extras | None = None
         self.trace: Callable[[str, str, str], None] | None = None
         """Stage marks for ``bench/propagation.py``, set by the shell when it measures:
         ``trace(stage, endpoint id, detail)`` when ``create_endpoint`` starts ("call",
         detail the network), a local endpoint row is written ("write") and sent at once
         ("push", detail the peers, comma-separated), and a peer's endpoint row is merged
         ("merge", detail its owner). The shell stamps the time; None costs one test."""
+
+    @property
+    def extras(self) -> Extras:
+        """The rows network options make this node write (``gossip.tables.extras``), made
+        on first use: with the first network row, extension row, network or endpoint
+        call. Its modules (network options, host access, aliases, IPAM blocks) are what
+        only networks need, so an agent that has none does not load them (~0.25 MiB,
+        docs/benchmarks.md); until then every call below that would reach it is a no-op
+        (``_tidy_opts``, ``_tidy_hosts``, ``host_endpoint``)."""
+        if self._extras is None:
+            from gossip.tables.extras import Extras
+
+            self._extras = Extras(self)
+        return self._extras
+
+    def _tidy_opts(self, now: float) -> None:
+        """``Extras.tidy_opts``, which has nothing to do while this node takes part in no
+        network and holds no extension row (its options copies and alias rows are those)."""
+        if self._extras is not None or self.sync.joined or len(self.ext):
+            self.extras.tidy_opts(now)
+
+    def _tidy_hosts(self, now: float) -> None:
+        """``Extras.tidy_hosts``, which has nothing to do while this node takes part in no
+        network and holds no host endpoint."""
+        if self._extras is not None or self.sync.joined:
+            self.extras.tidy_hosts(now)
 
     def attach(self, swim: Swim) -> None:
         """Second wiring step: the core this delegate sends through."""
@@ -212,9 +226,12 @@ class Tables:
             self.stats.rows_applied += 1
             if event:  # re-broadcast once, like a known cluster-wide row
                 self._bcast.queue(extrows.queue_key(row), extrows.encode_event(row, now))
-            self.extras.on_ext(now, row, relay=isinstance(msg, framing.NetGossip))
+            extras = self.extras  # loads the options and aliases code (``extras``)
+            extras.on_ext(now, row, relay=isinstance(msg, framing.NetGossip))
+            from gossip.tables import netopts
+
             if row.kind == netopts.KIND:
-                self.extras.refresh_opts()
+                extras.refresh_opts()
 
     def protocol_version(self, network: str | None = None) -> int:
         """The highest tables protocol every agent member that is up (or, with ``network``,
@@ -289,6 +306,8 @@ class Tables:
 
     def find_network(self, ref: str) -> Network:
         """By exact id, name, or unique id prefix (losers by id too). Raises TableError."""
+        from gossip.tables import validation
+
         return validation.find_network(self.visibility.live_networks(), self.visibility.networks_view()[0], ref)
 
     def create_network(
@@ -307,6 +326,8 @@ class Tables:
         by inspect; ``options``: ``netopts.parse_options``, whose subnets replace
         ``subnets``; ``underlay``: this host's underlay prefixes, refused as subnets).
         It spreads with the gossip. Raises TableError."""
+        from gossip.tables import ipam, netopts, validation
+
         self._now = now
         live = self.visibility.live_networks()
         if options is not None:
@@ -349,7 +370,7 @@ class Tables:
         row = NetworkRow(network.id, self._tick(), self.node, True, replace(network, options=None),
                          now + self.config.tombstone_ttl)
         self._write(now, row)
-        self.extras.tidy_opts(now)
+        self._tidy_opts(now)
         effects = self._push_now(now, row)
         self._follow_unscoped(now, network.id, effects)
         self._finish(effects)
@@ -366,6 +387,8 @@ class Tables:
     ) -> tuple[Endpoint, list[Effect]]:
         """A local endpoint; addresses are allocated when not given, the MAC defaults to
         Docker's 02:42 + IPv4. Its row goes to the network's peers. Raises TableError."""
+        from gossip.tables import blocks, ipam
+
         self._now = now
         if self.trace is not None:
             self.trace("call", "", network)
@@ -407,7 +430,7 @@ class Tables:
         self._write(now, row)
         if self.trace is not None:
             self.trace("write", ep_id, net.id)
-        self.extras.tidy_hosts(now)
+        self._tidy_hosts(now)
         self._tidy_claims(now, net.id)
         self._send_fresh(now, row, effects)
         self._finish(effects)
@@ -441,7 +464,7 @@ class Tables:
         tombstone = self._endpoint_tombstone(now, ep.network, ep.id)
         self._write(now, tombstone)
         self.extras.drop_aliases(now, ep)
-        self.extras.tidy_hosts(now)
+        self._tidy_hosts(now)
         self._send_fresh(now, tombstone, effects)
         if self.visibility.local_on(ep.network) or not self._scoped(ep.network):
             self._tidy_claims(now, ep.network)
@@ -465,6 +488,8 @@ class Tables:
 
     def find_endpoint(self, ref: str) -> Endpoint:
         """A visible endpoint by exact id, local name, or unique id prefix. Raises TableError."""
+        from gossip.tables import validation
+
         return validation.find_endpoint(self.endpoints(), ref, self.node)
 
     def local_endpoints(self) -> list[Endpoint]:
@@ -495,6 +520,8 @@ class Tables:
 
     def claims(self, network: str) -> list[Block]:
         """The IPAM block claims of a network, by block."""
+        from gossip.tables import blocks
+
         net = self.find_network(network)
         return blocks.block_view(self.store.claims.get(net.id, {}).values(), net, self.config)
 
@@ -557,7 +584,7 @@ class Tables:
         for net in self.sync.joined:
             for (owner, _), row in self.store.endpoints[net].items():
                 if owner == self.node and not row.deleted:
-                    assert row.id in self._local or row.value == self.extras.hosts.get(net), row
+                    assert row.id in self._local or row.value == self.host_endpoint(net), row
         assert self.clock >= max((r.lamport for r in self.store.cluster_rows()), default=0)
 
     # ========================================================= local writes
@@ -602,7 +629,7 @@ class Tables:
         self.store.endpoints.setdefault(net, {})
         self._write(now, self._member_row(now, net, True))
         self.sync.join(now, net, effects)
-        self.extras.tidy_opts(now)
+        self._tidy_opts(now)
 
     def _leave(self, now: float, net: str) -> None:
         # Our tombstones went out already; the leave obsoletes our rows at every peer
@@ -632,6 +659,8 @@ class Tables:
         row = self.store.networks.get(net)
         if net not in self.sync.joined or row is None or row.value is None:
             return
+        from gossip.tables import blocks
+
         claims = self.store.claims.get(net, {})
         take, drop = blocks.claim_changes(claims, self.node, self.visibility.with_options(row.value),
                                           self.extras.mine_on(net), self.config)
@@ -663,7 +692,7 @@ class Tables:
 
     def host_endpoint(self, network: str) -> Endpoint | None:
         """This node's own address in a network with host access (``hostaccess``), if any."""
-        return self.extras.hosts.get(network)
+        return self._extras.hosts.get(network) if self._extras is not None else None
 
     # ============================================================ what changed
 
@@ -697,7 +726,7 @@ class Tables:
         self.ipsec.drop([r.node for r in self.ipsec if r.node != self.node and vis.reaped(r.node, now)])
         if self.ext.reap(now, lambda node: vis.reaped(node, now), self.sync.joined):
             self.extras.refresh_opts()
-        self.extras.tidy_opts(now)
+        self._tidy_opts(now)
         vis.forget_gone(now)
         for net in [n for n, t in self._unconfirmed.items() if t <= now]:
             del self._unconfirmed[net]
@@ -717,6 +746,8 @@ class Tables:
                 return ident
 
     def _find_local(self, ref: str) -> Endpoint:
+        from gossip.tables import validation
+
         try:
             return validation.find_endpoint(self.local_endpoints(), ref, self.node)
         except TableError:

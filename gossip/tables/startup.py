@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gossip.effects import Effect
-from gossip.tables import remote, validation
+from gossip.tables import remote
 from gossip.tables.rows import AnyRow, Endpoint, EndpointRow, Network, NetworkRow
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ def restore_local_endpoints(
     definitions (``local_networks()``), so a network deleted meanwhile comes back
     while in use; ``clock`` is the persisted ``clock``. Call before ``Swim.join``.
     Raises TableError, restoring nothing, if any row is malformed."""
+    from gossip.tables import validation
+
     t._now = now
     eps, nets = list(endpoints), list(networks)
     validation.check_restored(eps, nets)
@@ -61,7 +63,7 @@ def restore_local_endpoints(
         t._local[ep.id] = ep
         t._write(now, EndpointRow(ep.network, t.node, ep.id, t._tick(), False, ep, since=now))
         touched[ep.network] = None
-    t.extras.tidy_hosts(now)
+    t._tidy_hosts(now)
     for net in touched:
         t._tidy_claims(now, net)
         remote.keep_in_use(t, now, net, effects)

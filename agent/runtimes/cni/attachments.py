@@ -35,6 +35,7 @@ import trio
 
 from agent.control import protocol as api
 from agent.control.server import Op
+from agent.overlay.base import OPS
 from agent.overlay.ops import endpoint_json
 from gossip.tables import netopts
 from gossip.tables.rows import Endpoint, IpamPool, Network, TableError, check_name
@@ -302,4 +303,4 @@ class Attachments:
 
 
 def ops(overlay: Overlay) -> dict[str, Op]:
-    return {"cni": Op(Attachments(overlay).handle, "CNI attachments (overlay-cni): add, del, check, gc, status")}
+    return {"cni": Op(Attachments(overlay).handle, OPS["cni"])}
