@@ -50,7 +50,7 @@ import importlib.util
 import marshal
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import CodeType, ModuleType
 from typing import Any
@@ -76,6 +76,51 @@ no ``hash()`` of attrs' text is likely to be; a text that contains it is not nor
 
 _ExecFn = Callable[..., None]
 _Index = dict[bytes, tuple[int, int]]
+_KEY_BYTES = 16
+"""A key is a 16-byte BLAKE2b digest (``_key``)."""
+
+
+class _Spans:
+    """A loaded index, compact: its keys sorted in one bytes object and their (offset,
+    length) as 4-byte pairs in another, found by binary search (~10 slices a lookup,
+    ~600 lookups a start).
+
+    Why not the dict ``load`` returns: its ~540 entries are ~110 KiB of small objects
+    (key, tuple and two ints each) that live for the whole start-up and are freed at
+    its end, when nothing allocates any more to reuse their space: the agent's RSS kept
+    them (docs/benchmarks.md, RSS). Made right after loading, the dict is freed before
+    the modules load, which then reuse its space."""
+
+    __slots__ = ("keys", "spans")
+
+    def __init__(self, index: _Index) -> None:
+        ordered = sorted(index)
+        self.keys = b"".join(ordered)
+        self.spans = b"".join(o.to_bytes(4, "little") + n.to_bytes(4, "little")
+                              for o, n in (index[k] for k in ordered))
+
+    def __len__(self) -> int:
+        return len(self.keys) // _KEY_BYTES
+
+    def get(self, key: bytes) -> tuple[int, int] | None:
+        lo, hi = 0, len(self)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.keys[mid * _KEY_BYTES:(mid + 1) * _KEY_BYTES] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == len(self) or self.keys[lo * _KEY_BYTES:(lo + 1) * _KEY_BYTES] != key:
+            return None
+        return self._span(lo)
+
+    def _span(self, i: int) -> tuple[int, int]:
+        s = self.spans[i * 8:i * 8 + 8]
+        return int.from_bytes(s[:4], "little"), int.from_bytes(s[4:], "little")
+
+    def items(self) -> Iterator[tuple[bytes, tuple[int, int]]]:
+        for i in range(len(self)):
+            yield self.keys[i * _KEY_BYTES:(i + 1) * _KEY_BYTES], self._span(i)
 
 
 class _Table:
@@ -87,7 +132,7 @@ class _Table:
     __slots__ = ("blob", "hits", "index", "missed", "misses", "recorded")
 
     def __init__(self, index: _Index, blob: bytes, *, record: bool) -> None:
-        self.index = index
+        self.index = _Spans(index)
         self.blob = memoryview(blob)
         self.recorded: dict[bytes, bytes] | None = {} if record else None
         self.hits = 0
@@ -199,8 +244,12 @@ def load(path: Path) -> tuple[_Index, bytes]:
         index, blob = marshal.loads(memoryview(data)[len(_HEADER):])
     except (EOFError, ValueError, TypeError):
         return {}, b""
-    if not isinstance(index, dict) or not isinstance(blob, bytes):
+    if not isinstance(index, dict) or not isinstance(blob, bytes) or len(blob) >= 1 << 32:
         return {}, b""
+    for key, span in index.items():  # what ``_Spans`` holds: 16-byte keys, 32-bit spans
+        if (type(key) is not bytes or len(key) != _KEY_BYTES or type(span) is not tuple or len(span) != 2
+                or not all(type(v) is int and 0 <= v < 1 << 32 for v in span)):
+            return {}, b""
     return index, blob
 
 
