@@ -299,8 +299,17 @@ READ_CHUNK = 64 * 1024
 """Read size while a stream message's end is not known yet."""
 BODY_CHUNK = 1024 * 1024
 """Read size once it is (the rest is copied once, never parsed again)."""
-_ZEROS = memoryview(bytes(BODY_CHUNK))
-"""What a stream body's buffer grows by (a slice of it) before the kernel writes into it."""
+_ZEROS: list[memoryview] = []
+"""What a stream body's buffer grows by (a slice of it) before the kernel writes into it:
+one block of ``BODY_CHUNK`` zeros, made by ``_zeros`` when the first message needs more
+than one read (an agent whose streams all fit one read never makes it: ~0.07 MiB of RSS
+measured, docs/benchmarks.md)."""
+
+
+def _zeros() -> memoryview:
+    if not _ZEROS:
+        _ZEROS.append(memoryview(bytes(BODY_CHUNK)))
+    return _ZEROS[0]
 QUIET_WAIT = 0.02
 """Before framing is tried again on a buffer that grew less than twice since the last
 try: how long the peer must be quiet (doubling after each try that still needed more)."""
@@ -559,7 +568,7 @@ async def read_message(
             # (by a slice of a shared zero block: no temporary object), so a peer that
             # declares a large message and stalls holds its budget, not our memory.
             if len(buf) < filled + want:
-                buf += _ZEROS[: filled + want - len(buf)]
+                buf += _zeros()[: filled + want - len(buf)]
             into = memoryview(buf)[filled : filled + want]
         n = None
         try:
