@@ -9,7 +9,10 @@ Layout: one bucket per transmit count, each a list kept sorted by (larger, newer
 first. ``take`` walks the buckets in order and, inside a bucket, bisects straight
 to the first message that still fits, so a packet costs O(taken · log n) rather
 than a sort of the whole queue (a mass failure at 10,000 nodes keeps hundreds of
-messages queued on every node while every packet is filled).
+messages queued on every node while every packet is filled). A bucket knows its
+bytes, and an item its bucket rather than its transmit count: when a whole bucket
+fits (the usual packet takes every queued message) it is taken by one C-level pass
+and moves on to the next count as one object, without touching its items.
 Does not: decide what is news (``gossip/swim.py`` queues it) or pack packets
 (``gossip/outbox.py`` takes from here within a packet's budget).
 Reference: memberlist 0.2.2 ``queue.go`` (TransmitLimitedQueue).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 
 @dataclass(slots=True)
@@ -26,18 +30,28 @@ class _Item:
     key: str
     data: bytes
     order: int
-    transmits: int = 0
+    bucket: _Bucket | None = None
+    """The bucket it waits in (its transmit count is the bucket's)."""
 
 
-# A bucket entry: (-len(data), -order, item). ``order`` is unique, so tuple
-# comparison never reaches the item.
-_Entry = tuple[int, int, _Item]
+# A bucket entry: (-len(data), -order, data, item). ``order`` is unique, so tuple
+# comparison never reaches the data or the item.
+_Entry = tuple[int, int, bytes, _Item]
+_data_of = itemgetter(2)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    transmits: int
+    entries: list[_Entry] = field(default_factory=list)
+    size: int = 0
+    """The bytes of the entries' data."""
 
 
 @dataclass(slots=True)
 class Broadcasts:
     _items: dict[str, _Item] = field(default_factory=dict)
-    _buckets: dict[int, list[_Entry]] = field(default_factory=dict)
+    _buckets: dict[int, _Bucket] = field(default_factory=dict)
     _order: int = 0
 
     def __len__(self) -> int:
@@ -49,9 +63,13 @@ class Broadcasts:
         old = self._items.pop(key, None)
         if old is not None:
             self._unlink(old)
-        item = _Item(key, data, self._order)
+        bucket = self._buckets.get(0)
+        if bucket is None:
+            bucket = self._buckets[0] = _Bucket(0)
+        item = _Item(key, data, self._order, bucket)
         self._items[key] = item
-        insort(self._buckets.setdefault(0, []), (-len(data), -item.order, item))
+        insort(bucket.entries, (-len(data), -item.order, data, item))
+        bucket.size += len(data)
 
     def pending(self, key: str) -> bool:
         return key in self._items
@@ -70,29 +88,35 @@ class Broadcasts:
         if not self._items or budget <= overhead:
             return []
         taken: list[bytes] = []
-        moves: list[tuple[int, list[_Entry]]] = []
+        moves: list[_Bucket] = []
+        """Taken whole (still at their old count) or the part taken of one (a new one)."""
         remaining = budget
         buckets = self._buckets
         for transmits in sorted(buckets):
-            bucket = buckets[transmits]
+            b = buckets[transmits]
+            bucket = b.entries
             n = len(bucket)
+            cost = b.size + n * overhead
+            if cost <= remaining:
+                # The whole bucket fits: taking in order would take every entry (what
+                # is left when one is reached is at least the cost of the rest).
+                taken += map(_data_of, bucket)
+                remaining -= cost
+                del buckets[transmits]
+                moves.append(b)
+                if remaining < overhead:
+                    break
+                continue
             k = 0  # entries taken from this bucket
             picked: list[int] | None = None  # their indices, once they are not a prefix
             i = 0
             largest = -bucket[0][0] + overhead
-            if n * largest <= remaining:
-                # The whole bucket fits (each entry fits when reached: what is left
-                # then is at least the cost of the rest).
-                datas = [entry[2].data for entry in bucket]
-                taken += datas
-                remaining -= sum(map(len, datas)) + n * overhead
-                k = i = n
-            elif bucket[-1][0] == bucket[0][0]:
+            if bucket[-1][0] == bucket[0][0]:
                 # All of one length (suspect/dead news about same-length names): a
                 # prefix of remaining // cost entries fits and then nothing else here.
                 k = remaining // largest
                 i = n
-                taken += [entry[2].data for entry in bucket[:k]]
+                taken += map(_data_of, bucket[:k])
                 remaining -= k * largest
             while i < n:
                 room = remaining - overhead  # >= 0 here
@@ -106,7 +130,7 @@ class Broadcasts:
                     entry = bucket[i]
                     if picked is None:
                         picked = list(range(k))
-                data = entry[2].data
+                data = entry[2]
                 remaining = room - len(data)
                 taken.append(data)
                 if picked is not None:
@@ -119,13 +143,12 @@ class Broadcasts:
                 if picked is not None:
                     entries = [bucket.pop(j) for j in reversed(picked)]
                     entries.reverse()
-                elif k == n:  # the whole bucket moves on
-                    entries = bucket
-                    bucket = []
-                else:  # a prefix: the common case
+                else:  # a prefix: the common case (not all: the whole did not fit)
                     entries = bucket[:k]
                     del bucket[:k]
-                moves.append((transmits, entries))
+                size = sum(map(len, map(_data_of, entries)))
+                b.size -= size
+                moves.append(_Bucket(transmits, entries, size))
                 if not bucket:
                     del buckets[transmits]
             if remaining < overhead:
@@ -134,26 +157,34 @@ class Broadcasts:
         # An entry's sort key does not depend on its transmit count: it moves as is, and
         # the entries taken from one bucket are still sorted.
         items = self._items
-        for transmits, entries in moves:
-            nt = transmits + 1
+        for moved in moves:
+            nt = moved.transmits + 1
             if nt >= limit:
-                for entry in entries:
-                    del items[entry[2].key]
+                for entry in moved.entries:
+                    del items[entry[3].key]
                 continue
-            for entry in entries:
-                entry[2].transmits = nt
             target = buckets.get(nt)
             if target is None:
-                buckets[nt] = entries
+                moved.transmits = nt
+                buckets[nt] = moved
+                if moved.entries and moved.entries[0][3].bucket is not moved:  # a part
+                    for entry in moved.entries:
+                        entry[3].bucket = moved
             else:
-                for entry in entries:
-                    insort(target, entry)
+                entries = target.entries
+                for entry in moved.entries:
+                    insort(entries, entry)
+                    entry[3].bucket = target
+                target.size += moved.size
         return taken
 
     def _unlink(self, item: _Item) -> None:
-        bucket = self._buckets[item.transmits]
-        i = bisect_left(bucket, (-len(item.data), -item.order))
-        assert bucket[i][2] is item
-        del bucket[i]
-        if not bucket:
-            del self._buckets[item.transmits]
+        bucket = item.bucket
+        assert bucket is not None
+        entries = bucket.entries
+        i = bisect_left(entries, (-len(item.data), -item.order))
+        assert entries[i][3] is item
+        del entries[i]
+        bucket.size -= len(item.data)
+        if not entries:
+            del self._buckets[bucket.transmits]

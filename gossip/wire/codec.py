@@ -18,9 +18,9 @@ describes both, what we accept and where we are stricter than Go.
 
 from __future__ import annotations
 
-import functools
 import struct
 import zlib
+from collections import deque
 from collections.abc import Sequence
 from itertools import accumulate
 
@@ -179,14 +179,40 @@ _PART_CACHE_SIZE = 4096
 """Decoded parts kept by one process (≈ 1.5 MiB at most): an agent sees few repeats
 beyond gossip of the same news, so a small memo is enough; ``set_part_cache_size``
 lets a simulator of thousands of nodes in one process keep more."""
-_decode_part_cached = functools.lru_cache(maxsize=_PART_CACHE_SIZE)(decode_packet_part)
+
+# The part memo: a dict (looked up by C-level passes over a packet's parts, one
+# ``dict.get`` each; ``functools.lru_cache`` built a key tuple and relinked its list
+# on every hit) and its keys in insertion order, the oldest forgotten first.
+_parts: dict[bytes, Message] = {}
+_parts_order: deque[bytes] = deque()
+_parts_max = _PART_CACHE_SIZE
 
 
 def set_part_cache_size(entries: int) -> None:
     """Resize the decoded-part memo (empties it). The simulator, which decodes every
     node's copy of a failure storm's suspects in one process, uses 16,384 (≈ 6 MiB)."""
-    global _decode_part_cached
-    _decode_part_cached = functools.lru_cache(maxsize=max(0, entries))(decode_packet_part)
+    global _parts_max
+    _parts_max = max(0, entries)
+    _parts.clear()
+    _parts_order.clear()
+
+
+def part_cache_size() -> int:
+    """How many decoded parts the memo keeps at most (``set_part_cache_size``)."""
+    return _parts_max
+
+
+def _decode_part_cached(buf: bytes) -> Message:
+    """``decode_packet_part(buf)``, memoised (errors are not)."""
+    m = _parts.get(buf)
+    if m is None:
+        m = decode_packet_part(buf)
+        if _parts_max:
+            if len(_parts_order) >= _parts_max:
+                del _parts[_parts_order.popleft()]
+            _parts[buf] = m
+            _parts_order.append(buf)
+    return m
 
 
 def _part(buf: bytes) -> Message:
@@ -224,13 +250,16 @@ def _walk(
             # plain message (a nested compound/compress, a bad one) raises, and the
             # loop below then does it part by part, so the outcome is the same.
             bounds = list(accumulate(lens, initial=off))
-            parts = map(buf.__getitem__, map(slice, bounds, bounds[1:]))
-            had = len(msgs)
+            parts = list(map(buf.__getitem__, map(slice, bounds, bounds[1:])))
+            got = list(map(_parts.get, parts))
+            if all(got):  # every part memoised (messages are always true)
+                msgs += got  # type: ignore[arg-type]
+                return
             try:
-                msgs += map(_decode_part_cached, parts)
+                msgs += [m if m is not None else _decode_part_cached(p) for m, p in zip(got, parts, strict=True)]
                 return
             except DecodeError:
-                del msgs[had:]
+                pass
         for ln in lens:
             if off + ln > size:
                 errs.append("compound part truncated")
@@ -313,7 +342,8 @@ def set_packet_memo_bytes(max_bytes: int) -> None:
 
 def clear_caches() -> None:
     """Forget memoised decodes (tests; long-running processes never need it)."""
-    _decode_part_cached.cache_clear()
+    _parts.clear()
+    _parts_order.clear()
     _plain_memo.clear()
 
 

@@ -664,9 +664,9 @@ def test_part_memo_size_is_settable_and_decoding_is_unchanged() -> None:
     before = w.decode_packet(packet, None)
     try:
         w.set_part_cache_size(1)
-        assert w._decode_part_cached.cache_info().maxsize == 1
+        assert w.part_cache_size() == 1
         assert w.decode_packet(packet, None) == before
         assert w.decode_packet(packet, None) == before
     finally:
         w.set_part_cache_size(w._PART_CACHE_SIZE)
-    assert w._decode_part_cached.cache_info().maxsize == w._PART_CACHE_SIZE
+    assert w.part_cache_size() == w._PART_CACHE_SIZE
