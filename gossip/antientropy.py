@@ -277,7 +277,23 @@ class AntiEntropy:
         if not peer_ip:
             return
         alive = NodeState.ALIVE
-        at_ip = [ns.name for ns in msg.nodes if ns.state == alive and ip_text(ns.addr) == peer_ip]
+        nodes = msg.nodes
+        # The states whose address reads as ``peer_ip`` (``ip_text(ns.addr) == peer_ip``),
+        # found by C-level scans for the only raw forms that read so (4 bytes or
+        # IPv4-mapped for IPv4, the 16 bytes for IPv6): a Python pass over 10,000 states
+        # per push/pull was ~1 % of a 10,000-node simulation.
+        addrs = list(map(_addr_of, nodes))
+        found: list[int] = []
+        for raw in _raw_forms(peer_ip):
+            i = -1
+            try:
+                while True:
+                    i = addrs.index(raw, i + 1)
+                    found.append(i)
+            except ValueError:
+                pass
+        found.sort()
+        at_ip = [nodes[i].name for i in found if nodes[i].state == alive]
         if len(at_ip) != 1 or at_ip[0] == self._swim.name:
             return
         # What the message claims is not enough (a spoofer can claim any name is at its own
@@ -293,6 +309,19 @@ class AntiEntropy:
             at_peer -= 1
         if at_peer == 1:
             table.mark_heard(member.name)
+
+
+def _raw_forms(ip: str) -> list[bytes]:
+    """Every wire address ``raw`` with ``ip_text(raw) == ip`` (none if ``ip`` is not an
+    address in ``ip_text``'s canonical form)."""
+    try:
+        packed = ip_bytes(ip)
+    except ValueError:
+        return []
+    forms = [packed]
+    if len(packed) == 4:
+        forms.append(b"\x00" * 10 + b"\xff\xff" + packed)
+    return [raw for raw in forms if ip_text(raw) == ip]
 
 
 def _encode_state(m: Member) -> bytes:

@@ -162,6 +162,8 @@ class Swim:
         self._now = now
         self._broadcasts = Broadcasts()
         self._suspicions: dict[str, Suspicion] = {}
+        self._suspicion_params: tuple[int, float, float, int] = (-1, 0.0, 0.0, 0)
+        """(table size, Lifeguard's low and high timeout and k for that size)."""
         self._streams: dict[int, _Stream] = {}
         self._timers = Timers()
         self._seq_no = 0
@@ -667,8 +669,10 @@ class Swim:
         self._table.set(suspected)
         self._broadcasts.queue(name, wire.encode_accusation(True, incarnation, name, from_))
         n = len(self._table.members)
-        low, high = suspicion_bounds(self.config, n)
-        k = expected_confirmations(self.config, n)
+        if n != self._suspicion_params[0]:  # per table size: a storm starts thousands
+            low, high = suspicion_bounds(self.config, n)
+            self._suspicion_params = (n, low, high, expected_confirmations(self.config, n))
+        _, low, high, k = self._suspicion_params
         suspicion = Suspicion(incarnation, now, low, high if k > 0 else low, k, [from_])
         self._suspicions[name] = suspicion
         self._timers.set(suspicion.deadline, TimerKind.SUSPICION, name)

@@ -1,0 +1,55 @@
+"""The crash storm's fast paths (issue 15 item 3) give exactly what the plain code gives."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gossip.antientropy import _raw_forms
+from gossip.errors import DecodeError
+from gossip.members import ip_text
+from gossip.wire import codec as wire
+from gossip.wire.messages import Dead, Nack, Suspect
+
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+
+
+@given(st.booleans(), st.integers(0, 0xFFFFFFFF), _names, _names)
+def test_memoised_accusations_encode_as_the_messages(suspect: bool, inc: int, node: str, from_: str) -> None:
+    msg = Suspect(inc, node, from_) if suspect else Dead(inc, node, from_)
+    assert wire.encode_accusation(suspect, inc, node, from_) == wire.encode(msg)
+    assert wire.encode_accusation(suspect, inc, node, from_) == wire.encode(msg)  # memoised
+
+
+def test_raw_forms_are_exactly_the_addresses_that_read_as_the_text() -> None:
+    candidates = [
+        ipaddress.ip_address(a).packed
+        for a in ("10.0.0.1", "10.0.0.2", "::ffff:10.0.0.1", "::ffff:10.0.0.2", "fe80::1", "::1", "::a00:1")
+    ]
+    for text in ("10.0.0.1", "fe80::1", "::ffff:10.0.0.1", "FE80::1", "010.0.0.1", "nonsense", "::1"):
+        want = sorted(raw for raw in candidates if ip_text(raw) == text)
+        got = sorted(raw for raw in candidates if raw in _raw_forms(text))
+        assert got == want, text
+
+
+def test_a_repeated_datagram_is_the_same_bytes_and_flags_still_count() -> None:
+    parts = [wire.encode(Nack(i)) for i in range(5)]
+    first = wire.encode_packet(parts, compress=True, crc=False, keyring=None)
+    assert wire.encode_packet(list(parts), compress=True, crc=False, keyring=None) == first
+    with_crc = wire.encode_packet(parts, compress=True, crc=True, keyring=None)
+    assert with_crc != first and with_crc.endswith(first) and with_crc[0] == 12
+    other = wire.encode_packet(parts[:4], compress=True, crc=True, keyring=None)
+    assert wire.decode_packet(other, None) == [Nack(i) for i in range(4)]
+
+
+def test_compound_fast_path_falls_back_for_nested_and_bad_parts() -> None:
+    wire.clear_caches()
+    inner = wire.encode_compound([wire.encode(Nack(1)), wire.encode(Nack(2))])
+    packet = wire.encode_compound([wire.encode(Nack(0)), inner, wire.encode(Nack(3))])
+    assert wire.decode_packet(packet, None) == [Nack(0), Nack(1), Nack(2), Nack(3)]
+    errors: list[DecodeError] = []
+    bad = wire.encode_compound([wire.encode(Nack(0)), b"\x0d\xc1", wire.encode(Nack(3))])
+    assert wire.decode_packet(bad, None, errors=errors) == [Nack(0), Nack(3)]
+    assert len(errors) == 1
