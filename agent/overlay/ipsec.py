@@ -46,7 +46,6 @@ import trio
 
 from agent import limits
 from agent.log import kv
-from crypto import ipsec
 from gossip.effects import Effect
 from gossip.swim import Swim
 from gossip.tables.replica import Tables
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from agent.control.server import ControlServer
     from agent.overlay.extension import Overlay
     from agent.runtime import MetricFamily, Runtime
+    from crypto import ipsec
     from dataplane.reconciler import PassReport, Reconciler, ReconcilerConfig
     from dataplane.xfrm.codec import Request
     from dataplane.xfrm.kernel import XfrmApplier
@@ -100,6 +100,8 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 def rotation_policy(interval: float) -> ipsec.RotationPolicy:
     """The schedule for ``interval``: grace is a third of it, at most a minute (it must
     exceed clock skew plus flight time; a short interval is for tests)."""
+    from crypto import ipsec
+
     return ipsec.RotationPolicy(interval, min(MAX_GRACE, interval / 3))
 
 
@@ -145,6 +147,8 @@ class KeyStore:
                                     what="the key file")
             if not isinstance(data, dict) or data.get("boot") != self.boot or data.get("vtep") != vtep:
                 return {}
+            from crypto import ipsec  # keys were saved: an encrypted network
+
             out: dict[int, ipsec.EpochKey] = {}
             for epoch, hexkey in dict(data.get("keys") or {}).items():
                 key = ipsec.EpochKey.from_private(int(epoch), bytes.fromhex(hexkey))
@@ -275,7 +279,8 @@ class IpsecAgent:
         self.clock = clock
         self.random_bytes = random_bytes
         self.boot = boot if boot is not None else boot_id()
-        self.policy = rotation_policy(interval or DEFAULT_INTERVAL)
+        self._interval_s = interval or DEFAULT_INTERVAL
+        self._policy: ipsec.RotationPolicy | None = None
         self.keys: dict[int, ipsec.EpochKey] = {}
         self.store = KeyStore(None, self.boot)
         self.counters = Counters()
@@ -288,6 +293,15 @@ class IpsecAgent:
         self._wake = trio.Event()
 
     # -- wiring ---------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> ipsec.RotationPolicy:
+        """The key schedule (``crypto.ipsec``, loaded with it): made on first use, i.e. with
+        the first keys or encrypted network, or when the status is read; an agent that
+        never has either does not hold the IPsec key code (~0.13 MiB, docs/benchmarks.md)."""
+        if self._policy is None:
+            self._policy = rotation_policy(self._interval_s)
+        return self._policy
 
     @property
     def rec(self) -> Reconciler[XfrmView, XfrmDesired, XfrmActual, Request]:
@@ -322,7 +336,7 @@ class IpsecAgent:
     def setup(self, rt: Runtime, server: ControlServer) -> None:
         self.rt = rt
         interval = self._interval or float(getattr(rt.config, "ipsec_rotation_interval", 0) or DEFAULT_INTERVAL)
-        self.policy = rotation_policy(interval)
+        self._interval_s, self._policy = interval, None
         node = rt.config.node
         self.store = KeyStore(self._key_dir or default_key_dir(node), self.boot)
         self.overlay.ipsec_view = self.ipsec_peers_view
@@ -383,7 +397,12 @@ class IpsecAgent:
             seen = key
             idle = not self.keys and (self._xfrm is None or self._xfrm.held == 0)
             poll = IDLE_POLL if idle else POLL
-            wait = min(poll, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
+            if idle and self._policy is None:
+                wait = poll  # no keys, no schedule yet: a rotation would change nothing
+            else:
+                from crypto import ipsec
+
+                wait = min(poll, max(0.0, ipsec.next_change(self.clock(), self.policy) - self.clock()))
             with trio.move_on_after(wait):
                 await self._wake.wait()
 
@@ -401,6 +420,8 @@ class IpsecAgent:
         make sure the tables publish exactly their public halves. True if keys changed."""
         if not rekey and not self._keys_needed():
             return False
+        from crypto import ipsec
+
         keep = ipsec.epochs_to_keep(now, self.policy)
         changed = False
         for epoch in ipsec.epochs_to_publish(now, self.policy):
@@ -446,6 +467,7 @@ class IpsecAgent:
 
     def desired(self, now: float) -> tuple[list[PeerState], XfrmView]:
         """What the kernel should hold now (called in the trio thread: reads the tables)."""
+        from crypto import ipsec
         from dataplane.xfrm.model import XfrmView  # loaded with the reconciler
 
         tables = self.tables
