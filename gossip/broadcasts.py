@@ -162,6 +162,9 @@ class Broadcasts:
             if nt >= limit:
                 for entry in moved.entries:
                     del items[entry[3].key]
+                # Its items point at it: without its entries no cycle is left for the
+                # cyclic GC (which the simulator runs young-only during a run).
+                moved.entries = []
                 continue
             target = buckets.get(nt)
             if target is None:
