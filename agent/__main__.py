@@ -123,6 +123,12 @@ def _command(argv: Sequence[str] | None) -> int:
 PARSER_MODULES = ("agent.cli", "agent.configload", "argparse", "gettext", "locale")
 """What only the command line and the configuration's loading need: dropped once a ``run``
 is parsed (``_parse``)."""
+REDEFERRED = ("shutil",)
+"""Deferred modules (``agent.deferred``) that parsing loads and the agent does not use
+afterwards: argparse's help formatter asks ``shutil.get_terminal_size`` for its width as
+each flag is added. Put back behind a placeholder with the parser's modules (~0.15 MiB of
+RSS); a later use loads it again (``subprocess`` looking up a program, tempfile's cleanup).
+Measured: docs/benchmarks.md, "Final figures for issue 17"."""
 
 
 def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded | None, bool]:
@@ -131,7 +137,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded 
 
     For ``run`` in a process that had not loaded argparse (the daemon), the parser's
     modules (``PARSER_MODULES``: argparse with gettext and locale, which its messages
-    load, and our flag table) are dropped once the configuration is built: ~0.5 MiB of an
+    load, and our flag table) are dropped once the configuration is built, and the deferred
+    modules parsing loaded (``REDEFERRED``) are deferred again: ~0.65 MiB of an
     agent's RSS (docs/benchmarks.md) for code that never runs again. They hold reference
     cycles (functions and their module's globals), so they go with one collection of the
     youngest generation, which holds only what was made since ``gc.freeze`` just before:
@@ -140,8 +147,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded 
     test, a tool importing ``agent.__main__``) nothing is dropped.
     """
     import agent.config  # loaded before the freeze: it stays (the agent runs on it)
+    from agent import deferred
 
     own = "argparse" not in sys.modules and "agent.cli" not in sys.modules
+    redefer = [mod for mod in REDEFERRED if deferred.is_deferred(mod)]
     if own:
         gc.freeze()
     try:
@@ -154,6 +163,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded 
         del command, cli  # nothing of theirs may stay referenced (``Loaded`` is theirs too)
         for mod in PARSER_MODULES:
             sys.modules.pop(mod, None)
+        for mod in redefer:  # only argparse (dropped above) held the module parsing loaded
+            if not deferred.is_deferred(mod):
+                sys.modules.pop(mod, None)
+                deferred.defer(mod)
         import agent
 
         for sub in ("cli", "configload"):

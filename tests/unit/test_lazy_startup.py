@@ -121,6 +121,25 @@ def test_daemon_drops_its_command_line_and_check_config_keeps_it() -> None:
     assert lines[1] == "check-config b Loaded True", out
 
 
+def test_daemon_puts_shutil_back_behind_its_placeholder_after_parsing() -> None:
+    # argparse's help formatter loads shutil while flags are added; once the parser is gone
+    # the daemon holds a fresh placeholder, which still loads the real module when used.
+    out = _run("""
+        import gc, sys
+        gc.disable()
+        from agent import deferred
+        deferred.defer("shutil")
+        from agent import __main__ as m
+        m._parse(["--node", "a", "--bind", "127.0.0.1:7946"])
+        held = [o for o in gc.get_objects() if isinstance(o, dict) and o.get("__name__") == "shutil"
+                and "get_terminal_size" in o]
+        print(deferred.is_deferred("shutil"), len(held))
+        import shutil
+        print(shutil.which("sh") is not None, deferred.is_deferred("shutil"))
+    """)
+    assert out.split("\n")[:2] == ["True 0", "True False"], out
+
+
 def test_compact_index_finds_what_the_dict_held() -> None:
     rng = random.Random(7)
     index = {rng.randbytes(16): (rng.randrange(1 << 31), rng.randrange(1 << 16)) for _ in range(300)}
