@@ -51,11 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from agent import codecache, deferred
+    from agent import deferred
 
     # Before the command line is parsed: argparse loads shutil, which would load bz2 and
-    # lzma (and map their libraries) if they were not placeholders yet.
+    # lzma (and map their libraries) if they were not placeholders yet; and before the code
+    # cache, whose ``dataclasses`` imports ``inspect``, which imports ``tokenize``.
     deferred.defer(*deferred.AGENT_DEFERRED)
+    from agent import codecache
 
     # Dataclass (and attrs) methods compiled at an earlier start (~0.05 CPU-s of ~0.19),
     # from the first module that defines some on; ``service.run`` uninstalls it once the

@@ -36,7 +36,7 @@ import types
 from collections.abc import Iterator
 
 AGENT_DEFERRED = ("ssl", "hmac", "hashlib", "secrets", "idna", "tempfile", "shutil", "bz2", "lzma", "unicodedata",
-                  "traceback", "base64", "subprocess")
+                  "traceback", "base64", "subprocess", "tokenize")
 """What the daemon defers (the first four are what maps libcrypto into an agent; the next
 four come with ``ctypes.util``, which trio imports to name its threads, and serve only
 its fallbacks when ``ldconfig`` cannot find a library: ~0.5 MiB of code and two
@@ -46,7 +46,9 @@ compression libraries; ``unicodedata``, a C extension that attrs imports for
 an exception, and ``base64``, which the agent uses for gossip keys and event payloads:
 ~0.2-0.3 MiB together, loaded on the first such use; ``subprocess``, which trio and
 ``ctypes.util`` import and the agent needs only for the ``nft`` tool, once the gateway
-reconciler runs (the first network): ~0.15 MiB)."""
+reconciler runs (the first network): ~0.15 MiB; ``tokenize``, which ``inspect`` and
+``linecache`` import (``dataclasses`` imports ``inspect``) to read source files, which
+only a printed traceback or ``inspect.getsource`` does: ~0.1 MiB)."""
 
 GLIBC_SONAMES = {"pthread": "libpthread.so.0"}
 """``find_library`` names answered without ``ldconfig`` on glibc (the sonames of its ABI:

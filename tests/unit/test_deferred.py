@@ -77,6 +77,23 @@ def test_logging_an_exception_loads_traceback_when_needed() -> None:
     assert out == "(True, True) True True 16 False False"
 
 
+def test_source_lines_load_tokenize_when_first_read() -> None:
+    # dataclasses -> inspect -> tokenize (and linecache -> tokenize) only import it; a traceback's
+    # source lines and inspect.getsource read files through it.
+    out = _run(
+        """
+        from agent import deferred
+        deferred.defer(*deferred.AGENT_DEFERRED)
+        import dataclasses, inspect, linecache
+        before = deferred.is_deferred("tokenize")
+        line = linecache.getline(dataclasses.__file__, 1)
+        source = inspect.getsource(dataclasses.fields)
+        print(before, bool(line), source.startswith("def fields("), deferred.is_deferred("tokenize"))
+        """
+    )
+    assert out == "True True True False"
+
+
 def test_subprocess_loads_on_first_use_from_a_worker_thread() -> None:
     out = _run(
         """
