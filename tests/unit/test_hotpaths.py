@@ -53,3 +53,37 @@ def test_compound_fast_path_falls_back_for_nested_and_bad_parts() -> None:
     bad = wire.encode_compound([wire.encode(Nack(0)), b"\x0d\xc1", wire.encode(Nack(3))])
     assert wire.decode_packet(bad, None, errors=errors) == [Nack(0), Nack(3)]
     assert len(errors) == 1
+
+
+_parts_st = st.lists(
+    st.one_of(
+        st.builds(lambda i, n, f: wire.encode(Suspect(i, n, f)), st.integers(0, 0xFFFFFFFF), _names, _names),
+        st.builds(lambda i, n, f: wire.encode(Dead(i, n, f)), st.integers(0, 0xFFFFFFFF), _names, _names),
+        st.builds(lambda s: wire.encode(Nack(s)), st.integers(0, 0xFFFFFFFF)),
+        st.binary(min_size=1, max_size=40),  # bad parts, a stray nested or label byte
+        st.sampled_from([b"\x07\x01\x00\x01\x0b", b"\x0c", b"\xf4\x01a", bytes([5]) * 2100]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(_parts_st, st.booleans(), st.booleans())
+def test_preseeded_decodes_are_the_plain_decodes(parts: list[bytes], compress: bool, crc: bool) -> None:
+    """A datagram whose decode ``encode_packet`` filed (the simulator's switch) decodes
+    to exactly what the receiver's own decode of its bytes gives."""
+    wire.clear_caches()
+    wire.set_preseed_decodes(True)
+    try:
+        data = wire.encode_packet(parts, compress=compress, crc=crc, keyring=None)
+        wire._last_packet = None  # type: ignore[attr-defined]
+    finally:
+        wire.set_preseed_decodes(False)
+    filed = wire._plain_memo.get(data)  # type: ignore[attr-defined]
+    wire.clear_caches()
+    msgs, errs, _ = wire._decode_plain(data)  # type: ignore[attr-defined]
+    if filed is not None:
+        assert filed == (msgs, errs)
+        assert not errs
+    if all(0 < len(p) <= 2048 and p[0] not in (7, 9) for p in parts) and not errs and len(data) <= 2048 and data[0] != 0xF4:
+        assert filed is not None  # the plain case is filed
