@@ -130,7 +130,7 @@ REDEFERRED = ("shutil",)
 afterwards: argparse's help formatter asks ``shutil.get_terminal_size`` for its width as
 each flag is added. Put back behind a placeholder with the parser's modules (~0.15 MiB of
 RSS); a later use loads it again (``subprocess`` looking up a program, tempfile's cleanup).
-Measured: docs/benchmarks.md, "Final figures for issue 17"."""
+Measured: docs/performance.md, "Final figures for issue 17"."""
 
 
 def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded | None, bool]:
@@ -141,7 +141,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, AgentConfig | None, Loaded 
     modules (``PARSER_MODULES``: argparse with gettext and locale, which its messages
     load, and our flag table) are dropped once the configuration is built, and the deferred
     modules parsing loaded (``REDEFERRED``) are deferred again: ~0.65 MiB of an
-    agent's RSS (docs/benchmarks.md) for code that never runs again. They hold reference
+    agent's RSS (docs/performance.md) for code that never runs again. They hold reference
     cycles (functions and their module's globals), so they go with one collection of the
     youngest generation, which holds only what was made since ``gc.freeze`` just before:
     the parser, its modules and the configuration (~1 ms; everything older is frozen

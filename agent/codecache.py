@@ -5,7 +5,7 @@ Why: ``@dataclass`` writes the source of ``__init__``, ``__repr__``, ``__eq__``,
 ``__hash__`` and (frozen) ``__setattr__``/``__delattr__`` for each class and compiles it
 at import time. The agent defines ~140 dataclasses; compiling their ~740 generated
 functions was ~0.055 CPU-s of a ~0.19 CPU-s start (measured: ``compile`` of
-``dataclasses``' generated text under ``time.thread_time``, docs/benchmarks.md, "Where
+``dataclasses``' generated text under ``time.thread_time``, docs/performance.md, "Where
 the agent's memory and start-up go"). Those texts are the same at every start, so their
 code objects are cached, keyed by the exact generated text: a class that changes
 generates another text, misses, and is compiled as before, so a stale cache costs time,
@@ -88,7 +88,7 @@ class _Spans:
     Why not the dict ``load`` returns: its ~540 entries are ~110 KiB of small objects
     (key, tuple and two ints each) that live for the whole start-up and are freed at
     its end, when nothing allocates any more to reuse their space: the agent's RSS kept
-    them (docs/benchmarks.md, RSS). Made right after loading, the dict is freed before
+    them (docs/performance.md, RSS). Made right after loading, the dict is freed before
     the modules load, which then reuse its space."""
 
     __slots__ = ("keys", "spans")

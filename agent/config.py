@@ -7,7 +7,7 @@ Does not: read the file, the environment or the flags, or validate values
 (``agent.configload`` builds an ``AgentConfig`` from them), open sockets, or touch
 the state directory. The split: an agent keeps this module for good, and drops
 ``agent.configload`` with the command line once its configuration is built
-(``agent.__main__``; ~0.1 MiB of RSS, docs/benchmarks.md).
+(``agent.__main__``; ~0.1 MiB of RSS, docs/performance.md).
 """
 
 from __future__ import annotations

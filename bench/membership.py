@@ -102,7 +102,7 @@ SETTLE_MAX = 20.0
 def warm_poll_interval(n: int) -> float:
     """The warm join's sweep interval: 2 ms per agent, within 10-100 ms, the same for both kinds.
 
-    At N = 5 both kinds converge in 15-100 ms (10 ms sweeps, docs/benchmarks.md "Final
+    At N = 5 both kinds converge in 15-100 ms (10 ms sweeps, docs/performance.md "Final
     figures for issue 17"), so 100 ms sweeps timed both at the second sweep (serf 0.103 s,
     ours 0.107 s: the poll order and cost, not the join) or, when one joiner learned the last
     member from gossip just after it, at the third (the 1.98x of one quick run). Finer sweeps

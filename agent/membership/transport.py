@@ -303,7 +303,7 @@ _ZEROS: list[memoryview] = []
 """What a stream body's buffer grows by (a slice of it) before the kernel writes into it:
 one block of ``BODY_CHUNK`` zeros, made by ``_zeros`` when the first message needs more
 than one read (an agent whose streams all fit one read never makes it: ~0.07 MiB of RSS
-measured, docs/benchmarks.md)."""
+measured, docs/performance.md)."""
 
 
 def _zeros() -> memoryview:

@@ -235,7 +235,7 @@ class Overlay(EndpointOps, EndpointRecord, OverlayReport):
     def _layer_ops(self) -> dict[str, Op]:
         """The layer's ops (``OPS``), made at the first call of one of them: their code
         (``agent.overlay.ops``, ``agent.runtimes.cni.attachments``, with network options
-        and IPAM) is not loaded by an agent that is never asked (~0.1 MiB, docs/benchmarks.md)."""
+        and IPAM) is not loaded by an agent that is never asked (~0.1 MiB, docs/performance.md)."""
         if self._ops is None:
             from agent.overlay import ops as netops
             from agent.runtimes.cni.attachments import ops as cni_ops

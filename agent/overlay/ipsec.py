@@ -298,7 +298,7 @@ class IpsecAgent:
     def policy(self) -> ipsec.RotationPolicy:
         """The key schedule (``crypto.ipsec``, loaded with it): made on first use, i.e. with
         the first keys or encrypted network, or when the status is read; an agent that
-        never has either does not hold the IPsec key code (~0.13 MiB, docs/benchmarks.md)."""
+        never has either does not hold the IPsec key code (~0.13 MiB, docs/performance.md)."""
         if self._policy is None:
             self._policy = rotation_policy(self._interval_s)
         return self._policy

@@ -9,7 +9,7 @@ Networks that both allow overlapping subnets (``--allow-overlap``, ``netopts``) 
 not contest their subnets.
 
 Loads ``ipam`` and ``netopts`` only once there is a network to resolve: an agent
-without networks does not hold their code (docs/benchmarks.md, RSS).
+without networks does not hold their code (docs/performance.md, RSS).
 
 Precedence: the earlier creation in Lamport order, then the node name, then the
 id — i.e. the lowest ``(created, node, id)`` keeps the value.

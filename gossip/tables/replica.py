@@ -135,7 +135,7 @@ class Tables:
         on first use: with the first network row, extension row, network or endpoint
         call. Its modules (network options, host access, aliases, IPAM blocks) are what
         only networks need, so an agent that has none does not load them (~0.25 MiB,
-        docs/benchmarks.md); until then every call below that would reach it is a no-op
+        docs/performance.md); until then every call below that would reach it is a no-op
         (``_tidy_opts``, ``_tidy_hosts``, ``host_endpoint``)."""
         if self._extras is None:
             from gossip.tables.extras import Extras
