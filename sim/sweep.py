@@ -38,7 +38,7 @@ BASE_BYTES = 64 * MIB
 NODE_BYTES = 32 * 1024
 PAIR_BYTES = 16
 """The estimate is BASE + NODE·N + PAIR·N² bytes. Measured peaks with the compact member
-table (crash-1pct, defaults; docs/simulation.md §7 and §6): 84 MiB at 1,000 nodes,
+table (crash-1pct, defaults; docs/scaling.md §7 and §6): 84 MiB at 1,000 nodes,
 232 MiB at 3,000, 1,560 MiB at 10,000, i.e. ≈ 48 MiB + 24 KiB·N + 13.5 B·N² (the N²
 term is the crash storm's per-(observer, crashed) state: N²/100 pairs; per-node tables,
 RNGs and buffers are the N term). The constants are rounded up (by 20-30 % at 3,000 and

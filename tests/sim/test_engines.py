@@ -123,7 +123,7 @@ def test_memory_limit_keeps_points_apart(tmp_path: Path, capsys: pytest.CaptureF
 
 
 # Measured peak RSS of crash-1pct points with the compact member table (MiB; §6 and §7
-# of docs/simulation.md): the estimate must cover each, by at most ~1.6x from 1,000 up.
+# of docs/scaling.md): the estimate must cover each, by at most ~1.6x from 1,000 up.
 MEASURED_PEAK_MIB = {1000: 84.9, 3000: 232.7, 10000: 1560.0}
 
 
