@@ -35,6 +35,7 @@ from __future__ import annotations
 import random
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate
 
 from gossip.members import Member, Status
 
@@ -86,7 +87,8 @@ class MemberImage(Mapping[str, Member]):
     """A fixed, converged member table (the given order) that many tables install
     (``MemberTable.install``) without copying it: the simulator's converged start."""
 
-    __slots__ = ("_at_address", "_positions", "any_gone", "index", "order", "vals")
+    __slots__ = ("_at_address", "_positions", "_state_ends", "_states", "_states_of", "any_gone", "index",
+                 "order", "vals")
 
     def __init__(self, index: NameIndex, members: Iterable[Member]) -> None:
         self.index = index
@@ -103,6 +105,20 @@ class MemberImage(Mapping[str, Member]):
         self.any_gone = any(m.status >= _DEAD for m in self.values())
         self._at_address: dict[tuple[str, int], list[int]] | None = None
         self._positions: dict[int, int] | None = None
+        self._states_of: Callable[[Member], bytes] | None = None
+        self._states = b""
+        self._state_ends = array("q")
+
+    def joined_states(self, state_of: Callable[[Member], bytes]) -> tuple[bytes, array[int]]:
+        """``state_of`` of every member in order, joined, and where each one ends (built
+        once per ``state_of``, on first use): the body of a push/pull that a table
+        sharing this image patches its overlay into (``MemberTable.joined_states``)."""
+        if self._states_of is not state_of:
+            states = list(map(state_of, self.values()))
+            self._states = b"".join(states)
+            self._state_ends = array("q", accumulate(map(len, states)))
+            self._states_of = state_of
+        return self._states, self._state_ends
 
     def positions(self) -> dict[int, int]:
         """Row -> its position in ``order`` (built once, on first use)."""
@@ -289,6 +305,30 @@ class MemberTable:
             return out  # type: ignore[return-value]
         get = over.get
         return [get(r) or vals[r] for r in self._seq]  # type: ignore[misc]
+
+    def joined_states(self, state_of: Callable[[Member], bytes]) -> bytes | None:
+        """``b"".join(map(state_of, members.values()))`` while the table shares an
+        image's order: the image's joined states (``MemberImage.joined_states``) with
+        the overlay's few members patched in, by slicing, without touching the other
+        members (a push/pull half at 10,000 members, built ~10,000 times in a crash
+        storm's minute). ``state_of`` must be a pure function of the member. None when
+        the table has its own order: the caller joins the states itself."""
+        image = self._image
+        if not self._seq_shared or image is None:
+            return None
+        blob, ends = image.joined_states(state_of)
+        over = self._over
+        if not over:
+            return blob
+        pos = image.positions()
+        parts: list[bytes] = []
+        done = 0
+        for p, m in sorted(zip(map(pos.__getitem__, over), over.values(), strict=True)):
+            parts.append(blob[done : ends[p - 1] if p else 0])
+            parts.append(state_of(m))
+            done = ends[p]
+        parts.append(blob[done:])
+        return b"".join(parts)
 
     def others(self) -> Iterator[Member]:
         me = self._me_row

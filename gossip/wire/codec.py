@@ -44,6 +44,7 @@ from gossip.wire.messagecodec import encode_compress as encode_compress
 from gossip.wire.messagecodec import encode_err as encode_err
 from gossip.wire.messagecodec import encode_node_state as encode_node_state
 from gossip.wire.messagecodec import encode_push_pull_body as encode_push_pull_body
+from gossip.wire.messagecodec import encode_push_pull_joined as encode_push_pull_joined
 from gossip.wire.messages import Message, MessageType
 
 COMPOUND_OVERHEAD = 2

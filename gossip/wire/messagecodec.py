@@ -578,10 +578,16 @@ def encode_push_pull_body(join: bool, states: Sequence[bytes], user_state: bytes
     """``[6]`` + header + node states already encoded by :func:`encode_node_state` +
     user state: the same bytes as ``encode(PushPull(...))``, without building a
     ``PushNodeState`` per member (push/pull at 10,000 members)."""
+    return encode_push_pull_joined(join, len(states), b"".join(states), user_state)
+
+
+def encode_push_pull_joined(join: bool, count: int, states: bytes, user_state: bytes) -> bytes:
+    """:func:`encode_push_pull_body` for ``count`` node states already joined into one
+    buffer (a table that shares a converged image patches the image's joined states)."""
     if len(user_state) > MAX_USER_STATE:
         raise ValueError("push/pull user state larger than 20 MiB")
-    head = _pack({"Join": bool(join), "Nodes": len(states), "UserStateLen": len(user_state)})
-    return b"".join((b"\x06", head, *states, user_state))
+    head = _pack({"Join": bool(join), "Nodes": count, "UserStateLen": len(user_state)})
+    return b"".join((b"\x06", head, states, user_state))
 
 
 def _encode_push_pull(m: PushPull) -> bytes:

@@ -87,3 +87,30 @@ def test_preseeded_decodes_are_the_plain_decodes(parts: list[bytes], compress: b
         assert not errs
     if all(0 < len(p) <= 2048 and p[0] not in (7, 9) for p in parts) and not errs and len(data) <= 2048 and data[0] != 0xF4:
         assert filed is not None  # the plain case is filed
+
+
+def test_a_push_pull_half_from_a_shared_image_is_the_encoded_message() -> None:
+    """The simulator's converged tables build their push/pull half from the image's
+    joined states with their own changes patched in: the bytes of the message."""
+    from gossip.config import Config
+    from gossip.members import Member, Status, ip_bytes
+    from gossip.wire.messages import NodeState, PushNodeState, PushPull
+    from sim.cores import SwimFactory, node_addr, node_name
+
+    factory = SwimFactory(Config(), seed=3)
+    n = 60
+    cores = [factory(i, node_name(i, n), node_addr(i), 0.0, 0) for i in range(n)]
+    factory.preconverge(0.0, cores)
+    swim = cores[7]
+    table = swim._table  # type: ignore[attr-defined]
+    for i in (0, 9, 31, n - 1):
+        m = table.members[node_name(i, n)]
+        table.set(Member(m.name, m.addr, m.port, m.incarnation + 1, Status.SUSPECT, m.meta, m.vsn, 1.0))
+    assert table._image is not None and len(table._over) >= 4  # still sharing the image
+    for join in (False, True):
+        nodes = tuple(
+            PushNodeState(m.name, ip_bytes(m.addr), m.port, m.meta, m.incarnation, NodeState(int(m.status)), m.vsn)
+            for m in table.members.values()
+        )
+        expected = wire.encode_stream(PushPull(join, nodes), compress=True, keyring=None)
+        assert swim._sync.stream(join, False) == expected  # type: ignore[attr-defined]

@@ -97,9 +97,15 @@ def _same(ref: ReferenceTable, t: MemberTable) -> None:
     t.check_invariants()
 
 
-def _drive(ref: ReferenceTable, t: MemberTable, ops: random.Random, n: int, steps: int) -> None:
-    """The same random calls on both tables; every answer must be equal."""
+def _state_of(m: Member) -> bytes:
+    return f"{m.name}:{m.incarnation}:{int(m.status)};".encode()
+
+
+def _drive(ref: ReferenceTable, t: MemberTable, ops: random.Random, n: int, steps: int) -> int:
+    """The same random calls on both tables; every answer must be equal. Returns how
+    many steps the table answered ``joined_states`` from a shared image."""
     now = 0.0
+    patched = 0
     names = [f"m{j}" for j in range(n + 20)]
     for _ in range(steps):
         now += 1.0
@@ -147,7 +153,14 @@ def _drive(ref: ReferenceTable, t: MemberTable, ops: random.Random, n: int, step
         assert t.get_many(names) == [ref.get(x) for x in names]
         if t.members.items() != before:
             assert t.version != version
+        # A push/pull half from the shared image's joined states, the overlay patched in,
+        # is the states of every member in order.
+        joined = t.joined_states(_state_of)
+        if joined is not None:
+            patched += 1
+            assert joined == b"".join(map(_state_of, ref.members.values()))
     _same(ref, t)
+    return patched
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -175,8 +188,10 @@ def test_tables_installed_from_one_image_behave_like_dict_tables(seed: int) -> N
         assert ref.install({m.name: m for m in members}) == t.install(image)
         _same(ref, t)
         pairs.append((ref, t))
+    patched = 0
     for k, (ref, t) in enumerate(pairs):
-        _drive(ref, t, random.Random(seed * 10 + k), n, 400 + 300 * seed)
+        patched += _drive(ref, t, random.Random(seed * 10 + k), n, 400 + 300 * seed)
+    assert patched > 0  # the image's joined states were used, overlay and all
     assert image.values() == [m for m in members]  # nobody wrote into the shared image
 
 
@@ -204,3 +219,7 @@ def test_a_table_sharing_an_image_stores_only_what_changed() -> None:
     assert t._vals is image.vals and t._seq is image.order and len(t._over) == 10
     assert t.members.values()[10:20] == [_mm(i, 2, Status.SUSPECT) for i in range(10, 20)]
     assert t.knows_address(("10.0.0.30", 7946)) and not t.knows_address(("10.9.0.1", 7946))
+    joined = t.joined_states(_state_of)
+    assert joined == b"".join(map(_state_of, t.members.values()))
+    assert image.joined_states(_state_of)[0] == b"".join(map(_state_of, members))
+    assert t._vals is image.vals  # reading the states copied nothing out
