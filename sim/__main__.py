@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sim import keyplots, keyrotation, plots, scenarios, sweep
 from sim.engines import ENGINES, EngineError, make_engine, parse_bytes
@@ -182,5 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_now(code: int) -> NoReturn:
+    """Leave without tearing the run down object by object: every output is written
+    and closed by now, and a 10,000-node run's ~10^7 objects took ~10 s of the
+    command's wall time to free one by one at interpreter exit (the OS frees the
+    process's memory at once). Buffered output is flushed first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
