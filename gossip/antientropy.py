@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, repeat
 from typing import TYPE_CHECKING
 
 from gossip.config import push_pull_scale
@@ -43,16 +43,19 @@ _addr_of = operator.attrgetter("addr")
 _MERGE_BATCHES = 8
 """Batched lookups per merge (each costs a C-level pass over the rest of the state)."""
 
-_quiet: dict[tuple[int, int], tuple[PushNodeState, Member]] = {}
+_quiet: dict[int, Member] = {}
 """Pairs (a remote alive state, the alive member a table holds) that the merge's fast
-path found to be no news, by identity, each pinned by its value so the ids stay
-theirs. Whether a state changes a member is a function of the two values alone (for
+path found to be no news, by identity: ``id(state)`` -> the member (the last one found
+for that state), the state pinned in ``_quiet_pins`` so the id stays its own. Whether a state changes a member is a function of the two values alone (for
 a table that is not the state's own member), and in one process both are shared: the
 states by the push/pull decoder, the members by the tables of a simulator's nodes. So
 a merge passes over the unchanged part of a 10,000-member state by C-level passes
 instead of 10,000 Python comparisons. Off (0) unless ``set_merge_memo_size`` is
 called: the simulator turns it on; an agent's merges stay as they were."""
+_quiet_pins: dict[int, PushNodeState] = {}
 _quiet_max = 0
+_MISS = object()
+"""What a ``_quiet`` lookup of a state not in it gives: never a table's member (nor None)."""
 
 
 def set_merge_memo_size(entries: int) -> None:
@@ -60,6 +63,7 @@ def set_merge_memo_size(entries: int) -> None:
     global _quiet_max
     _quiet_max = max(0, entries)
     _quiet.clear()
+    _quiet_pins.clear()
 
 
 @dataclass(slots=True)
@@ -267,7 +271,10 @@ class AntiEntropy:
                         if quiet_max and current.status == Status.ALIVE:
                             if len(_quiet) >= quiet_max:
                                 _quiet.clear()
-                            _quiet[(id(ns), id(current))] = (ns, current)
+                                _quiet_pins.clear()
+                            key = id(ns)
+                            _quiet[key] = current
+                            _quiet_pins[key] = ns
                         return
                 elif current.status >= _DEAD:
                     return
@@ -296,16 +303,18 @@ class AntiEntropy:
                 rest = nodes[i:] if i else nodes
                 held = table.get_many(names[i:] if i else names)
                 if quiet_max:
-                    todo = list(map(quiet.__contains__, zip(map(id, rest), map(id, held), strict=True)))
+                    # Not known to be no news: the member the memo holds for the state
+                    # (``_MISS`` if none) is not the one we hold.
+                    news = list(map(operator.is_not, map(quiet.get, map(id, rest), repeat(_MISS)), held))
                     j = -1
                     rest_names = names[i:] if i else names
                     try:
                         while True:
                             j = rest_names.index(me, j + 1)
-                            todo[j] = False
+                            news[j] = True
                     except ValueError:
                         pass
-                    pending: Iterable[int] = compress(range(len(todo)), map(operator.not_, todo))
+                    pending: Iterable[int] = compress(range(len(news)), news)
                 else:
                     pending = range(len(held))
                 base = i

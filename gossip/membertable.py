@@ -35,7 +35,8 @@ from __future__ import annotations
 import random
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import accumulate
+from itertools import accumulate, compress, repeat
+from operator import is_not
 
 from gossip.members import Member, Status
 
@@ -275,7 +276,9 @@ class MemberTable:
         over = self._over
         if over:
             patched = list(map(over.get, rs))  # type: ignore[arg-type]
-            out = [v if o is None else o for o, v in zip(patched, out, strict=True)]
+            # Only the overlay's few: found by a C-level pass, not a Python one over all.
+            for j in compress(range(len(patched)), map(is_not, patched, repeat(None))):
+                out[j] = patched[j]
         return out
 
     def _at(self, r: int) -> Member | None:
