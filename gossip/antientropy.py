@@ -46,7 +46,9 @@ _MERGE_BATCHES = 8
 _quiet: dict[int, Member] = {}
 """Pairs (a remote alive state, the alive member a table holds) that the merge's fast
 path found to be no news, by identity: ``id(state)`` -> the member (the last one found
-for that state), the state pinned in ``_quiet_pins`` so the id stays its own. Whether a state changes a member is a function of the two values alone (for
+for that state; keyed by the state alone, a lookup is one dict probe with no tuple to
+build), the state pinned in ``_quiet_pins`` so the id stays its own. Whether a state
+changes a member is a function of the two values alone (for
 a table that is not the state's own member), and in one process both are shared: the
 states by the push/pull decoder, the members by the tables of a simulator's nodes. So
 a merge passes over the unchanged part of a 10,000-member state by C-level passes
