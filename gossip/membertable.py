@@ -121,6 +121,21 @@ class MemberImage(Mapping[str, Member]):
             self._states_of = state_of
         return self._states, self._state_ends
 
+    def patched_states(self, state_of: Callable[[Member], bytes], changes: tuple[tuple[int, bytes], ...]) -> bytes:
+        """The joined states with ``changes`` (``(position, state)`` in position order)
+        in place of the image's states at those positions."""
+        blob, ends = self.joined_states(state_of)
+        if not changes:
+            return blob
+        parts: list[bytes] = []
+        done = 0
+        for p, state in changes:
+            parts.append(blob[done : ends[p - 1] if p else 0])
+            parts.append(state)
+            done = ends[p]
+        parts.append(blob[done:])
+        return b"".join(parts)
+
     def positions(self) -> dict[int, int]:
         """Row -> its position in ``order`` (built once, on first use)."""
         if self._positions is None:
@@ -309,6 +324,22 @@ class MemberTable:
         get = over.get
         return [get(r) or vals[r] for r in self._seq]  # type: ignore[misc]
 
+    def image_patches(
+        self, state_of: Callable[[Member], bytes]
+    ) -> tuple[MemberImage, tuple[tuple[int, bytes], ...]] | None:
+        """While the table shares an image's order: the image, and where this table's
+        members differ from it as ``(position, state_of(member))`` in position order
+        (the overlay's few members). None when the table has its own order. Together
+        they determine ``joined_states`` (a cheap key for a memo of push/pull halves)."""
+        image = self._image
+        if not self._seq_shared or image is None:
+            return None
+        over = self._over
+        if not over:
+            return image, ()
+        pos = image.positions()
+        return image, tuple(sorted(zip(map(pos.__getitem__, over), map(state_of, over.values()), strict=True)))
+
     def joined_states(self, state_of: Callable[[Member], bytes]) -> bytes | None:
         """``b"".join(map(state_of, members.values()))`` while the table shares an
         image's order: the image's joined states (``MemberImage.joined_states``) with
@@ -316,22 +347,11 @@ class MemberTable:
         members (a push/pull half at 10,000 members, built ~10,000 times in a crash
         storm's minute). ``state_of`` must be a pure function of the member. None when
         the table has its own order: the caller joins the states itself."""
-        image = self._image
-        if not self._seq_shared or image is None:
+        patches = self.image_patches(state_of)
+        if patches is None:
             return None
-        blob, ends = image.joined_states(state_of)
-        over = self._over
-        if not over:
-            return blob
-        pos = image.positions()
-        parts: list[bytes] = []
-        done = 0
-        for p, m in sorted(zip(map(pos.__getitem__, over), over.values(), strict=True)):
-            parts.append(blob[done : ends[p - 1] if p else 0])
-            parts.append(state_of(m))
-            done = ends[p]
-        parts.append(blob[done:])
-        return b"".join(parts)
+        image, changes = patches
+        return image.patched_states(state_of, changes)
 
     def others(self) -> Iterator[Member]:
         me = self._me_row
