@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_now(code: int) -> NoReturn:
     """Leave without tearing the run down object by object: every output is written
-    and closed by now, and a 10,000-node run's ~10^7 objects took ~10 s of the
+    and closed by now, and a 10,000-node run's ~10^7 objects took ~7 s of the
     command's wall time to free one by one at interpreter exit (the OS frees the
     process's memory at once). Buffered output is flushed first."""
     sys.stdout.flush()
