@@ -113,7 +113,7 @@ class MemberImage(Mapping[str, Member]):
     def joined_states(self, state_of: Callable[[Member], bytes]) -> tuple[bytes, array[int]]:
         """``state_of`` of every member in order, joined, and where each one ends (built
         once per ``state_of``, on first use): the body of a push/pull that a table
-        sharing this image patches its overlay into (``MemberTable.joined_states``)."""
+        sharing this image patches its changes into (``patched_states``)."""
         if self._states_of is not state_of:
             states = list(map(state_of, self.values()))
             self._states = b"".join(states)
@@ -330,7 +330,10 @@ class MemberTable:
         """While the table shares an image's order: the image, and where this table's
         members differ from it as ``(position, state_of(member))`` in position order
         (the overlay's few members). None when the table has its own order. Together
-        they determine ``joined_states`` (a cheap key for a memo of push/pull halves)."""
+        they determine the table's joined states, ``image.patched_states(state_of,
+        changes)``, without touching the other members (a push/pull half at 10,000
+        members, built ~10,000 times in a crash storm's minute), and are a cheap key for
+        a memo of push/pull halves. ``state_of`` must be a pure function of the member."""
         image = self._image
         if not self._seq_shared or image is None:
             return None
@@ -339,19 +342,6 @@ class MemberTable:
             return image, ()
         pos = image.positions()
         return image, tuple(sorted(zip(map(pos.__getitem__, over), map(state_of, over.values()), strict=True)))
-
-    def joined_states(self, state_of: Callable[[Member], bytes]) -> bytes | None:
-        """``b"".join(map(state_of, members.values()))`` while the table shares an
-        image's order: the image's joined states (``MemberImage.joined_states``) with
-        the overlay's few members patched in, by slicing, without touching the other
-        members (a push/pull half at 10,000 members, built ~10,000 times in a crash
-        storm's minute). ``state_of`` must be a pure function of the member. None when
-        the table has its own order: the caller joins the states itself."""
-        patches = self.image_patches(state_of)
-        if patches is None:
-            return None
-        image, changes = patches
-        return image.patched_states(state_of, changes)
 
     def others(self) -> Iterator[Member]:
         me = self._me_row
